@@ -1,0 +1,138 @@
+//! `demolab` — the all-in-one demo region, and the composition root of the workspace.
+//!
+//! It wires, in one process: the hub (with its embedded MQTT broker and store), and per lab one
+//! gateway plus simulated sensor nodes that run the real firmware core against machine models.
+//! Nothing else in the workspace imports every crate; the parts still meet only over MQTT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use gateway::{GatewayConfig, MqttEndpoint};
+use hub::broker::BrokerConfig;
+use hub::{BrokerSetting, Hub, HubConfig};
+use protocol::{GatewayId, LabId, MachineId, NodeId};
+use simulators::node::{MqttNodeConfig, run_mqtt_node};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// The labs of the demo region: (lab, gateway, machine name prefix).
+const LABS: [(&str, &str); 2] = [("aarhus-machining", "gw-aarhus"), ("odense-machining", "gw-odense")];
+
+/// Run the Demolab demo region: hub, embedded MQTT broker, and simulated labs with their gateways.
+#[derive(Debug, Parser)]
+#[command(name = "demolab", version, about, long_about = None)]
+struct Args {
+    /// Address the web platform and the MQTT broker listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port of the web platform and REST API (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Port of the embedded MQTT broker (0 picks a free one).
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    /// Directory of the embedded store; twins survive restarts here.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Simulated machines per lab.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=48))]
+    machines_per_lab: u16,
+    /// Milliseconds between samples of each sensor node.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    sample_ms: u64,
+    /// Seed of the machine simulations; the same seed replays the same machine behaviour.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,demolab=info,demolab_hub=info,demolab_gateway=info")),
+        )
+        .init();
+
+    let hub = Hub::start(HubConfig {
+        http_bind: SocketAddr::new(args.bind, args.http_port),
+        broker: BrokerSetting::Embedded(BrokerConfig {
+            bind: SocketAddr::new(args.bind, args.mqtt_port),
+            ..BrokerConfig::default()
+        }),
+        data_dir: args.data_dir.clone(),
+        ..HubConfig::default()
+    })
+    .await
+    .context("cannot start the hub (choose other ports with --http-port / --mqtt-port)")?;
+    tokio::time::timeout(Duration::from_secs(10), hub.ready())
+        .await
+        .context("the hub did not connect to its own broker within 10 s")?;
+
+    let cancel = CancellationToken::new();
+    let broker = MqttEndpoint { host: hub.mqtt_addr().ip().to_string(), port: hub.mqtt_addr().port() };
+    let mut gateways = Vec::new();
+    let mut nodes = JoinSet::new();
+    let mut lab_lines = Vec::new();
+    for (lab_index, (lab, gateway)) in LABS.into_iter().enumerate() {
+        let lab: LabId = lab.parse()?;
+        let gateway: GatewayId = gateway.parse()?;
+        let handle = gateway::start(GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone()), cancel.clone());
+        tokio::time::timeout(Duration::from_secs(10), handle.ready())
+            .await
+            .with_context(|| format!("gateway {gateway} did not come up within 10 s"))?;
+        gateways.push(handle);
+        for machine_index in 0..args.machines_per_lab {
+            let machine: MachineId = format!("mill-{}", machine_index + 1).parse()?;
+            let node_number = (lab_index as u64) << 16 | u64::from(machine_index);
+            let config = MqttNodeConfig {
+                node: NodeId(0xd3_0000_0000 | node_number),
+                machine,
+                seed: args.seed.wrapping_mul(1_000_003).wrapping_add(node_number),
+                sample_period: Duration::from_millis(args.sample_ms),
+                tick_interval: Duration::from_millis(args.sample_ms),
+                max_samples: None,
+                broker_host: broker.host.clone(),
+                broker_port: broker.port,
+            };
+            nodes.spawn(run_mqtt_node(config, cancel.clone()));
+        }
+        lab_lines.push(format!("lab: {lab} (gateway {gateway}, {} CNC mills)", args.machines_per_lab));
+    }
+
+    println!();
+    println!("Demolab demo region is running");
+    println!("web: http://{}", hub.http_addr());
+    println!("mqtt: mqtt://{}", hub.mqtt_addr());
+    println!("api: http://{}/api/v1/twins", hub.http_addr());
+    println!("stream: ws://{}/api/v1/stream", hub.http_addr());
+    println!("data: {}", args.data_dir.display());
+    for line in &lab_lines {
+        println!("{line}");
+    }
+    println!("Press Ctrl-C to stop.");
+    println!();
+
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+        Some(result) = nodes.join_next() => {
+            // A node ending on its own means it hit an error; say so and stop cleanly.
+            warn!(?result, "a simulated node stopped unexpectedly; shutting down");
+        }
+    }
+    info!("shutting down");
+    cancel.cancel();
+    while nodes.join_next().await.is_some() {}
+    for gateway in gateways {
+        gateway.shutdown().await?;
+    }
+    hub.shutdown().await?;
+    println!("Demolab stopped; twins saved in {}", args.data_dir.display());
+    Ok(())
+}

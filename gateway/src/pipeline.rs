@@ -1,0 +1,255 @@
+//! The gateway's sans-IO pipeline: node frames in, machine-level actions out.
+//!
+//! validate (decode, finite values, known metrics) → map node → machine (config first, then the
+//! node's own `Hello`) → de-duplicate by (node, seq) → actions for the Sparkplug session.
+
+use std::collections::HashMap;
+
+use protocol::{
+    Command, CommandKind, DecodeError, Frame, Hello, MachineId, MetricName, NodeId, Samples, Unit,
+    codec,
+};
+
+use crate::edge::Value;
+use crate::stats::{DropReason, GatewayStats};
+
+/// What the pipeline wants done after a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A machine appeared or changed its metrics: publish its DBIRTH.
+    BirthMachine {
+        /// The machine.
+        machine: MachineId,
+        /// Its metrics and units.
+        metrics: Vec<(MetricName, Unit)>,
+    },
+    /// Publish one sample as DDATA.
+    Data {
+        /// The machine.
+        machine: MachineId,
+        /// The node's sequence number of the sample.
+        node_seq: u32,
+        /// When the gateway received it, ms since the epoch.
+        received_at_ms: u64,
+        /// The readings by name.
+        values: Vec<Value>,
+    },
+    /// Send a command down to a node.
+    Command(Command),
+}
+
+#[derive(Debug)]
+struct NodeState {
+    hello: Option<Hello>,
+    machine: Option<MachineId>,
+    last_seq: u32,
+    hello_requested: bool,
+}
+
+/// Per-node state of one gateway.
+#[derive(Debug)]
+pub struct Pipeline {
+    configured: HashMap<NodeId, MachineId>,
+    nodes: HashMap<NodeId, NodeState>,
+    next_command_id: u16,
+}
+
+/// The machine a node maps to when neither config nor its `Hello` says: `node-{hex}`.
+pub fn fallback_machine(node: NodeId) -> MachineId {
+    MachineId::new(&format!("node-{node}")).unwrap_or_else(|_| unreachable!("hex is a valid id"))
+}
+
+impl Pipeline {
+    /// A pipeline with the node → machine map from configuration.
+    pub fn new(configured: HashMap<NodeId, MachineId>) -> Self {
+        Self { configured, nodes: HashMap::new(), next_command_id: 1 }
+    }
+
+    /// The machine a node currently feeds, if known.
+    pub fn machine_of(&self, node: NodeId) -> Option<&MachineId> {
+        self.nodes.get(&node).and_then(|n| n.machine.as_ref())
+    }
+
+    /// Handles the bytes received on node `topic_node`'s uplink topic.
+    pub fn on_frame(
+        &mut self,
+        topic_node: NodeId,
+        bytes: &[u8],
+        now_ms: u64,
+        stats: &GatewayStats,
+    ) -> Result<Vec<Action>, DecodeError> {
+        stats.frame_received();
+        let frame = codec::decode(bytes).inspect_err(|_| stats.dropped(DropReason::BadFrame))?;
+        if frame.node() != topic_node {
+            stats.dropped(DropReason::NodeMismatch);
+            return Ok(Vec::new());
+        }
+        Ok(match frame {
+            Frame::Hello(hello) => self.on_hello(hello),
+            Frame::Samples(samples) => self.on_samples(samples, now_ms, stats),
+            // Events and acks are logged by the caller; they carry no machine data yet.
+            Frame::Event(_) | Frame::Ack(_) | Frame::Command(_) => Vec::new(),
+        })
+    }
+
+    fn on_hello(&mut self, hello: Hello) -> Vec<Action> {
+        let node = hello.node;
+        let machine = self
+            .configured
+            .get(&node)
+            .cloned()
+            .or_else(|| hello.machine.clone())
+            .unwrap_or_else(|| fallback_machine(node));
+        let metrics = hello.metrics.iter().map(|d| (d.name.clone(), d.unit)).collect();
+        let state = self.nodes.entry(node).or_insert(NodeState {
+            hello: None,
+            machine: None,
+            last_seq: 0,
+            hello_requested: false,
+        });
+        // A node that says Hello again has rebooted: its seq restarts.
+        state.last_seq = 0;
+        state.hello = Some(hello);
+        state.machine = Some(machine.clone());
+        state.hello_requested = false;
+        vec![Action::BirthMachine { machine, metrics }]
+    }
+
+    fn on_samples(&mut self, samples: Samples, now_ms: u64, stats: &GatewayStats) -> Vec<Action> {
+        let node = samples.node;
+        let Some(state) = self.nodes.get_mut(&node).filter(|s| s.hello.is_some()) else {
+            stats.dropped(DropReason::NoHello);
+            return self.request_hello(node);
+        };
+        let (Some(hello), Some(machine)) = (&state.hello, &state.machine) else {
+            return Vec::new();
+        };
+        if samples.seq <= state.last_seq {
+            stats.dropped(DropReason::Duplicate);
+            return Vec::new();
+        }
+        let mut values = Vec::with_capacity(samples.readings.len());
+        for reading in &samples.readings {
+            let Some(descriptor) = hello.metric(reading.index) else {
+                stats.dropped(DropReason::UnknownMetric);
+                continue;
+            };
+            if !reading.value.is_finite() {
+                stats.dropped(DropReason::NotFinite);
+                continue;
+            }
+            values.push(Value { name: descriptor.name.clone(), value: reading.value });
+        }
+        state.last_seq = samples.seq;
+        vec![Action::Data {
+            machine: machine.clone(),
+            node_seq: samples.seq,
+            received_at_ms: now_ms,
+            values,
+        }]
+    }
+
+    fn request_hello(&mut self, node: NodeId) -> Vec<Action> {
+        let state = self.nodes.entry(node).or_insert(NodeState {
+            hello: None,
+            machine: None,
+            last_seq: 0,
+            hello_requested: false,
+        });
+        if state.hello_requested {
+            return Vec::new();
+        }
+        state.hello_requested = true;
+        let id = self.next_command_id;
+        self.next_command_id = self.next_command_id.wrapping_add(1);
+        vec![Action::Command(Command { node, id, kind: CommandKind::RequestHello })]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{Reading, golden};
+
+    use super::*;
+
+    fn encode(frame: &Frame) -> Vec<u8> {
+        codec::encode_to_vec(frame).expect("fits")
+    }
+
+    fn samples(seq: u32, value: f32) -> Frame {
+        let mut frame = golden::samples();
+        if let Frame::Samples(s) = &mut frame {
+            s.seq = seq;
+            s.readings[0] = Reading { index: 0, value };
+        }
+        frame
+    }
+
+    #[test]
+    fn hello_then_samples_births_the_machine_and_forwards_in_order() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new());
+        let actions = pipeline.on_frame(golden::NODE, golden::HELLO, 0, &stats).expect("valid");
+        assert!(matches!(&actions[..], [Action::BirthMachine { machine, metrics }]
+            if machine.as_str() == "mill-1" && metrics.len() == 4));
+        let actions = pipeline.on_frame(golden::NODE, golden::SAMPLES, 5, &stats).expect("valid");
+        assert!(matches!(&actions[..], [Action::Data { node_seq: 42, received_at_ms: 5, values, .. }]
+            if values.len() == 4 && values[0].value == 5321.5));
+    }
+
+    #[test]
+    fn configuration_overrides_the_nodes_own_machine() {
+        let stats = GatewayStats::default();
+        let map = HashMap::from([(golden::NODE, MachineId::new("lathe-9").expect("valid"))]);
+        let mut pipeline = Pipeline::new(map);
+        pipeline.on_frame(golden::NODE, golden::HELLO, 0, &stats).expect("valid");
+        assert_eq!(pipeline.machine_of(golden::NODE).map(MachineId::as_str), Some("lathe-9"));
+    }
+
+    #[test]
+    fn duplicates_and_replays_are_dropped_and_counted() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new());
+        pipeline.on_frame(golden::NODE, golden::HELLO, 0, &stats).expect("valid");
+        for seq in [1, 2, 2, 1, 3] {
+            pipeline.on_frame(golden::NODE, &encode(&samples(seq, 1.0)), 0, &stats).expect("valid");
+        }
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.dropped(DropReason::Duplicate), 2);
+        assert_eq!(snapshot.frames_received, 6);
+    }
+
+    #[test]
+    fn samples_before_hello_request_one_hello_and_are_counted() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new());
+        let first = pipeline.on_frame(golden::NODE, golden::SAMPLES, 0, &stats).expect("valid");
+        assert!(matches!(&first[..], [Action::Command(Command { kind: CommandKind::RequestHello, .. })]));
+        let second = pipeline.on_frame(golden::NODE, golden::SAMPLES, 0, &stats).expect("valid");
+        assert!(second.is_empty(), "one request per silence, not per frame");
+        assert_eq!(stats.snapshot().dropped(DropReason::NoHello), 2);
+    }
+
+    #[test]
+    fn bad_frames_and_foreign_node_ids_are_counted() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new());
+        assert!(pipeline.on_frame(golden::NODE, &[1, 2, 3, 4, 5], 0, &stats).is_err());
+        let other = NodeId(7);
+        assert_eq!(pipeline.on_frame(other, golden::HELLO, 0, &stats), Ok(Vec::new()));
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.dropped(DropReason::BadFrame), 1);
+        assert_eq!(snapshot.dropped(DropReason::NodeMismatch), 1);
+    }
+
+    #[test]
+    fn non_finite_readings_are_dropped_but_the_sample_goes_on() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new());
+        pipeline.on_frame(golden::NODE, golden::HELLO, 0, &stats).expect("valid");
+        let actions =
+            pipeline.on_frame(golden::NODE, &encode(&samples(1, f32::NAN)), 0, &stats).expect("valid");
+        assert!(matches!(&actions[..], [Action::Data { values, .. }] if values.len() == 3));
+        assert_eq!(stats.snapshot().dropped(DropReason::NotFinite), 1);
+    }
+}

@@ -1,0 +1,583 @@
+//! The hub's embedded MQTT broker.
+//!
+//! The hub embeds a broker so that the all-in-one demo needs nothing installed:
+//! gateways, simulators and the hub's own Sparkplug host all talk to this one.
+//! In production a real broker (Mosquitto, EMQX, ...) takes its place purely by
+//! configuration, so the hub must never depend on broker internals: only this
+//! module names `mqtt5`, behind a small API (start / local address / shutdown),
+//! keeping the implementation swappable.
+//!
+//! Clients are anonymous for now. When authentication and per-topic
+//! authorisation arrive, `mqtt5` 0.49 offers these hooks:
+//!
+//! * `mqtt5::broker::AuthProvider` — `authenticate(&ConnectPacket, SocketAddr)`
+//!   on CONNECT, `authorize_publish(client_id, user_id, topic)` and
+//!   `authorize_subscribe(client_id, user_id, topic_filter)` (both async `bool`),
+//!   plus optional enhanced (AUTH packet) authentication. Install one with
+//!   `MqttBroker::with_auth_provider(Arc<dyn AuthProvider>)` before `run()`.
+//!   That *replaces* the provider wholesale: mqtt5's failed-login rate limiter
+//!   (`auth_config.rate_limit`, on by default) only wraps providers it builds
+//!   itself, so wrap a custom one in `mqtt5::broker::auth::RateLimitedAuthProvider`.
+//! * File-based alternative: `auth_config.password_file` / `acl_file`
+//!   (`AclManager` rules), which mqtt5 turns into a `ComprehensiveAuthProvider`.
+//! * `BrokerEventHandler` (`BrokerConfig::event_handler`): observes connects,
+//!   subscribes, publishes, and `on_client_publish` may return
+//!   `PublishAction::Handled`/`Transform` to swallow or rewrite a message.
+//!
+//! Beware when wiring authorisation: a denied QoS 1 publish is answered with an
+//! MQTT 5 style PUBACK (reason code 0x87 plus a reason-string property) even to
+//! a 3.1.1 client, for which that packet is malformed. Strict 3.1.1 clients
+//! drop the connection; rumqttc 0.25 reads it as a plain PUBACK, so the
+//! message is silently lost. A denied QoS 0 publish is silently dropped.
+//! Either way 3.1.1 devices cannot see a refusal as a soft failure.
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use mqtt5::broker::config::{StorageBackend, StorageConfig};
+use mqtt5::broker::{BrokerShutdownHandle, MqttBroker};
+use tokio::task::JoinHandle;
+
+/// The largest "remaining length" MQTT can encode. mqtt5's default
+/// `max_packet_size` (268_435_456) is one above it and is advertised as-is in
+/// the CONNACK, where some MQTT 5 clients reportedly reject it (rumqttc 0.25
+/// accepts it), so values are capped here.
+const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455;
+
+/// mqtt5 refuses anything smaller (`BrokerConfig::validate`).
+const MQTT5_MIN_PACKET_SIZE: u32 = 1024;
+
+/// mqtt5 already bounds its own drain to 5 s; this only guards against a bug
+/// there turning `shutdown` into a hang.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Settings of the embedded broker. Everything but `bind` has a default that
+/// suits the demo.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where to listen for plain MQTT over TCP. Port 0 picks a free port (see
+    /// [`EmbeddedBroker::local_addr`]). The default is loopback only, because
+    /// clients are anonymous.
+    pub bind: SocketAddr,
+    /// Largest MQTT packet (whole packet, header included) accepted from a
+    /// client; advertised to MQTT 5 clients in the CONNACK so they never send
+    /// more. Must lie in 1024..=268_435_455.
+    pub max_packet_size: u32,
+    /// Messages waiting for one client (behind its in-flight window) before the
+    /// broker starts dropping that client's *oldest* queued messages.
+    pub max_queued_messages_per_client: usize,
+    /// Byte budget of the same per-client queue; whichever limit is hit first
+    /// applies.
+    pub max_queued_bytes_per_client: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 1883)),
+            // Sparkplug births are the largest payloads we carry and stay far
+            // below this; a small cap keeps a misbehaving client from making
+            // the broker buffer hundreds of megabytes.
+            max_packet_size: 1024 * 1024,
+            // mqtt5's default is 10 000; a hub or dashboard that stalls for a
+            // few seconds while a whole lab reports must not lose QoS 1 data.
+            max_queued_messages_per_client: 100_000,
+            max_queued_bytes_per_client: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the embedded broker could not start or stop.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The listening socket could not be bound (port taken, no permission, ...).
+    #[error("cannot bind the MQTT broker to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// A [`BrokerConfig`] value is out of range.
+    #[error("invalid MQTT broker configuration: {0}")]
+    InvalidConfig(String),
+    /// The broker implementation refused to start for another reason.
+    #[error("the MQTT broker failed to start: {0}")]
+    Start(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The broker did not stop cleanly (it failed, panicked or hung).
+    #[error("the MQTT broker did not stop cleanly: {0}")]
+    Stop(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A running MQTT broker inside this process.
+///
+/// Dropping it without [`EmbeddedBroker::shutdown`] still asks the broker to
+/// stop, but nobody waits for the port to be released.
+pub struct EmbeddedBroker {
+    local_addr: SocketAddr,
+    shutdown: BrokerShutdownHandle,
+    /// `None` only once `shutdown` has taken it.
+    task: Option<JoinHandle<mqtt5::Result<()>>>,
+}
+
+impl fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("local_addr", &self.local_addr)
+            .field(
+                "running",
+                &self.task.as_ref().is_some_and(|t| !t.is_finished()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedBroker {
+    /// Binds the listener and starts serving; returns once clients can connect.
+    pub async fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
+        let bind = config.bind;
+        let mut broker = MqttBroker::with_config(mqtt5_config(&config)?)
+            .await
+            .map_err(|e| start_error(bind, e))?;
+        // Only knowable before `run()`, which moves the listener into its
+        // accept task.
+        let local_addr = broker.local_addr().ok_or_else(|| {
+            BrokerError::Start("mqtt5 reports no TCP listener after binding".into())
+        })?;
+        let shutdown = broker.shutdown_handle();
+        let mut ready = broker.ready_receiver();
+        let mut task = tokio::spawn(async move { broker.run().await });
+
+        // Waiting for readiness is not just politeness: mqtt5 signals shutdown
+        // on a broadcast channel that drops the signal if `run()` has not
+        // subscribed yet, so a `shutdown()` issued before this point would be
+        // lost and the broker would run forever.
+        if ready.wait_for(|ready| *ready).await.is_err() {
+            // The sender lives inside the broker, so `run()` ended before
+            // becoming ready.
+            return Err(BrokerError::Start(match (&mut task).await {
+                Ok(Ok(())) => "mqtt5 stopped before accepting connections".into(),
+                Ok(Err(e)) => Box::new(e),
+                Err(join) => Box::new(join),
+            }));
+        }
+        tracing::info!(%local_addr, "embedded MQTT broker listening");
+        Ok(Self {
+            local_addr,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// The address actually listened on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Disconnects all clients, stops every broker task and releases the port
+    /// before returning.
+    pub async fn shutdown(mut self) -> Result<(), BrokerError> {
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        self.shutdown.shutdown();
+        let outcome = match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(BrokerError::Stop(Box::new(e))),
+            Ok(Err(join)) => Err(BrokerError::Stop(Box::new(join))),
+            Err(_) => {
+                task.abort();
+                let _ = task.await;
+                Err(BrokerError::Stop(
+                    format!("still running {SHUTDOWN_GRACE:?} after the shutdown signal").into(),
+                ))
+            }
+        };
+        tracing::info!(local_addr = %self.local_addr, "embedded MQTT broker stopped");
+        outcome
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.shutdown.shutdown();
+        }
+    }
+}
+
+fn mqtt5_config(config: &BrokerConfig) -> Result<mqtt5::broker::BrokerConfig, BrokerError> {
+    if !(MQTT5_MIN_PACKET_SIZE..=MQTT_MAX_PACKET_SIZE).contains(&config.max_packet_size) {
+        return Err(BrokerError::InvalidConfig(format!(
+            "max_packet_size {} is outside {MQTT5_MIN_PACKET_SIZE}..={MQTT_MAX_PACKET_SIZE}",
+            config.max_packet_size
+        )));
+    }
+    if config.max_queued_messages_per_client == 0 || config.max_queued_bytes_per_client == 0 {
+        // mqtt5 treats 0 as a real limit, so every queued message would be
+        // dropped on arrival.
+        return Err(BrokerError::InvalidConfig(
+            "per-client queue limits must be greater than zero".to_owned(),
+        ));
+    }
+    // The default storage is a file backend in ./mqtt_storage holding a lock
+    // file, which breaks a second broker in the same directory (tests, two
+    // demo regions) and litters the working directory. Nothing the demo
+    // broker holds needs to outlive the process.
+    let storage = StorageConfig::default()
+        .with_backend(StorageBackend::Memory)
+        .with_persistence(true)
+        .with_max_queued_messages_per_client(config.max_queued_messages_per_client)
+        .with_max_queued_bytes_per_client(config.max_queued_bytes_per_client);
+    Ok(mqtt5::broker::BrokerConfig::default()
+        // The default also listens on [::]:1883.
+        .with_bind_address(config.bind)
+        .with_max_packet_size(config.max_packet_size as usize)
+        .with_storage(storage)
+        // Per-client delivery lane: QoS 0 overflowing it is dropped, QoS 1
+        // overflow goes to the queue above. Spelled out so the two stay
+        // visibly related.
+        .with_client_channel_capacity(10_000)
+        // $SYS statistics would be one more task publishing every 10 s that
+        // nothing in the hub consumes.
+        .with_sys_topics_enabled(false))
+}
+
+/// mqtt5 0.49 reports a failed bind from `MqttBroker::with_config` as
+/// `MqttError::Configuration` with a formatted text; the `io::Error` itself is
+/// not kept. Rebuild it from that text so callers can still match on the kind.
+fn start_error(addr: SocketAddr, error: mqtt5::MqttError) -> BrokerError {
+    const BIND_FAILURE: &str = "Failed to bind to any TCP address";
+    // mqtt5's own hint for each io::ErrorKind it recognises (binding.rs).
+    const KIND_HINTS: [(&str, io::ErrorKind); 4] = [
+        ("address already in use", io::ErrorKind::AddrInUse),
+        ("permission denied", io::ErrorKind::PermissionDenied),
+        ("address not available", io::ErrorKind::AddrNotAvailable),
+        ("see error above", io::ErrorKind::Other),
+    ];
+    let mqtt5::MqttError::Configuration(message) = &error else {
+        return BrokerError::Start(Box::new(error));
+    };
+    if !message.starts_with(BIND_FAILURE) {
+        return BrokerError::Start(Box::new(error));
+    }
+    // One line per attempted address: "  - {addr}: {io error} ({hint})".
+    let line_prefix = format!("  - {addr}: ");
+    let detail = message
+        .lines()
+        .find_map(|line| line.strip_prefix(&line_prefix))
+        .unwrap_or(message);
+    let (text, kind) = KIND_HINTS
+        .iter()
+        .find_map(|(hint, kind)| {
+            detail
+                .strip_suffix(&format!(" ({hint})"))
+                .map(|text| (text, *kind))
+        })
+        .unwrap_or((detail, io::ErrorKind::Other));
+    BrokerError::Bind {
+        addr,
+        source: io::Error::new(kind, text.to_owned()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS};
+    use tokio::sync::mpsc;
+    use tokio::time::timeout;
+
+    /// Generous for a loaded CI box; healthy runs take milliseconds.
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    async fn start_local() -> EmbeddedBroker {
+        EmbeddedBroker::start(BrokerConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ..BrokerConfig::default()
+        })
+        .await
+        .expect("broker starts on an ephemeral port")
+    }
+
+    /// A 3.1.1 client whose event loop runs in its own task, so the test task
+    /// can `publish().await` without starving the loop that drains requests.
+    struct Client {
+        client: AsyncClient,
+        incoming: mpsc::Receiver<Result<Packet, ConnectionError>>,
+        event_loop: JoinHandle<()>,
+    }
+
+    impl Client {
+        /// `buffer` bounds how many incoming packets the event loop hands over
+        /// before it stops polling — a small one makes a slow subscriber.
+        fn connect(addr: SocketAddr, id: &str, will: Option<LastWill>, buffer: usize) -> Self {
+            let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+            options.set_keep_alive(Duration::from_secs(30));
+            if let Some(will) = will {
+                options.set_last_will(will);
+            }
+            let (client, mut event_loop) = AsyncClient::new(options, 64);
+            let (tx, incoming) = mpsc::channel(buffer);
+            let event_loop = tokio::spawn(async move {
+                loop {
+                    match event_loop.poll().await {
+                        Ok(Event::Incoming(packet)) => {
+                            if tx.send(Ok(packet)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Event::Outgoing(_)) => {}
+                        Err(e) => {
+                            // Polling again would reconnect; tests want to
+                            // see exactly one session.
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+            });
+            Self {
+                client,
+                incoming,
+                event_loop,
+            }
+        }
+
+        /// The first incoming packet `pick` accepts, skipping the others.
+        async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(Packet) -> Option<T>) -> T {
+            let wait = async {
+                loop {
+                    match self.incoming.recv().await {
+                        Some(Ok(packet)) => {
+                            if let Some(found) = pick(packet) {
+                                return found;
+                            }
+                        }
+                        Some(Err(e)) => panic!("connection failed while waiting for {what}: {e}"),
+                        None => panic!("event loop ended while waiting for {what}"),
+                    }
+                }
+            };
+            timeout(DEADLINE, wait)
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        }
+
+        async fn connected(&mut self) {
+            self.expect("CONNACK", |p| matches!(p, Packet::ConnAck(_)).then_some(()))
+                .await;
+        }
+
+        async fn subscribe(&mut self, filter: &str) {
+            self.client
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await
+                .expect("subscribe request queued");
+            let granted = self
+                .expect("SUBACK", |p| match p {
+                    Packet::SubAck(ack) => Some(ack.return_codes),
+                    _ => None,
+                })
+                .await;
+            assert_eq!(
+                granted,
+                [rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_qos1_in_order_to_a_slow_subscriber() {
+        let broker = start_local().await;
+        let addr = broker.local_addr();
+        assert_ne!(addr.port(), 0);
+
+        // Its event loop stalls after 8 packets until the test reads them,
+        // i.e. while the whole burst is published.
+        let mut subscriber = Client::connect(addr, "t1-sub", None, 8);
+        subscriber.subscribe("lab/1/counter").await;
+        let mut publisher = Client::connect(addr, "t1-pub", None, 2048);
+
+        const COUNT: u32 = 1000;
+        for i in 0..COUNT {
+            publisher
+                .client
+                .publish("lab/1/counter", QoS::AtLeastOnce, false, i.to_be_bytes())
+                .await
+                .expect("publish queued");
+        }
+        // Ordered behind the burst, so once it arrives nothing of the burst
+        // (no late duplicate either) can still be on its way.
+        publisher
+            .client
+            .publish("lab/1/counter", QoS::AtLeastOnce, false, *b"end")
+            .await
+            .expect("publish queued");
+        let mut acked = 0;
+        publisher
+            .expect("all PUBACKs", |p| {
+                acked += u32::from(matches!(p, Packet::PubAck(_)));
+                (acked == COUNT + 1).then_some(())
+            })
+            .await;
+
+        let mut received = Vec::new();
+        subscriber
+            .expect("the end marker", |p| match p {
+                Packet::Publish(publish) if publish.payload.as_ref() == b"end" => Some(()),
+                Packet::Publish(publish) => {
+                    let counter: [u8; 4] = publish.payload.as_ref().try_into().unwrap();
+                    received.push(u32::from_be_bytes(counter));
+                    None
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(received, (0..COUNT).collect::<Vec<_>>());
+
+        broker.shutdown().await.expect("clean shutdown");
+    }
+
+    #[tokio::test]
+    async fn delivers_retained_message_to_a_later_mqtt5_subscriber() {
+        use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
+
+        let broker = start_local().await;
+        let addr = broker.local_addr();
+
+        let mut publisher = Client::connect(addr, "t2-pub", None, 16);
+        publisher
+            .client
+            .publish("lab/2/state", QoS::AtLeastOnce, true, *b"online")
+            .await
+            .expect("publish queued");
+        // mqtt5 stores the retained message before it acknowledges.
+        publisher
+            .expect("PUBACK", |p| matches!(p, Packet::PubAck(_)).then_some(()))
+            .await;
+
+        // Published over 3.1.1, received over MQTT 5: both protocol levels
+        // share one retained store.
+        let options = rumqttc::v5::MqttOptions::new("t2-sub", addr.ip().to_string(), addr.port());
+        let (client, mut event_loop) = rumqttc::v5::AsyncClient::new(options, 16);
+        let (tx, mut incoming) = mpsc::channel(16);
+        let poller = tokio::spawn(async move {
+            while let Ok(event) = event_loop.poll().await {
+                if let rumqttc::v5::Event::Incoming(packet) = event
+                    && tx.send(packet).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        client
+            .subscribe("lab/2/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe request queued");
+        let retained = timeout(DEADLINE, async {
+            loop {
+                match incoming.recv().await.expect("v5 event loop alive") {
+                    Packet5::Publish(publish) => return publish,
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("retained message delivered");
+        assert_eq!(retained.topic.as_ref(), b"lab/2/state");
+        assert_eq!(retained.payload.as_ref(), b"online");
+        assert!(retained.retain, "delivered with the retain flag");
+
+        poller.abort();
+        broker.shutdown().await.expect("clean shutdown");
+    }
+
+    #[tokio::test]
+    async fn publishes_last_will_when_a_client_vanishes() {
+        let broker = start_local().await;
+        let addr = broker.local_addr();
+
+        let mut watcher = Client::connect(addr, "t3-watch", None, 16);
+        watcher.subscribe("lab/3/status").await;
+
+        let will = LastWill::new("lab/3/status", "offline", QoS::AtLeastOnce, false);
+        let mut device = Client::connect(addr, "t3-device", Some(will), 16);
+        device.connected().await;
+        // Aborting drops the event loop and with it the socket: the broker
+        // sees the TCP connection close without a DISCONNECT.
+        device.event_loop.abort();
+        assert!(device.event_loop.await.unwrap_err().is_cancelled());
+
+        let payload = watcher
+            .expect("the will", |p| match p {
+                Packet::Publish(publish) if publish.topic == "lab/3/status" => {
+                    Some(publish.payload)
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(payload.as_ref(), b"offline");
+
+        broker.shutdown().await.expect("clean shutdown");
+    }
+
+    #[tokio::test]
+    async fn two_brokers_coexist_and_shutdown_frees_the_port() {
+        let first = start_local().await;
+        let second = start_local().await;
+        let (first_addr, second_addr) = (first.local_addr(), second.local_addr());
+        assert_ne!(first_addr, second_addr);
+
+        // A live client must not keep the broker (or its port) alive.
+        let mut on_first = Client::connect(first_addr, "t4-a", None, 16);
+        on_first.connected().await;
+        let mut on_second = Client::connect(second_addr, "t4-b", None, 16);
+        on_second.connected().await;
+
+        first.shutdown().await.expect("first stops cleanly");
+        std::net::TcpListener::bind(first_addr).expect("first broker's port is free again");
+        // The survivor is unaffected.
+        on_second.subscribe("lab/4/#").await;
+
+        second.shutdown().await.expect("second stops cleanly");
+        std::net::TcpListener::bind(second_addr).expect("second broker's port is free again");
+    }
+
+    #[tokio::test]
+    async fn reports_a_taken_port_as_a_bind_error() {
+        let squatter = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let taken = squatter.local_addr().unwrap();
+
+        let error = EmbeddedBroker::start(BrokerConfig {
+            bind: taken,
+            ..BrokerConfig::default()
+        })
+        .await
+        .expect_err("the port is taken");
+
+        let message = error.to_string();
+        assert!(message.contains(&taken.port().to_string()), "{message}");
+        match error {
+            BrokerError::Bind { addr, source } => {
+                assert_eq!(addr, taken);
+                assert_eq!(source.kind(), io::ErrorKind::AddrInUse, "{source}");
+            }
+            other => panic!("expected a bind error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn rejects_a_packet_size_mqtt_cannot_express() {
+        let error = EmbeddedBroker::start(BrokerConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            max_packet_size: MQTT_MAX_PACKET_SIZE + 1,
+            ..BrokerConfig::default()
+        })
+        .await
+        .expect_err("one over the MQTT maximum");
+        assert!(matches!(error, BrokerError::InvalidConfig(_)), "{error}");
+    }
+}

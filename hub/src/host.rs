@@ -1,0 +1,371 @@
+//! The Sparkplug B primary host, sans-IO: topic + payload in, twin updates and rebirth requests out.
+//!
+//! It tracks every edge node session (bdSeq, seq, born devices and their aliases), pairs NDEATH
+//! with its NBIRTH by bdSeq, counts seq gaps, and requests a rebirth when data arrives for
+//! something it has no birth for (e.g. after the hub restarted mid-session).
+
+use std::collections::HashMap;
+
+use prost::Message;
+use protocol::sparkplug::{
+    BD_SEQ_METRIC, DataType, MessageType, Metric, MetricValue, Payload, PropertyValueKind, Topic, metric_value_f64,
+    seq_gap,
+};
+use protocol::{GatewayId, LabId, MachineId, MetricName, Unit};
+use tracing::{debug, info, warn};
+
+use crate::stats::{HubStats, IngestDrop};
+use crate::twin::{TwinKey, TwinUpdate};
+
+/// The metric carrying the node's sample sequence (written by gateways).
+pub const NODE_SEQ_METRIC: &str = "node.seq";
+/// The birth property carrying a metric's unit symbol.
+pub const UNIT_PROPERTY: &str = "engUnit";
+
+/// What the host wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostAction {
+    /// Apply to the twin registry.
+    Twin(TwinUpdate),
+    /// Publish an NCMD `Node Control/Rebirth` to this edge node.
+    RequestRebirth {
+        /// Its group.
+        lab: LabId,
+        /// The edge node.
+        gateway: GatewayId,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Device {
+    aliases: HashMap<u64, (MetricName, Option<DataType>)>,
+    seq_alias: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct EdgeSession {
+    bd_seq: Option<u64>,
+    last_seq: Option<u64>,
+    born: bool,
+    rebirth_requested: bool,
+    devices: HashMap<MachineId, Device>,
+}
+
+/// State of every edge node the host has heard of.
+#[derive(Debug, Default)]
+pub struct PrimaryHost {
+    edges: HashMap<(LabId, GatewayId), EdgeSession>,
+}
+
+fn bd_seq_of(payload: &Payload) -> Option<u64> {
+    payload.metrics.iter().find(|m| m.name.as_deref() == Some(BD_SEQ_METRIC)).and_then(|m| {
+        match m.value {
+            Some(MetricValue::Long(v)) => Some(v),
+            Some(MetricValue::Int(v)) => Some(u64::from(v)),
+            _ => None,
+        }
+    })
+}
+
+fn unit_of(metric: &Metric) -> Unit {
+    metric
+        .properties
+        .as_ref()
+        .and_then(|p| {
+            let at = p.keys.iter().position(|k| k == UNIT_PROPERTY)?;
+            match &p.values.get(at)?.value {
+                Some(PropertyValueKind::String(symbol)) => Unit::from_symbol(symbol),
+                _ => None,
+            }
+        })
+        .unwrap_or(Unit::Dimensionless)
+}
+
+impl PrimaryHost {
+    /// Handles one received message.
+    pub fn on_message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now_ms: u64,
+        stats: &HubStats,
+    ) -> Vec<HostAction> {
+        stats.message_received();
+        let (lab, kind, gateway, machine) = match Topic::parse(topic) {
+            Ok(Topic::Message { lab, kind, gateway, machine }) => (lab, kind, gateway, machine),
+            // STATE messages (ours or another host's) carry no machine data.
+            Ok(Topic::State { .. }) => return Vec::new(),
+            Err(err) => {
+                stats.ingest_dropped(IngestDrop::BadTopic);
+                warn!(topic, %err, "dropped a message on an invalid Sparkplug topic");
+                return Vec::new();
+            }
+        };
+        let payload = match Payload::decode(payload) {
+            Ok(payload) => payload,
+            Err(err) => {
+                stats.ingest_dropped(IngestDrop::BadPayload);
+                warn!(%lab, %gateway, topic, %err, "dropped an undecodable Sparkplug payload");
+                return Vec::new();
+            }
+        };
+        let edge = self.edges.entry((lab.clone(), gateway.clone())).or_default();
+        if let (Some(previous), Some(seq)) = (edge.last_seq, payload.seq)
+            && edge.born
+            && !matches!(kind, MessageType::NBirth)
+            && seq_gap(previous, seq).is_some_and(|gap| gap > 0)
+        {
+            stats.seq_gap();
+            warn!(%lab, %gateway, previous, seq, "Sparkplug seq gap");
+        }
+        if payload.seq.is_some() && !matches!(kind, MessageType::NCmd | MessageType::DCmd) {
+            edge.last_seq = payload.seq;
+        }
+        let timestamp = payload.timestamp.unwrap_or(now_ms);
+        match (kind, machine) {
+            (MessageType::NBirth, _) => {
+                stats.birth();
+                edge.bd_seq = bd_seq_of(&payload);
+                edge.born = true;
+                edge.rebirth_requested = false;
+                // A new session: devices must be born again, and their old aliases are void.
+                edge.devices.clear();
+                info!(%lab, %gateway, bd_seq = ?edge.bd_seq, "edge node born");
+                Vec::new()
+            }
+            (MessageType::NDeath, _) => {
+                let bd_seq = bd_seq_of(&payload);
+                if edge.bd_seq.is_some() && bd_seq != edge.bd_seq {
+                    debug!(%lab, %gateway, ?bd_seq, current = ?edge.bd_seq, "ignoring NDEATH of an older session");
+                    return Vec::new();
+                }
+                stats.death();
+                edge.born = false;
+                info!(%lab, %gateway, "edge node died");
+                edge.devices
+                    .drain()
+                    .map(|(machine, _)| {
+                        HostAction::Twin(TwinUpdate::Offline { key: TwinKey { lab: lab.clone(), machine }, timestamp })
+                    })
+                    .collect()
+            }
+            (MessageType::DBirth, Some(machine)) => {
+                if !edge.born {
+                    return request_rebirth(edge, lab, gateway, stats);
+                }
+                stats.birth();
+                let mut device = Device::default();
+                let mut metrics = Vec::new();
+                for metric in &payload.metrics {
+                    let Some(name) = metric.name.as_deref() else { continue };
+                    if name == NODE_SEQ_METRIC {
+                        device.seq_alias = metric.alias;
+                        continue;
+                    }
+                    match name.parse::<MetricName>() {
+                        Ok(parsed) => {
+                            if let Some(alias) = metric.alias {
+                                let datatype = metric.datatype.and_then(DataType::from_u32);
+                                device.aliases.insert(alias, (parsed.clone(), datatype));
+                            }
+                            metrics.push((parsed, unit_of(metric)));
+                        }
+                        Err(err) => warn!(%lab, %machine, %err, "ignoring a metric with an invalid name"),
+                    }
+                }
+                edge.devices.insert(machine.clone(), device);
+                vec![HostAction::Twin(TwinUpdate::Birth {
+                    key: TwinKey { lab, machine },
+                    gateway,
+                    metrics,
+                    timestamp,
+                })]
+            }
+            (MessageType::DDeath, Some(machine)) => {
+                stats.death();
+                edge.devices.remove(&machine);
+                vec![HostAction::Twin(TwinUpdate::Offline { key: TwinKey { lab, machine }, timestamp })]
+            }
+            (MessageType::DData, Some(machine)) => {
+                let Some(device) = edge.devices.get(&machine).filter(|_| edge.born) else {
+                    return request_rebirth(edge, lab, gateway, stats);
+                };
+                data_update(device, TwinKey { lab, machine }, &payload, timestamp, stats)
+                    .map(|u| vec![HostAction::Twin(u)])
+                    .unwrap_or_default()
+            }
+            (MessageType::NData, _) if !edge.born => request_rebirth(edge, lab, gateway, stats),
+            // Node-level data carries no machine values yet; commands are for edge nodes.
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn request_rebirth(
+    edge: &mut EdgeSession,
+    lab: LabId,
+    gateway: GatewayId,
+    stats: &HubStats,
+) -> Vec<HostAction> {
+    stats.ingest_dropped(IngestDrop::DataBeforeBirth);
+    if edge.rebirth_requested {
+        return Vec::new();
+    }
+    edge.rebirth_requested = true;
+    stats.rebirth_requested();
+    info!(%lab, %gateway, "data without a birth: requesting a rebirth");
+    vec![HostAction::RequestRebirth { lab, gateway }]
+}
+
+fn data_update(
+    device: &Device,
+    key: TwinKey,
+    payload: &Payload,
+    timestamp: u64,
+    stats: &HubStats,
+) -> Option<TwinUpdate> {
+    let mut seq = None;
+    let mut values = Vec::with_capacity(payload.metrics.len());
+    for metric in &payload.metrics {
+        // Historical values belong in history, never in the live twin.
+        if metric.is_historical == Some(true) {
+            continue;
+        }
+        let is_seq = match (metric.alias, metric.name.as_deref()) {
+            (_, Some(name)) => name == NODE_SEQ_METRIC,
+            (Some(alias), None) => device.seq_alias == Some(alias),
+            (None, None) => false,
+        };
+        if is_seq {
+            seq = match metric.value {
+                Some(MetricValue::Int(v)) => Some(v),
+                _ => None,
+            };
+            continue;
+        }
+        let resolved = match (&metric.name, metric.alias) {
+            (Some(name), _) => name.parse::<MetricName>().ok().map(|n| (n, None)),
+            (None, Some(alias)) => device.aliases.get(&alias).cloned(),
+            (None, None) => None,
+        };
+        let Some((name, birth_datatype)) = resolved else {
+            stats.ingest_dropped(IngestDrop::UnknownAlias);
+            continue;
+        };
+        let Some(value) = metric_value_f64(metric, birth_datatype) else {
+            stats.ingest_dropped(IngestDrop::NotNumeric);
+            continue;
+        };
+        values.push((name, value));
+    }
+    let Some(seq) = seq else {
+        stats.ingest_dropped(IngestDrop::MissingSequence);
+        return None;
+    };
+    Some(TwinUpdate::Sample { key, seq, timestamp, values })
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::sparkplug::{PropertySet, PropertyValue};
+
+    use super::*;
+
+    const T: &str = "spBv1.0/lab-a";
+
+    fn nbirth(bd_seq: u64) -> Vec<u8> {
+        Payload {
+            seq: Some(0),
+            metrics: vec![Metric::new(DataType::UInt64, MetricValue::Long(bd_seq)).named(BD_SEQ_METRIC)],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn dbirth(seq: u64) -> Vec<u8> {
+        let mut power = Metric::new(DataType::Float, MetricValue::Float(0.0)).named("spindle.power_w").aliased(2);
+        power.properties = Some(PropertySet {
+            keys: vec![UNIT_PROPERTY.into()],
+            values: vec![PropertyValue { datatype: Some(12), is_null: None, value: Some(PropertyValueKind::String("W".into())) }],
+        });
+        Payload {
+            seq: Some(seq),
+            metrics: vec![Metric::new(DataType::UInt32, MetricValue::Int(0)).named(NODE_SEQ_METRIC).aliased(1), power],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn ddata(seq: u64, node_seq: u32, power: f32) -> Vec<u8> {
+        Payload {
+            seq: Some(seq),
+            timestamp: Some(1000),
+            metrics: vec![
+                Metric::new(DataType::UInt32, MetricValue::Int(node_seq)).aliased(1),
+                Metric::new(DataType::Float, MetricValue::Float(power)).aliased(2),
+            ],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn born_host(stats: &HubStats) -> PrimaryHost {
+        let mut host = PrimaryHost::default();
+        host.on_message(&format!("{T}/NBIRTH/gw-a"), &nbirth(4), 0, stats);
+        let actions = host.on_message(&format!("{T}/DBIRTH/gw-a/mill-1"), &dbirth(1), 0, stats);
+        assert!(matches!(&actions[..], [HostAction::Twin(TwinUpdate::Birth { metrics, .. })]
+            if metrics == &[("spindle.power_w".parse().expect("valid"), Unit::Watt)]));
+        host
+    }
+
+    #[test]
+    fn ddata_aliases_resolve_to_the_names_of_the_birth() {
+        let stats = HubStats::default();
+        let mut host = born_host(&stats);
+        let actions = host.on_message(&format!("{T}/DDATA/gw-a/mill-1"), &ddata(2, 7, 12.5), 0, &stats);
+        assert!(matches!(&actions[..], [HostAction::Twin(TwinUpdate::Sample { seq: 7, values, timestamp: 1000, .. })]
+            if values == &[("spindle.power_w".parse().expect("valid"), 12.5)]));
+    }
+
+    #[test]
+    fn data_before_any_birth_requests_one_rebirth() {
+        let stats = HubStats::default();
+        let mut host = PrimaryHost::default();
+        let topic = format!("{T}/DDATA/gw-a/mill-1");
+        let first = host.on_message(&topic, &ddata(5, 1, 1.0), 0, &stats);
+        assert!(matches!(&first[..], [HostAction::RequestRebirth { .. }]));
+        assert!(host.on_message(&topic, &ddata(6, 2, 1.0), 0, &stats).is_empty());
+        assert_eq!(stats.dropped(IngestDrop::DataBeforeBirth), 2);
+    }
+
+    #[test]
+    fn ndeath_of_the_current_session_takes_devices_offline_and_an_old_one_is_ignored() {
+        let stats = HubStats::default();
+        let mut host = born_host(&stats);
+        let death = |bd: u64| {
+            Payload { metrics: vec![Metric::new(DataType::UInt64, MetricValue::Long(bd)).named(BD_SEQ_METRIC)], ..Default::default() }
+                .encode_to_vec()
+        };
+        assert!(host.on_message(&format!("{T}/NDEATH/gw-a"), &death(3), 0, &stats).is_empty());
+        let actions = host.on_message(&format!("{T}/NDEATH/gw-a"), &death(4), 0, &stats);
+        assert!(matches!(&actions[..], [HostAction::Twin(TwinUpdate::Offline { .. })]));
+    }
+
+    #[test]
+    fn seq_gaps_are_counted() {
+        let stats = HubStats::default();
+        let mut host = born_host(&stats);
+        host.on_message(&format!("{T}/DDATA/gw-a/mill-1"), &ddata(5, 1, 1.0), 0, &stats);
+        assert_eq!(stats.render(0, 0).lines().find(|l| l.starts_with("demolab_hub_seq_gaps_total ")), Some("demolab_hub_seq_gaps_total 1"));
+    }
+
+    #[test]
+    fn bad_topics_and_payloads_are_counted_not_fatal() {
+        let stats = HubStats::default();
+        let mut host = PrimaryHost::default();
+        host.on_message("spBv1.0/Lab/NBIRTH/g", &[], 0, &stats);
+        host.on_message(&format!("{T}/NBIRTH/gw-a"), &[0xFF, 0xFF], 0, &stats);
+        assert_eq!(stats.dropped(IngestDrop::BadTopic), 1);
+        assert_eq!(stats.dropped(IngestDrop::BadPayload), 1);
+    }
+}

@@ -1,0 +1,157 @@
+//! Hub counters, lock-free, rendered as Prometheus text at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why ingest dropped a message or sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestDrop {
+    /// The topic is not a valid Sparkplug topic.
+    BadTopic,
+    /// The payload is not a Sparkplug protobuf payload.
+    BadPayload,
+    /// DDATA/NDATA before the birth that announces its aliases (a rebirth is requested).
+    DataBeforeBirth,
+    /// A metric alias that the birth did not announce.
+    UnknownAlias,
+    /// A metric whose value is not a number (strings and bytes have no twin property yet).
+    NotNumeric,
+    /// A DDATA without the `node.seq` metric, so it cannot be ordered.
+    MissingSequence,
+    /// A sample for a twin that does not exist.
+    UnknownTwin,
+    /// A sample whose sequence is not newer than the twin's (duplicate or late replay).
+    StaleSequence,
+    /// A stream client fell too far behind and skipped changes.
+    StreamLagged,
+}
+
+impl IngestDrop {
+    const ALL: [IngestDrop; 9] = [
+        IngestDrop::BadTopic,
+        IngestDrop::BadPayload,
+        IngestDrop::DataBeforeBirth,
+        IngestDrop::UnknownAlias,
+        IngestDrop::NotNumeric,
+        IngestDrop::MissingSequence,
+        IngestDrop::UnknownTwin,
+        IngestDrop::StaleSequence,
+        IngestDrop::StreamLagged,
+    ];
+
+    /// Stable label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IngestDrop::BadTopic => "bad_topic",
+            IngestDrop::BadPayload => "bad_payload",
+            IngestDrop::DataBeforeBirth => "data_before_birth",
+            IngestDrop::UnknownAlias => "unknown_alias",
+            IngestDrop::NotNumeric => "not_numeric",
+            IngestDrop::MissingSequence => "missing_sequence",
+            IngestDrop::UnknownTwin => "unknown_twin",
+            IngestDrop::StaleSequence => "stale_sequence",
+            IngestDrop::StreamLagged => "stream_lagged",
+        }
+    }
+
+    fn slot(self) -> usize {
+        Self::ALL.iter().position(|d| *d == self).unwrap_or(0)
+    }
+}
+
+/// The hub's counters.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    messages: AtomicU64,
+    samples: AtomicU64,
+    births: AtomicU64,
+    deaths: AtomicU64,
+    seq_gaps: AtomicU64,
+    rebirth_requests: AtomicU64,
+    stream_clients: AtomicU64,
+    drops: [AtomicU64; IngestDrop::ALL.len()],
+}
+
+impl HubStats {
+    pub(crate) fn message_received(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn sample_applied(&self) {
+        self.samples.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn birth(&self) {
+        self.births.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn death(&self) {
+        self.deaths.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn seq_gap(&self) {
+        self.seq_gaps.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn rebirth_requested(&self) {
+        self.rebirth_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn stream_client(&self, delta: i64) {
+        if delta >= 0 {
+            self.stream_clients.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.stream_clients.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn ingest_dropped(&self, reason: IngestDrop) {
+        self.drops[reason.slot()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops counted for `reason`.
+    pub fn dropped(&self, reason: IngestDrop) -> u64 {
+        self.drops[reason.slot()].load(Ordering::Relaxed)
+    }
+
+    /// Samples applied to twins.
+    pub fn samples_applied(&self) -> u64 {
+        self.samples.load(Ordering::Relaxed)
+    }
+
+    /// Sparkplug messages received.
+    pub fn messages_received(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, twins: usize, online: usize) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter("demolab_hub_messages_total", "Sparkplug messages received.", load(&self.messages));
+        counter("demolab_hub_samples_applied_total", "Samples applied to twins.", load(&self.samples));
+        counter("demolab_hub_births_total", "NBIRTH and DBIRTH messages handled.", load(&self.births));
+        counter("demolab_hub_deaths_total", "NDEATH and DDEATH messages handled.", load(&self.deaths));
+        counter("demolab_hub_seq_gaps_total", "Sparkplug seq gaps detected.", load(&self.seq_gaps));
+        counter(
+            "demolab_hub_rebirth_requests_total",
+            "NCMD rebirth requests sent.",
+            load(&self.rebirth_requests),
+        );
+        let _ = writeln!(out, "# HELP demolab_hub_dropped_total Messages or samples dropped, by reason.");
+        let _ = writeln!(out, "# TYPE demolab_hub_dropped_total counter");
+        for reason in IngestDrop::ALL {
+            let _ = writeln!(
+                out,
+                "demolab_hub_dropped_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.dropped(reason)
+            );
+        }
+        let gauges = [
+            ("demolab_hub_twins", "Twins known.", twins as u64),
+            ("demolab_hub_twins_online", "Twins online.", online as u64),
+            ("demolab_hub_stream_clients", "Open stream connections.", load(&self.stream_clients)),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}

@@ -1,0 +1,146 @@
+//! Embedded persistence of twin state under the data directory (redb, one file, crash-safe).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::twin::Twin;
+
+const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "hub.redb";
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error("database {path}: {source}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<redb::Error>,
+    },
+    /// A stored twin could not be (de)serialised.
+    #[error("twin {id} in storage: {source}")]
+    Codec {
+        /// The twin id.
+        id: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Twin state on disk.
+#[derive(Debug)]
+pub struct TwinStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl TwinStore {
+    /// Opens (or creates) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
+        let path = data_dir.join(DB_FILE);
+        let db = Database::create(&path).map_err(|e| db_error(&path, e))?;
+        let store = Self { db, path };
+        // Creating the table up front lets `load` treat "no table" as a real error.
+        store.write(|_| Ok(()))?;
+        Ok(store)
+    }
+
+    fn write(
+        &self,
+        f: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| db_error(&self.path, e))?;
+        {
+            let mut table = txn.open_table(TWINS).map_err(|e| db_error(&self.path, e))?;
+            f(&mut table)?;
+        }
+        txn.commit().map_err(|e| db_error(&self.path, e))
+    }
+
+    /// Every stored twin.
+    pub fn load(&self) -> Result<Vec<Twin>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let table = txn.open_table(TWINS).map_err(|e| db_error(&self.path, e))?;
+        let mut twins = Vec::new();
+        for entry in table.iter().map_err(|e| db_error(&self.path, e))? {
+            let (key, value) = entry.map_err(|e| db_error(&self.path, e))?;
+            let twin = serde_json::from_slice(value.value())
+                .map_err(|source| StoreError::Codec { id: key.value().to_owned(), source })?;
+            twins.push(twin);
+        }
+        Ok(twins)
+    }
+
+    /// Writes twins in one transaction.
+    pub fn save(&self, twins: &[Twin]) -> Result<(), StoreError> {
+        if twins.is_empty() {
+            return Ok(());
+        }
+        self.write(|table| {
+            for twin in twins {
+                let bytes = serde_json::to_vec(twin)
+                    .map_err(|source| StoreError::Codec { id: twin.id.clone(), source })?;
+                table.insert(twin.id.as_str(), bytes.as_slice()).map_err(|e| db_error(&self.path, e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn db_error(path: &Path, err: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database { path: path.to_owned(), source: Box::new(err.into()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::stats::HubStats;
+    use crate::twin::{TwinKey, TwinRegistry, TwinUpdate};
+
+    #[test]
+    fn twins_survive_reopening_the_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let registry = TwinRegistry::new(Arc::new(HubStats::default()));
+        let key = TwinKey { lab: "lab-a".parse().expect("valid"), machine: "m-1".parse().expect("valid") };
+        registry.apply(TwinUpdate::Birth {
+            key: key.clone(),
+            gateway: "gw".parse().expect("valid"),
+            metrics: vec![("a.b".parse().expect("valid"), protocol::Unit::Watt)],
+            timestamp: 1,
+        });
+        registry.apply(TwinUpdate::Sample {
+            key: key.clone(),
+            seq: 3,
+            timestamp: 2,
+            values: vec![("a.b".parse().expect("valid"), 42.0)],
+        });
+        let saved = registry.get(&key).expect("exists");
+        TwinStore::open(dir.path()).expect("open").save(std::slice::from_ref(&saved)).expect("save");
+        let loaded = TwinStore::open(dir.path()).expect("reopen").load().expect("load");
+        assert_eq!(loaded, vec![saved]);
+    }
+
+    #[test]
+    fn a_corrupt_database_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(DB_FILE), b"not a database").expect("write");
+        let err = TwinStore::open(dir.path()).expect_err("corrupt");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+    }
+}

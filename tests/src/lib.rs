@@ -1,0 +1,111 @@
+//! Shared helpers of the end-to-end tests in `tests/tests/`: start a hub on ephemeral ports,
+//! wait for conditions with deadlines, speak just enough HTTP to read the API.
+//!
+//! The tests run every part through real sockets: the embedded MQTT broker, the gateway's MQTT
+//! sessions, the hub's HTTP server and WebSocket stream.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hub::broker::BrokerConfig;
+use hub::{BrokerSetting, Hub, HubConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A hub with an embedded broker on ephemeral ports and its data in `data_dir`, ready.
+pub async fn start_hub(data_dir: &std::path::Path) -> anyhow::Result<Hub> {
+    let config = HubConfig {
+        http_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        broker: BrokerSetting::Embedded(BrokerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..BrokerConfig::default()
+        }),
+        data_dir: data_dir.to_owned(),
+        ..HubConfig::default()
+    };
+    let hub = Hub::start(config).await.context("starting the hub")?;
+    within(
+        Duration::from_secs(10),
+        "the hub to become ready",
+        hub.ready(),
+    )
+    .await?;
+    Ok(hub)
+}
+
+/// Awaits `future`, failing with a message naming `what` after `deadline`.
+pub async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    future: impl Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(deadline, future)
+        .await
+        .with_context(|| format!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// Polls `condition` every 10 ms until it holds, failing after `deadline`.
+pub async fn wait_until(
+    deadline: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    within(deadline, what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// A minimal HTTP/1.1 GET; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8(response).context("response is not UTF-8")?;
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("no header end in {text:?}")
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("chunk size line")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).context("chunk shorter than announced")?);
+        body = rest.get(size + 2..).context("chunk terminator")?;
+    }
+}
+
+/// GETs `path` and parses the body as JSON, failing unless the status is 200.
+pub async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = http_get(addr, path).await?;
+    if status != 200 {
+        bail!("GET {path} answered {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {path} body is not JSON: {body}"))
+}
