@@ -21,7 +21,10 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// The labs of the demo region: (lab, gateway, machine name prefix).
-const LABS: [(&str, &str); 2] = [("aarhus-machining", "gw-aarhus"), ("odense-machining", "gw-odense")];
+const LABS: [(&str, &str); 2] = [
+    ("aarhus-machining", "gw-aarhus"),
+    ("odense-machining", "gw-odense"),
+];
 
 /// Run the Demolab demo region: hub, embedded MQTT broker, and simulated labs with their gateways.
 #[derive(Debug, Parser)]
@@ -54,10 +57,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("warn,demolab=info,demolab_hub=info,demolab_gateway=info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("warn,demolab=info,demolab_hub=info,demolab_gateway=info")
+        }))
         .init();
 
     let hub = Hub::start(HubConfig {
@@ -76,14 +78,20 @@ async fn main() -> anyhow::Result<()> {
         .context("the hub did not connect to its own broker within 10 s")?;
 
     let cancel = CancellationToken::new();
-    let broker = MqttEndpoint { host: hub.mqtt_addr().ip().to_string(), port: hub.mqtt_addr().port() };
+    let broker = MqttEndpoint {
+        host: hub.mqtt_addr().ip().to_string(),
+        port: hub.mqtt_addr().port(),
+    };
     let mut gateways = Vec::new();
     let mut nodes = JoinSet::new();
     let mut lab_lines = Vec::new();
     for (lab_index, (lab, gateway)) in LABS.into_iter().enumerate() {
         let lab: LabId = lab.parse()?;
         let gateway: GatewayId = gateway.parse()?;
-        let handle = gateway::start(GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone()), cancel.clone());
+        let handle = gateway::start(
+            GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone()),
+            cancel.clone(),
+        );
         tokio::time::timeout(Duration::from_secs(10), handle.ready())
             .await
             .with_context(|| format!("gateway {gateway} did not come up within 10 s"))?;
@@ -103,7 +111,10 @@ async fn main() -> anyhow::Result<()> {
             };
             nodes.spawn(run_mqtt_node(config, cancel.clone()));
         }
-        lab_lines.push(format!("lab: {lab} (gateway {gateway}, {} CNC mills)", args.machines_per_lab));
+        lab_lines.push(format!(
+            "lab: {lab} (gateway {gateway}, {} CNC mills)",
+            args.machines_per_lab
+        ));
     }
 
     println!();
@@ -133,6 +144,9 @@ async fn main() -> anyhow::Result<()> {
         gateway.shutdown().await?;
     }
     hub.shutdown().await?;
-    println!("Demolab stopped; twins saved in {}", args.data_dir.display());
+    println!(
+        "Demolab stopped; twins saved in {}",
+        args.data_dir.display()
+    );
     Ok(())
 }

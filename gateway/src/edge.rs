@@ -10,7 +10,8 @@ use protocol::sparkplug::{
 use protocol::{GatewayId, LabId, MachineId, MetricName, Unit};
 
 /// Name of the per-sample sequence metric every device carries, so the hub can order and
-/// de-duplicate samples by the node's own sequence number.
+/// de-duplicate samples by the node's own sequence number. It is a UInt32 carried in the
+/// protobuf `long_value`, as Eclipse Tahu and Ignition expect (the 3.0 text allows both fields).
 pub const NODE_SEQ_METRIC: &str = "node.seq";
 /// Property key carrying a metric's unit in births (the key Ignition and others use).
 pub const UNIT_PROPERTY: &str = "engUnit";
@@ -70,7 +71,14 @@ pub struct EdgeNode {
 impl EdgeNode {
     /// A session that has not been born yet.
     pub fn new(lab: LabId, gateway: GatewayId, bd_seq: BdSeq) -> Self {
-        Self { lab, gateway, bd_seq, seq: SeqCounter::default(), devices: BTreeMap::new(), next_alias: 1 }
+        Self {
+            lab,
+            gateway,
+            bd_seq,
+            seq: SeqCounter::default(),
+            devices: BTreeMap::new(),
+            next_alias: 1,
+        }
     }
 
     /// The current `bdSeq`.
@@ -110,14 +118,19 @@ impl EdgeNode {
                 seq: Some(self.seq.next_seq()),
                 metrics: vec![
                     self.bd_seq_metric(),
-                    Metric::new(DataType::Boolean, MetricValue::Boolean(false)).named(REBIRTH_METRIC),
+                    Metric::new(DataType::Boolean, MetricValue::Boolean(false))
+                        .named(REBIRTH_METRIC),
                 ],
                 ..Default::default()
             },
         };
         let machines: Vec<MachineId> = self.devices.keys().cloned().collect();
         let mut out = vec![nbirth];
-        out.extend(machines.iter().filter_map(|m| self.device_birth_message(m, now_ms)));
+        out.extend(
+            machines
+                .iter()
+                .filter_map(|m| self.device_birth_message(m, now_ms)),
+        );
         out
     }
 
@@ -142,9 +155,16 @@ impl EdgeNode {
                 .unwrap_or_else(|| self.take_alias());
             table.insert(name.clone(), (*unit, alias));
         }
-        self.devices.insert(machine.clone(), Device { metrics: table, seq_alias });
+        self.devices.insert(
+            machine.clone(),
+            Device {
+                metrics: table,
+                seq_alias,
+            },
+        );
         // The device was inserted just above, so the message exists.
-        self.device_birth_message(machine, now_ms).unwrap_or_else(|| unreachable!())
+        self.device_birth_message(machine, now_ms)
+            .unwrap_or_else(|| unreachable!())
     }
 
     fn take_alias(&mut self) -> u64 {
@@ -156,7 +176,7 @@ impl EdgeNode {
     fn device_birth_message(&mut self, machine: &MachineId, now_ms: u64) -> Option<Outgoing> {
         let device = self.devices.get(machine)?;
         let mut metrics = vec![
-            Metric::new(DataType::UInt32, MetricValue::Int(0))
+            Metric::new(DataType::UInt32, MetricValue::Long(0))
                 .named(NODE_SEQ_METRIC)
                 .aliased(device.seq_alias)
                 .at(now_ms),
@@ -198,17 +218,35 @@ impl EdgeNode {
         sampled_at_ms: u64,
         values: &[Value],
     ) -> Result<Outgoing, EdgeError> {
-        let device =
-            self.devices.get(machine).ok_or_else(|| EdgeError::UnbornDevice(machine.clone()))?;
+        let device = self
+            .devices
+            .get(machine)
+            .ok_or_else(|| EdgeError::UnbornDevice(machine.clone()))?;
         // Sparkplug: data messages should not repeat the datatype; the birth announced it.
-        let untyped = |value| Metric { value: Some(value), ..Default::default() };
+        let untyped = |value| Metric {
+            value: Some(value),
+            ..Default::default()
+        };
         let mut metrics = Vec::with_capacity(values.len() + 1);
-        metrics.push(untyped(MetricValue::Int(node_seq)).aliased(device.seq_alias).at(sampled_at_ms));
+        metrics.push(
+            untyped(MetricValue::Long(u64::from(node_seq)))
+                .aliased(device.seq_alias)
+                .at(sampled_at_ms),
+        );
         for value in values {
-            let (_, alias) = device.metrics.get(&value.name).ok_or_else(|| {
-                EdgeError::UnbornMetric { machine: machine.clone(), metric: value.name.clone() }
-            })?;
-            metrics.push(untyped(MetricValue::Float(value.value)).aliased(*alias).at(sampled_at_ms));
+            let (_, alias) =
+                device
+                    .metrics
+                    .get(&value.name)
+                    .ok_or_else(|| EdgeError::UnbornMetric {
+                        machine: machine.clone(),
+                        metric: value.name.clone(),
+                    })?;
+            metrics.push(
+                untyped(MetricValue::Float(value.value))
+                    .aliased(*alias)
+                    .at(sampled_at_ms),
+            );
         }
         Ok(Outgoing {
             topic: Topic::device(&self.lab, MessageType::DData, &self.gateway, machine),
@@ -252,10 +290,19 @@ mod tests {
         assert_eq!(births.len(), 2);
         assert_eq!(births[0].topic.to_string(), "spBv1.0/lab-a/NBIRTH/gw-a");
         assert_eq!(births[0].payload.seq, Some(0));
-        assert_eq!(births[0].payload.metrics[0].value, Some(MetricValue::Long(3)));
-        assert_eq!(births[1].topic.to_string(), "spBv1.0/lab-a/DBIRTH/gw-a/mill-1");
+        assert_eq!(
+            births[0].payload.metrics[0].value,
+            Some(MetricValue::Long(3))
+        );
+        assert_eq!(
+            births[1].topic.to_string(),
+            "spBv1.0/lab-a/DBIRTH/gw-a/mill-1"
+        );
         assert_eq!(births[1].payload.seq, Some(1));
-        assert_eq!(edge.death(30).payload.metrics[0].value, Some(MetricValue::Long(3)));
+        assert_eq!(
+            edge.death(30).payload.metrics[0].value,
+            Some(MetricValue::Long(3))
+        );
     }
 
     #[test]
@@ -263,18 +310,39 @@ mod tests {
         let mut edge = session();
         let birth = edge.birth_device(
             &id("mill-1"),
-            &[(id("spindle.power_w"), Unit::Watt), (id("coolant.temperature_c"), Unit::Celsius)],
+            &[
+                (id("spindle.power_w"), Unit::Watt),
+                (id("coolant.temperature_c"), Unit::Celsius),
+            ],
             0,
         );
         let alias_of = |name: &str| {
-            birth.payload.metrics.iter().find(|m| m.name.as_deref() == Some(name)).and_then(|m| m.alias)
+            birth
+                .payload
+                .metrics
+                .iter()
+                .find(|m| m.name.as_deref() == Some(name))
+                .and_then(|m| m.alias)
         };
         let data = edge
-            .device_data(&id("mill-1"), 7, 99, &[Value { name: id("spindle.power_w"), value: 1.5 }])
+            .device_data(
+                &id("mill-1"),
+                7,
+                99,
+                &[Value {
+                    name: id("spindle.power_w"),
+                    value: 1.5,
+                }],
+            )
             .expect("born");
-        assert!(data.payload.metrics.iter().all(|m| m.name.is_none() && m.datatype.is_none()));
+        assert!(
+            data.payload
+                .metrics
+                .iter()
+                .all(|m| m.name.is_none() && m.datatype.is_none())
+        );
         assert_eq!(data.payload.metrics[0].alias, alias_of(NODE_SEQ_METRIC));
-        assert_eq!(data.payload.metrics[0].value, Some(MetricValue::Int(7)));
+        assert_eq!(data.payload.metrics[0].value, Some(MetricValue::Long(7)));
         assert_eq!(data.payload.metrics[1].alias, alias_of("spindle.power_w"));
     }
 
@@ -283,7 +351,13 @@ mod tests {
         let mut edge = session();
         let a = edge.birth_device(&id("m-a"), &[(id("x.y"), Unit::Watt)], 0);
         let b = edge.birth_device(&id("m-b"), &[(id("x.y"), Unit::Watt)], 0);
-        let aliases = |o: &Outgoing| o.payload.metrics.iter().filter_map(|m| m.alias).collect::<Vec<_>>();
+        let aliases = |o: &Outgoing| {
+            o.payload
+                .metrics
+                .iter()
+                .filter_map(|m| m.alias)
+                .collect::<Vec<_>>()
+        };
         let (a, b) = (aliases(&a), aliases(&b));
         assert!(a.iter().all(|x| !b.contains(x)), "{a:?} vs {b:?}");
         let again = edge.birth_device(&id("m-a"), &[(id("x.y"), Unit::Watt)], 0);
@@ -299,7 +373,15 @@ mod tests {
         );
         edge.birth_device(&id("m"), &[], 0);
         assert!(matches!(
-            edge.device_data(&id("m"), 1, 0, &[Value { name: id("a.b"), value: 0.0 }]),
+            edge.device_data(
+                &id("m"),
+                1,
+                0,
+                &[Value {
+                    name: id("a.b"),
+                    value: 0.0
+                }]
+            ),
             Err(EdgeError::UnbornMetric { .. })
         ));
     }
@@ -309,7 +391,13 @@ mod tests {
         let mut edge = session();
         edge.birth_device(&id("m"), &[], 0);
         let seqs: Vec<u64> = (0..300)
-            .map(|i| edge.device_data(&id("m"), i, 0, &[]).expect("born").payload.seq.unwrap_or(999))
+            .map(|i| {
+                edge.device_data(&id("m"), i, 0, &[])
+                    .expect("born")
+                    .payload
+                    .seq
+                    .unwrap_or(999)
+            })
             .collect();
         assert_eq!(seqs[254], 255);
         assert_eq!(seqs[255], 0);

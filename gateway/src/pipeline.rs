@@ -38,7 +38,7 @@ pub enum Action {
     Command(Command),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct NodeState {
     hello: Option<Hello>,
     machine: Option<MachineId>,
@@ -62,7 +62,11 @@ pub fn fallback_machine(node: NodeId) -> MachineId {
 impl Pipeline {
     /// A pipeline with the node → machine map from configuration.
     pub fn new(configured: HashMap<NodeId, MachineId>) -> Self {
-        Self { configured, nodes: HashMap::new(), next_command_id: 1 }
+        Self {
+            configured,
+            nodes: HashMap::new(),
+            next_command_id: 1,
+        }
     }
 
     /// The machine a node currently feeds, if known.
@@ -100,13 +104,12 @@ impl Pipeline {
             .cloned()
             .or_else(|| hello.machine.clone())
             .unwrap_or_else(|| fallback_machine(node));
-        let metrics = hello.metrics.iter().map(|d| (d.name.clone(), d.unit)).collect();
-        let state = self.nodes.entry(node).or_insert(NodeState {
-            hello: None,
-            machine: None,
-            last_seq: 0,
-            hello_requested: false,
-        });
+        let metrics = hello
+            .metrics
+            .iter()
+            .map(|d| (d.name.clone(), d.unit))
+            .collect();
+        let state = self.nodes.entry(node).or_default();
         // A node that says Hello again has rebooted: its seq restarts.
         state.last_seq = 0;
         state.hello = Some(hello);
@@ -138,7 +141,10 @@ impl Pipeline {
                 stats.dropped(DropReason::NotFinite);
                 continue;
             }
-            values.push(Value { name: descriptor.name.clone(), value: reading.value });
+            values.push(Value {
+                name: descriptor.name.clone(),
+                value: reading.value,
+            });
         }
         state.last_seq = samples.seq;
         vec![Action::Data {
@@ -150,19 +156,18 @@ impl Pipeline {
     }
 
     fn request_hello(&mut self, node: NodeId) -> Vec<Action> {
-        let state = self.nodes.entry(node).or_insert(NodeState {
-            hello: None,
-            machine: None,
-            last_seq: 0,
-            hello_requested: false,
-        });
+        let state = self.nodes.entry(node).or_default();
         if state.hello_requested {
             return Vec::new();
         }
         state.hello_requested = true;
         let id = self.next_command_id;
         self.next_command_id = self.next_command_id.wrapping_add(1);
-        vec![Action::Command(Command { node, id, kind: CommandKind::RequestHello })]
+        vec![Action::Command(Command {
+            node,
+            id,
+            kind: CommandKind::RequestHello,
+        })]
     }
 }
 
@@ -189,12 +194,20 @@ mod tests {
     fn hello_then_samples_births_the_machine_and_forwards_in_order() {
         let stats = GatewayStats::default();
         let mut pipeline = Pipeline::new(HashMap::new());
-        let actions = pipeline.on_frame(golden::NODE, golden::HELLO, 0, &stats).expect("valid");
-        assert!(matches!(&actions[..], [Action::BirthMachine { machine, metrics }]
-            if machine.as_str() == "mill-1" && metrics.len() == 4));
-        let actions = pipeline.on_frame(golden::NODE, golden::SAMPLES, 5, &stats).expect("valid");
-        assert!(matches!(&actions[..], [Action::Data { node_seq: 42, received_at_ms: 5, values, .. }]
-            if values.len() == 4 && values[0].value == 5321.5));
+        let actions = pipeline
+            .on_frame(golden::NODE, golden::HELLO, 0, &stats)
+            .expect("valid");
+        assert!(
+            matches!(&actions[..], [Action::BirthMachine { machine, metrics }]
+            if machine.as_str() == "mill-1" && metrics.len() == 4)
+        );
+        let actions = pipeline
+            .on_frame(golden::NODE, golden::SAMPLES, 5, &stats)
+            .expect("valid");
+        assert!(
+            matches!(&actions[..], [Action::Data { node_seq: 42, received_at_ms: 5, values, .. }]
+            if values.len() == 4 && values[0].value == 5321.5)
+        );
     }
 
     #[test]
@@ -202,17 +215,26 @@ mod tests {
         let stats = GatewayStats::default();
         let map = HashMap::from([(golden::NODE, MachineId::new("lathe-9").expect("valid"))]);
         let mut pipeline = Pipeline::new(map);
-        pipeline.on_frame(golden::NODE, golden::HELLO, 0, &stats).expect("valid");
-        assert_eq!(pipeline.machine_of(golden::NODE).map(MachineId::as_str), Some("lathe-9"));
+        pipeline
+            .on_frame(golden::NODE, golden::HELLO, 0, &stats)
+            .expect("valid");
+        assert_eq!(
+            pipeline.machine_of(golden::NODE).map(MachineId::as_str),
+            Some("lathe-9")
+        );
     }
 
     #[test]
     fn duplicates_and_replays_are_dropped_and_counted() {
         let stats = GatewayStats::default();
         let mut pipeline = Pipeline::new(HashMap::new());
-        pipeline.on_frame(golden::NODE, golden::HELLO, 0, &stats).expect("valid");
+        pipeline
+            .on_frame(golden::NODE, golden::HELLO, 0, &stats)
+            .expect("valid");
         for seq in [1, 2, 2, 1, 3] {
-            pipeline.on_frame(golden::NODE, &encode(&samples(seq, 1.0)), 0, &stats).expect("valid");
+            pipeline
+                .on_frame(golden::NODE, &encode(&samples(seq, 1.0)), 0, &stats)
+                .expect("valid");
         }
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.dropped(DropReason::Duplicate), 2);
@@ -223,9 +245,19 @@ mod tests {
     fn samples_before_hello_request_one_hello_and_are_counted() {
         let stats = GatewayStats::default();
         let mut pipeline = Pipeline::new(HashMap::new());
-        let first = pipeline.on_frame(golden::NODE, golden::SAMPLES, 0, &stats).expect("valid");
-        assert!(matches!(&first[..], [Action::Command(Command { kind: CommandKind::RequestHello, .. })]));
-        let second = pipeline.on_frame(golden::NODE, golden::SAMPLES, 0, &stats).expect("valid");
+        let first = pipeline
+            .on_frame(golden::NODE, golden::SAMPLES, 0, &stats)
+            .expect("valid");
+        assert!(matches!(
+            &first[..],
+            [Action::Command(Command {
+                kind: CommandKind::RequestHello,
+                ..
+            })]
+        ));
+        let second = pipeline
+            .on_frame(golden::NODE, golden::SAMPLES, 0, &stats)
+            .expect("valid");
         assert!(second.is_empty(), "one request per silence, not per frame");
         assert_eq!(stats.snapshot().dropped(DropReason::NoHello), 2);
     }
@@ -234,9 +266,16 @@ mod tests {
     fn bad_frames_and_foreign_node_ids_are_counted() {
         let stats = GatewayStats::default();
         let mut pipeline = Pipeline::new(HashMap::new());
-        assert!(pipeline.on_frame(golden::NODE, &[1, 2, 3, 4, 5], 0, &stats).is_err());
+        assert!(
+            pipeline
+                .on_frame(golden::NODE, &[1, 2, 3, 4, 5], 0, &stats)
+                .is_err()
+        );
         let other = NodeId(7);
-        assert_eq!(pipeline.on_frame(other, golden::HELLO, 0, &stats), Ok(Vec::new()));
+        assert_eq!(
+            pipeline.on_frame(other, golden::HELLO, 0, &stats),
+            Ok(Vec::new())
+        );
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.dropped(DropReason::BadFrame), 1);
         assert_eq!(snapshot.dropped(DropReason::NodeMismatch), 1);
@@ -246,9 +285,12 @@ mod tests {
     fn non_finite_readings_are_dropped_but_the_sample_goes_on() {
         let stats = GatewayStats::default();
         let mut pipeline = Pipeline::new(HashMap::new());
-        pipeline.on_frame(golden::NODE, golden::HELLO, 0, &stats).expect("valid");
-        let actions =
-            pipeline.on_frame(golden::NODE, &encode(&samples(1, f32::NAN)), 0, &stats).expect("valid");
+        pipeline
+            .on_frame(golden::NODE, golden::HELLO, 0, &stats)
+            .expect("valid");
+        let actions = pipeline
+            .on_frame(golden::NODE, &encode(&samples(1, f32::NAN)), 0, &stats)
+            .expect("valid");
         assert!(matches!(&actions[..], [Action::Data { values, .. }] if values.len() == 3));
         assert_eq!(stats.snapshot().dropped(DropReason::NotFinite), 1);
     }

@@ -36,7 +36,9 @@ pub enum GatewayError {
 
 /// Wall clock in ms since the Unix epoch; the only place the gateway reads it.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug)]
@@ -112,7 +114,12 @@ fn mqtt_options(client_id: String, endpoint: &MqttEndpoint) -> MqttOptions {
 
 fn will_of(edge: &EdgeNode) -> LastWill {
     let death = edge.death(now_ms());
-    LastWill::new(death.topic.to_string(), death.payload.encode_to_vec(), QoS::AtLeastOnce, false)
+    LastWill::new(
+        death.topic.to_string(),
+        death.payload.encode_to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    )
 }
 
 /// Starts a gateway; it runs until `cancel` fires or [`GatewayHandle::shutdown`] is called.
@@ -127,7 +134,13 @@ pub fn start(config: GatewayConfig, cancel: CancellationToken) -> GatewayHandle 
     let south_options = mqtt_options(format!("{gateway}-south"), &config.southbound);
     let (south_client, south_loop) = AsyncClient::new(south_options, 256);
     let (frames_tx, frames_rx) = mpsc::channel(FRAME_CHANNEL);
-    tasks.spawn(southbound(south_client.clone(), south_loop, frames_tx, ready_tx.clone(), cancel.clone()));
+    tasks.spawn(southbound(
+        south_client.clone(),
+        south_loop,
+        frames_tx,
+        ready_tx.clone(),
+        cancel.clone(),
+    ));
 
     let edge = EdgeNode::new(lab.clone(), gateway.clone(), BdSeq::new(0));
     let mut up_options = mqtt_options(format!("{gateway}-uplink"), &config.uplink);
@@ -135,7 +148,15 @@ pub fn start(config: GatewayConfig, cancel: CancellationToken) -> GatewayHandle 
     let (up_client, up_loop) = AsyncClient::new(up_options, 1024);
     let (events_tx, events_rx) = mpsc::channel(16);
     let ncmd = Topic::node(&lab, MessageType::NCmd, &gateway).to_string();
-    tasks.spawn(uplink(up_client.clone(), up_loop, edge.clone(), ncmd, events_tx, stats.clone(), cancel.clone()));
+    tasks.spawn(uplink(
+        up_client.clone(),
+        up_loop,
+        edge.clone(),
+        ncmd,
+        events_tx,
+        stats.clone(),
+        cancel.clone(),
+    ));
 
     let core = Core {
         pipeline: Pipeline::new(config.nodes.clone()),
@@ -151,7 +172,12 @@ pub fn start(config: GatewayConfig, cancel: CancellationToken) -> GatewayHandle 
     tasks.spawn(core.run(frames_rx, events_rx, cancel.clone()));
     info!(%lab, %gateway, south = %format!("{}:{}", config.southbound.host, config.southbound.port),
         uplink = %format!("{}:{}", config.uplink.host, config.uplink.port), "gateway started");
-    GatewayHandle { stats, ready, tasks, cancel }
+    GatewayHandle {
+        stats,
+        ready,
+        tasks,
+        cancel,
+    }
 }
 
 async fn southbound(
@@ -180,7 +206,14 @@ async fn southbound(
                     debug!(topic = %publish.topic, "ignoring a non-node topic");
                     continue;
                 };
-                if frames.send(NodeBytes { node, bytes: publish.payload }).await.is_err() {
+                if frames
+                    .send(NodeBytes {
+                        node,
+                        bytes: publish.payload,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -227,7 +260,13 @@ async fn uplink(
                 if let Err(err) = client.try_subscribe(ncmd_topic.clone(), QoS::AtLeastOnce) {
                     error!(%err, "cannot subscribe to NCMD");
                 }
-                if to_core.send(UplinkEvent::Connected { bd_seq: edge.bd_seq() }).await.is_err() {
+                if to_core
+                    .send(UplinkEvent::Connected {
+                        bd_seq: edge.bd_seq(),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -334,7 +373,10 @@ impl Core {
             let topic = node_topic::format(command.node, Direction::Down);
             match codec::encode_to_vec(&protocol::Frame::Command(command.clone())) {
                 Ok(bytes) => {
-                    let _ = self.south.publish(topic.as_str(), QoS::AtLeastOnce, false, bytes).await;
+                    let _ = self
+                        .south
+                        .publish(topic.as_str(), QoS::AtLeastOnce, false, bytes)
+                        .await;
                 }
                 Err(err) => error!(%err, "cannot encode a node command"),
             }
@@ -356,8 +398,16 @@ impl Core {
                 info!(%machine, metrics = metrics.len(), "machine born");
                 self.publish(message).await;
             }
-            Action::Data { machine, node_seq, received_at_ms, values } => {
-                match self.edge.device_data(&machine, node_seq, received_at_ms, &values) {
+            Action::Data {
+                machine,
+                node_seq,
+                received_at_ms,
+                values,
+            } => {
+                match self
+                    .edge
+                    .device_data(&machine, node_seq, received_at_ms, &values)
+                {
                     Ok(message) => {
                         self.stats.sample_forwarded();
                         self.publish(message).await;
@@ -371,7 +421,12 @@ impl Core {
 
     async fn publish(&mut self, message: Outgoing) {
         let payload = message.payload.encode_to_vec();
-        if self.uplink.publish(message.topic.to_string(), QoS::AtLeastOnce, false, payload).await.is_err() {
+        if self
+            .uplink
+            .publish(message.topic.to_string(), QoS::AtLeastOnce, false, payload)
+            .await
+            .is_err()
+        {
             self.stats.dropped(DropReason::UplinkClosed);
         }
     }

@@ -79,7 +79,10 @@ pub struct StatsSnapshot {
 impl StatsSnapshot {
     /// The count for one drop reason.
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.drops.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
+        self.drops
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
     }
 }
 
@@ -101,7 +104,10 @@ impl GatewayStats {
     }
 
     pub(crate) fn dropped(&self, reason: DropReason) {
-        let slot = DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let slot = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.drops[slot].fetch_add(1, Ordering::Relaxed);
     }
 

@@ -83,7 +83,16 @@ impl From<IdError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        (status, Json(ErrorBody { error: ErrorDetail { code, message: self.message() } })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code,
+                    message: self.message(),
+                },
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -144,19 +153,35 @@ async fn list_twins(
 ) -> Result<Json<Vec<Twin>>, ApiError> {
     let filter = filter.parse()?;
     let twins = state.twins.list(filter.lab.as_ref());
-    Ok(Json(twins.into_iter().filter(|t| filter.matches(&t.lab, &t.machine)).collect()))
+    Ok(Json(
+        twins
+            .into_iter()
+            .filter(|t| filter.matches(&t.lab, &t.machine))
+            .collect(),
+    ))
 }
 
 async fn get_twin(
     State(state): State<AppState>,
     Path((lab, machine)): Path<(String, String)>,
 ) -> Result<Json<Twin>, ApiError> {
-    let key = TwinKey { lab: lab.parse()?, machine: machine.parse()? };
-    state.twins.get(&key).map(Json).ok_or_else(|| ApiError::TwinNotFound(key.to_string()))
+    let key = TwinKey {
+        lab: lab.parse()?,
+        machine: machine.parse()?,
+    };
+    state
+        .twins
+        .get(&key)
+        .map(Json)
+        .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.ready.load(Ordering::Acquire) { Ok("ready\n") } else { Err(ApiError::NotReady) }
+    if state.ready.load(Ordering::Acquire) {
+        Ok("ready\n")
+    } else {
+        Err(ApiError::NotReady)
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -227,12 +252,19 @@ mod tests {
         let stats = Arc::new(HubStats::default());
         let twins = Arc::new(TwinRegistry::new(stats.clone()));
         twins.apply(TwinUpdate::Birth {
-            key: TwinKey { lab: "lab-a".parse().expect("valid"), machine: "mill-1".parse().expect("valid") },
+            key: TwinKey {
+                lab: "lab-a".parse().expect("valid"),
+                machine: "mill-1".parse().expect("valid"),
+            },
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![],
             timestamp: 1,
         });
-        AppState { twins, stats, ready: Arc::new(AtomicBool::new(false)) }
+        AppState {
+            twins,
+            stats,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     async fn get(uri: &str) -> (StatusCode, serde_json::Value) {
@@ -241,8 +273,13 @@ mod tests {
             .await
             .expect("infallible");
         let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     #[tokio::test]
@@ -251,7 +288,10 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["id"], "lab-a/mill-1");
         let (status, body) = get("/api/v1/twins?lab=lab-a").await;
-        assert_eq!((status, body.as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+        assert_eq!(
+            (status, body.as_array().map(Vec::len)),
+            (StatusCode::OK, Some(1))
+        );
     }
 
     #[tokio::test]
@@ -259,12 +299,25 @@ mod tests {
         let (status, body) = get("/api/v1/twins/Lab-A/mill-1").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["code"], "invalid_id");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("Lab-A")));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Lab-A"))
+        );
         let (status, body) = get("/api/v1/twins/lab-a/ghost").await;
-        assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &"twin_not_found".into()));
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::NOT_FOUND, &"twin_not_found".into())
+        );
         let (status, body) = get("/api/v1/nothing").await;
-        assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &"not_found".into()));
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::NOT_FOUND, &"not_found".into())
+        );
         let (status, body) = get("/readyz").await;
-        assert_eq!((status, &body["error"]["code"]), (StatusCode::SERVICE_UNAVAILABLE, &"not_ready".into()));
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::SERVICE_UNAVAILABLE, &"not_ready".into())
+        );
     }
 }

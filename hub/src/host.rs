@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use prost::Message;
 use protocol::sparkplug::{
-    BD_SEQ_METRIC, DataType, MessageType, Metric, MetricValue, Payload, PropertyValueKind, Topic, metric_value_f64,
-    seq_gap,
+    BD_SEQ_METRIC, DataType, MessageType, Metric, MetricValue, Payload, PropertyValueKind, Topic,
+    metric_value_f64, seq_gap,
 };
 use protocol::{GatewayId, LabId, MachineId, MetricName, Unit};
 use tracing::{debug, info, warn};
@@ -58,13 +58,15 @@ pub struct PrimaryHost {
 }
 
 fn bd_seq_of(payload: &Payload) -> Option<u64> {
-    payload.metrics.iter().find(|m| m.name.as_deref() == Some(BD_SEQ_METRIC)).and_then(|m| {
-        match m.value {
+    payload
+        .metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(BD_SEQ_METRIC))
+        .and_then(|m| match m.value {
             Some(MetricValue::Long(v)) => Some(v),
             Some(MetricValue::Int(v)) => Some(u64::from(v)),
             _ => None,
-        }
-    })
+        })
 }
 
 fn unit_of(metric: &Metric) -> Unit {
@@ -92,7 +94,12 @@ impl PrimaryHost {
     ) -> Vec<HostAction> {
         stats.message_received();
         let (lab, kind, gateway, machine) = match Topic::parse(topic) {
-            Ok(Topic::Message { lab, kind, gateway, machine }) => (lab, kind, gateway, machine),
+            Ok(Topic::Message {
+                lab,
+                kind,
+                gateway,
+                machine,
+            }) => (lab, kind, gateway, machine),
             // STATE messages (ours or another host's) carry no machine data.
             Ok(Topic::State { .. }) => return Vec::new(),
             Err(err) => {
@@ -109,7 +116,10 @@ impl PrimaryHost {
                 return Vec::new();
             }
         };
-        let edge = self.edges.entry((lab.clone(), gateway.clone())).or_default();
+        let edge = self
+            .edges
+            .entry((lab.clone(), gateway.clone()))
+            .or_default();
         if let (Some(previous), Some(seq)) = (edge.last_seq, payload.seq)
             && edge.born
             && !matches!(kind, MessageType::NBirth)
@@ -145,7 +155,13 @@ impl PrimaryHost {
                 edge.devices
                     .drain()
                     .map(|(machine, _)| {
-                        HostAction::Twin(TwinUpdate::Offline { key: TwinKey { lab: lab.clone(), machine }, timestamp })
+                        HostAction::Twin(TwinUpdate::Offline {
+                            key: TwinKey {
+                                lab: lab.clone(),
+                                machine,
+                            },
+                            timestamp,
+                        })
                     })
                     .collect()
             }
@@ -157,7 +173,9 @@ impl PrimaryHost {
                 let mut device = Device::default();
                 let mut metrics = Vec::new();
                 for metric in &payload.metrics {
-                    let Some(name) = metric.name.as_deref() else { continue };
+                    let Some(name) = metric.name.as_deref() else {
+                        continue;
+                    };
                     if name == NODE_SEQ_METRIC {
                         device.seq_alias = metric.alias;
                         continue;
@@ -170,7 +188,9 @@ impl PrimaryHost {
                             }
                             metrics.push((parsed, unit_of(metric)));
                         }
-                        Err(err) => warn!(%lab, %machine, %err, "ignoring a metric with an invalid name"),
+                        Err(err) => {
+                            warn!(%lab, %machine, %err, "ignoring a metric with an invalid name")
+                        }
                     }
                 }
                 edge.devices.insert(machine.clone(), device);
@@ -184,7 +204,10 @@ impl PrimaryHost {
             (MessageType::DDeath, Some(machine)) => {
                 stats.death();
                 edge.devices.remove(&machine);
-                vec![HostAction::Twin(TwinUpdate::Offline { key: TwinKey { lab, machine }, timestamp })]
+                vec![HostAction::Twin(TwinUpdate::Offline {
+                    key: TwinKey { lab, machine },
+                    timestamp,
+                })]
             }
             (MessageType::DData, Some(machine)) => {
                 let Some(device) = edge.devices.get(&machine).filter(|_| edge.born) else {
@@ -237,8 +260,10 @@ fn data_update(
             (None, None) => false,
         };
         if is_seq {
+            // UInt32 arrives in `long_value` from Tahu-style encoders and in `int_value` from others.
             seq = match metric.value {
                 Some(MetricValue::Int(v)) => Some(v),
+                Some(MetricValue::Long(v)) => u32::try_from(v).ok(),
                 _ => None,
             };
             continue;
@@ -262,7 +287,12 @@ fn data_update(
         stats.ingest_dropped(IngestDrop::MissingSequence);
         return None;
     };
-    Some(TwinUpdate::Sample { key, seq, timestamp, values })
+    Some(TwinUpdate::Sample {
+        key,
+        seq,
+        timestamp,
+        values,
+    })
 }
 
 #[cfg(test)]
@@ -276,21 +306,34 @@ mod tests {
     fn nbirth(bd_seq: u64) -> Vec<u8> {
         Payload {
             seq: Some(0),
-            metrics: vec![Metric::new(DataType::UInt64, MetricValue::Long(bd_seq)).named(BD_SEQ_METRIC)],
+            metrics: vec![
+                Metric::new(DataType::UInt64, MetricValue::Long(bd_seq)).named(BD_SEQ_METRIC),
+            ],
             ..Default::default()
         }
         .encode_to_vec()
     }
 
     fn dbirth(seq: u64) -> Vec<u8> {
-        let mut power = Metric::new(DataType::Float, MetricValue::Float(0.0)).named("spindle.power_w").aliased(2);
+        let mut power = Metric::new(DataType::Float, MetricValue::Float(0.0))
+            .named("spindle.power_w")
+            .aliased(2);
         power.properties = Some(PropertySet {
             keys: vec![UNIT_PROPERTY.into()],
-            values: vec![PropertyValue { datatype: Some(12), is_null: None, value: Some(PropertyValueKind::String("W".into())) }],
+            values: vec![PropertyValue {
+                datatype: Some(12),
+                is_null: None,
+                value: Some(PropertyValueKind::String("W".into())),
+            }],
         });
         Payload {
             seq: Some(seq),
-            metrics: vec![Metric::new(DataType::UInt32, MetricValue::Int(0)).named(NODE_SEQ_METRIC).aliased(1), power],
+            metrics: vec![
+                Metric::new(DataType::UInt32, MetricValue::Int(0))
+                    .named(NODE_SEQ_METRIC)
+                    .aliased(1),
+                power,
+            ],
             ..Default::default()
         }
         .encode_to_vec()
@@ -301,7 +344,7 @@ mod tests {
             seq: Some(seq),
             timestamp: Some(1000),
             metrics: vec![
-                Metric::new(DataType::UInt32, MetricValue::Int(node_seq)).aliased(1),
+                Metric::new(DataType::UInt32, MetricValue::Long(u64::from(node_seq))).aliased(1),
                 Metric::new(DataType::Float, MetricValue::Float(power)).aliased(2),
             ],
             ..Default::default()
@@ -313,8 +356,10 @@ mod tests {
         let mut host = PrimaryHost::default();
         host.on_message(&format!("{T}/NBIRTH/gw-a"), &nbirth(4), 0, stats);
         let actions = host.on_message(&format!("{T}/DBIRTH/gw-a/mill-1"), &dbirth(1), 0, stats);
-        assert!(matches!(&actions[..], [HostAction::Twin(TwinUpdate::Birth { metrics, .. })]
-            if metrics == &[("spindle.power_w".parse().expect("valid"), Unit::Watt)]));
+        assert!(
+            matches!(&actions[..], [HostAction::Twin(TwinUpdate::Birth { metrics, .. })]
+            if metrics == &[("spindle.power_w".parse().expect("valid"), Unit::Watt)])
+        );
         host
     }
 
@@ -322,9 +367,16 @@ mod tests {
     fn ddata_aliases_resolve_to_the_names_of_the_birth() {
         let stats = HubStats::default();
         let mut host = born_host(&stats);
-        let actions = host.on_message(&format!("{T}/DDATA/gw-a/mill-1"), &ddata(2, 7, 12.5), 0, &stats);
-        assert!(matches!(&actions[..], [HostAction::Twin(TwinUpdate::Sample { seq: 7, values, timestamp: 1000, .. })]
-            if values == &[("spindle.power_w".parse().expect("valid"), 12.5)]));
+        let actions = host.on_message(
+            &format!("{T}/DDATA/gw-a/mill-1"),
+            &ddata(2, 7, 12.5),
+            0,
+            &stats,
+        );
+        assert!(
+            matches!(&actions[..], [HostAction::Twin(TwinUpdate::Sample { seq: 7, values, timestamp: 1000, .. })]
+            if values == &[("spindle.power_w".parse().expect("valid"), 12.5)])
+        );
     }
 
     #[test]
@@ -334,7 +386,10 @@ mod tests {
         let topic = format!("{T}/DDATA/gw-a/mill-1");
         let first = host.on_message(&topic, &ddata(5, 1, 1.0), 0, &stats);
         assert!(matches!(&first[..], [HostAction::RequestRebirth { .. }]));
-        assert!(host.on_message(&topic, &ddata(6, 2, 1.0), 0, &stats).is_empty());
+        assert!(
+            host.on_message(&topic, &ddata(6, 2, 1.0), 0, &stats)
+                .is_empty()
+        );
         assert_eq!(stats.dropped(IngestDrop::DataBeforeBirth), 2);
     }
 
@@ -343,20 +398,42 @@ mod tests {
         let stats = HubStats::default();
         let mut host = born_host(&stats);
         let death = |bd: u64| {
-            Payload { metrics: vec![Metric::new(DataType::UInt64, MetricValue::Long(bd)).named(BD_SEQ_METRIC)], ..Default::default() }
-                .encode_to_vec()
+            Payload {
+                metrics: vec![
+                    Metric::new(DataType::UInt64, MetricValue::Long(bd)).named(BD_SEQ_METRIC),
+                ],
+                ..Default::default()
+            }
+            .encode_to_vec()
         };
-        assert!(host.on_message(&format!("{T}/NDEATH/gw-a"), &death(3), 0, &stats).is_empty());
+        assert!(
+            host.on_message(&format!("{T}/NDEATH/gw-a"), &death(3), 0, &stats)
+                .is_empty()
+        );
         let actions = host.on_message(&format!("{T}/NDEATH/gw-a"), &death(4), 0, &stats);
-        assert!(matches!(&actions[..], [HostAction::Twin(TwinUpdate::Offline { .. })]));
+        assert!(matches!(
+            &actions[..],
+            [HostAction::Twin(TwinUpdate::Offline { .. })]
+        ));
     }
 
     #[test]
     fn seq_gaps_are_counted() {
         let stats = HubStats::default();
         let mut host = born_host(&stats);
-        host.on_message(&format!("{T}/DDATA/gw-a/mill-1"), &ddata(5, 1, 1.0), 0, &stats);
-        assert_eq!(stats.render(0, 0).lines().find(|l| l.starts_with("demolab_hub_seq_gaps_total ")), Some("demolab_hub_seq_gaps_total 1"));
+        host.on_message(
+            &format!("{T}/DDATA/gw-a/mill-1"),
+            &ddata(5, 1, 1.0),
+            0,
+            &stats,
+        );
+        assert_eq!(
+            stats
+                .render(0, 0)
+                .lines()
+                .find(|l| l.starts_with("demolab_hub_seq_gaps_total ")),
+            Some("demolab_hub_seq_gaps_total 1")
+        );
     }
 
     #[test]

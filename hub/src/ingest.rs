@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
+use protocol::HostId;
 use protocol::sparkplug::{
     DataType, MessageType, Metric, MetricValue, NAMESPACE, Payload, REBIRTH_METRIC, Topic,
 };
-use protocol::HostId;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -22,7 +22,9 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Wall clock in ms since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The Sparkplug 3.0 STATE payload (JSON, not protobuf).
@@ -49,8 +51,15 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
-    let state_topic = Topic::State { host: config.host_id.clone() }.to_string();
-    let mut options = MqttOptions::new(format!("{}-host", config.host_id), config.host.clone(), config.port);
+    let state_topic = Topic::State {
+        host: config.host_id.clone(),
+    }
+    .to_string();
+    let mut options = MqttOptions::new(
+        format!("{}-host", config.host_id),
+        config.host.clone(),
+        config.port,
+    );
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(true);
     options.set_max_packet_size(1 << 20, 1 << 20);
@@ -75,9 +84,12 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 // Spec order: subscribe first, then announce online, so no birth is missed.
-                if let Err(err) =
-                    client.try_publish(&state_topic, QoS::AtLeastOnce, true, state_payload(true, now_ms()))
-                {
+                if let Err(err) = client.try_publish(
+                    &state_topic,
+                    QoS::AtLeastOnce,
+                    true,
+                    state_payload(true, now_ms()),
+                ) {
                     error!(%err, "cannot publish the host STATE");
                 }
                 ready.store(true, Ordering::Release);
@@ -99,9 +111,12 @@ pub async fn run(
                                 ],
                                 ..Default::default()
                             };
-                            if let Err(err) =
-                                client.try_publish(topic, QoS::AtLeastOnce, false, payload.encode_to_vec())
-                            {
+                            if let Err(err) = client.try_publish(
+                                topic,
+                                QoS::AtLeastOnce,
+                                false,
+                                payload.encode_to_vec(),
+                            ) {
                                 warn!(%lab, %gateway, %err, "cannot request a rebirth");
                             }
                         }
@@ -120,7 +135,12 @@ pub async fn run(
         }
     }
     // A clean stop announces offline itself, since a clean DISCONNECT suppresses the Will.
-    let _ = client.try_publish(&state_topic, QoS::AtLeastOnce, true, state_payload(false, now_ms()));
+    let _ = client.try_publish(
+        &state_topic,
+        QoS::AtLeastOnce,
+        true,
+        state_payload(false, now_ms()),
+    );
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         loop {

@@ -129,10 +129,14 @@ impl Hub {
         // Bind HTTP before starting anything else so a taken port fails fast and cleanly.
         let listener = tokio::net::TcpListener::bind(config.http_bind)
             .await
-            .map_err(|source| HubError::HttpBind { addr: config.http_bind, source })?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|source| HubError::HttpBind { addr: config.http_bind, source })?;
+            .map_err(|source| HubError::HttpBind {
+                addr: config.http_bind,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| HubError::HttpBind {
+            addr: config.http_bind,
+            source,
+        })?;
 
         let (broker, mqtt_addr, broker_host) = match &config.broker {
             BrokerSetting::Embedded(broker_config) => {
@@ -153,21 +157,52 @@ impl Hub {
         let cancel = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
-        let ingest_config =
-            IngestConfig { host: broker_host, port: mqtt_addr.port(), host_id: config.host_id.clone() };
-        tasks.spawn(ingest::run(ingest_config, twins.clone(), stats.clone(), ready.clone(), cancel.clone()));
-        tasks.spawn(flush_loop(store.clone(), twins.clone(), config.flush_interval, cancel.clone()));
+        let ingest_config = IngestConfig {
+            host: broker_host,
+            port: mqtt_addr.port(),
+            host_id: config.host_id.clone(),
+        };
+        tasks.spawn(ingest::run(
+            ingest_config,
+            twins.clone(),
+            stats.clone(),
+            ready.clone(),
+            cancel.clone(),
+        ));
+        tasks.spawn(flush_loop(
+            store.clone(),
+            twins.clone(),
+            config.flush_interval,
+            cancel.clone(),
+        ));
 
-        let app = api::router(api::AppState { twins: twins.clone(), stats: stats.clone(), ready: ready.clone() });
+        let app = api::router(api::AppState {
+            twins: twins.clone(),
+            stats: stats.clone(),
+            ready: ready.clone(),
+        });
         let http_cancel = cancel.clone();
         tasks.spawn(async move {
             let shutdown = async move { http_cancel.cancelled().await };
-            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 error!(%err, "HTTP server failed");
             }
         });
         info!(%http_addr, %mqtt_addr, "hub started");
-        Ok(Hub { http_addr, mqtt_addr, twins, stats, ready, broker, store, tasks, cancel })
+        Ok(Hub {
+            http_addr,
+            mqtt_addr,
+            twins,
+            stats,
+            ready,
+            broker,
+            store,
+            tasks,
+            cancel,
+        })
     }
 
     /// Where the HTTP API listens.
@@ -213,7 +248,12 @@ impl Hub {
     }
 }
 
-async fn flush_loop(store: Arc<TwinStore>, twins: Arc<TwinRegistry>, every: Duration, cancel: CancellationToken) {
+async fn flush_loop(
+    store: Arc<TwinStore>,
+    twins: Arc<TwinRegistry>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -221,7 +261,11 @@ async fn flush_loop(store: Arc<TwinStore>, twins: Arc<TwinRegistry>, every: Dura
             _ = ticker.tick() => {}
             () = cancel.cancelled() => return,
         }
-        let dirty: Vec<_> = twins.take_dirty().iter().filter_map(|key| twins.get(key)).collect();
+        let dirty: Vec<_> = twins
+            .take_dirty()
+            .iter()
+            .filter_map(|key| twins.get(key))
+            .collect();
         let store = store.clone();
         // redb commits fsync; keep them off the async workers.
         match tokio::task::spawn_blocking(move || store.save(&dirty)).await {

@@ -93,9 +93,11 @@ impl HubStats {
     }
     pub(crate) fn stream_client(&self, delta: i64) {
         if delta >= 0 {
-            self.stream_clients.fetch_add(delta as u64, Ordering::Relaxed);
+            self.stream_clients
+                .fetch_add(delta as u64, Ordering::Relaxed);
         } else {
-            self.stream_clients.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            self.stream_clients
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
         }
     }
     pub(crate) fn ingest_dropped(&self, reason: IngestDrop) {
@@ -121,20 +123,46 @@ impl HubStats {
     pub fn render(&self, twins: usize, online: usize) -> String {
         let mut out = String::with_capacity(2048);
         let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter("demolab_hub_messages_total", "Sparkplug messages received.", load(&self.messages));
-        counter("demolab_hub_samples_applied_total", "Samples applied to twins.", load(&self.samples));
-        counter("demolab_hub_births_total", "NBIRTH and DBIRTH messages handled.", load(&self.births));
-        counter("demolab_hub_deaths_total", "NDEATH and DDEATH messages handled.", load(&self.deaths));
-        counter("demolab_hub_seq_gaps_total", "Sparkplug seq gaps detected.", load(&self.seq_gaps));
+        counter(
+            "demolab_hub_messages_total",
+            "Sparkplug messages received.",
+            load(&self.messages),
+        );
+        counter(
+            "demolab_hub_samples_applied_total",
+            "Samples applied to twins.",
+            load(&self.samples),
+        );
+        counter(
+            "demolab_hub_births_total",
+            "NBIRTH and DBIRTH messages handled.",
+            load(&self.births),
+        );
+        counter(
+            "demolab_hub_deaths_total",
+            "NDEATH and DDEATH messages handled.",
+            load(&self.deaths),
+        );
+        counter(
+            "demolab_hub_seq_gaps_total",
+            "Sparkplug seq gaps detected.",
+            load(&self.seq_gaps),
+        );
         counter(
             "demolab_hub_rebirth_requests_total",
             "NCMD rebirth requests sent.",
             load(&self.rebirth_requests),
         );
-        let _ = writeln!(out, "# HELP demolab_hub_dropped_total Messages or samples dropped, by reason.");
+        let _ = writeln!(
+            out,
+            "# HELP demolab_hub_dropped_total Messages or samples dropped, by reason."
+        );
         let _ = writeln!(out, "# TYPE demolab_hub_dropped_total counter");
         for reason in IngestDrop::ALL {
             let _ = writeln!(
@@ -147,10 +175,17 @@ impl HubStats {
         let gauges = [
             ("demolab_hub_twins", "Twins known.", twins as u64),
             ("demolab_hub_twins_online", "Twins online.", online as u64),
-            ("demolab_hub_stream_clients", "Open stream connections.", load(&self.stream_clients)),
+            (
+                "demolab_hub_stream_clients",
+                "Open stream connections.",
+                load(&self.stream_clients),
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         out
     }

@@ -49,8 +49,10 @@ pub struct TwinStore {
 impl TwinStore {
     /// Opens (or creates) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
         let path = data_dir.join(DB_FILE);
         let db = Database::create(&path).map_err(|e| db_error(&path, e))?;
         let store = Self { db, path };
@@ -78,8 +80,11 @@ impl TwinStore {
         let mut twins = Vec::new();
         for entry in table.iter().map_err(|e| db_error(&self.path, e))? {
             let (key, value) = entry.map_err(|e| db_error(&self.path, e))?;
-            let twin = serde_json::from_slice(value.value())
-                .map_err(|source| StoreError::Codec { id: key.value().to_owned(), source })?;
+            let twin =
+                serde_json::from_slice(value.value()).map_err(|source| StoreError::Codec {
+                    id: key.value().to_owned(),
+                    source,
+                })?;
             twins.push(twin);
         }
         Ok(twins)
@@ -92,9 +97,13 @@ impl TwinStore {
         }
         self.write(|table| {
             for twin in twins {
-                let bytes = serde_json::to_vec(twin)
-                    .map_err(|source| StoreError::Codec { id: twin.id.clone(), source })?;
-                table.insert(twin.id.as_str(), bytes.as_slice()).map_err(|e| db_error(&self.path, e))?;
+                let bytes = serde_json::to_vec(twin).map_err(|source| StoreError::Codec {
+                    id: twin.id.clone(),
+                    source,
+                })?;
+                table
+                    .insert(twin.id.as_str(), bytes.as_slice())
+                    .map_err(|e| db_error(&self.path, e))?;
             }
             Ok(())
         })
@@ -102,7 +111,10 @@ impl TwinStore {
 }
 
 fn db_error(path: &Path, err: impl Into<redb::Error>) -> StoreError {
-    StoreError::Database { path: path.to_owned(), source: Box::new(err.into()) }
+    StoreError::Database {
+        path: path.to_owned(),
+        source: Box::new(err.into()),
+    }
 }
 
 #[cfg(test)]
@@ -117,7 +129,10 @@ mod tests {
     fn twins_survive_reopening_the_store() {
         let dir = tempfile::tempdir().expect("temp dir");
         let registry = TwinRegistry::new(Arc::new(HubStats::default()));
-        let key = TwinKey { lab: "lab-a".parse().expect("valid"), machine: "m-1".parse().expect("valid") };
+        let key = TwinKey {
+            lab: "lab-a".parse().expect("valid"),
+            machine: "m-1".parse().expect("valid"),
+        };
         registry.apply(TwinUpdate::Birth {
             key: key.clone(),
             gateway: "gw".parse().expect("valid"),
@@ -131,8 +146,14 @@ mod tests {
             values: vec![("a.b".parse().expect("valid"), 42.0)],
         });
         let saved = registry.get(&key).expect("exists");
-        TwinStore::open(dir.path()).expect("open").save(std::slice::from_ref(&saved)).expect("save");
-        let loaded = TwinStore::open(dir.path()).expect("reopen").load().expect("load");
+        TwinStore::open(dir.path())
+            .expect("open")
+            .save(std::slice::from_ref(&saved))
+            .expect("save");
+        let loaded = TwinStore::open(dir.path())
+            .expect("reopen")
+            .load()
+            .expect("load");
         assert_eq!(loaded, vec![saved]);
     }
 

@@ -99,7 +99,10 @@ impl Twin {
             lab: key.lab.to_string(),
             machine: key.machine.to_string(),
             connectivity: Connectivity::default(),
-            state: StateInfo { value: "unknown".into(), since: None },
+            state: StateInfo {
+                value: "unknown".into(),
+                since: None,
+            },
             features: BTreeMap::new(),
             last_seq: 0,
             samples: 0,
@@ -109,7 +112,11 @@ impl Twin {
     /// The reported value of `metric`, if any.
     pub fn value(&self, metric: &str) -> Option<f64> {
         let (feature, property) = metric.split_once('.')?;
-        self.features.get(feature)?.properties.get(property)?.reported
+        self.features
+            .get(feature)?
+            .properties
+            .get(property)?
+            .reported
     }
 
     fn property_mut(&mut self, name: &MetricName) -> &mut Property {
@@ -118,7 +125,11 @@ impl Twin {
             .or_default()
             .properties
             .entry(name.property().to_owned())
-            .or_insert_with(|| Property { reported: None, unit: String::new(), timestamp: None })
+            .or_insert_with(|| Property {
+                reported: None,
+                unit: String::new(),
+                timestamp: None,
+            })
     }
 }
 
@@ -193,7 +204,12 @@ impl TwinRegistry {
     /// An empty registry.
     pub fn new(stats: Arc<HubStats>) -> Self {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
-        Self { twins: DashMap::new(), dirty: DashMap::new(), changes, stats }
+        Self {
+            twins: DashMap::new(),
+            dirty: DashMap::new(),
+            changes,
+            stats,
+        }
     }
 
     /// Restores twins loaded from storage; they stay offline until their gateway births them.
@@ -251,10 +267,21 @@ impl TwinRegistry {
     /// Applies an update; returns whether the twin changed.
     pub fn apply(&self, update: TwinUpdate) -> bool {
         let (key, change) = match update {
-            TwinUpdate::Birth { key, gateway, metrics, timestamp } => {
-                let mut twin = self.twins.entry(key.clone()).or_insert_with(|| Twin::new(&key));
-                twin.connectivity =
-                    Connectivity { online: true, gateway: Some(gateway.to_string()), last_seen: Some(timestamp) };
+            TwinUpdate::Birth {
+                key,
+                gateway,
+                metrics,
+                timestamp,
+            } => {
+                let mut twin = self
+                    .twins
+                    .entry(key.clone())
+                    .or_insert_with(|| Twin::new(&key));
+                twin.connectivity = Connectivity {
+                    online: true,
+                    gateway: Some(gateway.to_string()),
+                    last_seen: Some(timestamp),
+                };
                 // A birth starts a new sequence session: the node (re)booted or the gateway reconnected.
                 twin.last_seq = 0;
                 for (name, unit) in &metrics {
@@ -264,7 +291,12 @@ impl TwinRegistry {
                 drop(twin);
                 (key, change)
             }
-            TwinUpdate::Sample { key, seq, timestamp, values } => {
+            TwinUpdate::Sample {
+                key,
+                seq,
+                timestamp,
+                values,
+            } => {
                 let Some(mut twin) = self.twins.get_mut(&key) else {
                     self.stats.ingest_dropped(IngestDrop::UnknownTwin);
                     return false;
@@ -282,7 +314,10 @@ impl TwinRegistry {
                     if name.as_str() == STATE_METRIC {
                         let state = state_name(value);
                         if twin.state.value != state {
-                            twin.state = StateInfo { value: state.to_owned(), since: Some(timestamp) };
+                            twin.state = StateInfo {
+                                value: state.to_owned(),
+                                since: Some(timestamp),
+                            };
                         }
                     }
                     let property = twin.property_mut(&name);
@@ -319,7 +354,13 @@ fn state_name(code: f64) -> &'static str {
     MachineState::from_code(code as u8).map_or("unknown", MachineState::as_str)
 }
 
-fn change(kind: &str, twin: &Twin, seq: Option<u32>, timestamp: u64, values: BTreeMap<String, f64>) -> TwinChange {
+fn change(
+    kind: &str,
+    twin: &Twin,
+    seq: Option<u32>,
+    timestamp: u64,
+    values: BTreeMap<String, f64>,
+) -> TwinChange {
     TwinChange {
         kind: kind.to_owned(),
         lab: twin.lab.clone(),
@@ -337,7 +378,10 @@ mod tests {
     use super::*;
 
     fn key() -> TwinKey {
-        TwinKey { lab: "lab-a".parse().expect("valid"), machine: "mill-1".parse().expect("valid") }
+        TwinKey {
+            lab: "lab-a".parse().expect("valid"),
+            machine: "mill-1".parse().expect("valid"),
+        }
     }
 
     fn metric(name: &str) -> MetricName {
@@ -349,7 +393,10 @@ mod tests {
         registry.apply(TwinUpdate::Birth {
             key: key(),
             gateway: "gw-a".parse().expect("valid"),
-            metrics: vec![(metric("spindle.power_w"), Unit::Watt), (metric("state.code"), Unit::StateCode)],
+            metrics: vec![
+                (metric("spindle.power_w"), Unit::Watt),
+                (metric("state.code"), Unit::StateCode),
+            ],
             timestamp: 1,
         });
         registry
@@ -360,7 +407,10 @@ mod tests {
             key: key(),
             seq,
             timestamp: u64::from(seq) * 1000,
-            values: vec![(metric("spindle.power_w"), power), (metric("state.code"), 2.0)],
+            values: vec![
+                (metric("spindle.power_w"), power),
+                (metric("state.code"), 2.0),
+            ],
         }
     }
 
@@ -382,7 +432,13 @@ mod tests {
         let twin = registry.get(&key()).expect("exists");
         assert_eq!(twin.value("spindle.power_w"), Some(200.0));
         assert_eq!((twin.last_seq, twin.samples), (2, 2));
-        assert_eq!(twin.state, StateInfo { value: "running".into(), since: Some(1000) });
+        assert_eq!(
+            twin.state,
+            StateInfo {
+                value: "running".into(),
+                since: Some(1000)
+            }
+        );
     }
 
     #[test]
@@ -402,7 +458,10 @@ mod tests {
         assert!(!registry.apply(sample(1, 1.0)));
         assert_eq!(stats.dropped(IngestDrop::UnknownTwin), 1);
         let registry = super::tests::registry();
-        registry.apply(TwinUpdate::Offline { key: key(), timestamp: 5 });
+        registry.apply(TwinUpdate::Offline {
+            key: key(),
+            timestamp: 5,
+        });
         assert!(!registry.get(&key()).expect("exists").connectivity.online);
     }
 }

@@ -109,3 +109,45 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json
     }
     serde_json::from_str(&body).with_context(|| format!("GET {path} body is not JSON: {body}"))
 }
+
+/// A gateway for `lab` on the hub's broker at `mqtt_port`, ready (subscribed and born).
+pub async fn start_gateway(
+    mqtt_port: u16,
+    lab: &str,
+    gateway: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<gateway::GatewayHandle> {
+    let broker = gateway::MqttEndpoint {
+        host: "127.0.0.1".into(),
+        port: mqtt_port,
+    };
+    let config = gateway::GatewayConfig::new(lab.parse()?, gateway.parse()?, broker);
+    let handle = gateway::start(config, cancel.clone());
+    within(
+        Duration::from_secs(10),
+        &format!("gateway {gateway} to be ready"),
+        handle.ready(),
+    )
+    .await?;
+    Ok(handle)
+}
+
+/// A simulated CNC node that sends `samples` samples as fast as the link allows, then stops.
+pub fn burst_node(
+    mqtt_port: u16,
+    node: u64,
+    machine: &str,
+    seed: u64,
+    samples: u32,
+) -> anyhow::Result<simulators::node::MqttNodeConfig> {
+    Ok(simulators::node::MqttNodeConfig {
+        node: protocol::NodeId(node),
+        machine: machine.parse()?,
+        seed,
+        sample_period: Duration::from_secs(1),
+        tick_interval: Duration::ZERO,
+        max_samples: Some(samples),
+        broker_host: "127.0.0.1".into(),
+        broker_port: mqtt_port,
+    })
+}

@@ -6,26 +6,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use demolab_tests::{get_json, http_get, start_hub, within};
+use demolab_tests::{burst_node, get_json, http_get, start_gateway, start_hub, within};
 use futures_util::StreamExt;
-use gateway::{DropReason, GatewayConfig, MqttEndpoint};
+use gateway::DropReason;
 use hub::stats::IngestDrop;
-use protocol::{MachineId, NodeId};
-use simulators::node::{MqttNodeConfig, NodeReport, run_mqtt_node};
+use protocol::MachineId;
+use simulators::node::{CNC_METRICS, NodeReport, run_mqtt_node};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 const MACHINES: usize = 3;
 const SAMPLES: u32 = 200;
-/// The order of the node's readings (see `simulators::node`).
-const METRICS: [&str; 5] = [
-    "spindle.power_w",
-    "spindle.vibration_rms",
-    "coolant.temperature_c",
-    "state.code",
-    "production.parts",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sample_reaches_the_twin_exactly_once_and_in_order() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
@@ -38,33 +29,18 @@ async fn every_sample_reaches_the_twin_exactly_once_and_in_order() -> anyhow::Re
             .context("opening the twin stream")?;
 
     let cancel = CancellationToken::new();
-    let broker = MqttEndpoint {
-        host: "127.0.0.1".into(),
-        port: hub.mqtt_addr().port(),
-    };
-    let gateway = gateway::start(
-        GatewayConfig::new("lab-e2e".parse()?, "gw-e2e".parse()?, broker.clone()),
-        cancel.clone(),
-    );
-    within(
-        Duration::from_secs(10),
-        "the gateway to be ready",
-        gateway.ready(),
-    )
-    .await?;
+    let port = hub.mqtt_addr().port();
+    let gateway = start_gateway(port, "lab-e2e", "gw-e2e", &cancel).await?;
 
     let mut nodes = tokio::task::JoinSet::new();
     for i in 0..MACHINES {
-        let config = MqttNodeConfig {
-            node: NodeId(0xe2e0 + i as u64),
-            machine: format!("mill-{i}").parse()?,
-            seed: 7 + i as u64,
-            sample_period: Duration::from_secs(1),
-            tick_interval: Duration::ZERO,
-            max_samples: Some(SAMPLES),
-            broker_host: broker.host.clone(),
-            broker_port: broker.port,
-        };
+        let config = burst_node(
+            port,
+            0xe2e0 + i as u64,
+            &format!("mill-{i}"),
+            7 + i as u64,
+            SAMPLES,
+        )?;
         let machine = config.machine.clone();
         let node_cancel = cancel.clone();
         nodes.spawn(async move { (machine, run_mqtt_node(config, node_cancel).await) });
@@ -129,7 +105,7 @@ async fn every_sample_reaches_the_twin_exactly_once_and_in_order() -> anyhow::Re
         assert_eq!(twin["samples"], SAMPLES);
         assert_eq!(twin["connectivity"]["online"], true);
         for reading in &last.readings {
-            let name = METRICS[usize::from(reading.index)];
+            let name = CNC_METRICS[usize::from(reading.index)].1;
             let (feature, property) = name.split_once('.').context("metric shape")?;
             let reported = &twin["features"][feature]["properties"][property]["reported"];
             assert_eq!(
@@ -173,25 +149,9 @@ async fn a_gateway_that_dies_takes_its_twins_offline_and_a_restart_restores_them
     let data = tempfile::tempdir()?;
     let hub = start_hub(data.path()).await?;
     let cancel = CancellationToken::new();
-    let broker = MqttEndpoint {
-        host: "127.0.0.1".into(),
-        port: hub.mqtt_addr().port(),
-    };
-    let gateway = gateway::start(
-        GatewayConfig::new("lab-r".parse()?, "gw-r".parse()?, broker.clone()),
-        cancel.clone(),
-    );
-    within(Duration::from_secs(10), "the gateway", gateway.ready()).await?;
-    let config = MqttNodeConfig {
-        node: NodeId(0xabc),
-        machine: "press-1".parse()?,
-        seed: 1,
-        sample_period: Duration::from_secs(1),
-        tick_interval: Duration::ZERO,
-        max_samples: Some(10),
-        broker_host: broker.host.clone(),
-        broker_port: broker.port,
-    };
+    let port = hub.mqtt_addr().port();
+    let gateway = start_gateway(port, "lab-r", "gw-r", &cancel).await?;
+    let config = burst_node(port, 0xabc, "press-1", 1, 10)?;
     run_mqtt_node(config, cancel.clone()).await?;
     let twins = hub.twins().clone();
     let key = hub::twin::TwinKey {

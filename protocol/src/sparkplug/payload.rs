@@ -256,7 +256,10 @@ impl Metric {
 /// types are read as signed; pass the datatype from the birth when the metric omits it (as
 /// DDATA metrics should).
 pub fn metric_value_f64(metric: &Metric, birth_datatype: Option<DataType>) -> Option<f64> {
-    let datatype = metric.datatype.and_then(DataType::from_u32).or(birth_datatype);
+    let datatype = metric
+        .datatype
+        .and_then(DataType::from_u32)
+        .or(birth_datatype);
     match metric.value.as_ref()? {
         MetricValue::Int(v) => Some(match datatype {
             Some(DataType::Int8) => f64::from(*v as u8 as i8),
@@ -313,9 +316,18 @@ mod tests {
     fn signed_values_are_read_back_as_signed() {
         let metric = Metric::new(DataType::Int32, MetricValue::Int((-5i32) as u32));
         assert_eq!(metric_value_f64(&metric, None), Some(-5.0));
-        let untyped = Metric { datatype: None, ..metric };
-        assert_eq!(metric_value_f64(&untyped, None), Some(f64::from(u32::MAX - 4)));
-        assert_eq!(metric_value_f64(&untyped, Some(DataType::Int32)), Some(-5.0));
+        let untyped = Metric {
+            datatype: None,
+            ..metric
+        };
+        assert_eq!(
+            metric_value_f64(&untyped, None),
+            Some(f64::from(u32::MAX - 4))
+        );
+        assert_eq!(
+            metric_value_f64(&untyped, Some(DataType::Int32)),
+            Some(-5.0)
+        );
         let metric = Metric::new(DataType::Boolean, MetricValue::Boolean(true));
         assert_eq!(metric_value_f64(&metric, None), Some(1.0));
     }
