@@ -6,14 +6,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use gateway::{GatewayConfig, MqttEndpoint};
 use hub::broker::BrokerConfig;
-use hub::{BrokerSetting, Hub, HubConfig};
-use protocol::{GatewayId, LabId, MachineId, NodeId};
+use hub::{BrokerSetting, Hub, HubConfig, MetricsSource};
+use protocol::{GatewayId, LabId, NodeId};
 use simulators::node::{MqttNodeConfig, run_mqtt_node};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,8 @@ const LABS: [(&str, &str); 2] = [
     ("aarhus-machining", "gw-aarhus"),
     ("odense-machining", "gw-odense"),
 ];
+
+type GatewayCounters = (LabId, GatewayId, Arc<gateway::GatewayStats>);
 
 /// Run the Demolab demo region: hub, embedded MQTT broker, and simulated labs with their gateways.
 #[derive(Debug, Parser)]
@@ -57,10 +60,26 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             EnvFilter::new("warn,demolab=info,demolab_hub=info,demolab_gateway=info")
         }))
         .init();
+
+    // The gateways start after the hub; their counters join the hub's /metrics once they exist.
+    let gateway_stats: Arc<OnceLock<Vec<GatewayCounters>>> = Arc::default();
+    let scrape = gateway_stats.clone();
+    let extra_metrics = MetricsSource(Arc::new(move || {
+        let Some(gateways) = scrape.get() else {
+            return String::new();
+        };
+        let snapshots: Vec<_> = gateways
+            .iter()
+            .map(|(lab, gw, stats)| (lab, gw, stats.snapshot()))
+            .collect();
+        gateway::render_prometheus(&snapshots)
+    }));
 
     let hub = Hub::start(HubConfig {
         http_bind: SocketAddr::new(args.bind, args.http_port),
@@ -69,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             ..BrokerConfig::default()
         }),
         data_dir: args.data_dir.clone(),
+        extra_metrics: Some(extra_metrics),
         ..HubConfig::default()
     })
     .await
@@ -85,30 +105,38 @@ async fn main() -> anyhow::Result<()> {
     let mut gateways = Vec::new();
     let mut nodes = JoinSet::new();
     let mut lab_lines = Vec::new();
+    let mut counters = Vec::new();
     for (lab_index, (lab, gateway)) in LABS.into_iter().enumerate() {
         let lab: LabId = lab.parse()?;
         let gateway: GatewayId = gateway.parse()?;
-        let handle = gateway::start(
-            GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone()),
-            cancel.clone(),
-        );
-        tokio::time::timeout(Duration::from_secs(10), handle.ready())
-            .await
-            .with_context(|| format!("gateway {gateway} did not come up within 10 s"))?;
-        gateways.push(handle);
+        let mut node_configs = Vec::new();
         for machine_index in 0..args.machines_per_lab {
-            let machine: MachineId = format!("mill-{}", machine_index + 1).parse()?;
             let node_number = (lab_index as u64) << 16 | u64::from(machine_index);
-            let config = MqttNodeConfig {
+            node_configs.push(MqttNodeConfig {
                 node: NodeId(0xd3_0000_0000 | node_number),
-                machine,
+                machine: format!("mill-{}", machine_index + 1).parse()?,
                 seed: args.seed.wrapping_mul(1_000_003).wrapping_add(node_number),
                 sample_period: Duration::from_millis(args.sample_ms),
                 tick_interval: Duration::from_millis(args.sample_ms),
                 max_samples: None,
                 broker_host: broker.host.clone(),
                 broker_port: broker.port,
-            };
+            });
+        }
+        // All labs share the hub's broker here, so each gateway takes only its own nodes.
+        let mut config = GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone());
+        config.nodes = node_configs
+            .iter()
+            .map(|n| (n.node, n.machine.clone()))
+            .collect();
+        config.accept_unconfigured_nodes = false;
+        let handle = gateway::start(config, cancel.clone());
+        tokio::time::timeout(Duration::from_secs(10), handle.ready())
+            .await
+            .with_context(|| format!("gateway {gateway} did not come up within 10 s"))?;
+        counters.push((lab.clone(), gateway.clone(), handle.stats().clone()));
+        gateways.push(handle);
+        for config in node_configs {
             nodes.spawn(run_mqtt_node(config, cancel.clone()));
         }
         lab_lines.push(format!(
@@ -116,6 +144,8 @@ async fn main() -> anyhow::Result<()> {
             args.machines_per_lab
         ));
     }
+
+    let _ = gateway_stats.set(counters);
 
     println!();
     println!("Demolab demo region is running");

@@ -26,11 +26,30 @@ pub struct GatewayConfig {
     pub uplink: MqttEndpoint,
     /// Node → machine assignments that override what nodes announce.
     pub nodes: HashMap<NodeId, MachineId>,
+    /// Whether nodes missing from `nodes` are taken in (mapped by their `Hello`). Turn it off
+    /// when several labs share one broker, so a gateway takes only its own lab's nodes.
+    pub accept_unconfigured_nodes: bool,
     /// Most samples held in memory while the uplink is down before the oldest are dropped.
     pub offline_queue: usize,
 }
 
 impl GatewayConfig {
+    /// The MQTT topic filters the southbound session subscribes to: every node's uplink, or
+    /// only the configured nodes' when unconfigured nodes are not accepted.
+    pub fn southbound_filters(&self) -> Vec<String> {
+        if self.accept_unconfigured_nodes {
+            return vec![protocol::node_topic::ALL_UP.to_owned()];
+        }
+        let mut nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        nodes.sort();
+        nodes
+            .into_iter()
+            .map(|node| {
+                protocol::node_topic::format(node, protocol::node_topic::Direction::Up).to_string()
+            })
+            .collect()
+    }
+
     /// A configuration with one broker for both sides (the demo and most small labs).
     pub fn new(lab: LabId, gateway: GatewayId, broker: MqttEndpoint) -> Self {
         Self {
@@ -39,7 +58,41 @@ impl GatewayConfig {
             southbound: broker.clone(),
             uplink: broker,
             nodes: HashMap::new(),
+            accept_unconfigured_nodes: true,
             offline_queue: 100_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_that_takes_only_its_nodes_subscribes_only_to_them() {
+        let broker = MqttEndpoint {
+            host: "localhost".into(),
+            port: 1883,
+        };
+        let mut config = GatewayConfig::new(
+            "lab".parse().expect("valid"),
+            "gw".parse().expect("valid"),
+            broker,
+        );
+        assert_eq!(config.southbound_filters(), ["demolab/v1/node/+/up"]);
+        config.accept_unconfigured_nodes = false;
+        config
+            .nodes
+            .insert(NodeId(0x2), "m-2".parse().expect("valid"));
+        config
+            .nodes
+            .insert(NodeId(0x1), "m-1".parse().expect("valid"));
+        assert_eq!(
+            config.southbound_filters(),
+            [
+                "demolab/v1/node/0000000000000001/up",
+                "demolab/v1/node/0000000000000002/up"
+            ]
+        );
     }
 }

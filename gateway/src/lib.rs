@@ -23,4 +23,4 @@ pub mod stats;
 
 pub use config::{GatewayConfig, MqttEndpoint};
 pub use run::{GatewayError, GatewayHandle, now_ms, start};
-pub use stats::{DropReason, GatewayStats, StatsSnapshot};
+pub use stats::{DropReason, GatewayStats, StatsSnapshot, render_prometheus};

@@ -50,6 +50,7 @@ struct NodeState {
 #[derive(Debug)]
 pub struct Pipeline {
     configured: HashMap<NodeId, MachineId>,
+    accept_unconfigured: bool,
     nodes: HashMap<NodeId, NodeState>,
     next_command_id: u16,
 }
@@ -60,10 +61,12 @@ pub fn fallback_machine(node: NodeId) -> MachineId {
 }
 
 impl Pipeline {
-    /// A pipeline with the node → machine map from configuration.
-    pub fn new(configured: HashMap<NodeId, MachineId>) -> Self {
+    /// A pipeline with the node → machine map from configuration; with `accept_unconfigured`
+    /// false, frames from other nodes are dropped.
+    pub fn new(configured: HashMap<NodeId, MachineId>, accept_unconfigured: bool) -> Self {
         Self {
             configured,
+            accept_unconfigured,
             nodes: HashMap::new(),
             next_command_id: 1,
         }
@@ -86,6 +89,10 @@ impl Pipeline {
         let frame = codec::decode(bytes).inspect_err(|_| stats.dropped(DropReason::BadFrame))?;
         if frame.node() != topic_node {
             stats.dropped(DropReason::NodeMismatch);
+            return Ok(Vec::new());
+        }
+        if !self.accept_unconfigured && !self.configured.contains_key(&topic_node) {
+            stats.dropped(DropReason::UnconfiguredNode);
             return Ok(Vec::new());
         }
         Ok(match frame {
@@ -193,7 +200,7 @@ mod tests {
     #[test]
     fn hello_then_samples_births_the_machine_and_forwards_in_order() {
         let stats = GatewayStats::default();
-        let mut pipeline = Pipeline::new(HashMap::new());
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
         let actions = pipeline
             .on_frame(golden::NODE, golden::HELLO, 0, &stats)
             .expect("valid");
@@ -214,7 +221,7 @@ mod tests {
     fn configuration_overrides_the_nodes_own_machine() {
         let stats = GatewayStats::default();
         let map = HashMap::from([(golden::NODE, MachineId::new("lathe-9").expect("valid"))]);
-        let mut pipeline = Pipeline::new(map);
+        let mut pipeline = Pipeline::new(map, true);
         pipeline
             .on_frame(golden::NODE, golden::HELLO, 0, &stats)
             .expect("valid");
@@ -225,9 +232,21 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_pipeline_drops_frames_of_unconfigured_nodes() {
+        let stats = GatewayStats::default();
+        let map = HashMap::from([(NodeId(1), MachineId::new("other").expect("valid"))]);
+        let mut pipeline = Pipeline::new(map, false);
+        let actions = pipeline
+            .on_frame(golden::NODE, golden::HELLO, 0, &stats)
+            .expect("valid");
+        assert!(actions.is_empty());
+        assert_eq!(stats.snapshot().dropped(DropReason::UnconfiguredNode), 1);
+    }
+
+    #[test]
     fn duplicates_and_replays_are_dropped_and_counted() {
         let stats = GatewayStats::default();
-        let mut pipeline = Pipeline::new(HashMap::new());
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
         pipeline
             .on_frame(golden::NODE, golden::HELLO, 0, &stats)
             .expect("valid");
@@ -244,7 +263,7 @@ mod tests {
     #[test]
     fn samples_before_hello_request_one_hello_and_are_counted() {
         let stats = GatewayStats::default();
-        let mut pipeline = Pipeline::new(HashMap::new());
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
         let first = pipeline
             .on_frame(golden::NODE, golden::SAMPLES, 0, &stats)
             .expect("valid");
@@ -265,7 +284,7 @@ mod tests {
     #[test]
     fn bad_frames_and_foreign_node_ids_are_counted() {
         let stats = GatewayStats::default();
-        let mut pipeline = Pipeline::new(HashMap::new());
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
         assert!(
             pipeline
                 .on_frame(golden::NODE, &[1, 2, 3, 4, 5], 0, &stats)
@@ -284,7 +303,7 @@ mod tests {
     #[test]
     fn non_finite_readings_are_dropped_but_the_sample_goes_on() {
         let stats = GatewayStats::default();
-        let mut pipeline = Pipeline::new(HashMap::new());
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
         pipeline
             .on_frame(golden::NODE, golden::HELLO, 0, &stats)
             .expect("valid");

@@ -13,7 +13,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS}
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::{GatewayConfig, MqttEndpoint};
 use crate::edge::{EdgeNode, Outgoing, is_rebirth_request};
@@ -130,17 +130,23 @@ pub fn start(config: GatewayConfig, cancel: CancellationToken) -> GatewayHandle 
     let mut tasks = JoinSet::new();
     let lab = config.lab.clone();
     let gateway = config.gateway.clone();
+    // Every log line of this gateway's tasks carries its lab and gateway id.
+    let span = tracing::info_span!("gateway", %lab, %gateway);
 
     let south_options = mqtt_options(format!("{gateway}-south"), &config.southbound);
     let (south_client, south_loop) = AsyncClient::new(south_options, 256);
     let (frames_tx, frames_rx) = mpsc::channel(FRAME_CHANNEL);
-    tasks.spawn(southbound(
-        south_client.clone(),
-        south_loop,
-        frames_tx,
-        ready_tx.clone(),
-        cancel.clone(),
-    ));
+    tasks.spawn(
+        southbound(
+            south_client.clone(),
+            south_loop,
+            config.southbound_filters(),
+            frames_tx,
+            ready_tx.clone(),
+            cancel.clone(),
+        )
+        .instrument(span.clone()),
+    );
 
     let edge = EdgeNode::new(lab.clone(), gateway.clone(), BdSeq::new(0));
     let mut up_options = mqtt_options(format!("{gateway}-uplink"), &config.uplink);
@@ -148,18 +154,21 @@ pub fn start(config: GatewayConfig, cancel: CancellationToken) -> GatewayHandle 
     let (up_client, up_loop) = AsyncClient::new(up_options, 1024);
     let (events_tx, events_rx) = mpsc::channel(16);
     let ncmd = Topic::node(&lab, MessageType::NCmd, &gateway).to_string();
-    tasks.spawn(uplink(
-        up_client.clone(),
-        up_loop,
-        edge.clone(),
-        ncmd,
-        events_tx,
-        stats.clone(),
-        cancel.clone(),
-    ));
+    tasks.spawn(
+        uplink(
+            up_client.clone(),
+            up_loop,
+            edge.clone(),
+            ncmd,
+            events_tx,
+            stats.clone(),
+            cancel.clone(),
+        )
+        .instrument(span.clone()),
+    );
 
     let core = Core {
-        pipeline: Pipeline::new(config.nodes.clone()),
+        pipeline: Pipeline::new(config.nodes.clone(), config.accept_unconfigured_nodes),
         edge,
         connected: false,
         pending: VecDeque::new(),
@@ -169,7 +178,10 @@ pub fn start(config: GatewayConfig, cancel: CancellationToken) -> GatewayHandle 
         south: south_client,
         ready: ready_tx,
     };
-    tasks.spawn(core.run(frames_rx, events_rx, cancel.clone()));
+    tasks.spawn(
+        core.run(frames_rx, events_rx, cancel.clone())
+            .instrument(span.clone()),
+    );
     info!(%lab, %gateway, south = %format!("{}:{}", config.southbound.host, config.southbound.port),
         uplink = %format!("{}:{}", config.uplink.host, config.uplink.port), "gateway started");
     GatewayHandle {
@@ -183,6 +195,7 @@ pub fn start(config: GatewayConfig, cancel: CancellationToken) -> GatewayHandle 
 async fn southbound(
     client: AsyncClient,
     mut events: EventLoop,
+    filters: Vec<String>,
     frames: mpsc::Sender<NodeBytes>,
     ready: Arc<watch::Sender<Readiness>>,
     cancel: CancellationToken,
@@ -194,7 +207,15 @@ async fn southbound(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if let Err(err) = client.try_subscribe(node_topic::ALL_UP, QoS::AtLeastOnce) {
+                if filters.is_empty() {
+                    warn!("no nodes configured and unconfigured nodes refused: nothing to receive");
+                    ready.send_modify(|r| r.southbound = true);
+                    continue;
+                }
+                let subscriptions = filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(err) = client.try_subscribe_many(subscriptions) {
                     error!(%err, "cannot subscribe to node uplinks");
                 }
             }

@@ -9,6 +9,8 @@ pub enum DropReason {
     BadFrame,
     /// A frame arrived on a node topic that names a different node.
     NodeMismatch,
+    /// A frame from a node this gateway is not configured for (shared brokers).
+    UnconfiguredNode,
     /// Samples from a node that has not said `Hello` yet (a `RequestHello` is sent).
     NoHello,
     /// A `Samples` frame whose `seq` was already forwarded.
@@ -25,9 +27,10 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for exposition.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::BadFrame,
         DropReason::NodeMismatch,
+        DropReason::UnconfiguredNode,
         DropReason::NoHello,
         DropReason::Duplicate,
         DropReason::UnknownMetric,
@@ -41,6 +44,7 @@ impl DropReason {
         match self {
             DropReason::BadFrame => "bad_frame",
             DropReason::NodeMismatch => "node_mismatch",
+            DropReason::UnconfiguredNode => "unconfigured_node",
             DropReason::NoHello => "no_hello",
             DropReason::Duplicate => "duplicate",
             DropReason::UnknownMetric => "unknown_metric",
@@ -124,5 +128,89 @@ impl GatewayStats {
                 .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
                 .collect(),
         }
+    }
+}
+
+/// Prometheus text for several gateways, grouped by metric family as the format requires.
+pub fn render_prometheus(
+    gateways: &[(&protocol::LabId, &protocol::GatewayId, StatsSnapshot)],
+) -> String {
+    use std::fmt::Write;
+    type Field = fn(&StatsSnapshot) -> u64;
+    let families: [(&str, &str, Field); 4] = [
+        (
+            "demolab_gateway_frames_received_total",
+            "Node frames received.",
+            |s| s.frames_received,
+        ),
+        (
+            "demolab_gateway_samples_forwarded_total",
+            "Samples published as DDATA.",
+            |s| s.samples_forwarded,
+        ),
+        (
+            "demolab_gateway_births_published_total",
+            "NBIRTH and DBIRTH messages published.",
+            |s| s.births_published,
+        ),
+        (
+            "demolab_gateway_uplink_sessions_total",
+            "Uplink MQTT sessions established.",
+            |s| s.uplink_sessions,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (lab, gateway, stats) in gateways {
+            let _ = writeln!(
+                out,
+                "{name}{{lab=\"{lab}\",gateway=\"{gateway}\"}} {}",
+                field(stats)
+            );
+        }
+    }
+    let name = "demolab_gateway_dropped_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Frames, samples or readings dropped, by reason.\n# TYPE {name} counter"
+    );
+    for (lab, gateway, stats) in gateways {
+        for (reason, count) in &stats.drops {
+            let _ = writeln!(
+                out,
+                "{name}{{lab=\"{lab}\",gateway=\"{gateway}\",reason=\"{}\"}} {count}",
+                reason.as_str()
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_lists_each_family_once_with_every_gateway_and_reason() {
+        let lab_a = "lab-a".parse().expect("valid");
+        let lab_b = "lab-b".parse().expect("valid");
+        let gw = "gw".parse().expect("valid");
+        let stats = GatewayStats::default();
+        stats.dropped(DropReason::BadFrame);
+        let text = render_prometheus(&[
+            (&lab_a, &gw, stats.snapshot()),
+            (&lab_b, &gw, StatsSnapshot::default()),
+        ]);
+        assert_eq!(
+            text.matches("# TYPE demolab_gateway_dropped_total").count(),
+            1
+        );
+        assert!(text.contains(
+            "demolab_gateway_dropped_total{lab=\"lab-a\",gateway=\"gw\",reason=\"bad_frame\"} 1"
+        ));
+        assert!(
+            text.contains("demolab_gateway_frames_received_total{lab=\"lab-b\",gateway=\"gw\"} 0")
+        );
     }
 }

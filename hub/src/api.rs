@@ -28,6 +28,8 @@ pub struct AppState {
     pub stats: Arc<HubStats>,
     /// Set once ingest is subscribed and the STATE is published.
     pub ready: Arc<AtomicBool>,
+    /// More counters for `/metrics`.
+    pub extra_metrics: Option<crate::MetricsSource>,
 }
 
 /// An API error with a stable code.
@@ -187,10 +189,11 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let twins = state.twins.list(None);
     let online = twins.iter().filter(|t| t.connectivity.online).count();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.stats.render(twins.len(), online),
-    )
+    let mut text = state.stats.render(twins.len(), online);
+    if let Some(extra) = &state.extra_metrics {
+        text.push_str(&(extra.0)());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn stream(
@@ -264,6 +267,7 @@ mod tests {
             twins,
             stats,
             ready: Arc::new(AtomicBool::new(false)),
+            extra_metrics: None,
         }
     }
 

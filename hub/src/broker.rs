@@ -93,7 +93,7 @@ impl Default for BrokerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The listening socket could not be bound (port taken, no permission, ...).
-    #[error("cannot bind the MQTT broker to {addr}: {source}")]
+    #[error("cannot bind the MQTT broker to {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]

@@ -53,6 +53,17 @@ pub enum BrokerSetting {
     },
 }
 
+/// Extra Prometheus text appended to `/metrics`, e.g. the counters of gateways running in the
+/// same process (the demo). The hub calls it on every scrape.
+#[derive(Clone)]
+pub struct MetricsSource(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsSource(..)")
+    }
+}
+
 /// The hub's configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -66,6 +77,8 @@ pub struct HubConfig {
     pub data_dir: PathBuf,
     /// How often changed twins are written to disk.
     pub flush_interval: Duration,
+    /// More counters for `/metrics`.
+    pub extra_metrics: Option<MetricsSource>,
 }
 
 impl Default for HubConfig {
@@ -76,6 +89,7 @@ impl Default for HubConfig {
             broker: BrokerSetting::Embedded(BrokerConfig::default()),
             data_dir: PathBuf::from("data"),
             flush_interval: Duration::from_millis(500),
+            extra_metrics: None,
         }
     }
 }
@@ -84,7 +98,7 @@ impl Default for HubConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// The HTTP port could not be bound.
-    #[error("cannot bind the web server to {addr}: {source}")]
+    #[error("cannot bind the web server to {addr}")]
     HttpBind {
         /// The address.
         addr: SocketAddr,
@@ -180,6 +194,7 @@ impl Hub {
             twins: twins.clone(),
             stats: stats.clone(),
             ready: ready.clone(),
+            extra_metrics: config.extra_metrics.clone(),
         });
         let http_cancel = cancel.clone();
         tasks.spawn(async move {

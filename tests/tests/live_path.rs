@@ -181,3 +181,93 @@ async fn a_gateway_that_dies_takes_its_twins_offline_and_a_restart_restores_them
     hub.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_frames_from_any_mqtt_client_reach_the_twin_and_garbage_is_counted()
+-> anyhow::Result<()> {
+    use protocol::golden;
+    use protocol::node_topic::{Direction, format};
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let port = hub.mqtt_addr().port();
+    let cancel = CancellationToken::new();
+    let gateway = start_gateway(port, "lab-g", "gw-g", &cancel).await?;
+
+    // A node written in anything: these are just the golden bytes on the node's topic.
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("raw-node", "127.0.0.1", port), 16);
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let up = format(golden::NODE, Direction::Up);
+    client
+        .publish(
+            up.as_str(),
+            QoS::AtLeastOnce,
+            false,
+            vec![0xde, 0xad, 0xbe, 0xef, 0x00],
+        )
+        .await?;
+    client
+        .publish(up.as_str(), QoS::AtLeastOnce, false, golden::HELLO.to_vec())
+        .await?;
+    client
+        .publish(
+            up.as_str(),
+            QoS::AtLeastOnce,
+            false,
+            golden::SAMPLES.to_vec(),
+        )
+        .await?;
+
+    let twins = hub.twins().clone();
+    let key = hub::twin::TwinKey {
+        lab: "lab-g".parse()?,
+        machine: "mill-1".parse()?,
+    };
+    demolab_tests::wait_until(
+        Duration::from_secs(10),
+        "the golden sample on the twin",
+        || twins.get(&key).is_some_and(|t| t.last_seq == 42),
+    )
+    .await?;
+    let twin = get_json(hub.http_addr(), "/api/v1/twins/lab-g/mill-1").await?;
+    assert_eq!(
+        twin["features"]["spindle"]["properties"]["power_w"]["reported"],
+        5321.5
+    );
+    assert_eq!(
+        twin["features"]["spindle"]["properties"]["power_w"]["unit"],
+        "W"
+    );
+    assert_eq!(
+        twin["features"]["coolant"]["properties"]["temperature_c"]["reported"],
+        24.5
+    );
+    assert_eq!(twin["state"]["value"], "running");
+    assert_eq!(gateway.stats().snapshot().dropped(DropReason::BadFrame), 1);
+
+    poller.abort();
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_taken_http_port_is_a_clear_error_naming_it() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?;
+    let data = tempfile::tempdir()?;
+    let config = hub::HubConfig {
+        http_bind: addr,
+        data_dir: data.path().to_owned(),
+        ..hub::HubConfig::default()
+    };
+    let err = hub::Hub::start(config).await.expect_err("port is taken");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("web server to {addr}")),
+        "{message}"
+    );
+    Ok(())
+}
