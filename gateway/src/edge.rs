@@ -30,6 +30,9 @@ pub struct Outgoing {
 struct Device {
     metrics: BTreeMap<MetricName, (Unit, u64)>,
     seq_alias: u64,
+    /// The node sequence of the last DDATA; a DBIRTH carries it so the host knows which
+    /// samples are new after a rebirth (0 after the node booted).
+    last_node_seq: u32,
 }
 
 /// A value for DDATA.
@@ -157,9 +160,11 @@ impl EdgeNode {
         }
         self.devices.insert(
             machine.clone(),
+            // Called on the node's Hello, i.e. after it booted: its sequence starts again.
             Device {
                 metrics: table,
                 seq_alias,
+                last_node_seq: 0,
             },
         );
         // The device was inserted just above, so the message exists.
@@ -176,10 +181,13 @@ impl EdgeNode {
     fn device_birth_message(&mut self, machine: &MachineId, now_ms: u64) -> Option<Outgoing> {
         let device = self.devices.get(machine)?;
         let mut metrics = vec![
-            Metric::new(DataType::UInt32, MetricValue::Long(0))
-                .named(NODE_SEQ_METRIC)
-                .aliased(device.seq_alias)
-                .at(now_ms),
+            Metric::new(
+                DataType::UInt32,
+                MetricValue::Long(u64::from(device.last_node_seq)),
+            )
+            .named(NODE_SEQ_METRIC)
+            .aliased(device.seq_alias)
+            .at(now_ms),
         ];
         for (name, (unit, alias)) in &device.metrics {
             let mut metric = Metric::new(DataType::Float, MetricValue::Float(0.0))
@@ -220,7 +228,7 @@ impl EdgeNode {
     ) -> Result<Outgoing, EdgeError> {
         let device = self
             .devices
-            .get(machine)
+            .get_mut(machine)
             .ok_or_else(|| EdgeError::UnbornDevice(machine.clone()))?;
         // Sparkplug: data messages should not repeat the datatype; the birth announced it.
         let untyped = |value| Metric {
@@ -248,6 +256,7 @@ impl EdgeNode {
                     .at(sampled_at_ms),
             );
         }
+        device.last_node_seq = node_seq;
         Ok(Outgoing {
             topic: Topic::device(&self.lab, MessageType::DData, &self.gateway, machine),
             payload: Payload {
@@ -384,6 +393,23 @@ mod tests {
             ),
             Err(EdgeError::UnbornMetric { .. })
         ));
+    }
+
+    #[test]
+    fn a_rebirth_carries_the_last_node_seq_and_a_new_hello_resets_it() {
+        let mut edge = session();
+        edge.birth_device(&id("m"), &[], 0);
+        edge.device_data(&id("m"), 41, 0, &[]).expect("born");
+        let births = edge.birth_all(0);
+        assert_eq!(
+            births[1].payload.metrics[0].value,
+            Some(MetricValue::Long(41))
+        );
+        let after_reboot = edge.birth_device(&id("m"), &[], 0);
+        assert_eq!(
+            after_reboot.payload.metrics[0].value,
+            Some(MetricValue::Long(0))
+        );
     }
 
     #[test]

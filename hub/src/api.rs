@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -15,6 +14,7 @@ use axum::{Json, Router};
 use protocol::{IdError, LabId, MachineId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 use crate::stats::{HubStats, IngestDrop};
 use crate::twin::{Twin, TwinKey, TwinRegistry};
@@ -27,7 +27,7 @@ pub struct AppState {
     /// Counters.
     pub stats: Arc<HubStats>,
     /// Set once ingest is subscribed and the STATE is published.
-    pub ready: Arc<AtomicBool>,
+    pub ready: watch::Receiver<bool>,
     /// More counters for `/metrics`.
     pub extra_metrics: Option<crate::MetricsSource>,
 }
@@ -179,7 +179,7 @@ async fn get_twin(
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.ready.load(Ordering::Acquire) {
+    if *state.ready.borrow() {
         Ok("ready\n")
     } else {
         Err(ApiError::NotReady)
@@ -259,6 +259,7 @@ mod tests {
                 lab: "lab-a".parse().expect("valid"),
                 machine: "mill-1".parse().expect("valid"),
             },
+            seq: 0,
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![],
             timestamp: 1,
@@ -266,7 +267,7 @@ mod tests {
         AppState {
             twins,
             stats,
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: watch::channel(false).1,
             extra_metrics: None,
         }
     }

@@ -172,12 +172,14 @@ impl PrimaryHost {
                 stats.birth();
                 let mut device = Device::default();
                 let mut metrics = Vec::new();
+                let mut seq = 0;
                 for metric in &payload.metrics {
                     let Some(name) = metric.name.as_deref() else {
                         continue;
                     };
                     if name == NODE_SEQ_METRIC {
                         device.seq_alias = metric.alias;
+                        seq = seq_value(metric).unwrap_or(0);
                         continue;
                     }
                     match name.parse::<MetricName>() {
@@ -197,6 +199,7 @@ impl PrimaryHost {
                 vec![HostAction::Twin(TwinUpdate::Birth {
                     key: TwinKey { lab, machine },
                     gateway,
+                    seq,
                     metrics,
                     timestamp,
                 })]
@@ -221,6 +224,16 @@ impl PrimaryHost {
             // Node-level data carries no machine values yet; commands are for edge nodes.
             _ => Vec::new(),
         }
+    }
+}
+
+/// The value of a `node.seq` metric. UInt32 arrives in `long_value` from Tahu-style encoders and
+/// in `int_value` from others.
+fn seq_value(metric: &Metric) -> Option<u32> {
+    match metric.value {
+        Some(MetricValue::Int(v)) => Some(v),
+        Some(MetricValue::Long(v)) => u32::try_from(v).ok(),
+        _ => None,
     }
 }
 
@@ -260,12 +273,7 @@ fn data_update(
             (None, None) => false,
         };
         if is_seq {
-            // UInt32 arrives in `long_value` from Tahu-style encoders and in `int_value` from others.
-            seq = match metric.value {
-                Some(MetricValue::Int(v)) => Some(v),
-                Some(MetricValue::Long(v)) => u32::try_from(v).ok(),
-                _ => None,
-            };
+            seq = seq_value(metric);
             continue;
         }
         let resolved = match (&metric.name, metric.alias) {

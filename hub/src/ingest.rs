@@ -2,7 +2,6 @@
 //! the retained `STATE` (with an offline Will), feeds [`PrimaryHost`] and applies its actions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -11,6 +10,7 @@ use protocol::sparkplug::{
     DataType, MessageType, Metric, MetricValue, NAMESPACE, Payload, REBIRTH_METRIC, Topic,
 };
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -48,7 +48,7 @@ pub async fn run(
     config: IngestConfig,
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
-    ready: Arc<AtomicBool>,
+    ready: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
     let state_topic = Topic::State {
@@ -92,7 +92,7 @@ pub async fn run(
                 ) {
                     error!(%err, "cannot publish the host STATE");
                 }
-                ready.store(true, Ordering::Release);
+                ready.send_replace(true);
                 info!(host_id = %config.host_id, "primary host online");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -125,7 +125,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(err) => {
-                ready.store(false, Ordering::Release);
+                ready.send_replace(false);
                 if cancel.is_cancelled() {
                     break;
                 }

@@ -25,10 +25,10 @@ pub mod twin;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use protocol::HostId;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -123,7 +123,7 @@ pub struct Hub {
     mqtt_addr: SocketAddr,
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
-    ready: Arc<AtomicBool>,
+    ready: watch::Receiver<bool>,
     broker: Option<EmbeddedBroker>,
     store: Arc<TwinStore>,
     tasks: JoinSet<()>,
@@ -169,7 +169,7 @@ impl Hub {
         };
 
         let cancel = CancellationToken::new();
-        let ready = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let ingest_config = IngestConfig {
             host: broker_host,
@@ -180,7 +180,7 @@ impl Hub {
             ingest_config,
             twins.clone(),
             stats.clone(),
-            ready.clone(),
+            ready_tx,
             cancel.clone(),
         ));
         tasks.spawn(flush_loop(
@@ -242,10 +242,9 @@ impl Hub {
 
     /// Waits until ingest is subscribed and the host STATE is online.
     pub async fn ready(&self) {
-        // A flag plus a short poll keeps ingest free of extra synchronisation on its hot path.
-        while !self.ready.load(std::sync::atomic::Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut ready = self.ready.clone();
+        // An error means ingest ended, i.e. the hub is shutting down: nothing left to wait for.
+        let _ = ready.wait_for(|ready| *ready).await;
     }
 
     /// Stops HTTP and ingest (publishing STATE offline), writes every twin, stops the broker.

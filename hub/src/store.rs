@@ -135,6 +135,7 @@ mod tests {
         };
         registry.apply(TwinUpdate::Birth {
             key: key.clone(),
+            seq: 0,
             gateway: "gw".parse().expect("valid"),
             metrics: vec![("a.b".parse().expect("valid"), protocol::Unit::Watt)],
             timestamp: 1,

@@ -136,12 +136,15 @@ impl Twin {
 /// What ingest asks the registry to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TwinUpdate {
-    /// A DBIRTH: the machine exists, with these metrics; a new ordering session starts.
+    /// A DBIRTH: the machine exists, with these metrics.
     Birth {
         /// The twin.
         key: TwinKey,
         /// Its gateway.
         gateway: GatewayId,
+        /// The node sequence the birth says was sent last: 0 after the node booted, the last
+        /// forwarded sample after a gateway rebirth. Later samples must be newer than it.
+        seq: u32,
         /// Metrics and units.
         metrics: Vec<(MetricName, Unit)>,
         /// Birth time.
@@ -270,6 +273,7 @@ impl TwinRegistry {
             TwinUpdate::Birth {
                 key,
                 gateway,
+                seq,
                 metrics,
                 timestamp,
             } => {
@@ -282,8 +286,7 @@ impl TwinRegistry {
                     gateway: Some(gateway.to_string()),
                     last_seen: Some(timestamp),
                 };
-                // A birth starts a new sequence session: the node (re)booted or the gateway reconnected.
-                twin.last_seq = 0;
+                twin.last_seq = seq;
                 for (name, unit) in &metrics {
                     twin.property_mut(name).unit = unit.symbol().to_owned();
                 }
@@ -392,6 +395,7 @@ mod tests {
         let registry = TwinRegistry::new(Arc::new(HubStats::default()));
         registry.apply(TwinUpdate::Birth {
             key: key(),
+            seq: 0,
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![
                 (metric("spindle.power_w"), Unit::Watt),
@@ -438,6 +442,37 @@ mod tests {
                 value: "running".into(),
                 since: Some(1000)
             }
+        );
+    }
+
+    #[test]
+    fn a_rebirth_keeps_old_samples_out_and_a_reboot_lets_new_ones_in() {
+        let registry = registry();
+        registry.apply(sample(10, 10.0));
+        let rebirth = |seq| TwinUpdate::Birth {
+            key: key(),
+            seq,
+            gateway: "gw-a".parse().expect("valid"),
+            metrics: vec![],
+            timestamp: 2,
+        };
+        registry.apply(rebirth(10));
+        assert!(
+            !registry.apply(sample(9, 9.0)),
+            "a replay from before the rebirth"
+        );
+        assert!(registry.apply(sample(11, 11.0)));
+        registry.apply(rebirth(0));
+        assert!(
+            registry.apply(sample(1, 1.0)),
+            "the node rebooted: its sequence restarts"
+        );
+        assert_eq!(
+            registry
+                .get(&key())
+                .expect("exists")
+                .value("spindle.power_w"),
+            Some(1.0)
         );
     }
 
