@@ -15,10 +15,12 @@
 //! # }
 //! ```
 
+pub mod buffer;
 pub mod config;
 pub mod edge;
 pub mod pipeline;
 mod run;
+pub mod source;
 pub mod stats;
 
 pub use config::{GatewayConfig, MqttEndpoint};

@@ -11,6 +11,7 @@ use protocol::{
 };
 
 use crate::edge::Value;
+use crate::source::{Inbound, SourceId};
 use crate::stats::{DropReason, GatewayStats};
 
 /// What the pipeline wants done after a frame.
@@ -40,6 +41,7 @@ pub enum Action {
 
 #[derive(Debug, Default)]
 struct NodeState {
+    source: Option<SourceId>,
     hello: Option<Hello>,
     machine: Option<MachineId>,
     last_seq: u32,
@@ -77,7 +79,12 @@ impl Pipeline {
         self.nodes.get(&node).and_then(|n| n.machine.as_ref())
     }
 
-    /// Handles the bytes received on node `topic_node`'s uplink topic.
+    /// The link a node was last heard on; commands for it go back that way.
+    pub fn source_of(&self, node: NodeId) -> Option<&SourceId> {
+        self.nodes.get(&node).and_then(|n| n.source.as_ref())
+    }
+
+    /// Handles the bytes received on node `topic_node`'s MQTT uplink topic.
     pub fn on_frame(
         &mut self,
         topic_node: NodeId,
@@ -86,21 +93,45 @@ impl Pipeline {
         stats: &GatewayStats,
     ) -> Result<Vec<Action>, DecodeError> {
         stats.frame_received();
-        let frame = codec::decode(bytes).inspect_err(|_| stats.dropped(DropReason::BadFrame))?;
+        let frame = codec::decode(bytes).inspect_err(|err| stats.decode_failed(err))?;
         if frame.node() != topic_node {
             stats.dropped(DropReason::NodeMismatch);
             return Ok(Vec::new());
         }
-        if !self.accept_unconfigured && !self.configured.contains_key(&topic_node) {
+        Ok(self.on_decoded(SourceId::Mqtt, frame, now_ms, stats))
+    }
+
+    /// Handles a frame (or a framing failure) from a byte-stream or polled source.
+    pub fn on_inbound(
+        &mut self,
+        inbound: Inbound,
+        now_ms: u64,
+        stats: &GatewayStats,
+    ) -> Result<Vec<Action>, DecodeError> {
+        stats.frame_received();
+        let frame = inbound.frame.inspect_err(|err| stats.decode_failed(err))?;
+        Ok(self.on_decoded(inbound.source, frame, now_ms, stats))
+    }
+
+    fn on_decoded(
+        &mut self,
+        source: SourceId,
+        frame: Frame,
+        now_ms: u64,
+        stats: &GatewayStats,
+    ) -> Vec<Action> {
+        let node = frame.node();
+        if !self.accept_unconfigured && !self.configured.contains_key(&node) {
             stats.dropped(DropReason::UnconfiguredNode);
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        Ok(match frame {
+        self.nodes.entry(node).or_default().source = Some(source);
+        match frame {
             Frame::Hello(hello) => self.on_hello(hello),
             Frame::Samples(samples) => self.on_samples(samples, now_ms, stats),
             // Events and acks are logged by the caller; they carry no machine data yet.
             Frame::Event(_) | Frame::Ack(_) | Frame::Command(_) => Vec::new(),
-        })
+        }
     }
 
     fn on_hello(&mut self, hello: Hello) -> Vec<Action> {

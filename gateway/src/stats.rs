@@ -23,11 +23,19 @@ pub enum DropReason {
     UplinkClosed,
     /// The uplink was down longer than the in-memory offline queue holds (oldest dropped).
     OfflineQueueFull,
+    /// A Modbus poll timed out.
+    ModbusTimeout,
+    /// A Modbus poll failed (connection refused or lost, exception response).
+    ModbusError,
+    /// The disk buffer hit its size cap and dropped its oldest records.
+    BufferFull,
+    /// Records lost in a corrupt buffer segment (quarantined).
+    BufferCorrupt,
 }
 
 impl DropReason {
     /// Every reason, for exposition.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::BadFrame,
         DropReason::NodeMismatch,
         DropReason::UnconfiguredNode,
@@ -37,6 +45,10 @@ impl DropReason {
         DropReason::NotFinite,
         DropReason::UplinkClosed,
         DropReason::OfflineQueueFull,
+        DropReason::ModbusTimeout,
+        DropReason::ModbusError,
+        DropReason::BufferFull,
+        DropReason::BufferCorrupt,
     ];
 
     /// Stable label for metrics.
@@ -51,13 +63,31 @@ impl DropReason {
             DropReason::NotFinite => "not_finite",
             DropReason::UplinkClosed => "uplink_closed",
             DropReason::OfflineQueueFull => "offline_queue_full",
+            DropReason::ModbusTimeout => "modbus_timeout",
+            DropReason::ModbusError => "modbus_error",
+            DropReason::BufferFull => "buffer_full",
+            DropReason::BufferCorrupt => "buffer_corrupt",
         }
     }
 }
 
+/// The reasons a received byte string is not a frame, as `DecodeError::reason` names them.
+pub const DECODE_REASONS: [&str; 9] = [
+    "truncated",
+    "oversize",
+    "bad_crc",
+    "unsupported_version",
+    "malformed",
+    "trailing_bytes",
+    "invalid_id",
+    "invalid_frame",
+    "bad_cobs",
+];
+
 /// Lock-free counters shared by the gateway's tasks.
 #[derive(Debug, Default)]
 pub struct GatewayStats {
+    decode_failures: [AtomicU64; DECODE_REASONS.len()],
     frames_received: AtomicU64,
     samples_forwarded: AtomicU64,
     births_published: AtomicU64,
@@ -78,6 +108,8 @@ pub struct StatsSnapshot {
     pub uplink_sessions: u64,
     /// Drops by reason, in [`DropReason::ALL`] order.
     pub drops: Vec<(DropReason, u64)>,
+    /// Frames that failed decoding, by [`DECODE_REASONS`] (each also counted as `bad_frame`).
+    pub decode_failures: Vec<(&'static str, u64)>,
 }
 
 impl StatsSnapshot {
@@ -107,7 +139,16 @@ impl GatewayStats {
         self.uplink_sessions.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn dropped(&self, reason: DropReason) {
+    /// Counts a frame that failed decoding, under `bad_frame` and its precise reason.
+    pub fn decode_failed(&self, err: &protocol::DecodeError) {
+        self.dropped(DropReason::BadFrame);
+        if let Some(slot) = DECODE_REASONS.iter().position(|r| *r == err.reason()) {
+            self.decode_failures[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one dropped item.
+    pub fn dropped(&self, reason: DropReason) {
         let slot = DropReason::ALL
             .iter()
             .position(|r| *r == reason)
@@ -125,6 +166,11 @@ impl GatewayStats {
             drops: DropReason::ALL
                 .iter()
                 .zip(&self.drops)
+                .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+                .collect(),
+            decode_failures: DECODE_REASONS
+                .iter()
+                .zip(&self.decode_failures)
                 .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
                 .collect(),
         }
@@ -181,6 +227,19 @@ pub fn render_prometheus(
                 out,
                 "{name}{{lab=\"{lab}\",gateway=\"{gateway}\",reason=\"{}\"}} {count}",
                 reason.as_str()
+            );
+        }
+    }
+    let name = "demolab_gateway_bad_frames_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Received bytes that were not a valid frame, by reason.\n# TYPE {name} counter"
+    );
+    for (lab, gateway, stats) in gateways {
+        for (reason, count) in &stats.decode_failures {
+            let _ = writeln!(
+                out,
+                "{name}{{lab=\"{lab}\",gateway=\"{gateway}\",reason=\"{reason}\"}} {count}"
             );
         }
     }

@@ -1,0 +1,1 @@
+//! Modbus TCP machines: registers polled on a schedule, published as a virtual node.
