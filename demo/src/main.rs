@@ -15,7 +15,7 @@ use gateway::{GatewayConfig, MqttEndpoint};
 use hub::broker::BrokerConfig;
 use hub::{BrokerSetting, Hub, HubConfig, MetricsSource};
 use protocol::{GatewayId, LabId, NodeId};
-use simulators::node::{MqttNodeConfig, run_mqtt_node};
+use simulators::node::{MqttNodeConfig, fresh_boot_id, run_mqtt_node};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             node_configs.push(MqttNodeConfig {
                 node: NodeId(0xd3_0000_0000 | node_number),
                 machine: format!("mill-{}", machine_index + 1).parse()?,
+                boot: fresh_boot_id(NodeId(0xd3_0000_0000 | node_number)),
                 seed: args.seed.wrapping_mul(1_000_003).wrapping_add(node_number),
                 sample_period: Duration::from_millis(args.sample_ms),
                 tick_interval: Duration::from_millis(args.sample_ms),

@@ -9,7 +9,7 @@
 //! use demolab_firmware::NodeCore;
 //! use protocol::{golden, Frame};
 //! let Frame::Hello(hello) = golden::hello() else { unreachable!() };
-//! let mut node = NodeCore::new(hello.node, hello.firmware, hello.machine, hello.metrics);
+//! let mut node = NodeCore::new(hello.node, hello.firmware, hello.boot, hello.machine, hello.metrics);
 //! let frame = node.sample(1_000, &[(0, 5321.5)]).unwrap();
 //! assert!(matches!(frame, Frame::Samples(s) if s.seq == 1));
 //! ```
@@ -51,6 +51,7 @@ pub struct Reply {
 pub struct NodeCore {
     node: NodeId,
     firmware: FirmwareVersion,
+    boot: u32,
     machine: Option<MachineId>,
     metrics: Vec<MetricDescriptor, MAX_METRICS>,
     last_seq: u32,
@@ -59,16 +60,19 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
-    /// A node that has not sampled yet; its first `Samples` frame carries `seq` 1.
+    /// A node that has not sampled yet; its first `Samples` frame carries `seq` 1. `boot`
+    /// must differ on every boot (a counter kept in flash, or a hardware random number).
     pub fn new(
         node: NodeId,
         firmware: FirmwareVersion,
+        boot: u32,
         machine: Option<MachineId>,
         metrics: Vec<MetricDescriptor, MAX_METRICS>,
     ) -> Self {
         Self {
             node,
             firmware,
+            boot,
             machine,
             metrics,
             last_seq: 0,
@@ -107,6 +111,7 @@ impl NodeCore {
         Frame::Hello(Hello {
             node: self.node,
             firmware: self.firmware,
+            boot: self.boot,
             machine: self.machine.clone(),
             metrics: self.metrics.clone(),
         })
@@ -207,7 +212,13 @@ mod tests {
         let Frame::Hello(hello) = golden::hello() else {
             unreachable!("golden hello")
         };
-        NodeCore::new(hello.node, hello.firmware, hello.machine, hello.metrics)
+        NodeCore::new(
+            hello.node,
+            hello.firmware,
+            hello.boot,
+            hello.machine,
+            hello.metrics,
+        )
     }
 
     #[test]

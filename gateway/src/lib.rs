@@ -19,6 +19,7 @@ pub mod buffer;
 pub mod config;
 pub mod edge;
 pub mod pipeline;
+pub mod record;
 mod run;
 pub mod source;
 pub mod stats;

@@ -259,7 +259,7 @@ mod tests {
                 lab: "lab-a".parse().expect("valid"),
                 machine: "mill-1".parse().expect("valid"),
             },
-            seq: 0,
+            boot: Some(1),
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![],
             timestamp: 1,

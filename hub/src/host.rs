@@ -19,6 +19,8 @@ use crate::twin::{TwinKey, TwinUpdate};
 
 /// The metric carrying the node's sample sequence (written by gateways).
 pub const NODE_SEQ_METRIC: &str = "node.seq";
+/// The DBIRTH metric carrying the node's boot id (written by gateways).
+pub const NODE_BOOT_METRIC: &str = "node.boot";
 /// The birth property carrying a metric's unit symbol.
 pub const UNIT_PROPERTY: &str = "engUnit";
 
@@ -172,14 +174,17 @@ impl PrimaryHost {
                 stats.birth();
                 let mut device = Device::default();
                 let mut metrics = Vec::new();
-                let mut seq = 0;
+                let mut boot = None;
                 for metric in &payload.metrics {
                     let Some(name) = metric.name.as_deref() else {
                         continue;
                     };
                     if name == NODE_SEQ_METRIC {
                         device.seq_alias = metric.alias;
-                        seq = seq_value(metric).unwrap_or(0);
+                        continue;
+                    }
+                    if name == NODE_BOOT_METRIC {
+                        boot = seq_value(metric);
                         continue;
                     }
                     match name.parse::<MetricName>() {
@@ -199,7 +204,7 @@ impl PrimaryHost {
                 vec![HostAction::Twin(TwinUpdate::Birth {
                     key: TwinKey { lab, machine },
                     gateway,
-                    seq,
+                    boot,
                     metrics,
                     timestamp,
                 })]
@@ -227,7 +232,7 @@ impl PrimaryHost {
     }
 }
 
-/// The value of a `node.seq` metric. UInt32 arrives in `long_value` from Tahu-style encoders and
+/// The value of a UInt32 metric (`node.seq`, `node.boot`). UInt32 arrives in `long_value` from Tahu-style encoders and
 /// in `int_value` from others.
 fn seq_value(metric: &Metric) -> Option<u32> {
     match metric.value {
@@ -261,12 +266,11 @@ fn data_update(
     stats: &HubStats,
 ) -> Option<TwinUpdate> {
     let mut seq = None;
+    let mut historical = false;
     let mut values = Vec::with_capacity(payload.metrics.len());
     for metric in &payload.metrics {
-        // Historical values belong in history, never in the live twin.
-        if metric.is_historical == Some(true) {
-            continue;
-        }
+        // Store-and-forward replays flag their metrics: the twin counts them but keeps its live values.
+        historical |= metric.is_historical == Some(true);
         let is_seq = match (metric.alias, metric.name.as_deref()) {
             (_, Some(name)) => name == NODE_SEQ_METRIC,
             (Some(alias), None) => device.seq_alias == Some(alias),
@@ -300,6 +304,7 @@ fn data_update(
         seq,
         timestamp,
         values,
+        historical,
     })
 }
 

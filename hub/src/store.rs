@@ -135,12 +135,13 @@ mod tests {
         };
         registry.apply(TwinUpdate::Birth {
             key: key.clone(),
-            seq: 0,
+            boot: Some(1),
             gateway: "gw".parse().expect("valid"),
             metrics: vec![("a.b".parse().expect("valid"), protocol::Unit::Watt)],
             timestamp: 1,
         });
         registry.apply(TwinUpdate::Sample {
+            historical: false,
             key: key.clone(),
             seq: 3,
             timestamp: 2,

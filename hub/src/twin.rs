@@ -86,10 +86,16 @@ pub struct Twin {
     pub state: StateInfo,
     /// Features and their properties.
     pub features: BTreeMap<String, Feature>,
+    /// The boot of the node feeding the twin; `last_seq` counts within it.
+    #[serde(default)]
+    pub boot: Option<u32>,
     /// The node sequence number of the last applied sample (0 before any).
     pub last_seq: u32,
-    /// Samples applied since the twin was created.
+    /// Samples applied since the twin was created (live and historical).
     pub samples: u64,
+    /// Of those, samples replayed from a gateway's buffer after an outage.
+    #[serde(default)]
+    pub historical_samples: u64,
 }
 
 impl Twin {
@@ -104,8 +110,10 @@ impl Twin {
                 since: None,
             },
             features: BTreeMap::new(),
+            boot: None,
             last_seq: 0,
             samples: 0,
+            historical_samples: 0,
         }
     }
 
@@ -142,9 +150,9 @@ pub enum TwinUpdate {
         key: TwinKey,
         /// Its gateway.
         gateway: GatewayId,
-        /// The node sequence the birth says was sent last: 0 after the node booted, the last
-        /// forwarded sample after a gateway rebirth. Later samples must be newer than it.
-        seq: u32,
+        /// The node's boot id, when the gateway knows it. Sample sequence numbers are ordered
+        /// within one boot: a new boot restarts them.
+        boot: Option<u32>,
         /// Metrics and units.
         metrics: Vec<(MetricName, Unit)>,
         /// Birth time.
@@ -160,6 +168,9 @@ pub enum TwinUpdate {
         timestamp: u64,
         /// Values by metric.
         values: Vec<(MetricName, f64)>,
+        /// Replayed from a gateway's store-and-forward buffer: counted and streamed, but the
+        /// twin's live values stay as they are.
+        historical: bool,
     },
     /// The machine or its gateway went away.
     Offline {
@@ -273,7 +284,7 @@ impl TwinRegistry {
             TwinUpdate::Birth {
                 key,
                 gateway,
-                seq,
+                boot,
                 metrics,
                 timestamp,
             } => {
@@ -286,7 +297,10 @@ impl TwinRegistry {
                     gateway: Some(gateway.to_string()),
                     last_seen: Some(timestamp),
                 };
-                twin.last_seq = seq;
+                if boot.is_some() && boot != twin.boot {
+                    twin.boot = boot;
+                    twin.last_seq = 0;
+                }
                 for (name, unit) in &metrics {
                     twin.property_mut(name).unit = unit.symbol().to_owned();
                 }
@@ -299,6 +313,7 @@ impl TwinRegistry {
                 seq,
                 timestamp,
                 values,
+                historical,
             } => {
                 let Some(mut twin) = self.twins.get_mut(&key) else {
                     self.stats.ingest_dropped(IngestDrop::UnknownTwin);
@@ -310,28 +325,40 @@ impl TwinRegistry {
                 }
                 twin.last_seq = seq;
                 twin.samples += 1;
-                twin.connectivity.online = true;
-                twin.connectivity.last_seen = Some(timestamp);
-                let mut changed = BTreeMap::new();
-                for (name, value) in values {
-                    if name.as_str() == STATE_METRIC {
-                        let state = state_name(value);
-                        if twin.state.value != state {
-                            twin.state = StateInfo {
-                                value: state.to_owned(),
-                                since: Some(timestamp),
-                            };
+                if historical {
+                    twin.historical_samples += 1;
+                    let values = values
+                        .into_iter()
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect();
+                    self.stats.sample_applied();
+                    let change = change("historical", &twin, Some(seq), timestamp, values);
+                    drop(twin);
+                    (key, change)
+                } else {
+                    twin.connectivity.online = true;
+                    twin.connectivity.last_seen = Some(timestamp);
+                    let mut changed = BTreeMap::new();
+                    for (name, value) in values {
+                        if name.as_str() == STATE_METRIC {
+                            let state = state_name(value);
+                            if twin.state.value != state {
+                                twin.state = StateInfo {
+                                    value: state.to_owned(),
+                                    since: Some(timestamp),
+                                };
+                            }
                         }
+                        let property = twin.property_mut(&name);
+                        property.reported = Some(value);
+                        property.timestamp = Some(timestamp);
+                        changed.insert(name.to_string(), value);
                     }
-                    let property = twin.property_mut(&name);
-                    property.reported = Some(value);
-                    property.timestamp = Some(timestamp);
-                    changed.insert(name.to_string(), value);
+                    self.stats.sample_applied();
+                    let change = change("sample", &twin, Some(seq), timestamp, changed);
+                    drop(twin);
+                    (key, change)
                 }
-                self.stats.sample_applied();
-                let change = change("sample", &twin, Some(seq), timestamp, changed);
-                drop(twin);
-                (key, change)
             }
             TwinUpdate::Offline { key, timestamp } => {
                 let Some(mut twin) = self.twins.get_mut(&key) else {
@@ -395,7 +422,7 @@ mod tests {
         let registry = TwinRegistry::new(Arc::new(HubStats::default()));
         registry.apply(TwinUpdate::Birth {
             key: key(),
-            seq: 0,
+            boot: Some(1),
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![
                 (metric("spindle.power_w"), Unit::Watt),
@@ -408,6 +435,7 @@ mod tests {
 
     fn sample(seq: u32, power: f64) -> TwinUpdate {
         TwinUpdate::Sample {
+            historical: false,
             key: key(),
             seq,
             timestamp: u64::from(seq) * 1000,
@@ -446,23 +474,27 @@ mod tests {
     }
 
     #[test]
-    fn a_rebirth_keeps_old_samples_out_and_a_reboot_lets_new_ones_in() {
+    fn only_a_new_boot_restarts_the_sequence() {
         let registry = registry();
         registry.apply(sample(10, 10.0));
-        let rebirth = |seq| TwinUpdate::Birth {
+        let rebirth = |boot| TwinUpdate::Birth {
             key: key(),
-            seq,
+            boot,
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![],
             timestamp: 2,
         };
-        registry.apply(rebirth(10));
+        // The gateway was born again (a reconnect): same boot, so old samples stay old.
+        registry.apply(rebirth(Some(1)));
         assert!(
             !registry.apply(sample(9, 9.0)),
             "a replay from before the rebirth"
         );
         assert!(registry.apply(sample(11, 11.0)));
-        registry.apply(rebirth(0));
+        // A birth that does not know the boot (a restarted gateway) changes nothing either.
+        registry.apply(rebirth(None));
+        assert!(!registry.apply(sample(11, 11.0)));
+        registry.apply(rebirth(Some(2)));
         assert!(
             registry.apply(sample(1, 1.0)),
             "the node rebooted: its sequence restarts"
@@ -474,6 +506,38 @@ mod tests {
                 .value("spindle.power_w"),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn historical_samples_are_counted_and_streamed_but_leave_live_values_alone() {
+        let registry = registry();
+        let mut rx = registry.subscribe();
+        registry.apply(sample(1, 100.0));
+        let TwinUpdate::Sample {
+            key: twin_key,
+            seq,
+            timestamp,
+            values,
+            ..
+        } = sample(2, 5.0)
+        else {
+            unreachable!("a sample")
+        };
+        assert!(registry.apply(TwinUpdate::Sample {
+            key: twin_key,
+            seq,
+            timestamp,
+            values,
+            historical: true
+        }));
+        let twin = registry.get(&key()).expect("exists");
+        assert_eq!(twin.value("spindle.power_w"), Some(100.0));
+        assert_eq!(
+            (twin.last_seq, twin.samples, twin.historical_samples),
+            (2, 2, 1)
+        );
+        assert_eq!(rx.try_recv().expect("live").kind, "sample");
+        assert_eq!(rx.try_recv().expect("replayed").kind, "historical");
     }
 
     #[test]

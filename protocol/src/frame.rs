@@ -135,6 +135,9 @@ pub struct Hello {
     pub node: NodeId,
     /// The firmware it runs.
     pub firmware: FirmwareVersion,
+    /// Differs on every boot (a flash counter or a random number): `Samples` sequence numbers
+    /// restart with each boot, so ordering and de-duplication are per (node, boot).
+    pub boot: u32,
     /// The machine the node is clipped to, if it was configured on the node itself.
     pub machine: Option<MachineId>,
     /// What it measures.

@@ -6,7 +6,7 @@ use protocol::{MachineId, NodeId};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{MqttNodeConfig, NodeReport, SimError, run_mqtt_node};
+use crate::node::{MqttNodeConfig, NodeReport, SimError, fresh_boot_id, run_mqtt_node};
 
 /// The machines of a lab and the node settings they share.
 #[derive(Debug, Clone)]
@@ -29,6 +29,7 @@ impl LabSpec {
             .map(|(machine, node, seed)| MqttNodeConfig {
                 node: *node,
                 machine: machine.clone(),
+                boot: fresh_boot_id(*node),
                 seed: *seed,
                 sample_period: self.sample_period,
                 tick_interval: self.tick_interval,

@@ -12,13 +12,14 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //!
-//! use demolab_simulators::node::{MqttNodeConfig, run_mqtt_node};
+//! use demolab_simulators::node::{MqttNodeConfig, fresh_boot_id, run_mqtt_node};
 //! use protocol::{MachineId, NodeId};
 //! use tokio_util::sync::CancellationToken;
 //!
 //! let config = MqttNodeConfig {
 //!     node: NodeId(0x00c0_ffee_0000_0001),
 //!     machine: MachineId::new("mill-1")?,
+//!     boot: fresh_boot_id(NodeId(0x00c0_ffee_0000_0001)),
 //!     seed: 42,
 //!     sample_period: Duration::from_secs(1),
 //!     // Ten simulated seconds per wall second.

@@ -68,6 +68,9 @@ pub struct MqttNodeConfig {
     /// The machine the node is clipped to, announced in `Hello.machine`.
     pub machine: MachineId,
     /// Seed of the [`CncMill`] model: same seed, same readings.
+    /// This run's boot id, announced in `Hello`: it must differ between runs that reuse a
+    /// node id (the hub restarts a node's sequence ordering when it changes). See [`fresh_boot_id`].
+    pub boot: u32,
     pub seed: u64,
     /// Simulated time between samples, in whole milliseconds, at least
     /// [`firmware::MIN_PERIOD_MS`]. The mill advances by this much per tick.
@@ -198,6 +201,16 @@ pub fn cnc_readings(reading: &CncReading) -> [(u8, f32); 5] {
     ]
 }
 
+/// A boot id that differs between runs: derived from the wall clock, as a board would use a
+/// hardware random number or a flash counter. Tests that need byte-identical runs pass their own.
+pub fn fresh_boot_id(node: NodeId) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // Mixing in the node id keeps nodes started in the same instant apart.
+    (nanos as u64 ^ node.0.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u32
+}
+
 /// Runs one simulated node until `max_samples` are out and acknowledged, or until `cancel`.
 ///
 /// Either way it disconnects cleanly before returning. A dropped connection is retried with
@@ -252,6 +265,7 @@ async fn run(
     let core = NodeCore::new(
         config.node,
         SIM_FIRMWARE,
+        config.boot,
         Some(config.machine.clone()),
         // At most CNC_METRICS.len() (5) of MAX_METRICS (16): collecting cannot overflow.
         cnc_metric_descriptors(period_ms).into_iter().collect(),
@@ -695,6 +709,7 @@ mod tests {
         MqttNodeConfig {
             node: NodeId(0x5e11_0000_0000_00aa),
             machine: MachineId::new("mill-test").expect("valid id"),
+            boot: 1,
             seed: 1,
             sample_period: Duration::from_secs(1),
             tick_interval: Duration::ZERO,
@@ -723,6 +738,7 @@ mod tests {
         let hello = Frame::Hello(Hello {
             node: NodeId(1),
             firmware: SIM_FIRMWARE,
+            boot: 7,
             machine: MachineId::new("mill-1").ok(),
             metrics: metrics.into_iter().collect(),
         });
@@ -754,6 +770,7 @@ mod tests {
         let mut core = NodeCore::new(
             NodeId(2),
             SIM_FIRMWARE,
+            1,
             None,
             cnc_metric_descriptors(1000).into_iter().collect(),
         );

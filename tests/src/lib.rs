@@ -143,6 +143,7 @@ pub fn burst_node(
     Ok(simulators::node::MqttNodeConfig {
         node: protocol::NodeId(node),
         machine: machine.parse()?,
+        boot: simulators::node::fresh_boot_id(protocol::NodeId(node)),
         seed,
         sample_period: Duration::from_secs(1),
         tick_interval: Duration::ZERO,

@@ -235,6 +235,7 @@ fn node_config(
     Ok(MqttNodeConfig {
         node,
         machine: MachineId::new(machine)?,
+        boot: 7,
         seed: 7,
         sample_period: Duration::from_secs(1),
         tick_interval: tick,
