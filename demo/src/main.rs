@@ -125,13 +125,16 @@ async fn main() -> anyhow::Result<()> {
             });
         }
         // All labs share the hub's broker here, so each gateway takes only its own nodes.
-        let mut config = GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone());
+        let buffer_dir = args.data_dir.join("gateways").join(gateway.as_str());
+        let mut config =
+            GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone(), buffer_dir);
         config.nodes = node_configs
             .iter()
             .map(|n| (n.node, n.machine.clone()))
             .collect();
         config.accept_unconfigured_nodes = false;
-        let handle = gateway::start(config, cancel.clone());
+        let handle = gateway::start(config, cancel.clone())
+            .with_context(|| format!("cannot start gateway {gateway}"))?;
         tokio::time::timeout(Duration::from_secs(10), handle.ready())
             .await
             .with_context(|| format!("gateway {gateway} did not come up within 10 s"))?;

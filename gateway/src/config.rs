@@ -1,8 +1,15 @@
-//! What a gateway needs to know: who it is, where its nodes talk, where the hub listens.
+//! What a gateway needs to know: who it is, where its nodes talk, where the hub listens, where
+//! it buffers.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use protocol::{GatewayId, LabId, MachineId, NodeId};
+use protocol::{GatewayId, HostId, LabId, MachineId, NodeId};
+
+use crate::buffer::{BufferConfig, FsyncPolicy};
+use crate::source::modbus::ModbusDevice;
+use crate::source::serial::SerialConfig;
 
 /// An MQTT broker address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,20 +27,52 @@ pub struct GatewayConfig {
     pub lab: LabId,
     /// This gateway (Sparkplug edge node).
     pub gateway: GatewayId,
-    /// The broker the lab's network nodes publish to.
-    pub southbound: MqttEndpoint,
+    /// The broker the lab's network nodes publish to; `None` for a gateway with only serial
+    /// and Modbus sources.
+    pub southbound: Option<MqttEndpoint>,
     /// The broker the hub listens on.
     pub uplink: MqttEndpoint,
+    /// The hub's Sparkplug host id: when set, data is sent only while its STATE says online.
+    pub primary_host: Option<HostId>,
     /// Node → machine assignments that override what nodes announce.
     pub nodes: HashMap<NodeId, MachineId>,
     /// Whether nodes missing from `nodes` are taken in (mapped by their `Hello`). Turn it off
     /// when several labs share one broker, so a gateway takes only its own lab's nodes.
     pub accept_unconfigured_nodes: bool,
-    /// Most samples held in memory while the uplink is down before the oldest are dropped.
-    pub offline_queue: usize,
+    /// Serial ports with nodes on them.
+    pub serial: Option<SerialConfig>,
+    /// Modbus TCP machines to poll.
+    pub modbus: Vec<ModbusDevice>,
+    /// The store-and-forward disk buffer.
+    pub buffer: BufferConfig,
+    /// How long a machine may stay silent before its data is marked stale (DDEATH).
+    pub liveness_timeout: Duration,
 }
 
 impl GatewayConfig {
+    /// A configuration with one broker for both sides (the demo and most small labs) and the
+    /// disk buffer in `buffer_dir`.
+    pub fn new(lab: LabId, gateway: GatewayId, broker: MqttEndpoint, buffer_dir: PathBuf) -> Self {
+        Self {
+            lab,
+            gateway,
+            southbound: Some(broker.clone()),
+            uplink: broker,
+            primary_host: None,
+            nodes: HashMap::new(),
+            accept_unconfigured_nodes: true,
+            serial: None,
+            modbus: Vec::new(),
+            buffer: BufferConfig {
+                dir: buffer_dir,
+                max_bytes: 256 << 20,
+                segment_bytes: 8 << 20,
+                fsync: FsyncPolicy::EveryBatch,
+            },
+            liveness_timeout: Duration::from_secs(10),
+        }
+    }
+
     /// The MQTT topic filters the southbound session subscribes to: every node's uplink, or
     /// only the configured nodes' when unconfigured nodes are not accepted.
     pub fn southbound_filters(&self) -> Vec<String> {
@@ -48,19 +87,6 @@ impl GatewayConfig {
                 protocol::node_topic::format(node, protocol::node_topic::Direction::Up).to_string()
             })
             .collect()
-    }
-
-    /// A configuration with one broker for both sides (the demo and most small labs).
-    pub fn new(lab: LabId, gateway: GatewayId, broker: MqttEndpoint) -> Self {
-        Self {
-            lab,
-            gateway,
-            southbound: broker.clone(),
-            uplink: broker,
-            nodes: HashMap::new(),
-            accept_unconfigured_nodes: true,
-            offline_queue: 100_000,
-        }
     }
 }
 
@@ -78,6 +104,7 @@ mod tests {
             "lab".parse().expect("valid"),
             "gw".parse().expect("valid"),
             broker,
+            PathBuf::from("buffer"),
         );
         assert_eq!(config.southbound_filters(), ["demolab/v1/node/+/up"]);
         config.accept_unconfigured_nodes = false;

@@ -1,5 +1,10 @@
-//! The Sparkplug B edge-node session, sans-IO: it turns "this machine was born / has these
-//! values" into topics and payloads, and owns `bdSeq`, `seq` and the alias table.
+//! The Sparkplug B edge-node session, sans-IO: it turns "this machine exists / has these values"
+//! into topics and payloads, and owns `bdSeq`, `seq`, the alias table and which devices are born
+//! in the current MQTT session.
+//!
+//! Births are lazy: [`EdgeNode::ensure_born`] returns a DBIRTH only when the machine is not born
+//! in this session, its node rebooted, or it gained metrics — so a sender can call it before every
+//! DDATA, including records replayed from the disk buffer long after they were taken.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +18,8 @@ use protocol::{GatewayId, LabId, MachineId, MetricName, Unit};
 /// de-duplicate samples by the node's own sequence number. It is a UInt32 carried in the
 /// protobuf `long_value`, as Eclipse Tahu and Ignition expect (the 3.0 text allows both fields).
 pub const NODE_SEQ_METRIC: &str = "node.seq";
+/// DBIRTH metric with the node's boot id: sequence numbers are ordered within one boot.
+pub const NODE_BOOT_METRIC: &str = "node.boot";
 /// Property key carrying a metric's unit in births (the key Ignition and others use).
 pub const UNIT_PROPERTY: &str = "engUnit";
 
@@ -30,9 +37,12 @@ pub struct Outgoing {
 struct Device {
     metrics: BTreeMap<MetricName, (Unit, u64)>,
     seq_alias: u64,
-    /// The node sequence of the last DDATA; a DBIRTH carries it so the host knows which
-    /// samples are new after a rebirth (0 after the node booted).
+    boot_alias: u64,
+    /// The boot of the node feeding it, when known (unknown after a gateway restart until the
+    /// node says `Hello`).
+    boot: Option<u32>,
     last_node_seq: u32,
+    born: bool,
 }
 
 /// A value for DDATA.
@@ -48,7 +58,7 @@ pub struct Value {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EdgeError {
     /// Data for a machine that has no DBIRTH in this session.
-    #[error("machine {0} has no DBIRTH yet")]
+    #[error("machine {0} has no DBIRTH in this session")]
     UnbornDevice(MachineId),
     /// Data naming a metric the machine's DBIRTH did not list.
     #[error("metric {metric} was not in the DBIRTH of machine {machine}")]
@@ -94,7 +104,12 @@ impl EdgeNode {
         self.bd_seq = bd_seq;
     }
 
-    /// The NDEATH to register as the MQTT Will before connecting.
+    /// The machines known to this gateway.
+    pub fn machines(&self) -> impl Iterator<Item = &MachineId> {
+        self.devices.keys()
+    }
+
+    /// The NDEATH to register as the MQTT Will, and to publish before a clean disconnect.
     pub fn death(&self, now_ms: u64) -> Outgoing {
         Outgoing {
             topic: Topic::node(&self.lab, MessageType::NDeath, &self.gateway),
@@ -110,11 +125,14 @@ impl EdgeNode {
         Metric::new(DataType::UInt64, MetricValue::Long(self.bd_seq.value())).named(BD_SEQ_METRIC)
     }
 
-    /// NBIRTH followed by a DBIRTH of every known machine: what to send on every (re)connect
-    /// and on a rebirth request. Resets `seq` to 0.
-    pub fn birth_all(&mut self, now_ms: u64) -> Vec<Outgoing> {
+    /// The NBIRTH of a new session (or of a rebirth): resets `seq` to 0 and makes every machine
+    /// unborn, so each gets its DBIRTH again from [`EdgeNode::ensure_born`].
+    pub fn node_birth(&mut self, now_ms: u64) -> Outgoing {
         self.seq.reset();
-        let nbirth = Outgoing {
+        for device in self.devices.values_mut() {
+            device.born = false;
+        }
+        Outgoing {
             topic: Topic::node(&self.lab, MessageType::NBirth, &self.gateway),
             payload: Payload {
                 timestamp: Some(now_ms),
@@ -126,61 +144,35 @@ impl EdgeNode {
                 ],
                 ..Default::default()
             },
-        };
-        let machines: Vec<MachineId> = self.devices.keys().cloned().collect();
-        let mut out = vec![nbirth];
-        out.extend(
-            machines
-                .iter()
-                .filter_map(|m| self.device_birth_message(m, now_ms)),
-        );
-        out
+        }
     }
 
-    /// Registers (or re-registers with new metrics) a machine and returns its DBIRTH.
-    /// Aliases are stable for a metric name across re-registrations.
-    pub fn birth_device(
+    /// Records what a node's `Hello` says about its machine: its boot and metrics. A new boot
+    /// or new metrics make the machine unborn, so its next data is preceded by a DBIRTH.
+    pub fn know_machine(
         &mut self,
         machine: &MachineId,
+        boot: Option<u32>,
+        metrics: &[(MetricName, Unit)],
+    ) {
+        self.merge(machine, boot, metrics);
+    }
+
+    /// The DBIRTH to publish before data of `machine` from node boot `boot`, if one is due.
+    pub fn ensure_born(
+        &mut self,
+        machine: &MachineId,
+        boot: Option<u32>,
         metrics: &[(MetricName, Unit)],
         now_ms: u64,
-    ) -> Outgoing {
-        let previous = self.devices.remove(machine);
-        let seq_alias = match &previous {
-            Some(device) => device.seq_alias,
-            None => self.take_alias(),
-        };
-        let mut table = BTreeMap::new();
-        for (name, unit) in metrics {
-            let alias = previous
-                .as_ref()
-                .and_then(|d| d.metrics.get(name).map(|(_, alias)| *alias))
-                .unwrap_or_else(|| self.take_alias());
-            table.insert(name.clone(), (*unit, alias));
+    ) -> Option<Outgoing> {
+        self.merge(machine, boot, metrics);
+        let device = self.devices.get_mut(machine)?;
+        if device.born {
+            return None;
         }
-        self.devices.insert(
-            machine.clone(),
-            // Called on the node's Hello, i.e. after it booted: its sequence starts again.
-            Device {
-                metrics: table,
-                seq_alias,
-                last_node_seq: 0,
-            },
-        );
-        // The device was inserted just above, so the message exists.
-        self.device_birth_message(machine, now_ms)
-            .unwrap_or_else(|| unreachable!())
-    }
-
-    fn take_alias(&mut self) -> u64 {
-        let alias = self.next_alias;
-        self.next_alias += 1;
-        alias
-    }
-
-    fn device_birth_message(&mut self, machine: &MachineId, now_ms: u64) -> Option<Outgoing> {
-        let device = self.devices.get(machine)?;
-        let mut metrics = vec![
+        device.born = true;
+        let mut birth = vec![
             Metric::new(
                 DataType::UInt32,
                 MetricValue::Long(u64::from(device.last_node_seq)),
@@ -189,12 +181,25 @@ impl EdgeNode {
             .aliased(device.seq_alias)
             .at(now_ms),
         ];
+        let mut boot_metric = Metric::new(DataType::UInt32, MetricValue::Long(0))
+            .named(NODE_BOOT_METRIC)
+            .aliased(device.boot_alias)
+            .at(now_ms);
+        match device.boot {
+            Some(boot) => boot_metric.value = Some(MetricValue::Long(u64::from(boot))),
+            // Unknown (a restarted gateway replaying its buffer): the host keeps its ordering.
+            None => {
+                boot_metric.value = None;
+                boot_metric.is_null = Some(true);
+            }
+        }
+        birth.push(boot_metric);
         for (name, (unit, alias)) in &device.metrics {
             let mut metric = Metric::new(DataType::Float, MetricValue::Float(0.0))
                 .named(name.as_str())
                 .aliased(*alias)
                 .at(now_ms);
-            // No value has been seen at birth time; Sparkplug marks that as null.
+            // The last value may be long gone; Sparkplug marks an unknown current value as null.
             metric.is_null = Some(true);
             metric.value = None;
             metric.properties = Some(PropertySet {
@@ -205,42 +210,99 @@ impl EdgeNode {
                     value: Some(PropertyValueKind::String(unit.symbol().to_owned())),
                 }],
             });
-            metrics.push(metric);
+            birth.push(metric);
         }
         Some(Outgoing {
             topic: Topic::device(&self.lab, MessageType::DBirth, &self.gateway, machine),
             payload: Payload {
                 timestamp: Some(now_ms),
                 seq: Some(self.seq.next_seq()),
-                metrics,
+                metrics: birth,
                 ..Default::default()
             },
         })
     }
 
-    /// A DDATA with the node's sample sequence and the values, by alias.
+    fn merge(&mut self, machine: &MachineId, boot: Option<u32>, metrics: &[(MetricName, Unit)]) {
+        if !self.devices.contains_key(machine) {
+            let seq_alias = self.take_alias();
+            let boot_alias = self.take_alias();
+            self.devices.insert(
+                machine.clone(),
+                Device {
+                    metrics: BTreeMap::new(),
+                    seq_alias,
+                    boot_alias,
+                    boot: None,
+                    last_node_seq: 0,
+                    born: false,
+                },
+            );
+        }
+        let mut new_aliases = Vec::new();
+        if let Some(device) = self.devices.get(machine) {
+            for (name, _) in metrics {
+                if !device.metrics.contains_key(name) {
+                    new_aliases.push(name.clone());
+                }
+            }
+        }
+        let fresh: Vec<(MetricName, u64)> = new_aliases
+            .into_iter()
+            .map(|name| (name, self.take_alias()))
+            .collect();
+        let Some(device) = self.devices.get_mut(machine) else {
+            return;
+        };
+        for (name, alias) in fresh {
+            let unit = metrics
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(Unit::Dimensionless, |(_, u)| *u);
+            device.metrics.insert(name, (unit, alias));
+            device.born = false;
+        }
+        if boot.is_some() && boot != device.boot {
+            device.boot = boot;
+            device.last_node_seq = 0;
+            device.born = false;
+        }
+    }
+
+    fn take_alias(&mut self) -> u64 {
+        let alias = self.next_alias;
+        self.next_alias += 1;
+        alias
+    }
+
+    /// A DDATA with the node's sample sequence and the values, by alias. Replayed samples are
+    /// flagged `is_historical`.
     pub fn device_data(
         &mut self,
         machine: &MachineId,
         node_seq: u32,
         sampled_at_ms: u64,
         values: &[Value],
+        historical: bool,
     ) -> Result<Outgoing, EdgeError> {
         let device = self
             .devices
             .get_mut(machine)
+            .filter(|d| d.born)
             .ok_or_else(|| EdgeError::UnbornDevice(machine.clone()))?;
         // Sparkplug: data messages should not repeat the datatype; the birth announced it.
-        let untyped = |value| Metric {
+        let metric = |value, alias| Metric {
             value: Some(value),
+            alias: Some(alias),
+            timestamp: Some(sampled_at_ms),
+            is_historical: historical.then_some(true),
             ..Default::default()
         };
         let mut metrics = Vec::with_capacity(values.len() + 1);
-        metrics.push(
-            untyped(MetricValue::Long(u64::from(node_seq)))
-                .aliased(device.seq_alias)
-                .at(sampled_at_ms),
-        );
+        metrics.push(metric(
+            MetricValue::Long(u64::from(node_seq)),
+            device.seq_alias,
+        ));
         for value in values {
             let (_, alias) =
                 device
@@ -250,11 +312,7 @@ impl EdgeNode {
                         machine: machine.clone(),
                         metric: value.name.clone(),
                     })?;
-            metrics.push(
-                untyped(MetricValue::Float(value.value))
-                    .aliased(*alias)
-                    .at(sampled_at_ms),
-            );
+            metrics.push(metric(MetricValue::Float(value.value), *alias));
         }
         device.last_node_seq = node_seq;
         Ok(Outgoing {
@@ -263,6 +321,21 @@ impl EdgeNode {
                 timestamp: Some(sampled_at_ms),
                 seq: Some(self.seq.next_seq()),
                 metrics,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// A DDEATH for a machine whose sources went silent, if it is born; it is born again
+    /// before its next data.
+    pub fn device_death(&mut self, machine: &MachineId, now_ms: u64) -> Option<Outgoing> {
+        let device = self.devices.get_mut(machine).filter(|d| d.born)?;
+        device.born = false;
+        Some(Outgoing {
+            topic: Topic::device(&self.lab, MessageType::DDeath, &self.gateway, machine),
+            payload: Payload {
+                timestamp: Some(now_ms),
+                seq: Some(self.seq.next_seq()),
                 ..Default::default()
             },
         })
@@ -291,23 +364,39 @@ mod tests {
         EdgeNode::new(id("lab-a"), id("gw-a"), BdSeq::new(3))
     }
 
+    fn power() -> Vec<(MetricName, Unit)> {
+        vec![(id("spindle.power_w"), Unit::Watt)]
+    }
+
+    fn value(v: f32) -> Vec<Value> {
+        vec![Value {
+            name: id("spindle.power_w"),
+            value: v,
+        }]
+    }
+
     #[test]
-    fn nbirth_carries_bd_seq_and_seq_zero_then_dbirths_count_on() {
+    fn nbirth_carries_bd_seq_and_seq_zero_and_dbirths_follow_lazily() {
         let mut edge = session();
-        edge.birth_device(&id("mill-1"), &[(id("spindle.power_w"), Unit::Watt)], 10);
-        let births = edge.birth_all(20);
-        assert_eq!(births.len(), 2);
-        assert_eq!(births[0].topic.to_string(), "spBv1.0/lab-a/NBIRTH/gw-a");
-        assert_eq!(births[0].payload.seq, Some(0));
+        let nbirth = edge.node_birth(20);
+        assert_eq!(nbirth.topic.to_string(), "spBv1.0/lab-a/NBIRTH/gw-a");
+        assert_eq!(nbirth.payload.seq, Some(0));
+        assert_eq!(nbirth.payload.metrics[0].value, Some(MetricValue::Long(3)));
+        let dbirth = edge
+            .ensure_born(&id("mill-1"), Some(9), &power(), 21)
+            .expect("first birth");
+        assert_eq!(dbirth.topic.to_string(), "spBv1.0/lab-a/DBIRTH/gw-a/mill-1");
+        assert_eq!(dbirth.payload.seq, Some(1));
         assert_eq!(
-            births[0].payload.metrics[0].value,
-            Some(MetricValue::Long(3))
+            dbirth.payload.metrics[1].value,
+            Some(MetricValue::Long(9)),
+            "node.boot"
         );
-        assert_eq!(
-            births[1].topic.to_string(),
-            "spBv1.0/lab-a/DBIRTH/gw-a/mill-1"
+        assert!(
+            edge.ensure_born(&id("mill-1"), Some(9), &power(), 22)
+                .is_none(),
+            "already born"
         );
-        assert_eq!(births[1].payload.seq, Some(1));
         assert_eq!(
             edge.death(30).payload.metrics[0].value,
             Some(MetricValue::Long(3))
@@ -315,16 +404,38 @@ mod tests {
     }
 
     #[test]
-    fn ddata_uses_the_aliases_of_the_birth_and_no_names() {
+    fn a_new_boot_new_metrics_or_a_new_session_need_a_new_dbirth() {
         let mut edge = session();
-        let birth = edge.birth_device(
-            &id("mill-1"),
-            &[
-                (id("spindle.power_w"), Unit::Watt),
-                (id("coolant.temperature_c"), Unit::Celsius),
-            ],
-            0,
+        edge.node_birth(0);
+        edge.ensure_born(&id("m"), Some(1), &power(), 0)
+            .expect("birth");
+        assert!(
+            edge.ensure_born(&id("m"), Some(2), &power(), 0).is_some(),
+            "reboot"
         );
+        let more = vec![(id("a.b"), Unit::Count)];
+        assert!(
+            edge.ensure_born(&id("m"), Some(2), &more, 0).is_some(),
+            "new metric"
+        );
+        edge.node_birth(0);
+        let again = edge
+            .ensure_born(&id("m"), None, &[], 0)
+            .expect("new session");
+        assert_eq!(
+            again.payload.metrics.len(),
+            4,
+            "node.seq, node.boot and both metrics"
+        );
+    }
+
+    #[test]
+    fn ddata_uses_the_aliases_of_the_birth_no_names_no_datatypes() {
+        let mut edge = session();
+        edge.node_birth(0);
+        let birth = edge
+            .ensure_born(&id("mill-1"), Some(1), &power(), 0)
+            .expect("birth");
         let alias_of = |name: &str| {
             birth
                 .payload
@@ -334,15 +445,7 @@ mod tests {
                 .and_then(|m| m.alias)
         };
         let data = edge
-            .device_data(
-                &id("mill-1"),
-                7,
-                99,
-                &[Value {
-                    name: id("spindle.power_w"),
-                    value: 1.5,
-                }],
-            )
+            .device_data(&id("mill-1"), 7, 99, &value(1.5), false)
             .expect("born");
         assert!(
             data.payload
@@ -350,16 +453,30 @@ mod tests {
                 .iter()
                 .all(|m| m.name.is_none() && m.datatype.is_none())
         );
+        assert!(
+            data.payload
+                .metrics
+                .iter()
+                .all(|m| m.is_historical.is_none())
+        );
         assert_eq!(data.payload.metrics[0].alias, alias_of(NODE_SEQ_METRIC));
         assert_eq!(data.payload.metrics[0].value, Some(MetricValue::Long(7)));
         assert_eq!(data.payload.metrics[1].alias, alias_of("spindle.power_w"));
+        let replay = edge
+            .device_data(&id("mill-1"), 8, 99, &value(1.5), true)
+            .expect("born");
+        assert!(
+            replay
+                .payload
+                .metrics
+                .iter()
+                .all(|m| m.is_historical == Some(true))
+        );
     }
 
     #[test]
-    fn aliases_are_unique_across_devices_and_stable_across_rebirths() {
+    fn aliases_are_unique_across_devices_and_stable_across_sessions() {
         let mut edge = session();
-        let a = edge.birth_device(&id("m-a"), &[(id("x.y"), Unit::Watt)], 0);
-        let b = edge.birth_device(&id("m-b"), &[(id("x.y"), Unit::Watt)], 0);
         let aliases = |o: &Outgoing| {
             o.payload
                 .metrics
@@ -367,65 +484,63 @@ mod tests {
                 .filter_map(|m| m.alias)
                 .collect::<Vec<_>>()
         };
-        let (a, b) = (aliases(&a), aliases(&b));
+        edge.node_birth(0);
+        let a = aliases(
+            &edge
+                .ensure_born(&id("m-a"), Some(1), &power(), 0)
+                .expect("birth"),
+        );
+        let b = aliases(
+            &edge
+                .ensure_born(&id("m-b"), Some(1), &power(), 0)
+                .expect("birth"),
+        );
         assert!(a.iter().all(|x| !b.contains(x)), "{a:?} vs {b:?}");
-        let again = edge.birth_device(&id("m-a"), &[(id("x.y"), Unit::Watt)], 0);
-        assert_eq!(aliases(&again), a);
+        edge.node_birth(0);
+        assert_eq!(
+            aliases(
+                &edge
+                    .ensure_born(&id("m-a"), Some(1), &power(), 0)
+                    .expect("birth")
+            ),
+            a
+        );
     }
 
     #[test]
-    fn data_for_unknown_machines_or_metrics_is_refused() {
+    fn data_for_unborn_machines_or_metrics_is_refused_and_ddeath_unborns() {
         let mut edge = session();
+        edge.node_birth(0);
         assert_eq!(
-            edge.device_data(&id("ghost"), 1, 0, &[]),
+            edge.device_data(&id("ghost"), 1, 0, &[], false),
             Err(EdgeError::UnbornDevice(id("ghost")))
         );
-        edge.birth_device(&id("m"), &[], 0);
+        edge.ensure_born(&id("m"), Some(1), &[], 0).expect("birth");
         assert!(matches!(
-            edge.device_data(
-                &id("m"),
-                1,
-                0,
-                &[Value {
-                    name: id("a.b"),
-                    value: 0.0
-                }]
-            ),
+            edge.device_data(&id("m"), 1, 0, &value(0.0), false),
             Err(EdgeError::UnbornMetric { .. })
         ));
-    }
-
-    #[test]
-    fn a_rebirth_carries_the_last_node_seq_and_a_new_hello_resets_it() {
-        let mut edge = session();
-        edge.birth_device(&id("m"), &[], 0);
-        edge.device_data(&id("m"), 41, 0, &[]).expect("born");
-        let births = edge.birth_all(0);
-        assert_eq!(
-            births[1].payload.metrics[0].value,
-            Some(MetricValue::Long(41))
-        );
-        let after_reboot = edge.birth_device(&id("m"), &[], 0);
-        assert_eq!(
-            after_reboot.payload.metrics[0].value,
-            Some(MetricValue::Long(0))
-        );
+        let death = edge.device_death(&id("m"), 5).expect("born, so it can die");
+        assert_eq!(death.topic.to_string(), "spBv1.0/lab-a/DDEATH/gw-a/m");
+        assert!(edge.device_death(&id("m"), 6).is_none());
+        assert!(edge.device_data(&id("m"), 2, 0, &[], false).is_err());
     }
 
     #[test]
     fn seq_wraps_at_256() {
         let mut edge = session();
-        edge.birth_device(&id("m"), &[], 0);
+        edge.node_birth(0);
+        edge.ensure_born(&id("m"), Some(1), &[], 0).expect("birth");
         let seqs: Vec<u64> = (0..300)
             .map(|i| {
-                edge.device_data(&id("m"), i, 0, &[])
+                edge.device_data(&id("m"), i, 0, &[], false)
                     .expect("born")
                     .payload
                     .seq
                     .unwrap_or(999)
             })
             .collect();
-        assert_eq!(seqs[254], 255);
-        assert_eq!(seqs[255], 0);
+        assert_eq!(seqs[253], 255);
+        assert_eq!(seqs[254], 0);
     }
 }

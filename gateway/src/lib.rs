@@ -17,12 +17,16 @@
 
 pub mod buffer;
 pub mod config;
+mod core;
 pub mod edge;
+pub mod file;
+pub mod ops;
 pub mod pipeline;
 pub mod record;
 mod run;
 pub mod source;
 pub mod stats;
+mod uplink;
 
 pub use config::{GatewayConfig, MqttEndpoint};
 pub use run::{GatewayError, GatewayHandle, now_ms, start};

@@ -10,31 +10,24 @@ use protocol::{
     codec,
 };
 
-use crate::edge::Value;
+use crate::record::BufferedSample;
 use crate::source::{Inbound, SourceId};
 use crate::stats::{DropReason, GatewayStats};
 
 /// What the pipeline wants done after a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// A machine appeared or changed its metrics: publish its DBIRTH.
+    /// A node said `Hello`: its machine exists with these metrics, from this boot.
     BirthMachine {
         /// The machine.
         machine: MachineId,
+        /// The node's boot id.
+        boot: u32,
         /// Its metrics and units.
         metrics: Vec<(MetricName, Unit)>,
     },
-    /// Publish one sample as DDATA.
-    Data {
-        /// The machine.
-        machine: MachineId,
-        /// The node's sequence number of the sample.
-        node_seq: u32,
-        /// When the gateway received it, ms since the epoch.
-        received_at_ms: u64,
-        /// The readings by name.
-        values: Vec<Value>,
-    },
+    /// Store and forward one sample.
+    Data(BufferedSample),
     /// Send a command down to a node.
     Command(Command),
 }
@@ -147,13 +140,20 @@ impl Pipeline {
             .iter()
             .map(|d| (d.name.clone(), d.unit))
             .collect();
+        let boot = hello.boot;
         let state = self.nodes.entry(node).or_default();
-        // A node that says Hello again has rebooted: its seq restarts.
-        state.last_seq = 0;
+        // Only a new boot restarts the sequence; a Hello the gateway asked for does not.
+        if state.hello.as_ref().is_none_or(|known| known.boot != boot) {
+            state.last_seq = 0;
+        }
         state.hello = Some(hello);
         state.machine = Some(machine.clone());
         state.hello_requested = false;
-        vec![Action::BirthMachine { machine, metrics }]
+        vec![Action::BirthMachine {
+            machine,
+            boot,
+            metrics,
+        }]
     }
 
     fn on_samples(&mut self, samples: Samples, now_ms: u64, stats: &GatewayStats) -> Vec<Action> {
@@ -179,18 +179,17 @@ impl Pipeline {
                 stats.dropped(DropReason::NotFinite);
                 continue;
             }
-            values.push(Value {
-                name: descriptor.name.clone(),
-                value: reading.value,
-            });
+            values.push((descriptor.name.clone(), descriptor.unit, reading.value));
         }
         state.last_seq = samples.seq;
-        vec![Action::Data {
+        vec![Action::Data(BufferedSample {
             machine: machine.clone(),
+            boot: Some(hello.boot),
             node_seq: samples.seq,
             received_at_ms: now_ms,
+            historical: false,
             values,
-        }]
+        })]
     }
 
     fn request_hello(&mut self, node: NodeId) -> Vec<Action> {
@@ -236,15 +235,15 @@ mod tests {
             .on_frame(golden::NODE, golden::HELLO, 0, &stats)
             .expect("valid");
         assert!(
-            matches!(&actions[..], [Action::BirthMachine { machine, metrics }]
+            matches!(&actions[..], [Action::BirthMachine { machine, boot: 0x0b00_7001, metrics }]
             if machine.as_str() == "mill-1" && metrics.len() == 4)
         );
         let actions = pipeline
             .on_frame(golden::NODE, golden::SAMPLES, 5, &stats)
             .expect("valid");
         assert!(
-            matches!(&actions[..], [Action::Data { node_seq: 42, received_at_ms: 5, values, .. }]
-            if values.len() == 4 && values[0].value == 5321.5)
+            matches!(&actions[..], [Action::Data(BufferedSample { node_seq: 42, received_at_ms: 5, values, .. })]
+            if values.len() == 4 && values[0].2 == 5321.5)
         );
     }
 
@@ -289,6 +288,36 @@ mod tests {
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.dropped(DropReason::Duplicate), 2);
         assert_eq!(snapshot.frames_received, 6);
+    }
+
+    #[test]
+    fn a_hello_from_the_same_boot_keeps_deduplicating_and_a_new_boot_restarts() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
+        pipeline
+            .on_frame(golden::NODE, golden::HELLO, 0, &stats)
+            .expect("valid");
+        pipeline
+            .on_frame(golden::NODE, &encode(&samples(5, 1.0)), 0, &stats)
+            .expect("valid");
+        pipeline
+            .on_frame(golden::NODE, golden::HELLO, 0, &stats)
+            .expect("valid");
+        let replay = pipeline
+            .on_frame(golden::NODE, &encode(&samples(5, 1.0)), 0, &stats)
+            .expect("valid");
+        assert!(replay.is_empty(), "same boot: seq 5 was forwarded already");
+        let mut rebooted = golden::hello();
+        if let Frame::Hello(h) = &mut rebooted {
+            h.boot += 1;
+        }
+        pipeline
+            .on_frame(golden::NODE, &encode(&rebooted), 0, &stats)
+            .expect("valid");
+        let fresh = pipeline
+            .on_frame(golden::NODE, &encode(&samples(1, 1.0)), 0, &stats)
+            .expect("valid");
+        assert_eq!(fresh.len(), 1, "new boot: seq 1 is new");
     }
 
     #[test]
@@ -341,7 +370,9 @@ mod tests {
         let actions = pipeline
             .on_frame(golden::NODE, &encode(&samples(1, f32::NAN)), 0, &stats)
             .expect("valid");
-        assert!(matches!(&actions[..], [Action::Data { values, .. }] if values.len() == 3));
+        assert!(
+            matches!(&actions[..], [Action::Data(BufferedSample { values, .. })] if values.len() == 3)
+        );
         assert_eq!(stats.snapshot().dropped(DropReason::NotFinite), 1);
     }
 }

@@ -15,6 +15,8 @@ const RECORD_VERSION: u8 = 1;
 pub struct BufferedSample {
     /// The machine it belongs to.
     pub machine: MachineId,
+    /// The boot of the node that took it (`None` for sources without one).
+    pub boot: Option<u32>,
     /// The node's sequence number.
     pub node_seq: u32,
     /// When the gateway received it, ms since the epoch.
@@ -74,6 +76,7 @@ mod tests {
     fn sample() -> BufferedSample {
         BufferedSample {
             machine: "mill-1".parse().expect("valid"),
+            boot: Some(7),
             node_seq: 42,
             received_at_ms: 1_764_201_600_000,
             historical: true,

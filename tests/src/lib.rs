@@ -115,14 +115,39 @@ pub async fn start_gateway(
     mqtt_port: u16,
     lab: &str,
     gateway: &str,
+    buffer_dir: &std::path::Path,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<gateway::GatewayHandle> {
+    let config = gateway_config(mqtt_port, lab, gateway, buffer_dir)?;
+    start_gateway_with(config, cancel).await
+}
+
+/// The configuration [`start_gateway`] uses, for tests that change it first.
+pub fn gateway_config(
+    mqtt_port: u16,
+    lab: &str,
+    gateway: &str,
+    buffer_dir: &std::path::Path,
+) -> anyhow::Result<gateway::GatewayConfig> {
     let broker = gateway::MqttEndpoint {
         host: "127.0.0.1".into(),
         port: mqtt_port,
     };
-    let config = gateway::GatewayConfig::new(lab.parse()?, gateway.parse()?, broker);
-    let handle = gateway::start(config, cancel.clone());
+    Ok(gateway::GatewayConfig::new(
+        lab.parse()?,
+        gateway.parse()?,
+        broker,
+        buffer_dir.to_owned(),
+    ))
+}
+
+/// Starts a gateway from `config` and waits until it is ready.
+pub async fn start_gateway_with(
+    config: gateway::GatewayConfig,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<gateway::GatewayHandle> {
+    let gateway = config.gateway.clone();
+    let handle = gateway::start(config, cancel.clone())?;
     within(
         Duration::from_secs(10),
         &format!("gateway {gateway} to be ready"),

@@ -59,7 +59,14 @@ async fn live_sparkplug_traffic_decodes_to_what_the_node_sent() -> anyhow::Resul
     .await??;
 
     let cancel = CancellationToken::new();
-    let gateway = start_gateway(port, "lab-cap", "gw-cap", &cancel).await?;
+    let gateway = start_gateway(
+        port,
+        "lab-cap",
+        "gw-cap",
+        &data.path().join("buffer"),
+        &cancel,
+    )
+    .await?;
     let node = burst_node(port, 0xcafe, "mill-cap", 3, SAMPLES)?;
     let report = run_mqtt_node(node, cancel.clone()).await?;
     let last = report.last.context("the node sent samples")?;

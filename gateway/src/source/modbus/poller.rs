@@ -163,6 +163,8 @@ struct Poller {
     seq: u32,
     /// When the virtual node "booted", for `Samples::uptime_ms`.
     started: Instant,
+    /// The virtual node's boot id: new for every gateway process (its `seq` restarts at 1).
+    boot: u32,
 }
 
 impl Poller {
@@ -184,6 +186,8 @@ impl Poller {
             status,
             seq: 0,
             started: Instant::now(),
+            // The wall clock differs between gateway runs, which is all a boot id needs.
+            boot: (crate::run::now_ms() ^ (crate::run::now_ms() >> 32)) as u32,
         }
     }
 
@@ -252,6 +256,7 @@ impl Poller {
             if self.seq == u32::MAX {
                 // The pipeline treats a Hello as a reboot (its seq restarts), so wrap behind one.
                 self.seq = 0;
+                self.boot = self.boot.wrapping_add(1);
                 hello_sent = false;
             }
             if !hello_sent {
@@ -355,6 +360,7 @@ impl Poller {
         let mut hello = Hello {
             node: self.node,
             firmware: gateway_version(),
+            boot: self.boot,
             machine: Some(self.device.machine.clone()),
             metrics: Default::default(),
         };

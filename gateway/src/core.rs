@@ -1,0 +1,387 @@
+//! The core task: the single owner of the pipeline, the Sparkplug session and the disk buffer.
+//!
+//! Every sample is written to the disk buffer before anything else happens to it (write-ahead),
+//! the buffer is flushed once per batch (group commit), and only then are the batch's MQTT
+//! messages acknowledged to the lab broker — so a node's message that the gateway acknowledged
+//! survives a crash. The sender turns buffered records into DDATA while the uplink session is up
+//! and the primary host online, and a record is deleted when the hub's broker acknowledged it.
+//! Samples taken while the hub was unreachable are sent with `is_historical`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use protocol::node_topic::{self, Direction};
+use protocol::{Frame, MachineId, MetricName, Unit, codec};
+use rumqttc::{AsyncClient, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::buffer::{DiskBuffer, RecordId};
+use crate::edge::{EdgeNode, Outgoing, Value};
+use crate::pipeline::{Action, Pipeline};
+use crate::record::BufferedSample;
+use crate::run::{NodeBytes, Readiness, now_ms};
+use crate::source::serial::SerialHandle;
+use crate::source::{Inbound, SourceId};
+use crate::stats::{DropReason, GatewayStats};
+use crate::uplink::{UplinkCommand, UplinkEvent};
+
+/// Most records sent and not yet acknowledged.
+pub(crate) const SEND_WINDOW: usize = 256;
+/// Most inbound frames handled per group commit.
+const BATCH: usize = 256;
+
+pub(crate) struct Core {
+    pub pipeline: Pipeline,
+    pub edge: EdgeNode,
+    pub buffer: DiskBuffer,
+    pub stats: Arc<GatewayStats>,
+    pub uplink: mpsc::Sender<UplinkCommand>,
+    pub south: AsyncClient,
+    pub serial: Option<SerialHandle>,
+    pub ready: Arc<watch::Sender<Readiness>>,
+    pub liveness_timeout: Duration,
+    /// Whether a primary host is configured (then data waits for its STATE online).
+    pub host_aware: bool,
+    pub session: Option<u64>,
+    pub host_online: bool,
+    pub inflight: usize,
+    pub last_seen: HashMap<MachineId, Instant>,
+    /// MQTT messages to acknowledge to the lab broker after the next flush.
+    pub to_ack: Vec<Publish>,
+}
+
+enum Input {
+    Mqtt(NodeBytes),
+    // Boxed: a decoded frame is large and most traffic is the MQTT variant.
+    Other(Box<Inbound>),
+}
+
+impl Core {
+    fn online(&self) -> bool {
+        self.session.is_some() && (self.host_online || !self.host_aware)
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut mqtt: mpsc::Receiver<NodeBytes>,
+        mut others: mpsc::Receiver<Inbound>,
+        mut uplink_events: mpsc::Receiver<UplinkEvent>,
+        cancel: CancellationToken,
+    ) {
+        let mut liveness = tokio::time::interval(Duration::from_secs(1));
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                Some(event) = uplink_events.recv() => {
+                    self.on_uplink(event).await;
+                    continue;
+                }
+                Some(item) = mqtt.recv() => Input::Mqtt(item),
+                Some(item) = others.recv() => Input::Other(Box::new(item)),
+                _ = liveness.tick() => {
+                    self.check_liveness().await;
+                    continue;
+                }
+            };
+            self.handle(first).await;
+            // Group commit: take what else is already waiting, then one flush for all of it.
+            for _ in 1..BATCH {
+                let next = match mqtt.try_recv() {
+                    Ok(item) => Input::Mqtt(item),
+                    Err(_) => match others.try_recv() {
+                        Ok(item) => Input::Other(Box::new(item)),
+                        Err(_) => break,
+                    },
+                };
+                self.handle(next).await;
+            }
+            self.commit().await;
+            self.pump().await;
+        }
+        self.commit().await;
+        if let Some(generation) = self.session {
+            let death = self.edge.death(now_ms());
+            self.send(generation, death, None).await;
+        }
+        let _ = self.uplink.send(UplinkCommand::Disconnect).await;
+        let _ = self.south.disconnect().await;
+        if let Err(err) = self.buffer.close() {
+            error!(%err, "cannot close the disk buffer cleanly; unacknowledged samples are resent after restart");
+        }
+    }
+
+    async fn handle(&mut self, input: Input) {
+        let now = now_ms();
+        let result = match input {
+            Input::Mqtt(NodeBytes { node, publish }) => {
+                let result = self
+                    .pipeline
+                    .on_frame(node, &publish.payload, now, &self.stats);
+                self.to_ack.push(publish);
+                result
+            }
+            Input::Other(inbound) => self.pipeline.on_inbound(*inbound, now, &self.stats),
+        };
+        match result {
+            Ok(actions) => {
+                for action in actions {
+                    self.act(action).await;
+                }
+            }
+            Err(err) => debug!(reason = err.reason(), %err, "dropped a node frame"),
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        match action {
+            Action::BirthMachine {
+                machine,
+                boot,
+                metrics,
+            } => {
+                info!(%machine, boot, metrics = metrics.len(), "machine announced");
+                self.edge.know_machine(&machine, Some(boot), &metrics);
+                self.last_seen.insert(machine, Instant::now());
+            }
+            Action::Data(mut sample) => {
+                self.last_seen
+                    .insert(sample.machine.clone(), Instant::now());
+                sample.historical = !self.online();
+                match self.buffer.append(&sample.encode()) {
+                    Ok(outcome) if outcome.dropped_oldest > 0 => {
+                        for _ in 0..outcome.dropped_oldest {
+                            self.stats.dropped(DropReason::BufferFull);
+                        }
+                        // Those records can no longer be acknowledged.
+                        self.inflight = self
+                            .inflight
+                            .saturating_sub(outcome.dropped_oldest as usize);
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        self.stats.dropped(DropReason::BufferFull);
+                        error!(%err, machine = %sample.machine, "cannot buffer a sample: it is lost");
+                    }
+                }
+            }
+            Action::Command(command) => self.send_command(command).await,
+        }
+    }
+
+    async fn send_command(&mut self, command: protocol::Command) {
+        let node = command.node;
+        let frame = Frame::Command(command);
+        match self.pipeline.source_of(node).cloned() {
+            Some(SourceId::Serial(port)) => {
+                let mut buf = [0u8; protocol::cobs::MAX_WIRE_LEN];
+                let sent = protocol::cobs::encode_framed(&frame, &mut buf)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        let serial = self.serial.as_ref().ok_or("no serial source")?;
+                        serial
+                            .send(&port, bytes.to_vec())
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(err) = sent {
+                    warn!(%node, %port, %err, "cannot send a command over serial");
+                }
+            }
+            Some(SourceId::Modbus(_)) => debug!(%node, "Modbus devices take no node commands"),
+            Some(SourceId::Mqtt) | None => match codec::encode_to_vec(&frame) {
+                Ok(bytes) => {
+                    let topic = node_topic::format(node, Direction::Down);
+                    let _ = self
+                        .south
+                        .publish(topic.as_str(), QoS::AtLeastOnce, false, bytes)
+                        .await;
+                }
+                Err(err) => error!(%err, "cannot encode a node command"),
+            },
+        }
+    }
+
+    /// Makes the batch durable, then acknowledges its MQTT messages to the lab broker.
+    async fn commit(&mut self) {
+        if let Err(err) = self.buffer.flush() {
+            // Not acknowledging makes the broker deliver the messages again.
+            error!(%err, "cannot flush the disk buffer; node messages stay unacknowledged");
+            self.to_ack.clear();
+            return;
+        }
+        for publish in self.to_ack.drain(..) {
+            let _ = self.south.ack(&publish).await;
+        }
+    }
+
+    async fn on_uplink(&mut self, event: UplinkEvent) {
+        match event {
+            UplinkEvent::Connected { generation, bd_seq } => {
+                self.stats.uplink_session();
+                self.edge.set_bd_seq(bd_seq);
+                self.session = Some(generation);
+                self.start_session().await;
+            }
+            UplinkEvent::Disconnected => {
+                self.session = None;
+                self.inflight = 0;
+                self.buffer.rewind();
+            }
+            UplinkEvent::HostOnline(online) => {
+                let was = self.online();
+                self.host_online = online;
+                info!(online, "primary host STATE");
+                if !was && self.online() {
+                    self.start_session().await;
+                } else if was && !self.online() {
+                    // Stop sending; what is in flight may still be acknowledged.
+                    self.buffer.rewind();
+                    self.inflight = 0;
+                }
+            }
+            UplinkEvent::Rebirth if self.online() => {
+                info!("rebirth requested by the host");
+                self.birth().await;
+            }
+            UplinkEvent::Rebirth => {}
+            UplinkEvent::Acked(record) => {
+                self.inflight = self.inflight.saturating_sub(1);
+                if let Err(err) = self.buffer.ack(record) {
+                    error!(%err, "cannot record an acknowledgement in the disk buffer");
+                }
+                self.stats.sample_forwarded();
+                self.pump().await;
+            }
+        }
+    }
+
+    /// Births, then everything unacknowledged from the start.
+    async fn start_session(&mut self) {
+        if !self.online() {
+            info!("uplink up, waiting for the primary host to be online");
+            return;
+        }
+        self.inflight = 0;
+        self.buffer.rewind();
+        self.birth().await;
+        self.ready.send_modify(|r| r.uplink = true);
+        self.pump().await;
+    }
+
+    async fn birth(&mut self) {
+        let Some(generation) = self.session else {
+            return;
+        };
+        let now = now_ms();
+        let nbirth = self.edge.node_birth(now);
+        self.send(generation, nbirth, None).await;
+        let machines: Vec<MachineId> = self.edge.machines().cloned().collect();
+        for machine in machines {
+            if let Some(dbirth) = self.edge.ensure_born(&machine, None, &[], now) {
+                self.send(generation, dbirth, None).await;
+            }
+        }
+    }
+
+    /// Sends buffered records while the window has room.
+    async fn pump(&mut self) {
+        while self.online() && self.inflight < SEND_WINDOW {
+            let Some(generation) = self.session else {
+                return;
+            };
+            let (id, bytes) = match self.buffer.next_unsent() {
+                Ok(Some(next)) => next,
+                Ok(None) => return,
+                Err(err) => {
+                    error!(%err, "cannot read the disk buffer");
+                    return;
+                }
+            };
+            let sample = match BufferedSample::decode(&bytes) {
+                Ok(sample) => sample,
+                Err(err) => {
+                    error!(%err, ?id, "unreadable buffered record: dropped");
+                    self.stats.dropped(DropReason::BufferCorrupt);
+                    let _ = self.buffer.ack(id);
+                    continue;
+                }
+            };
+            let metrics: Vec<(MetricName, Unit)> = sample
+                .values
+                .iter()
+                .map(|(n, u, _)| (n.clone(), *u))
+                .collect();
+            let now = now_ms();
+            if let Some(dbirth) = self
+                .edge
+                .ensure_born(&sample.machine, sample.boot, &metrics, now)
+            {
+                self.send(generation, dbirth, None).await;
+            }
+            let values: Vec<Value> = sample
+                .values
+                .iter()
+                .map(|(name, _, value)| Value {
+                    name: name.clone(),
+                    value: *value,
+                })
+                .collect();
+            match self.edge.device_data(
+                &sample.machine,
+                sample.node_seq,
+                sample.received_at_ms,
+                &values,
+                sample.historical,
+            ) {
+                Ok(ddata) => {
+                    self.inflight += 1;
+                    self.send(generation, ddata, Some(id)).await;
+                }
+                Err(err) => {
+                    error!(%err, machine = %sample.machine, "cannot build DDATA: record dropped");
+                    let _ = self.buffer.ack(id);
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, generation: u64, message: Outgoing, record: Option<RecordId>) {
+        let command = UplinkCommand::Publish {
+            generation,
+            topic: message.topic.to_string(),
+            payload: message.payload.encode_to_vec(),
+            record,
+        };
+        if record.is_none() {
+            self.stats.birth_published();
+        }
+        if self.uplink.send(command).await.is_err() {
+            self.stats.dropped(DropReason::UplinkClosed);
+        }
+    }
+
+    /// DDEATH for machines whose sources went silent.
+    async fn check_liveness(&mut self) {
+        let now = Instant::now();
+        let silent: Vec<MachineId> = self
+            .last_seen
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) > self.liveness_timeout)
+            .map(|(machine, _)| machine.clone())
+            .collect();
+        for machine in silent {
+            self.last_seen.remove(&machine);
+            warn!(%machine, "machine silent: its data is stale");
+            if let (Some(generation), true) = (self.session, self.online())
+                && let Some(death) = self.edge.device_death(&machine, now_ms())
+            {
+                self.send(generation, death, None).await;
+            }
+        }
+    }
+}

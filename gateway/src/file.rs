@@ -1,0 +1,434 @@
+//! The gateway's configuration file (`gateway.toml`): typed, defaults for everything optional,
+//! unknown keys refused, and every validation error naming the key that is wrong.
+//!
+//! `deploy/gateway.toml` is the commented example; a test checks that it loads.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocol::{GatewayId, HostId, LabId, MachineId, NodeId};
+use serde::Deserialize;
+
+use crate::buffer::{BufferConfig, FsyncPolicy};
+use crate::config::{GatewayConfig, MqttEndpoint};
+use crate::source::modbus::ModbusDevice;
+use crate::source::serial::SerialConfig;
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key has the wrong type or is unknown.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML reader said, with the key and line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent; `key` is its dotted path.
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key, e.g. `nodes[2].node`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `gateway.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    /// The lab (Sparkplug group id).
+    pub lab: String,
+    /// This gateway (Sparkplug edge node id).
+    pub gateway: String,
+    /// The hub's Sparkplug host id; data is held back while its STATE says offline.
+    #[serde(default)]
+    pub primary_host: Option<String>,
+    /// Seconds of silence before a machine's data is marked stale.
+    #[serde(default = "default_liveness")]
+    pub liveness_timeout_s: u64,
+    /// The hub's broker.
+    pub uplink: Broker,
+    /// The lab's broker for network nodes; omit for serial and Modbus only.
+    #[serde(default)]
+    pub southbound: Option<Southbound>,
+    /// The store-and-forward buffer.
+    #[serde(default)]
+    pub buffer: BufferSection,
+    /// The operations HTTP endpoint.
+    #[serde(default)]
+    pub ops: OpsSection,
+    /// Node → machine assignments.
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+    /// Serial ports.
+    #[serde(default)]
+    pub serial: Option<SerialSection>,
+    /// Modbus TCP machines.
+    #[serde(default)]
+    pub modbus: Vec<ModbusDevice>,
+}
+
+fn default_liveness() -> u64 {
+    10
+}
+
+/// A broker address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broker {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+
+/// The lab broker section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Southbound {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Take nodes that are not listed under `[[nodes]]` (mapped by their `Hello`).
+    #[serde(default = "default_true")]
+    pub accept_unconfigured_nodes: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The `[buffer]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferSection {
+    /// Directory of the segments.
+    #[serde(default = "default_buffer_dir")]
+    pub dir: PathBuf,
+    /// Cap on disk, MiB; beyond it the oldest samples are dropped (and counted).
+    #[serde(default = "default_max_mb")]
+    pub max_mb: u64,
+    /// Segment size, MiB.
+    #[serde(default = "default_segment_mb")]
+    pub segment_mb: u64,
+    /// `every-record`, `every-batch` or `never`.
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+}
+
+impl Default for BufferSection {
+    fn default() -> Self {
+        Self {
+            dir: default_buffer_dir(),
+            max_mb: default_max_mb(),
+            segment_mb: default_segment_mb(),
+            fsync: default_fsync(),
+        }
+    }
+}
+
+fn default_buffer_dir() -> PathBuf {
+    PathBuf::from("buffer")
+}
+fn default_max_mb() -> u64 {
+    256
+}
+fn default_segment_mb() -> u64 {
+    8
+}
+fn default_fsync() -> String {
+    "every-batch".to_owned()
+}
+
+/// The `[ops]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSection {
+    /// Where `/metrics` and `/healthz` listen.
+    #[serde(default = "default_ops_listen")]
+    pub listen: String,
+}
+
+impl Default for OpsSection {
+    fn default() -> Self {
+        Self {
+            listen: default_ops_listen(),
+        }
+    }
+}
+
+fn default_ops_listen() -> String {
+    "127.0.0.1:9100".to_owned()
+}
+
+/// One `[[nodes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// The node's hardware id, 16 hex digits.
+    pub node: String,
+    /// Its machine.
+    pub machine: String,
+}
+
+/// The `[serial]` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSection {
+    /// Ports that are always wanted.
+    #[serde(default)]
+    pub ports: Vec<PathBuf>,
+    /// Also use every port matching `scan_patterns`.
+    #[serde(default)]
+    pub scan: bool,
+    /// Patterns with one `*` in the file name.
+    #[serde(default)]
+    pub scan_patterns: Option<Vec<String>>,
+    /// Line speed.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// What the gateway runs with.
+    pub gateway: GatewayConfig,
+    /// Where the operations endpoint listens.
+    pub ops_listen: SocketAddr,
+}
+
+impl GatewayFile {
+    /// Reads and validates a file; relative paths in it are taken from the file's directory.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses and validates TOML text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Loaded, ConfigError> {
+        let file: GatewayFile = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })?;
+        file.validate(path, base)
+    }
+
+    fn validate(self, path: &Path, base: &Path) -> Result<Loaded, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let lab: LabId = self
+            .lab
+            .parse()
+            .map_err(|e: protocol::IdError| invalid("lab", e.to_string()))?;
+        let gateway: GatewayId = self
+            .gateway
+            .parse()
+            .map_err(|e: protocol::IdError| invalid("gateway", e.to_string()))?;
+        let primary_host = self
+            .primary_host
+            .as_deref()
+            .map(str::parse::<HostId>)
+            .transpose()
+            .map_err(|e| invalid("primary_host", e.to_string()))?;
+        if self.liveness_timeout_s == 0 {
+            return Err(invalid(
+                "liveness_timeout_s",
+                "must be at least 1 second".into(),
+            ));
+        }
+        if self.uplink.host.is_empty() {
+            return Err(invalid("uplink.host", "must not be empty".into()));
+        }
+        let fsync = match self.buffer.fsync.as_str() {
+            "every-record" => FsyncPolicy::EveryRecord,
+            "every-batch" => FsyncPolicy::EveryBatch,
+            "never" => FsyncPolicy::Never,
+            other => {
+                return Err(invalid(
+                    "buffer.fsync",
+                    format!("{other:?} is not one of every-record, every-batch, never"),
+                ));
+            }
+        };
+        if self.buffer.max_mb == 0
+            || self.buffer.segment_mb == 0
+            || self.buffer.segment_mb > self.buffer.max_mb
+        {
+            return Err(invalid(
+                "buffer.segment_mb",
+                "must be at least 1 and at most buffer.max_mb".into(),
+            ));
+        }
+        let ops_listen: SocketAddr = self
+            .ops
+            .listen
+            .parse()
+            .map_err(|e| invalid("ops.listen", format!("{:?}: {e}", self.ops.listen)))?;
+        let mut nodes = HashMap::new();
+        for (i, entry) in self.nodes.iter().enumerate() {
+            let node: NodeId = entry.node.parse().map_err(|e: protocol::IdError| {
+                invalid(&format!("nodes[{i}].node"), e.to_string())
+            })?;
+            let machine: MachineId = entry.machine.parse().map_err(|e: protocol::IdError| {
+                invalid(&format!("nodes[{i}].machine"), e.to_string())
+            })?;
+            if nodes.insert(node, machine).is_some() {
+                return Err(invalid(
+                    &format!("nodes[{i}].node"),
+                    format!("node {node} is listed twice"),
+                ));
+            }
+        }
+        for (i, device) in self.modbus.iter().enumerate() {
+            device
+                .validate()
+                .map_err(|e| invalid(&format!("modbus[{i}]"), e.to_string()))?;
+        }
+        let uplink = MqttEndpoint {
+            host: self.uplink.host,
+            port: self.uplink.port,
+        };
+        let (southbound, accept_unconfigured_nodes) = match self.southbound {
+            Some(s) => (
+                Some(MqttEndpoint {
+                    host: s.host,
+                    port: s.port,
+                }),
+                s.accept_unconfigured_nodes,
+            ),
+            None => (None, true),
+        };
+        let serial = self.serial.map(|s| {
+            let defaults = SerialConfig::default();
+            SerialConfig {
+                ports: s.ports,
+                scan: s.scan,
+                scan_patterns: s.scan_patterns.unwrap_or(defaults.scan_patterns),
+                baud: s.baud,
+                reopen_interval: defaults.reopen_interval,
+            }
+        });
+        let mut config = GatewayConfig::new(lab, gateway, uplink, base.join(&self.buffer.dir));
+        config.southbound = southbound;
+        config.accept_unconfigured_nodes = accept_unconfigured_nodes;
+        config.primary_host = primary_host;
+        // Modbus devices are virtual nodes: list them so a closed gateway still takes them.
+        for device in &self.modbus {
+            nodes.insert(device.node_id(), device.machine.clone());
+        }
+        config.nodes = nodes;
+        config.serial = serial;
+        config.modbus = self.modbus;
+        config.buffer = BufferConfig {
+            dir: base.join(&self.buffer.dir),
+            max_bytes: self.buffer.max_mb << 20,
+            segment_bytes: self.buffer.segment_mb << 20,
+            fsync,
+        };
+        config.liveness_timeout = Duration::from_secs(self.liveness_timeout_s);
+        Ok(Loaded {
+            gateway: config,
+            ops_listen,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+lab = "lab-a"
+gateway = "gw-a"
+[uplink]
+host = "127.0.0.1"
+"#;
+
+    fn parse(text: &str) -> Result<Loaded, ConfigError> {
+        GatewayFile::parse(text, Path::new("gateway.toml"), Path::new("/etc/demolab"))
+    }
+
+    #[test]
+    fn a_minimal_file_gets_every_default() {
+        let loaded = parse(MINIMAL).expect("valid");
+        assert_eq!(loaded.gateway.uplink.port, 1883);
+        assert!(loaded.gateway.southbound.is_none());
+        assert_eq!(
+            loaded.gateway.buffer.dir,
+            PathBuf::from("/etc/demolab/buffer")
+        );
+        assert_eq!(loaded.gateway.buffer.fsync, FsyncPolicy::EveryBatch);
+        assert_eq!(loaded.ops_listen, "127.0.0.1:9100".parse().expect("valid"));
+    }
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.toml");
+        let loaded = GatewayFile::load(Path::new(example)).expect("deploy/gateway.toml is valid");
+        assert!(!loaded.gateway.nodes.is_empty());
+        assert!(loaded.gateway.serial.is_some());
+        assert_eq!(loaded.gateway.modbus.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (MINIMAL.replace("lab-a", "Lab A"), "`lab`"),
+            (
+                format!("{MINIMAL}[buffer]\nfsync = \"sometimes\"\n"),
+                "`buffer.fsync`",
+            ),
+            (
+                format!("{MINIMAL}[[nodes]]\nnode = \"xyz\"\nmachine = \"m\"\n"),
+                "`nodes[0].node`",
+            ),
+            (
+                format!("{MINIMAL}[ops]\nlisten = \"nowhere\"\n"),
+                "`ops.listen`",
+            ),
+            (format!("{MINIMAL}colour = \"red\"\n"), "colour"),
+            (
+                MINIMAL.replace("[uplink]\nhost = \"127.0.0.1\"", "[uplink]\nport = \"x\""),
+                "port = \"x\"",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(key).to_string();
+            assert!(err.contains(key), "{key} not named in: {err}");
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The uplink MQTT session to the hub's broker, and the only task that publishes on it.
+//!
+//! It owns the rumqttc event loop and client. The core asks it to publish with the session
+//! generation it believes in; a request from an older session is dropped instead of leaking DDATA
+//! into a new session before its NBIRTH (the record stays unacknowledged in the disk buffer and is
+//! sent again after the births). It maps PUBACKs back to buffer records, so a record is deleted
+//! only after the broker acknowledged it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use prost::Message;
+use protocol::HostId;
+use protocol::sparkplug::{BdSeq, MessageType, Payload, Topic};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::buffer::RecordId;
+use crate::edge::{EdgeNode, is_rebirth_request};
+use crate::run::now_ms;
+
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What the core asks of the uplink.
+#[derive(Debug)]
+pub(crate) enum UplinkCommand {
+    /// Publish QoS 1 if `generation` is still the live session.
+    Publish {
+        generation: u64,
+        topic: String,
+        payload: Vec<u8>,
+        record: Option<RecordId>,
+    },
+    /// Disconnect cleanly (after the NDEATH published before it) and end the task.
+    Disconnect,
+}
+
+/// What the uplink tells the core.
+#[derive(Debug)]
+pub(crate) enum UplinkEvent {
+    /// A new MQTT session with this generation and bdSeq (its Will carries the same bdSeq).
+    Connected { generation: u64, bd_seq: BdSeq },
+    /// The session is gone; everything unacknowledged must be sent again in the next one.
+    Disconnected,
+    /// The host asked for a rebirth (NCMD).
+    Rebirth,
+    /// The broker acknowledged a buffered record.
+    Acked(RecordId),
+    /// The primary host's STATE changed.
+    HostOnline(bool),
+}
+
+/// Settings of the uplink session.
+#[derive(Debug, Clone)]
+pub(crate) struct UplinkSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub primary_host: Option<HostId>,
+    /// Most unacknowledged publishes in flight.
+    pub inflight: u16,
+}
+
+fn will_of(edge: &EdgeNode) -> LastWill {
+    let death = edge.death(now_ms());
+    LastWill::new(
+        death.topic.to_string(),
+        death.payload.encode_to_vec(),
+        QoS::AtLeastOnce,
+        false,
+    )
+}
+
+/// Parses a Sparkplug 3.0 STATE payload (`{"online":true,"timestamp":…}`).
+pub(crate) fn parse_state(payload: &[u8]) -> Option<bool> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.contains("\"online\":true") {
+        Some(true)
+    } else if compact.contains("\"online\":false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+pub(crate) async fn run(
+    settings: UplinkSettings,
+    mut edge: EdgeNode,
+    mut commands: mpsc::Receiver<UplinkCommand>,
+    events_tx: mpsc::Sender<UplinkEvent>,
+    cancel: CancellationToken,
+) {
+    let mut options = MqttOptions::new(
+        settings.client_id.clone(),
+        settings.host.clone(),
+        settings.port,
+    );
+    options.set_keep_alive(Duration::from_secs(15));
+    // Sparkplug edge nodes use clean sessions; state is re-established by births.
+    options.set_clean_session(true);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_inflight(settings.inflight);
+    options.set_last_will(will_of(&edge));
+    // Room for a full window of data plus births, so `try_publish` never finds the queue full.
+    let (client, mut events) = AsyncClient::new(options, usize::from(settings.inflight) * 4 + 256);
+    let lab_topics = edge.death(0).topic;
+    let ncmd = match &lab_topics {
+        Topic::Message { lab, gateway, .. } => {
+            Topic::node(lab, MessageType::NCmd, gateway).to_string()
+        }
+        Topic::State { .. } => String::new(),
+    };
+    let state_topic = settings
+        .primary_host
+        .as_ref()
+        .map(|host| Topic::State { host: host.clone() }.to_string());
+
+    let mut generation = 0u64;
+    let mut connected = false;
+    // Records in publish order, waiting for rumqttc to assign their packet ids.
+    let mut awaiting_pkid: VecDeque<Option<RecordId>> = VecDeque::new();
+    let mut by_pkid: HashMap<u16, RecordId> = HashMap::new();
+    let mut disconnecting = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled(), if !disconnecting => {
+                // The core publishes NDEATH and asks to disconnect; this is the hard stop.
+                drain_then_stop(&client, &mut events).await;
+                return;
+            }
+            command = commands.recv(), if !disconnecting => match command {
+                Some(UplinkCommand::Publish { generation: of, topic, payload, record }) => {
+                    if !connected || of != generation {
+                        debug!(?record, "dropping a publish of an ended session");
+                        continue;
+                    }
+                    match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                        Ok(()) => awaiting_pkid.push_back(record),
+                        Err(err) => error!(%err, ?record, "uplink queue refused a publish; it is sent again after reconnect"),
+                    }
+                }
+                Some(UplinkCommand::Disconnect) | None => {
+                    disconnecting = true;
+                    let _ = client.try_disconnect();
+                }
+            },
+            event = events.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    generation += 1;
+                    connected = true;
+                    awaiting_pkid.clear();
+                    by_pkid.clear();
+                    let mut topics = vec![ncmd.clone()];
+                    topics.extend(state_topic.clone());
+                    let filters = topics.into_iter().map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                    if let Err(err) = client.try_subscribe_many(filters) {
+                        error!(%err, "cannot subscribe to NCMD/STATE");
+                    }
+                    info!(generation, bd_seq = edge.bd_seq().value(), "uplink connected");
+                    if events_tx.send(UplinkEvent::Connected { generation, bd_seq: edge.bd_seq() }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(Some(record)) = awaiting_pkid.pop_front() {
+                        by_pkid.insert(pkid, record);
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(record) = by_pkid.remove(&ack.pkid)
+                        && events_tx.send(UplinkEvent::Acked(record)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let event = if publish.topic == ncmd {
+                        match Payload::decode(publish.payload.as_ref()) {
+                            Ok(payload) if is_rebirth_request(&payload) => Some(UplinkEvent::Rebirth),
+                            Ok(_) => None,
+                            Err(err) => {
+                                warn!(%err, "undecodable NCMD payload");
+                                None
+                            }
+                        }
+                    } else if Some(&publish.topic) == state_topic.as_ref() {
+                        let online = parse_state(&publish.payload);
+                        if online.is_none() {
+                            warn!(topic = %publish.topic, "unreadable primary host STATE");
+                        }
+                        online.map(UplinkEvent::HostOnline)
+                    } else {
+                        None
+                    };
+                    if let Some(event) = event
+                        && events_tx.send(event).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if disconnecting => {
+                    drain_then_stop(&client, &mut events).await;
+                    return;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    if disconnecting || cancel.is_cancelled() {
+                        return;
+                    }
+                    if connected {
+                        warn!(%err, "uplink MQTT connection lost; buffering until it is back");
+                        connected = false;
+                        if events_tx.send(UplinkEvent::Disconnected).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Every MQTT session gets its own bdSeq, and its Will must carry it.
+                    edge.set_bd_seq(edge.bd_seq().next());
+                    events.mqtt_options.set_last_will(will_of(&edge));
+                    tokio::time::sleep(RECONNECT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
+/// Polls briefly so a queued NDEATH and DISCONNECT reach the broker.
+async fn drain_then_stop(client: &AsyncClient, events: &mut EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_payloads_are_read_with_or_without_spaces() {
+        assert_eq!(parse_state(br#"{"online":true,"timestamp":1}"#), Some(true));
+        assert_eq!(
+            parse_state(br#"{ "online" : false, "timestamp": 1 }"#),
+            Some(false)
+        );
+        assert_eq!(parse_state(b"ONLINE"), None);
+    }
+}
