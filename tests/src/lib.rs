@@ -177,3 +177,60 @@ pub fn burst_node(
         broker_port: mqtt_port,
     })
 }
+
+/// A TCP relay to `target` whose link can be cut and restored, to take a network path away
+/// under a running client (the gateway's uplink) without touching either end.
+#[derive(Debug)]
+pub struct CuttableProxy {
+    addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    /// Listens on an ephemeral port and relays every connection to `target`.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: the connection is refused while cut
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, cut, task })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
