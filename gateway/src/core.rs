@@ -23,6 +23,7 @@ use crate::buffer::{DiskBuffer, RecordId};
 use crate::edge::{EdgeNode, Outgoing, Value};
 use crate::pipeline::{Action, Pipeline};
 use crate::record::BufferedSample;
+use crate::registry::NodeRegistry;
 use crate::run::{NodeBytes, Readiness, now_ms};
 use crate::source::serial::SerialHandle;
 use crate::source::{Inbound, SourceId};
@@ -38,6 +39,7 @@ pub(crate) struct Core {
     pub pipeline: Pipeline,
     pub edge: EdgeNode,
     pub buffer: DiskBuffer,
+    pub registry: NodeRegistry,
     pub stats: Arc<GatewayStats>,
     pub uplink: mpsc::Sender<UplinkCommand>,
     pub south: AsyncClient,
@@ -141,11 +143,17 @@ impl Core {
     async fn act(&mut self, action: Action) {
         match action {
             Action::BirthMachine {
+                node,
                 machine,
                 boot,
                 metrics,
             } => {
-                info!(%machine, boot, metrics = metrics.len(), "machine announced");
+                info!(%machine, %node, boot, metrics = metrics.len(), "machine announced");
+                if let Some(hello) = self.pipeline.hello(node)
+                    && let Err(err) = self.registry.remember(hello)
+                {
+                    error!(%err, "a restarted gateway will not know this node until it says Hello again");
+                }
                 self.edge.know_machine(&machine, Some(boot), &metrics);
                 self.last_seen.insert(machine, Instant::now());
             }

@@ -23,6 +23,7 @@ pub mod file;
 pub mod ops;
 pub mod pipeline;
 pub mod record;
+pub mod registry;
 mod run;
 pub mod source;
 pub mod stats;

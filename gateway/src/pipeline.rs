@@ -19,6 +19,8 @@ use crate::stats::{DropReason, GatewayStats};
 pub enum Action {
     /// A node said `Hello`: its machine exists with these metrics, from this boot.
     BirthMachine {
+        /// The node.
+        node: NodeId,
         /// The machine.
         machine: MachineId,
         /// The node's boot id.
@@ -127,6 +129,16 @@ impl Pipeline {
         }
     }
 
+    /// The last `Hello` of a node.
+    pub fn hello(&self, node: NodeId) -> Option<&Hello> {
+        self.nodes.get(&node).and_then(|n| n.hello.as_ref())
+    }
+
+    /// Takes in a `Hello` saved before a restart, as if the node had just said it.
+    pub fn restore(&mut self, hello: Hello) -> Vec<Action> {
+        self.on_hello(hello)
+    }
+
     fn on_hello(&mut self, hello: Hello) -> Vec<Action> {
         let node = hello.node;
         let machine = self
@@ -150,6 +162,7 @@ impl Pipeline {
         state.machine = Some(machine.clone());
         state.hello_requested = false;
         vec![Action::BirthMachine {
+            node,
             machine,
             boot,
             metrics,
@@ -235,7 +248,7 @@ mod tests {
             .on_frame(golden::NODE, golden::HELLO, 0, &stats)
             .expect("valid");
         assert!(
-            matches!(&actions[..], [Action::BirthMachine { machine, boot: 0x0b00_7001, metrics }]
+            matches!(&actions[..], [Action::BirthMachine { machine, boot: 0x0b00_7001, metrics, .. }]
             if machine.as_str() == "mill-1" && metrics.len() == 4)
         );
         let actions = pipeline

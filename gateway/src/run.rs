@@ -17,7 +17,8 @@ use crate::buffer::{BufferError, DiskBuffer};
 use crate::config::{GatewayConfig, MqttEndpoint};
 use crate::core::{Core, SEND_WINDOW};
 use crate::edge::EdgeNode;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Action, Pipeline};
+use crate::registry::NodeRegistry;
 use crate::source::modbus::run_modbus_device;
 use crate::source::serial::spawn_serial;
 use crate::stats::{DropReason, GatewayStats};
@@ -200,8 +201,26 @@ pub fn start(
         .instrument(span.clone()),
     );
 
+    // Nodes met before a restart are known at once: their redelivered samples are buffered.
+    let registry = NodeRegistry::open(&config.buffer.dir);
+    let mut pipeline = Pipeline::new(config.nodes.clone(), config.accept_unconfigured_nodes);
+    let mut edge = edge;
+    for hello in registry.hellos() {
+        for action in pipeline.restore(hello.clone()) {
+            if let Action::BirthMachine {
+                machine,
+                boot,
+                metrics,
+                ..
+            } = action
+            {
+                edge.know_machine(&machine, Some(boot), &metrics);
+            }
+        }
+    }
     let core = Core {
-        pipeline: Pipeline::new(config.nodes.clone(), config.accept_unconfigured_nodes),
+        pipeline,
+        registry,
         edge,
         buffer,
         stats: stats.clone(),

@@ -1,0 +1,149 @@
+//! The gateway process is killed with SIGKILL mid-stream and started again: nothing that was
+//! acknowledged to it is lost, and the duplicates its restart sends are removed at the hub by
+//! sequence number. The gateway runs as a real child process (this test binary, re-executed
+//! into the ignored `gateway_child` entry point) so the kill is a real kill.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use demolab_tests::{burst_node, start_hub, wait_until, within};
+use futures_util::StreamExt;
+use simulators::node::run_mqtt_node;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const CHILD_CONFIG: &str = "DEMOLAB_GATEWAY_CHILD_CONFIG";
+const SAMPLES: u32 = 3000;
+
+/// Entry point of the child process: runs a gateway from the file named by the environment.
+#[test]
+#[ignore = "the gateway process of the kill test; it starts it"]
+fn gateway_child() -> anyhow::Result<()> {
+    let path = std::env::var(CHILD_CONFIG).context("run by the kill test only")?;
+    let loaded = gateway::file::GatewayFile::load(Path::new(&path))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let handle = gateway::start(loaded.gateway, CancellationToken::new())?;
+        handle.ready().await;
+        println!("GATEWAY READY");
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+fn spawn_gateway(config: &Path) -> anyhow::Result<Child> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "gateway_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_CONFIG, config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("GATEWAY READY") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("the gateway process did not become ready")?;
+    Ok(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_loses_nothing_it_acknowledged() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let port = hub.mqtt_addr().port();
+    let config = data.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "lab = \"lab-kill\"\ngateway = \"gw-kill\"\nprimary_host = \"demolab-hub\"\n\
+             [uplink]\nhost = \"127.0.0.1\"\nport = {port}\n\
+             [southbound]\nhost = \"127.0.0.1\"\nport = {port}\n\
+             [buffer]\ndir = \"gateway-buffer\"\n"
+        ),
+    )?;
+    let (mut stream, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/api/v1/stream?lab=lab-kill",
+        hub.http_addr()
+    ))
+    .await?;
+    let mut first = spawn_gateway(&config)?;
+
+    let cancel = CancellationToken::new();
+    let mut node = burst_node(port, 0x4177, "mill-kill", 21, SAMPLES)?;
+    node.tick_interval = Duration::from_micros(700);
+    let sender = tokio::spawn(run_mqtt_node(node, cancel.clone()));
+    let twins = hub.twins().clone();
+    let key = hub::twin::TwinKey {
+        lab: "lab-kill".parse()?,
+        machine: "mill-kill".parse()?,
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "a third of the samples at the hub",
+        || twins.get(&key).is_some_and(|t| t.last_seq >= SAMPLES / 3),
+    )
+    .await?;
+    first.kill()?; // SIGKILL: no flush, no NDEATH, no clean disconnect
+    first.wait()?;
+
+    let mut second = spawn_gateway(&config)?;
+    let report = within(Duration::from_secs(60), "the node", sender).await???;
+    assert_eq!(report.sent, SAMPLES);
+    wait_until(
+        Duration::from_secs(60),
+        "the last sample at the hub",
+        || twins.get(&key).is_some_and(|t| t.last_seq == SAMPLES),
+    )
+    .await?;
+
+    let mut seqs = Vec::new();
+    within(
+        Duration::from_secs(30),
+        "every sample on the stream",
+        async {
+            while seqs.len() < SAMPLES as usize {
+                let Some(message) = stream.next().await else {
+                    anyhow::bail!("stream closed")
+                };
+                let Message::Text(text) = message? else {
+                    continue;
+                };
+                let change: serde_json::Value = serde_json::from_str(text.as_str())?;
+                if matches!(change["kind"].as_str(), Some("sample" | "historical"))
+                    && let Some(seq) = change["seq"].as_u64()
+                {
+                    seqs.push(seq as u32);
+                }
+            }
+            Ok(())
+        },
+    )
+    .await??;
+    assert_eq!(
+        seqs,
+        (1..=SAMPLES).collect::<Vec<_>>(),
+        "every sample exactly once, in order"
+    );
+    assert_eq!(twins.get(&key).context("twin")?.samples, u64::from(SAMPLES));
+
+    second.kill()?;
+    second.wait()?;
+    hub.shutdown().await?;
+    Ok(())
+}
