@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::buffer::{DiskBuffer, RecordId};
+use crate::command::{self, PendingCommands, PlannedCommand};
 use crate::edge::{EdgeNode, Outgoing, Value};
 use crate::pipeline::{Action, Pipeline};
 use crate::record::BufferedSample;
@@ -32,6 +33,8 @@ use crate::uplink::{UplinkCommand, UplinkEvent};
 
 /// Most records sent and not yet acknowledged.
 pub(crate) const SEND_WINDOW: usize = 256;
+/// How long a node has to acknowledge a DCMD.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most inbound frames handled per group commit.
 const BATCH: usize = 256;
 
@@ -54,6 +57,10 @@ pub(crate) struct Core {
     pub last_seen: HashMap<MachineId, Instant>,
     /// MQTT messages to acknowledge to the lab broker after the next flush.
     pub to_ack: Vec<Publish>,
+    /// Frames per source since start.
+    pub per_source: HashMap<SourceId, u64>,
+    /// DCMD commands waiting for their node's `Ack`.
+    pub pending: PendingCommands,
 }
 
 enum Input {
@@ -86,8 +93,20 @@ impl Core {
                 }
                 Some(item) = mqtt.recv() => Input::Mqtt(item),
                 Some(item) = others.recv() => Input::Other(Box::new(item)),
-                _ = liveness.tick() => {
+                                                _ = liveness.tick() => {
                     self.check_liveness().await;
+                    for (machine, command) in self.pending.expired(COMMAND_TIMEOUT) {
+                        warn!(%machine, metric = %command.metric, "no node answered a DCMD");
+                        self.report_command(&machine, &command, None).await;
+                    }
+                    // Acknowledgements reach the ledger on flush; keep it fresh while idle.
+                    if let Err(err) = self.buffer.flush() {
+                        error!(%err, "cannot flush the disk buffer");
+                    }
+                    let mut sources: Vec<(String, u64)> =
+                        self.per_source.iter().map(|(source, n)| (source.to_string(), *n)).collect();
+                    sources.sort();
+                    self.stats.set_sources(sources);
                     continue;
                 }
             };
@@ -105,6 +124,7 @@ impl Core {
             }
             self.commit().await;
             self.pump().await;
+            self.publish_buffer_gauges();
         }
         self.commit().await;
         if let Some(generation) = self.session {
@@ -122,13 +142,17 @@ impl Core {
         let now = now_ms();
         let result = match input {
             Input::Mqtt(NodeBytes { node, publish }) => {
+                *self.per_source.entry(SourceId::Mqtt).or_default() += 1;
                 let result = self
                     .pipeline
                     .on_frame(node, &publish.payload, now, &self.stats);
                 self.to_ack.push(publish);
                 result
             }
-            Input::Other(inbound) => self.pipeline.on_inbound(*inbound, now, &self.stats),
+            Input::Other(inbound) => {
+                *self.per_source.entry(inbound.source.clone()).or_default() += 1;
+                self.pipeline.on_inbound(*inbound, now, &self.stats)
+            }
         };
         match result {
             Ok(actions) => {
@@ -179,6 +203,19 @@ impl Core {
                 }
             }
             Action::Command(command) => self.send_command(command).await,
+            Action::CommandResult {
+                node,
+                command_id,
+                result,
+            } => {
+                match self.pending.acked(node, command_id) {
+                    Some((machine, command)) => {
+                        self.report_command(&machine, &command, Some(result)).await
+                    }
+                    // Our own RequestHello, or an answer after the timeout.
+                    None => debug!(%node, command_id, ?result, "ack without a pending DCMD"),
+                }
+            }
         }
     }
 
@@ -257,6 +294,9 @@ impl Core {
                 self.birth().await;
             }
             UplinkEvent::Rebirth => {}
+            UplinkEvent::DeviceCommand { machine, payload } => {
+                self.on_device_command(machine, &payload).await
+            }
             UplinkEvent::Acked(record) => {
                 self.inflight = self.inflight.saturating_sub(1);
                 if let Err(err) = self.buffer.ack(record) {
@@ -264,6 +304,7 @@ impl Core {
                 }
                 self.stats.sample_forwarded();
                 self.pump().await;
+                self.publish_buffer_gauges();
             }
         }
     }
@@ -371,6 +412,57 @@ impl Core {
         if self.uplink.send(command).await.is_err() {
             self.stats.dropped(DropReason::UplinkClosed);
         }
+    }
+
+    async fn on_device_command(
+        &mut self,
+        machine: MachineId,
+        payload: &protocol::sparkplug::Payload,
+    ) {
+        let nodes = self.pipeline.nodes_of(&machine);
+        for planned in command::plan(payload) {
+            let planned = match planned {
+                Ok(planned) => planned,
+                Err(err) => {
+                    warn!(%machine, %err, "DCMD refused");
+                    continue;
+                }
+            };
+            if nodes.is_empty() {
+                warn!(%machine, metric = %planned.metric, "DCMD for a machine without a node");
+                self.report_command(&machine, &planned, None).await;
+            }
+            for node in &nodes {
+                let command = self.pipeline.command(*node, planned.kind);
+                info!(%machine, %node, metric = %planned.metric, "DCMD sent to the node");
+                self.pending
+                    .sent(*node, command.id, machine.clone(), planned.clone());
+                self.send_command(command).await;
+            }
+        }
+    }
+
+    async fn report_command(
+        &mut self,
+        machine: &MachineId,
+        command: &PlannedCommand,
+        result: Option<protocol::AckResult>,
+    ) {
+        let now = now_ms();
+        let metrics = command::result_metrics(command, result, now);
+        if let (Some(generation), true) = (self.session, self.online())
+            && let Some(report) = self.edge.device_report(machine, metrics, now)
+        {
+            self.send(generation, report, None).await;
+        }
+    }
+
+    fn publish_buffer_gauges(&self) {
+        self.stats.set_buffer(
+            self.buffer.len(),
+            self.buffer.unsent(),
+            self.buffer.bytes_on_disk(),
+        );
     }
 
     /// DDEATH for machines whose sources went silent.

@@ -326,6 +326,26 @@ impl EdgeNode {
         })
     }
 
+    /// A DDATA of metrics given by name, outside the sample stream (command results): it carries
+    /// no `node.seq`, so the host applies it without ordering it among samples.
+    pub fn device_report(
+        &mut self,
+        machine: &MachineId,
+        metrics: Vec<Metric>,
+        now_ms: u64,
+    ) -> Option<Outgoing> {
+        self.devices.get(machine).filter(|d| d.born)?;
+        Some(Outgoing {
+            topic: Topic::device(&self.lab, MessageType::DData, &self.gateway, machine),
+            payload: Payload {
+                timestamp: Some(now_ms),
+                seq: Some(self.seq.next_seq()),
+                metrics,
+                ..Default::default()
+            },
+        })
+    }
+
     /// A DDEATH for a machine whose sources went silent, if it is born; it is born again
     /// before its next data.
     pub fn device_death(&mut self, machine: &MachineId, now_ms: u64) -> Option<Outgoing> {

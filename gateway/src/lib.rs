@@ -1,21 +1,26 @@
 //! The edge gateway: one per demolab, between the lab's sensor nodes and the hub.
 //!
-//! Data path position: node frames arrive over MQTT (`demolab/v1/node/{hex}/up`), pass the
-//! [`pipeline`] (decode, validate, map node → machine, de-duplicate) and leave as Sparkplug B 3.0
-//! through the [`edge`] session: NBIRTH/DBIRTH with aliases, DDATA, NDEATH as the MQTT Will.
+//! Data path position: node frames arrive from the [`source`]s (MQTT nodes, serial ports, Modbus
+//! TCP machines), pass the [`pipeline`] (decode, validate, map node → machine, de-duplicate),
+//! are written to the disk [`buffer`] before the lab broker gets its PUBACK, and leave as
+//! Sparkplug B 3.0 through the [`edge`] session: NBIRTH/DBIRTH with aliases, DDATA (historical
+//! after an outage), DDEATH on silence, NDEATH as the MQTT Will. DCMDs become node [`command`]s.
+//! `demolab-gateway --config gateway.toml` ([`file`]) runs it as a service with an [`ops`] endpoint.
 //!
 //! ```no_run
-//! # async fn demo() {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use demolab_gateway::{GatewayConfig, MqttEndpoint, start};
 //! let broker = MqttEndpoint { host: "127.0.0.1".into(), port: 1883 };
-//! let config = GatewayConfig::new("lab-a".parse().unwrap(), "gw-a".parse().unwrap(), broker);
+//! let config = GatewayConfig::new("lab-a".parse()?, "gw-a".parse()?, broker, "buffer".into());
 //! let cancel = tokio_util::sync::CancellationToken::new();
-//! let gateway = start(config, cancel.clone());
+//! let gateway = start(config, cancel.clone())?;
 //! gateway.ready().await;
+//! # Ok(())
 //! # }
 //! ```
 
 pub mod buffer;
+pub mod command;
 pub mod config;
 mod core;
 pub mod edge;

@@ -30,6 +30,15 @@ pub enum Action {
     },
     /// Store and forward one sample.
     Data(BufferedSample),
+    /// A node acknowledged a command.
+    CommandResult {
+        /// The node.
+        node: NodeId,
+        /// The command's correlation id.
+        command_id: u16,
+        /// The outcome.
+        result: protocol::AckResult,
+    },
     /// Send a command down to a node.
     Command(Command),
 }
@@ -125,8 +134,32 @@ impl Pipeline {
             Frame::Hello(hello) => self.on_hello(hello),
             Frame::Samples(samples) => self.on_samples(samples, now_ms, stats),
             // Events and acks are logged by the caller; they carry no machine data yet.
-            Frame::Event(_) | Frame::Ack(_) | Frame::Command(_) => Vec::new(),
+            Frame::Ack(ack) => vec![Action::CommandResult {
+                node,
+                command_id: ack.command_id,
+                result: ack.result,
+            }],
+            Frame::Event(_) | Frame::Command(_) => Vec::new(),
         }
+    }
+
+    /// The nodes currently feeding `machine`.
+    pub fn nodes_of(&self, machine: &MachineId) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, s)| s.machine.as_ref() == Some(machine))
+            .map(|(node, _)| *node)
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    /// A command for `node` with a fresh correlation id.
+    pub fn command(&mut self, node: NodeId, kind: CommandKind) -> Command {
+        let id = self.next_command_id;
+        self.next_command_id = self.next_command_id.wrapping_add(1);
+        Command { node, id, kind }
     }
 
     /// The last `Hello` of a node.

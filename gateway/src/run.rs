@@ -235,6 +235,8 @@ pub fn start(
         inflight: 0,
         last_seen: Default::default(),
         to_ack: Vec::new(),
+        per_source: Default::default(),
+        pending: Default::default(),
     };
     tasks.spawn(
         core.run(mqtt_rx, others_rx, uplink_events_rx, cancel.clone())

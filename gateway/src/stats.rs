@@ -93,6 +93,11 @@ pub struct GatewayStats {
     births_published: AtomicU64,
     uplink_sessions: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    buffer_depth: AtomicU64,
+    buffer_unsent: AtomicU64,
+    buffer_bytes: AtomicU64,
+    /// Frames per source, published by the core once a second (never locked per frame).
+    sources: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 /// A point-in-time copy of [`GatewayStats`].
@@ -110,6 +115,14 @@ pub struct StatsSnapshot {
     pub drops: Vec<(DropReason, u64)>,
     /// Frames that failed decoding, by [`DECODE_REASONS`] (each also counted as `bad_frame`).
     pub decode_failures: Vec<(&'static str, u64)>,
+    /// Samples in the disk buffer not yet acknowledged by the hub's broker.
+    pub buffer_depth: u64,
+    /// Of those, not yet sent in the current session.
+    pub buffer_unsent: u64,
+    /// Bytes the disk buffer occupies.
+    pub buffer_bytes: u64,
+    /// Frames received per source (`mqtt`, `serial:/dev/ttyUSB0`, `modbus:press-plc`).
+    pub sources: Vec<(String, u64)>,
 }
 
 impl StatsSnapshot {
@@ -139,6 +152,20 @@ impl GatewayStats {
         self.uplink_sessions.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Publishes the disk buffer's gauges.
+    pub(crate) fn set_buffer(&self, depth: u64, unsent: u64, bytes: u64) {
+        self.buffer_depth.store(depth, Ordering::Relaxed);
+        self.buffer_unsent.store(unsent, Ordering::Relaxed);
+        self.buffer_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Publishes the per-source frame counts.
+    pub(crate) fn set_sources(&self, sources: Vec<(String, u64)>) {
+        if let Ok(mut slot) = self.sources.lock() {
+            *slot = sources;
+        }
+    }
+
     /// Counts a frame that failed decoding, under `bad_frame` and its precise reason.
     pub fn decode_failed(&self, err: &protocol::DecodeError) {
         self.dropped(DropReason::BadFrame);
@@ -163,6 +190,10 @@ impl GatewayStats {
             samples_forwarded: self.samples_forwarded.load(Ordering::Relaxed),
             births_published: self.births_published.load(Ordering::Relaxed),
             uplink_sessions: self.uplink_sessions.load(Ordering::Relaxed),
+            buffer_depth: self.buffer_depth.load(Ordering::Relaxed),
+            buffer_unsent: self.buffer_unsent.load(Ordering::Relaxed),
+            buffer_bytes: self.buffer_bytes.load(Ordering::Relaxed),
+            sources: self.sources.lock().map(|s| s.clone()).unwrap_or_default(),
             drops: DropReason::ALL
                 .iter()
                 .zip(&self.drops)
@@ -213,6 +244,46 @@ pub fn render_prometheus(
                 out,
                 "{name}{{lab=\"{lab}\",gateway=\"{gateway}\"}} {}",
                 field(stats)
+            );
+        }
+    }
+    let gauges: [(&str, &str, Field); 3] = [
+        (
+            "demolab_gateway_buffer_depth",
+            "Samples on disk not yet acknowledged by the hub's broker.",
+            |s| s.buffer_depth,
+        ),
+        (
+            "demolab_gateway_buffer_unsent",
+            "Buffered samples not yet sent in this session.",
+            |s| s.buffer_unsent,
+        ),
+        (
+            "demolab_gateway_buffer_bytes",
+            "Bytes the disk buffer occupies.",
+            |s| s.buffer_bytes,
+        ),
+    ];
+    for (name, help, field) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (lab, gateway, stats) in gateways {
+            let _ = writeln!(
+                out,
+                "{name}{{lab=\"{lab}\",gateway=\"{gateway}\"}} {}",
+                field(stats)
+            );
+        }
+    }
+    let name = "demolab_gateway_source_frames_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Frames received, by source.\n# TYPE {name} counter"
+    );
+    for (lab, gateway, stats) in gateways {
+        for (source, count) in &stats.sources {
+            let _ = writeln!(
+                out,
+                "{name}{{lab=\"{lab}\",gateway=\"{gateway}\",source=\"{source}\"}} {count}"
             );
         }
     }

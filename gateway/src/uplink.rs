@@ -50,6 +50,11 @@ pub(crate) enum UplinkEvent {
     Acked(RecordId),
     /// The primary host's STATE changed.
     HostOnline(bool),
+    /// The host sent a machine a command (DCMD).
+    DeviceCommand {
+        machine: protocol::MachineId,
+        payload: Payload,
+    },
 }
 
 /// Settings of the uplink session.
@@ -107,11 +112,12 @@ pub(crate) async fn run(
     // Room for a full window of data plus births, so `try_publish` never finds the queue full.
     let (client, mut events) = AsyncClient::new(options, usize::from(settings.inflight) * 4 + 256);
     let lab_topics = edge.death(0).topic;
-    let ncmd = match &lab_topics {
-        Topic::Message { lab, gateway, .. } => {
-            Topic::node(lab, MessageType::NCmd, gateway).to_string()
-        }
-        Topic::State { .. } => String::new(),
+    let (ncmd, dcmd_filter) = match &lab_topics {
+        Topic::Message { lab, gateway, .. } => (
+            Topic::node(lab, MessageType::NCmd, gateway).to_string(),
+            format!("{}/{lab}/DCMD/{gateway}/+", protocol::sparkplug::NAMESPACE),
+        ),
+        Topic::State { .. } => (String::new(), String::new()),
     };
     let state_topic = settings
         .primary_host
@@ -154,7 +160,7 @@ pub(crate) async fn run(
                     connected = true;
                     awaiting_pkid.clear();
                     by_pkid.clear();
-                    let mut topics = vec![ncmd.clone()];
+                                        let mut topics = vec![ncmd.clone(), dcmd_filter.clone()];
                     topics.extend(state_topic.clone());
                     let filters = topics.into_iter().map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
                     if let Err(err) = client.try_subscribe_many(filters) {
@@ -184,6 +190,15 @@ pub(crate) async fn run(
                             Ok(_) => None,
                             Err(err) => {
                                 warn!(%err, "undecodable NCMD payload");
+                                None
+                            }
+                        }                    } else if let Ok(Topic::Message { kind: MessageType::DCmd, machine: Some(machine), .. }) =
+                        Topic::parse(&publish.topic)
+                    {
+                        match Payload::decode(publish.payload.as_ref()) {
+                            Ok(payload) => Some(UplinkEvent::DeviceCommand { machine, payload }),
+                            Err(err) => {
+                                warn!(%err, topic = %publish.topic, "undecodable DCMD payload");
                                 None
                             }
                         }

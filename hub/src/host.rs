@@ -296,8 +296,16 @@ fn data_update(
         values.push((name, value));
     }
     let Some(seq) = seq else {
-        stats.ingest_dropped(IngestDrop::MissingSequence);
-        return None;
+        // Not a sample (e.g. a command result): applied as it comes, outside the ordering.
+        if values.is_empty() {
+            stats.ingest_dropped(IngestDrop::MissingSequence);
+            return None;
+        }
+        return Some(TwinUpdate::Properties {
+            key,
+            timestamp,
+            values,
+        });
     };
     Some(TwinUpdate::Sample {
         key,

@@ -16,7 +16,7 @@ pub enum IngestDrop {
     UnknownAlias,
     /// A metric whose value is not a number (strings and bytes have no twin property yet).
     NotNumeric,
-    /// A DDATA without the `node.seq` metric, so it cannot be ordered.
+    /// A DDATA with neither a `node.seq` nor any value.
     MissingSequence,
     /// A sample for a twin that does not exist.
     UnknownTwin,

@@ -172,6 +172,15 @@ pub enum TwinUpdate {
         /// twin's live values stay as they are.
         historical: bool,
     },
+    /// Values reported outside the sample stream (command results, settings).
+    Properties {
+        /// The twin.
+        key: TwinKey,
+        /// Source timestamp.
+        timestamp: u64,
+        /// Values by metric.
+        values: Vec<(MetricName, f64)>,
+    },
     /// The machine or its gateway went away.
     Offline {
         /// The twin.
@@ -359,6 +368,26 @@ impl TwinRegistry {
                     drop(twin);
                     (key, change)
                 }
+            }
+            TwinUpdate::Properties {
+                key,
+                timestamp,
+                values,
+            } => {
+                let Some(mut twin) = self.twins.get_mut(&key) else {
+                    self.stats.ingest_dropped(IngestDrop::UnknownTwin);
+                    return false;
+                };
+                let mut changed = BTreeMap::new();
+                for (name, value) in values {
+                    let property = twin.property_mut(&name);
+                    property.reported = Some(value);
+                    property.timestamp = Some(timestamp);
+                    changed.insert(name.to_string(), value);
+                }
+                let change = change("properties", &twin, None, timestamp, changed);
+                drop(twin);
+                (key, change)
             }
             TwinUpdate::Offline { key, timestamp } => {
                 let Some(mut twin) = self.twins.get_mut(&key) else {

@@ -61,7 +61,7 @@ impl RealFs {
     }
 
     fn reader(&mut self, path: &Path) -> io::Result<&mut File> {
-        if !self.reader.as_ref().is_some_and(|(p, _)| p == path) {
+        if self.reader.as_ref().is_none_or(|(p, _)| p != path) {
             self.reader = Some((path.to_path_buf(), File::open(path)?));
         }
         match &mut self.reader {
@@ -71,7 +71,7 @@ impl RealFs {
     }
 
     fn writer(&mut self, path: &Path) -> io::Result<&mut File> {
-        if !self.writer.as_ref().is_some_and(|(p, _)| p == path) {
+        if self.writer.as_ref().is_none_or(|(p, _)| p != path) {
             let file = OpenOptions::new().create(true).append(true).open(path)?;
             self.writer = Some((path.to_path_buf(), file));
         }

@@ -1,10 +1,12 @@
 //! The store-and-forward disk buffer: a crash-safe, ordered queue of opaque records on disk.
 //!
 //! While the uplink or the primary host is down the gateway appends serialized DDATA payloads
-//! here, and replays them in order once it is back. Delivery is at least once: a record is handed
-//! out again (after [`DiskBuffer::rewind`] or a reopen) until it is acknowledged. The cap and
-//! corruption are the only ways a record is lost, and both are counted ([`DiskBuffer::dropped`])
-//! and logged at `ERROR`.
+//! here, and replays them in order once it is back: [`DiskBuffer::next_unsent`] hands records
+//! out, [`DiskBuffer::ack`] retires them, [`DiskBuffer::rewind`] after a reconnect hands out
+//! everything unacknowledged again, [`DiskBuffer::flush`] runs periodically and
+//! [`DiskBuffer::close`] at shutdown. Delivery is at least once. The cap and corruption are the
+//! only ways a record is lost, and both are counted ([`DiskBuffer::dropped`]) and logged at
+//! `ERROR`. What survives a power loss depends on the [`FsyncPolicy`].
 //!
 //! # On-disk format
 //!
@@ -21,7 +23,8 @@
 //! - **`quarantine/`**: damaged data moved aside for inspection,
 //!   `{segment file name}.{offset}.bad` holding the segment's bytes from `offset` on.
 //!
-//! Ids start at 1 and only grow. A segment is deleted once every record in it is acknowledged
+//! Ids start at 1 and only grow; there may be gaps between segments (ids lost to damage, or
+//! reserved but never issued). A segment is deleted once every record in it is acknowledged
 //! (acks may arrive out of order; the ledger keeps the contiguous acknowledged prefix), or dropped
 //! whole, oldest first, when an append would take the segments past `max_bytes`.
 //!
@@ -33,17 +36,20 @@
 //!   append leaves: it is cut off and reported in [`OpenReport::truncated_tail_bytes`];
 //! - anything else that is not a whole record with a matching CRC — in the middle of a segment,
 //!   or at the end of an older one — is corruption: the segment's bytes from there on move to
-//!   `quarantine/`, the unacknowledged records they held are counted (exactly for older segments,
-//!   whose id range ends where the next begins; by walking the damaged headers for the newest)
-//!   and logged at `ERROR`. Later segments are read as usual.
+//!   `quarantine/`, and the unacknowledged records they held are counted and logged at `ERROR`.
+//!   The count walks the damaged records' headers, which is exact when only payload bytes are
+//!   damaged; for an older segment it is bounded by where the next segment's ids begin, and
+//!   that bound is used when a damaged header stops the walk. Later segments are read as usual.
 //!
 //! Damage found later, while reading, is handled the same way. No file content makes the buffer
 //! panic or refuse to open.
 
 mod fs;
 mod ledger;
+mod read;
 mod recover;
 mod segment;
+mod write;
 
 #[cfg(test)]
 mod model_tests;
@@ -55,11 +61,10 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tracing::{error, warn};
+use tracing::warn;
 
 pub use fs::{Fs, MemFs, RealFs};
-use ledger::Ledger;
-use segment::{HEADER, Header, ReadCache, Segment};
+use segment::{HEADER, ReadCache, Segment};
 
 /// Default cap on the bytes of all segments.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -111,25 +116,29 @@ impl BufferConfig {
     }
 }
 
-/// When the buffer fsyncs, and so what survives a crash. Records and ledger updates always reach
-/// the OS before the call that made them returns (no user-space buffering), so a *process* crash
-/// loses no appended record under any policy; the policies differ on power loss or kernel crash.
+/// When the buffer fsyncs, and so what survives a crash.
+///
+/// Records reach the OS before `append` returns (no user-space buffering), so a *process* crash
+/// loses no appended record under any policy. Acknowledgements are at least once: those not yet
+/// in the ledger when a crash comes are redelivered, never lost (a segment is only deleted once
+/// all its records are acknowledged, so that redelivery is at most about one segment's worth).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
-    /// `append` returns after the record is fsynced, `ack` after the ledger is (when the
-    /// acknowledged prefix advanced). A power loss loses no appended record and redelivers only
-    /// records acknowledged out of order (beyond the contiguous prefix). An fsync per append.
+    /// `append` returns after the record is fsynced; `ack` after the ledger is, when the
+    /// acknowledged prefix advanced. A power loss loses no appended record and redelivers only
+    /// records acknowledged out of order (beyond the contiguous prefix). Two fsyncs per append
+    /// or advancing ack: for low rates.
     EveryRecord,
-    /// Fsync on [`DiskBuffer::flush`]: records appended and acknowledgements made before the last
-    /// successful flush survive a power loss. Later records may be lost — only the newest, never a
-    /// gap — and later acks are redelivered (also after a process crash: the ledger is written at
-    /// flush). Ids are reserved durably in blocks, so none is issued twice; after a crash they
-    /// jump. Call [`DiskBuffer::close`] on shutdown.
+    /// Fsync on [`DiskBuffer::flush`] (and when a segment fills): records appended and
+    /// acknowledgements made before the last successful flush survive a power loss. Later records
+    /// may be lost — only the newest, never a gap — and later acks are redelivered. Ids are
+    /// reserved durably in blocks, so none is issued twice; after a crash they jump. Call
+    /// [`DiskBuffer::close`] on shutdown to continue without a jump.
     #[default]
     EveryBatch,
-    /// Never fsync; the ledger is rewritten (unsynced) whenever the acknowledged prefix advances.
-    /// A power loss may lose or damage anything the OS had not written back: damaged segments are
-    /// quarantined, a lost ledger means redelivery, and ids of lost records may be issued again.
+    /// Never fsync; [`DiskBuffer::flush`] writes the ledger without syncing it. A power loss may
+    /// lose or damage anything the OS had not written back: damaged segments are quarantined, a
+    /// lost ledger means redelivery, and ids of lost records may be issued again.
     Never,
 }
 
@@ -288,7 +297,7 @@ pub struct DiskBuffer<F: Fs = RealFs> {
     dropped: DropCounts,
     /// The `next_id` the ledger holds.
     stored_next_id: u64,
-    /// The floor advanced since the ledger was written (only [`FsyncPolicy::EveryBatch`] defers).
+    /// The floor advanced since the ledger was written (deferred to `flush` unless EveryRecord).
     ledger_dirty: bool,
     /// The segment with appends not yet fsynced ([`FsyncPolicy::EveryBatch`]).
     unsynced: Option<u64>,
@@ -304,142 +313,10 @@ impl DiskBuffer<RealFs> {
 }
 
 impl<F: Fs> DiskBuffer<F> {
-    /// Appends a record, dropping the oldest segments first if it would not fit under the cap.
-    /// On an error the record is not queued.
-    pub fn append(&mut self, record: &[u8]) -> Result<AppendOutcome, BufferError> {
-        if record.is_empty() {
-            return Err(BufferError::EmptyRecord {
-                dir: self.config.dir.clone(),
-            });
-        }
-        let limit = self
-            .config
-            .segment_bytes
-            .min(self.config.max_bytes)
-            .min(HEADER + u64::from(u32::MAX));
-        let size = HEADER + record.len() as u64;
-        if size > limit {
-            let (dir, len) = (self.config.dir.clone(), record.len());
-            return Err(BufferError::RecordTooLarge {
-                dir,
-                len,
-                limit: limit - HEADER,
-            });
-        }
-        if self.next_id == u64::MAX {
-            return Err(BufferError::IdsExhausted {
-                dir: self.config.dir.clone(),
-            });
-        }
-        let dropped_oldest = self.make_room(size)?;
-        if self.config.fsync == FsyncPolicy::EveryBatch && self.next_id >= self.stored_next_id {
-            self.store_ledger(self.next_id.saturating_add(ID_RESERVATION))?;
-        }
-        let created = self.roll(size)?;
-        self.write(record, created)?;
-        let id = RecordId(self.next_id);
-        self.next_id += 1;
-        Ok(AppendOutcome { id, dropped_oldest })
-    }
-
-    /// Under [`FsyncPolicy::EveryBatch`], makes everything appended and acknowledged so far
-    /// durable; a no-op under the other policies.
-    pub fn flush(&mut self) -> Result<(), BufferError> {
-        if self.config.fsync != FsyncPolicy::EveryBatch {
-            return Ok(());
-        }
-        if let Some(first_id) = self.unsynced {
-            if let Some(segment) = self.segments.iter().find(|s| s.first_id == first_id) {
-                self.fs
-                    .sync(&segment.path)
-                    .map_err(|e| io_err("sync segment", &segment.path, e))?;
-            }
-            self.unsynced = None;
-        }
-        if self.dir_unsynced {
-            let dir = &self.config.dir;
-            self.fs
-                .sync_dir(dir)
-                .map_err(|e| io_err("sync directory", dir, e))?;
-            self.dir_unsynced = false;
-        }
-        if self.ledger_dirty {
-            self.store_ledger(self.stored_next_id)?;
-        }
-        Ok(())
-    }
-
-    /// Flushes and records the exact next id, so a reopen continues without an id gap.
-    pub fn close(mut self) -> Result<(), BufferError> {
-        self.flush()?;
-        self.store_ledger(0)
-    }
-
-    /// The oldest record not yet handed out (and not acknowledged), advancing the send cursor.
-    /// After open or [`rewind`](Self::rewind) that is the oldest unacknowledged record.
-    pub fn next_unsent(&mut self) -> Result<Option<(RecordId, Vec<u8>)>, BufferError> {
-        loop {
-            let Some(index) = self.cursor_segment() else {
-                return Ok(None);
-            };
-            let Cursor { offset, id, .. } = self.cursor;
-            let segment = &self.segments[index];
-            let (first_id, end, bytes) = (segment.first_id, segment.end(), segment.bytes);
-            let header = self
-                .cache
-                .get(&mut self.fs, segment, offset, HEADER)
-                .map_err(|e| io_err("read segment", &segment.path, e))?
-                .and_then(Header::parse)
-                .filter(|h| h.len > 0);
-            // The record must end inside the segment, and exactly at its end iff it is the last.
-            let next = header
-                .map(|h| offset + h.record_len())
-                .filter(|&next| next <= bytes && (next == bytes) == (id + 1 == end));
-            let (Some(header), Some(next)) = (header, next) else {
-                self.quarantine_from(index, offset, id)?;
-                continue;
-            };
-            let advanced = Cursor {
-                segment: first_id,
-                offset: next,
-                id: id + 1,
-            };
-            if id < self.floor || self.acked.contains(&id) {
-                self.cursor = advanced;
-                continue;
-            }
-            let payload = self
-                .cache
-                .get(
-                    &mut self.fs,
-                    segment,
-                    offset + HEADER,
-                    u64::from(header.len),
-                )
-                .map_err(|e| io_err("read segment", &segment.path, e))?
-                .filter(|payload| header.matches(payload))
-                .map(<[u8]>::to_vec);
-            let Some(payload) = payload else {
-                self.quarantine_from(index, offset, id)?;
-                continue;
-            };
-            self.cursor = advanced;
-            return Ok(Some((RecordId(id), payload)));
-        }
-    }
-
-    /// Moves the send cursor back to the oldest unacknowledged record, so everything not yet
-    /// acknowledged is handed out again (after a reconnect).
-    pub fn rewind(&mut self) {
-        self.cursor = self
-            .segments
-            .front()
-            .map_or(Cursor::at(self.next_id), Cursor::start);
-    }
-
     /// Acknowledges a record, in any order. Acknowledging one twice, or one already dropped, is
-    /// fine. When the contiguous acknowledged prefix advances it is written to the ledger (per
-    /// the fsync policy) and segments it covers are deleted.
+    /// fine. When the contiguous acknowledged prefix advances, segments it covers are deleted and
+    /// it is written to the ledger: now under [`FsyncPolicy::EveryRecord`], else at the next
+    /// [`flush`](Self::flush).
     pub fn ack(&mut self, id: RecordId) -> Result<(), BufferError> {
         let id = id.0;
         if id >= self.next_id {
@@ -454,7 +331,7 @@ impl<F: Fs> DiskBuffer<F> {
             return Ok(());
         }
         if self.settle_floor() {
-            self.persist_floor()?;
+            self.floor_advanced()?;
         }
         Ok(())
     }
@@ -523,24 +400,6 @@ impl<F: Fs> DiskBuffer<F> {
         after > 0 && self.segments[after - 1].holds(id)
     }
 
-    /// The index of the segment the cursor reads from, moving the cursor past exhausted or
-    /// vanished segments; `None` when there is nothing more to read.
-    fn cursor_segment(&mut self) -> Option<usize> {
-        loop {
-            let index = self
-                .segments
-                .partition_point(|s| s.first_id < self.cursor.segment);
-            let segment = self.segments.get(index)?;
-            if segment.first_id != self.cursor.segment {
-                self.cursor = Cursor::start(segment);
-            } else if self.cursor.id < segment.end() {
-                return Some(index);
-            } else {
-                self.cursor = Cursor::start(self.segments.get(index + 1)?);
-            }
-        }
-    }
-
     /// Advances the floor over acknowledged ids and over ids no segment holds; true if it moved.
     fn settle_floor(&mut self) -> bool {
         let before = self.floor;
@@ -565,13 +424,23 @@ impl<F: Fs> DiskBuffer<F> {
         self.floor != before
     }
 
-    /// After the floor advanced: write the ledger (per policy), then delete covered segments.
-    fn persist_floor(&mut self) -> Result<(), BufferError> {
-        if self.config.fsync == FsyncPolicy::EveryBatch {
-            self.ledger_dirty = true;
-        } else {
+    /// After the floor advanced: write the ledger now (EveryRecord) or at the next flush, then
+    /// delete covered segments. Deleting before the ledger is written is safe — a deleted segment
+    /// held only acknowledged records, and a stale ledger only means redelivery — except for the
+    /// newest segment, the only other record of the next id (unless ids are reserved ahead).
+    fn floor_advanced(&mut self) -> Result<(), BufferError> {
+        let newest_goes = self.segments.back().is_none_or(|s| s.end() <= self.floor);
+        let next_id_unrecorded = newest_goes && self.stored_next_id < self.next_id;
+        if self.config.fsync == FsyncPolicy::EveryRecord || next_id_unrecorded {
             self.store_ledger(self.stored_next_id)?;
+        } else {
+            self.ledger_dirty = true;
         }
+        self.remove_acked_segments();
+        Ok(())
+    }
+
+    fn remove_acked_segments(&mut self) {
         while self.segments.front().is_some_and(|s| s.end() <= self.floor) {
             let Some(segment) = self.segments.pop_front() else {
                 break;
@@ -586,197 +455,5 @@ impl<F: Fs> DiskBuffer<F> {
                 _ => {}
             }
         }
-        Ok(())
-    }
-
-    /// Writes the ledger with `next_id` raised to `reserve`; synced unless the policy is Never.
-    fn store_ledger(&mut self, reserve: u64) -> Result<(), BufferError> {
-        let value = Ledger {
-            acked_through: self.floor - 1,
-            next_id: self.next_id.max(reserve),
-        };
-        ledger::store(
-            &mut self.fs,
-            &self.config.dir,
-            value,
-            self.config.fsync != FsyncPolicy::Never,
-        )?;
-        self.stored_next_id = value.next_id;
-        self.ledger_dirty = false;
-        Ok(())
-    }
-
-    /// Drops the oldest segments until `size` more bytes fit under the cap; returns how many
-    /// unacknowledged records went with them.
-    fn make_room(&mut self, size: u64) -> Result<u64, BufferError> {
-        let mut total: u64 = self.segments.iter().map(|s| s.bytes).sum();
-        let (mut lost, mut segments) = (0, 0);
-        let mut result = Ok(());
-        while total + size > self.config.max_bytes {
-            let Some(oldest) = self.segments.front() else {
-                break;
-            };
-            if let Err(e) = self.fs.remove(&oldest.path)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                result = Err(io_err("drop segment", &oldest.path, e));
-                break;
-            }
-            let Some(oldest) = self.segments.pop_front() else {
-                break;
-            };
-            total -= oldest.bytes;
-            lost += self.unacked_between(oldest.first_id, oldest.end());
-            self.acked = self.acked.split_off(&oldest.end());
-            self.cache.forget(oldest.first_id);
-            segments += 1;
-        }
-        if segments > 0 {
-            self.dir_unsynced = true;
-            self.dropped.full += lost;
-            if lost > 0 {
-                error!(dir = %self.config.dir.display(), dropped = lost, segments,
-                    "disk buffer full: dropped the {lost} oldest unacknowledged records");
-            }
-            if self.settle_floor() {
-                result = result.and(self.persist_floor());
-            }
-        }
-        result.map(|()| lost)
-    }
-
-    /// Makes sure the newest segment can take `size` more bytes at `next_id`, starting a new one
-    /// if not; true if it did.
-    fn roll(&mut self, size: u64) -> Result<bool, BufferError> {
-        let next_id = self.next_id;
-        let segment_bytes = self.config.segment_bytes;
-        if self
-            .segments
-            .back()
-            .is_some_and(|s| !s.sealed && s.end() == next_id && s.bytes + size <= segment_bytes)
-        {
-            return Ok(false);
-        }
-        if let Some(last) = self.segments.back_mut()
-            && !last.sealed
-        {
-            // Sync the full segment now, so a power loss can only take the newest records.
-            if self.unsynced == Some(last.first_id) {
-                self.fs
-                    .sync(&last.path)
-                    .map_err(|e| io_err("sync segment", &last.path, e))?;
-                self.unsynced = None;
-            }
-            last.sealed = true;
-        }
-        self.segments
-            .push_back(Segment::new(&self.config.dir, next_id));
-        self.dir_unsynced = true;
-        Ok(true)
-    }
-
-    /// Writes the framed record to the newest segment, undoing a partial write on failure.
-    fn write(&mut self, record: &[u8], created: bool) -> Result<(), BufferError> {
-        segment::encode(&mut self.scratch, record);
-        let written = self.write_scratch(created);
-        if written.is_err() {
-            self.undo_append();
-        }
-        written
-    }
-
-    fn write_scratch(&mut self, created: bool) -> Result<(), BufferError> {
-        let dir = &self.config.dir;
-        let Some(segment) = self.segments.back_mut() else {
-            return Err(io_err("append to", dir, io::Error::other("no segment")));
-        };
-        let path = &segment.path;
-        self.fs
-            .append(path, &self.scratch)
-            .map_err(|e| io_err("append to", path, e))?;
-        if self.config.fsync == FsyncPolicy::EveryRecord {
-            self.fs
-                .sync(path)
-                .map_err(|e| io_err("sync segment", path, e))?;
-            if created {
-                self.fs
-                    .sync_dir(dir)
-                    .map_err(|e| io_err("sync directory", dir, e))?;
-            }
-        }
-        segment.records += 1;
-        segment.bytes += self.scratch.len() as u64;
-        if self.config.fsync == FsyncPolicy::EveryBatch {
-            self.unsynced = Some(segment.first_id);
-        }
-        Ok(())
-    }
-
-    /// Cuts the newest segment back to what the buffer knows it holds. If even that fails, the
-    /// segment is sealed and an id burnt, so no later segment reuses its name or its ids.
-    fn undo_append(&mut self) {
-        let Some(segment) = self.segments.back_mut() else {
-            return;
-        };
-        let undone = match segment.bytes {
-            0 => self.fs.remove(&segment.path).or_else(|e| match e.kind() {
-                io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            }),
-            bytes => self.fs.truncate(&segment.path, bytes),
-        };
-        if let Err(e) = undone {
-            warn!(path = %segment.path.display(), error = %e,
-                "disk buffer: cannot undo a failed append; sealing the segment");
-            segment.sealed = true;
-            self.next_id = self.next_id.saturating_add(1);
-        }
-        if segment.records == 0 {
-            self.segments.pop_back();
-        }
-    }
-
-    /// Moves the damaged rest of segment `index` (from `offset`, where record `id` should be)
-    /// to quarantine, and counts the unacknowledged records lost with it.
-    fn quarantine_from(&mut self, index: usize, offset: u64, id: u64) -> Result<(), BufferError> {
-        let Some(segment) = self.segments.get_mut(index) else {
-            return Ok(());
-        };
-        let path = segment.path.clone();
-        self.cache.forget(segment.first_id);
-        let content = self
-            .fs
-            .read(&path)
-            .map_err(|e| io_err("read segment", &path, e))?;
-        let sync = self.config.fsync != FsyncPolicy::Never;
-        let moved = recover::quarantine_tail(
-            &mut self.fs,
-            &self.config.dir,
-            &path,
-            segment.first_id,
-            &content,
-            offset,
-            sync,
-        )?;
-        let lost_end = segment.end();
-        segment.records = id - segment.first_id;
-        segment.bytes = offset;
-        segment.sealed = true;
-        if segment.records == 0 {
-            self.segments.remove(index);
-        }
-        let lost = self.unacked_between(id, lost_end);
-        self.acked.retain(|&a| a < id || a >= lost_end);
-        self.dropped.corrupt += lost;
-        if lost > 0 {
-            error!(path = %path.display(), offset, lost, quarantined = ?moved,
-                "disk buffer: damaged record while reading; lost the rest of the segment");
-        } else {
-            warn!(path = %path.display(), offset, quarantined = ?moved,
-                "disk buffer: damaged acknowledged records while reading; quarantined them");
-        }
-        self.settle_floor();
-        // Also records the next id, which the truncated segment no longer shows.
-        self.persist_floor()
     }
 }

@@ -7,7 +7,7 @@ use tracing::{error, info, warn};
 
 use super::fs::Fs;
 use super::ledger::{self, Ledger};
-use super::segment::{self, HEADER, ReadCache, Segment, Tail};
+use super::segment::{self, HEADER, ReadCache, Scan, Segment, Tail};
 use super::{
     BufferConfig, BufferError, Cursor, DiskBuffer, DropCounts, FIRST_ID, FsyncPolicy, OpenReport,
     QUARANTINE_DIR, io_err,
@@ -27,88 +27,26 @@ impl<F: Fs> DiskBuffer<F> {
             next_id: FIRST_ID,
         });
         let floor = stored.acked_through.saturating_add(1);
-        let mut next_id = stored.next_id.max(floor);
-        let sync = config.fsync != FsyncPolicy::Never;
-        let mut report = OpenReport::default();
+        let mut recovery = Recovery {
+            fs: &mut fs,
+            dir: &dir,
+            floor,
+            max_payload: config.segment_bytes - HEADER,
+            sync: config.fsync != FsyncPolicy::Never,
+            next_id: stored.next_id.max(floor),
+            report: OpenReport::default(),
+        };
         let mut segments = VecDeque::new();
-
-        let max_payload = config.segment_bytes - HEADER;
-        let files = segment_files(&mut fs, &dir)?;
+        let files = segment_files(recovery.fs, &dir)?;
         for (i, (first_id, path)) in files.iter().enumerate() {
-            let first_id = *first_id;
             let next_first = files.get(i + 1).map(|(id, _)| *id);
-            let bytes = fs.read(path).map_err(|e| io_err("read segment", path, e))?;
-            // Ids stop at the next segment's first, and at u64::MAX.
-            let max_records = next_first.unwrap_or(u64::MAX) - first_id;
-            let scan = segment::scan(&bytes, max_records, max_payload);
-            let bad_id = first_id.saturating_add(scan.records);
-            let mut sealed = next_first.is_some();
-            match (scan.tail, next_first) {
-                (Tail::Clean, _) => {}
-                (Tail::Torn, None) => {
-                    let cut = bytes.len() as u64 - scan.valid_len;
-                    fs.truncate(path, scan.valid_len)
-                        .map_err(|e| io_err("truncate segment", path, e))?;
-                    if sync {
-                        fs.sync(path).map_err(|e| io_err("sync segment", path, e))?;
-                    }
-                    warn!(path = %path.display(), bytes = cut,
-                        "disk buffer: cut a partly written record off the newest segment");
-                    report.truncated_tail_bytes += cut;
-                }
-                (Tail::Torn | Tail::Corrupt, _) => {
-                    // An older segment's ids end at most where the next one's begin (before, if
-                    // ids jumped there); the newest's can only be counted from its headers.
-                    let damaged = segment::count_damaged(&bytes, scan.valid_len, max_payload);
-                    let counted = bad_id.saturating_add(damaged.records);
-                    let lost_end = match next_first {
-                        Some(next) if damaged.sure => counted.min(next),
-                        Some(next) => next,
-                        None => counted,
-                    }
-                    .max(bad_id);
-                    let moved = quarantine_tail(
-                        &mut fs,
-                        &dir,
-                        path,
-                        first_id,
-                        &bytes,
-                        scan.valid_len,
-                        sync,
-                    )?;
-                    let lost = lost_end.saturating_sub(bad_id.max(floor));
-                    if lost > 0 {
-                        error!(path = %path.display(), offset = scan.valid_len, lost, quarantined = ?moved,
-                            "disk buffer: damaged segment; lost the rest of it");
-                    } else {
-                        warn!(path = %path.display(), offset = scan.valid_len, quarantined = ?moved,
-                            "disk buffer: damaged segment holding only acknowledged records");
-                    }
-                    report.corrupt_records += lost;
-                    report.quarantined.extend(moved);
-                    next_id = next_id.max(lost_end);
-                    sealed = true;
-                }
-            }
-            let segment = Segment {
-                first_id,
-                records: scan.records,
-                bytes: scan.valid_len,
-                sealed,
-                path: path.clone(),
-            };
-            next_id = next_id.max(segment.end()).max(first_id);
-            if segment.records == 0 || segment.end() <= floor {
-                // Empty, or every record acknowledged (a crash came between ledger and delete).
-                if let Err(e) = fs.remove(path)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    return Err(io_err("remove segment", path, e));
-                }
-                continue;
-            }
-            segments.push_back(segment);
+            segments.extend(recovery.segment(*first_id, path, next_first)?);
         }
+        let Recovery {
+            next_id,
+            mut report,
+            ..
+        } = recovery;
 
         let mut buffer = DiskBuffer {
             fs,
@@ -148,6 +86,122 @@ impl<F: Fs> DiskBuffer<F> {
             info!(dir = %dir.display(), records = report.recovered, "disk buffer: records to replay");
         }
         Ok((buffer, report))
+    }
+}
+
+/// State of one open's scan over the segments.
+struct Recovery<'a, F> {
+    fs: &'a mut F,
+    dir: &'a Path,
+    /// Every id below it is acknowledged, per the ledger.
+    floor: u64,
+    max_payload: u64,
+    sync: bool,
+    /// Raised past every id the segments show was issued.
+    next_id: u64,
+    report: OpenReport,
+}
+
+impl<F: Fs> Recovery<'_, F> {
+    /// Scans and repairs one segment file; `None` if nothing unacknowledged is left in it (the
+    /// file is then removed). `next_first` is the next segment's first id, if there is one.
+    fn segment(
+        &mut self,
+        first_id: u64,
+        path: &Path,
+        next_first: Option<u64>,
+    ) -> Result<Option<Segment>, BufferError> {
+        let bytes = self
+            .fs
+            .read(path)
+            .map_err(|e| io_err("read segment", path, e))?;
+        // Ids stop at the next segment's first, and at u64::MAX.
+        let max_records = next_first.unwrap_or(u64::MAX) - first_id;
+        let scan = segment::scan(&bytes, max_records, self.max_payload);
+        let mut sealed = next_first.is_some();
+        match (scan.tail, next_first) {
+            (Tail::Clean, _) => {}
+            (Tail::Torn, None) => {
+                let cut = bytes.len() as u64 - scan.valid_len;
+                self.fs
+                    .truncate(path, scan.valid_len)
+                    .map_err(|e| io_err("truncate segment", path, e))?;
+                if self.sync {
+                    self.fs
+                        .sync(path)
+                        .map_err(|e| io_err("sync segment", path, e))?;
+                }
+                warn!(path = %path.display(), bytes = cut,
+                    "disk buffer: cut a partly written record off the newest segment");
+                self.report.truncated_tail_bytes += cut;
+            }
+            (Tail::Torn | Tail::Corrupt, _) => {
+                self.quarantine(first_id, path, next_first, &bytes, scan)?;
+                sealed = true;
+            }
+        }
+        let segment = Segment {
+            first_id,
+            records: scan.records,
+            bytes: scan.valid_len,
+            sealed,
+            path: path.to_path_buf(),
+        };
+        self.next_id = self.next_id.max(segment.end()).max(first_id);
+        if segment.records > 0 && segment.end() > self.floor {
+            return Ok(Some(segment));
+        }
+        // Empty, or every record acknowledged (a crash came between ledger and delete).
+        match self.fs.remove(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err("remove segment", path, e))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Moves the damaged rest of a segment to quarantine and counts what was lost with it.
+    fn quarantine(
+        &mut self,
+        first_id: u64,
+        path: &Path,
+        next_first: Option<u64>,
+        bytes: &[u8],
+        scan: Scan,
+    ) -> Result<(), BufferError> {
+        let bad_id = first_id.saturating_add(scan.records);
+        // An older segment's ids end at most where the next one's begin (before, if ids jumped
+        // there); the newest's can only be counted from its headers.
+        let damaged = segment::count_damaged(bytes, scan.valid_len, self.max_payload);
+        let counted = bad_id.saturating_add(damaged.records);
+        let lost_end = match next_first {
+            Some(next) if damaged.sure => counted.min(next),
+            Some(next) => next,
+            None => counted,
+        }
+        .max(bad_id);
+        let moved = quarantine_tail(
+            self.fs,
+            self.dir,
+            path,
+            first_id,
+            bytes,
+            scan.valid_len,
+            self.sync,
+        )?;
+        let lost = lost_end.saturating_sub(bad_id.max(self.floor));
+        if lost > 0 {
+            error!(path = %path.display(), offset = scan.valid_len, lost, quarantined = ?moved,
+                "disk buffer: damaged segment; lost the rest of it");
+        } else {
+            warn!(path = %path.display(), offset = scan.valid_len, quarantined = ?moved,
+                "disk buffer: damaged segment holding only acknowledged records");
+        }
+        self.report.corrupt_records += lost;
+        self.report.quarantined.extend(moved);
+        // The lost ids were issued; they must not be again.
+        self.next_id = self.next_id.max(lost_end);
+        Ok(())
     }
 }
 
@@ -213,8 +267,11 @@ pub(super) fn quarantine_tail<F: Fs>(
         sync_dir(fs, &quarantine)?;
         Some(target)
     };
-    fs.truncate(path, offset)
-        .map_err(|e| io_err("truncate segment", path, e))?;
+    // A file already cut shorter than `offset` is left alone: setting its length would pad it.
+    if content.len() as u64 > offset {
+        fs.truncate(path, offset)
+            .map_err(|e| io_err("truncate segment", path, e))?;
+    }
     if sync {
         fs.sync(path).map_err(|e| io_err("sync segment", path, e))?;
     }

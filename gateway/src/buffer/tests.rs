@@ -314,6 +314,28 @@ fn damage_found_while_reading_is_quarantined_and_reading_goes_on() {
 }
 
 #[test]
+fn a_segment_removed_behind_the_buffers_back_is_counted_as_lost_and_reading_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut buffer, _) = open(&config(dir.path()));
+    append_all(&mut buffer, 0..12);
+    assert_eq!(
+        buffer.next_unsent().expect("read").map(|(id, _)| id),
+        Some(RecordId(1))
+    );
+    fs::remove_file(&segments(dir.path())[1]).expect("remove");
+    let ids: Vec<u64> = drain(&mut buffer).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![2, 3, 4, 5, 11, 12]);
+    assert_eq!(
+        buffer.dropped(),
+        DropCounts {
+            full: 0,
+            corrupt: 5
+        }
+    );
+    assert_eq!(buffer.len(), 7);
+}
+
+#[test]
 fn the_cap_drops_the_oldest_segments_and_counts_exactly_what_is_no_longer_readable() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Three segments of five records fit.

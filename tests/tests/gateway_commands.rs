@@ -1,0 +1,168 @@
+//! The hub side of Sparkplug talks to nodes: a DCMD reaches the simulated node as a node command,
+//! and the node's answer comes back on the twin; a gateway holds data while the primary host's
+//! STATE says offline and releases it, historical, when it comes online.
+
+use std::time::Duration;
+
+use demolab_tests::{burst_node, gateway_config, start_gateway_with, start_hub, wait_until};
+use prost::Message;
+use protocol::sparkplug::{DataType, Metric, MetricValue, Payload};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use simulators::node::run_mqtt_node;
+use tokio_util::sync::CancellationToken;
+
+async fn mqtt_client(port: u16, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let (client, mut events) = AsyncClient::new(MqttOptions::new(id, "127.0.0.1", port), 16);
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    (client, poller)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dcmd_reaches_the_node_and_its_result_shows_on_the_twin() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let port = hub.mqtt_addr().port();
+    let cancel = CancellationToken::new();
+    let gateway = start_gateway_with(
+        gateway_config(port, "lab-cmd", "gw-cmd", &data.path().join("buffer"))?,
+        &cancel,
+    )
+    .await?;
+    let mut node = burst_node(port, 0xc0d, "mill-cmd", 2, 0)?;
+    node.max_samples = None;
+    node.tick_interval = Duration::from_millis(20);
+    let running = tokio::spawn(run_mqtt_node(node, cancel.clone()));
+
+    let twins = hub.twins().clone();
+    let key = hub::twin::TwinKey {
+        lab: "lab-cmd".parse()?,
+        machine: "mill-cmd".parse()?,
+    };
+    wait_until(Duration::from_secs(10), "the twin", || {
+        twins.get(&key).is_some_and(|t| t.samples > 0)
+    })
+    .await?;
+
+    let (client, poller) = mqtt_client(port, "hub-operator").await;
+    let dcmd = |metric: Metric| {
+        Payload {
+            timestamp: Some(1),
+            metrics: vec![metric],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let topic = "spBv1.0/lab-cmd/DCMD/gw-cmd/mill-cmd";
+    client
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            dcmd(Metric::new(DataType::UInt32, MetricValue::Long(500)).named("node.period_ms")),
+        )
+        .await?;
+    wait_until(
+        Duration::from_secs(10),
+        "the applied period on the twin",
+        || {
+            twins.get(&key).is_some_and(|t| {
+                t.value("node.period_ms") == Some(500.0) && t.value("command.result") == Some(0.0)
+            })
+        },
+    )
+    .await?;
+
+    // Below the firmware's minimum period: the node refuses, the twin says so.
+    client
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            dcmd(Metric::new(DataType::UInt32, MetricValue::Long(1)).named("node.period_ms")),
+        )
+        .await?;
+    wait_until(Duration::from_secs(10), "the refusal on the twin", || {
+        twins.get(&key).is_some_and(|t| {
+            t.value("command.result") == Some(1.0) && t.value("node.period_ms") == Some(500.0)
+        })
+    })
+    .await?;
+
+    poller.abort();
+    cancel.cancel();
+    let report = running.await??;
+    assert!(report.commands_handled >= 2);
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_waits_for_the_primary_host_and_then_arrives_historical() -> anyhow::Result<()> {
+    const SAMPLES: u32 = 50;
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let port = hub.mqtt_addr().port();
+    let cancel = CancellationToken::new();
+    let mut config = gateway_config(port, "lab-host", "gw-host", &data.path().join("buffer"))?;
+    // A host that has not said it is online: everything must wait in the buffer.
+    config.primary_host = Some("scada-host".parse()?);
+    let gateway = gateway::start(config, cancel.clone())?;
+    let report = run_mqtt_node(
+        burst_node(port, 0x5ca, "mill-host", 4, SAMPLES)?,
+        cancel.clone(),
+    )
+    .await?;
+    assert_eq!(report.sent, SAMPLES);
+    let stats = gateway.stats().clone();
+    wait_until(
+        Duration::from_secs(10),
+        "every sample in the buffer",
+        || {
+            let s = stats.snapshot();
+            s.buffer_depth == u64::from(SAMPLES) && s.buffer_unsent == u64::from(SAMPLES)
+        },
+    )
+    .await?;
+    let key = hub::twin::TwinKey {
+        lab: "lab-host".parse()?,
+        machine: "mill-host".parse()?,
+    };
+    assert!(
+        hub.twins().get(&key).is_none(),
+        "nothing may reach the hub while its host is offline"
+    );
+
+    let (client, poller) = mqtt_client(port, "scada").await;
+    client
+        .publish(
+            "spBv1.0/STATE/scada-host",
+            QoS::AtLeastOnce,
+            true,
+            br#"{"online":true,"timestamp":1}"#.to_vec(),
+        )
+        .await?;
+    let twins = hub.twins().clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the buffered samples at the hub",
+        || {
+            twins
+                .get(&key)
+                .is_some_and(|t| t.samples == u64::from(SAMPLES))
+        },
+    )
+    .await?;
+    let twin = twins.get(&key).ok_or_else(|| anyhow::anyhow!("twin"))?;
+    assert_eq!(twin.historical_samples, u64::from(SAMPLES));
+    wait_until(Duration::from_secs(10), "an empty buffer", || {
+        stats.snapshot().buffer_depth == 0
+    })
+    .await?;
+
+    poller.abort();
+    cancel.cancel();
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
+}
