@@ -61,6 +61,8 @@ pub(crate) struct Core {
     pub per_source: HashMap<SourceId, u64>,
     /// DCMD commands waiting for their node's `Ack`.
     pub pending: PendingCommands,
+    /// MQTT nodes in a burst of bad frames, with the count so far.
+    pub bad_bursts: HashMap<protocol::NodeId, u64>,
 }
 
 enum Input {
@@ -140,27 +142,43 @@ impl Core {
 
     async fn handle(&mut self, input: Input) {
         let now = now_ms();
-        let result = match input {
+        let (mqtt_node, result) = match input {
             Input::Mqtt(NodeBytes { node, publish }) => {
                 *self.per_source.entry(SourceId::Mqtt).or_default() += 1;
                 let result = self
                     .pipeline
                     .on_frame(node, &publish.payload, now, &self.stats);
                 self.to_ack.push(publish);
-                result
+                (Some(node), result)
             }
             Input::Other(inbound) => {
                 *self.per_source.entry(inbound.source.clone()).or_default() += 1;
-                self.pipeline.on_inbound(*inbound, now, &self.stats)
+                // Serial and Modbus sources log their own bursts.
+                (None, self.pipeline.on_inbound(*inbound, now, &self.stats))
             }
         };
         match result {
             Ok(actions) => {
+                if let Some(node) = mqtt_node
+                    && let Some(errors) = self.bad_bursts.remove(&node)
+                {
+                    info!(%node, errors, "node frames decode again");
+                }
                 for action in actions {
                     self.act(action).await;
                 }
             }
-            Err(err) => debug!(reason = err.reason(), %err, "dropped a node frame"),
+            Err(err) => match mqtt_node {
+                // Logged once per burst per node; every one is counted by reason.
+                Some(node) => {
+                    let errors = self.bad_bursts.entry(node).or_default();
+                    *errors += 1;
+                    if *errors == 1 {
+                        warn!(%node, reason = err.reason(), %err, "bad frames from a node");
+                    }
+                }
+                None => debug!(reason = err.reason(), %err, "dropped a node frame"),
+            },
         }
     }
 

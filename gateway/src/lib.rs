@@ -25,6 +25,7 @@ pub mod config;
 mod core;
 pub mod edge;
 pub mod file;
+pub mod normalise;
 pub mod ops;
 pub mod pipeline;
 pub mod record;

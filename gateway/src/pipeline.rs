@@ -10,6 +10,7 @@ use protocol::{
     codec,
 };
 
+use crate::normalise::{EnergyMeter, energy_metric, plausible};
 use crate::record::BufferedSample;
 use crate::source::{Inbound, SourceId};
 use crate::stats::{DropReason, GatewayStats};
@@ -46,6 +47,7 @@ pub enum Action {
 #[derive(Debug, Default)]
 struct NodeState {
     source: Option<SourceId>,
+    energy: EnergyMeter,
     hello: Option<Hello>,
     machine: Option<MachineId>,
     last_seq: u32,
@@ -59,6 +61,12 @@ pub struct Pipeline {
     accept_unconfigured: bool,
     nodes: HashMap<NodeId, NodeState>,
     next_command_id: u16,
+}
+
+/// Whether the gateway integrates energy for this node: it reports power but no energy itself.
+fn derives_energy(hello: &Hello) -> bool {
+    hello.metrics.iter().any(|d| d.unit == Unit::Watt)
+        && !hello.metrics.iter().any(|d| d.unit == Unit::WattHour)
 }
 
 /// The machine a node maps to when neither config nor its `Hello` says: `node-{hex}`.
@@ -180,16 +188,20 @@ impl Pipeline {
             .cloned()
             .or_else(|| hello.machine.clone())
             .unwrap_or_else(|| fallback_machine(node));
-        let metrics = hello
+        let mut metrics: Vec<(MetricName, Unit)> = hello
             .metrics
             .iter()
             .map(|d| (d.name.clone(), d.unit))
             .collect();
+        if derives_energy(&hello) {
+            metrics.push((energy_metric(), Unit::WattHour));
+        }
         let boot = hello.boot;
         let state = self.nodes.entry(node).or_default();
         // Only a new boot restarts the sequence; a Hello the gateway asked for does not.
         if state.hello.as_ref().is_none_or(|known| known.boot != boot) {
             state.last_seq = 0;
+            state.energy = EnergyMeter::default();
         }
         state.hello = Some(hello);
         state.machine = Some(machine.clone());
@@ -225,7 +237,17 @@ impl Pipeline {
                 stats.dropped(DropReason::NotFinite);
                 continue;
             }
+            if !plausible(descriptor.unit, reading.value) {
+                stats.dropped(DropReason::OutOfRange);
+                continue;
+            }
             values.push((descriptor.name.clone(), descriptor.unit, reading.value));
+        }
+        if derives_energy(hello)
+            && let Some(&(_, _, power)) = values.iter().find(|(_, unit, _)| *unit == Unit::Watt)
+        {
+            let total = state.energy.add(samples.uptime_ms, power);
+            values.push((energy_metric(), Unit::WattHour, total as f32));
         }
         state.last_seq = samples.seq;
         vec![Action::Data(BufferedSample {
@@ -282,14 +304,14 @@ mod tests {
             .expect("valid");
         assert!(
             matches!(&actions[..], [Action::BirthMachine { machine, boot: 0x0b00_7001, metrics, .. }]
-            if machine.as_str() == "mill-1" && metrics.len() == 4)
+            if machine.as_str() == "mill-1" && metrics.len() == 5 && metrics[4].0.as_str() == "energy.total_wh")
         );
         let actions = pipeline
             .on_frame(golden::NODE, golden::SAMPLES, 5, &stats)
             .expect("valid");
         assert!(
             matches!(&actions[..], [Action::Data(BufferedSample { node_seq: 42, received_at_ms: 5, values, .. })]
-            if values.len() == 4 && values[0].2 == 5321.5)
+            if values.len() == 5 && values[0].2 == 5321.5)
         );
     }
 
@@ -364,6 +386,39 @@ mod tests {
             .on_frame(golden::NODE, &encode(&samples(1, 1.0)), 0, &stats)
             .expect("valid");
         assert_eq!(fresh.len(), 1, "new boot: seq 1 is new");
+    }
+
+    #[test]
+    fn implausible_readings_are_dropped_and_energy_is_integrated_from_power() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
+        pipeline
+            .on_frame(golden::NODE, golden::HELLO, 0, &stats)
+            .expect("valid");
+        let mut energies = Vec::new();
+        for seq in 1..=3u32 {
+            let mut frame = samples(seq, 3600.0);
+            if let Frame::Samples(s) = &mut frame {
+                s.uptime_ms = u64::from(seq) * 1000;
+                s.readings[3].value = if seq == 2 { 300.0 } else { 2.0 }; // state.code 300: impossible
+            }
+            let actions = pipeline
+                .on_frame(golden::NODE, &encode(&frame), 0, &stats)
+                .expect("valid");
+            let [Action::Data(sample)] = &actions[..] else {
+                panic!("one sample: {actions:?}")
+            };
+            energies.push(
+                sample
+                    .values
+                    .iter()
+                    .find(|v| v.0.as_str() == "energy.total_wh")
+                    .map(|v| v.2),
+            );
+        }
+        // 3600 W for one second is 1 Wh.
+        assert_eq!(energies, [Some(0.0), Some(1.0), Some(2.0)]);
+        assert_eq!(stats.snapshot().dropped(DropReason::OutOfRange), 1);
     }
 
     #[test]

@@ -237,6 +237,7 @@ pub fn start(
         to_ack: Vec::new(),
         per_source: Default::default(),
         pending: Default::default(),
+        bad_bursts: Default::default(),
     };
     tasks.spawn(
         core.run(mqtt_rx, others_rx, uplink_events_rx, cancel.clone())

@@ -19,6 +19,8 @@ pub enum DropReason {
     UnknownMetric,
     /// A reading that is NaN or infinite.
     NotFinite,
+    /// A reading outside what its unit can physically be (a broken sensor, a unit mix-up).
+    OutOfRange,
     /// The uplink client refused the message (its queue closed during shutdown).
     UplinkClosed,
     /// The uplink was down longer than the in-memory offline queue holds (oldest dropped).
@@ -35,7 +37,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for exposition.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::BadFrame,
         DropReason::NodeMismatch,
         DropReason::UnconfiguredNode,
@@ -43,6 +45,7 @@ impl DropReason {
         DropReason::Duplicate,
         DropReason::UnknownMetric,
         DropReason::NotFinite,
+        DropReason::OutOfRange,
         DropReason::UplinkClosed,
         DropReason::OfflineQueueFull,
         DropReason::ModbusTimeout,
@@ -61,6 +64,7 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::UnknownMetric => "unknown_metric",
             DropReason::NotFinite => "not_finite",
+            DropReason::OutOfRange => "out_of_range",
             DropReason::UplinkClosed => "uplink_closed",
             DropReason::OfflineQueueFull => "offline_queue_full",
             DropReason::ModbusTimeout => "modbus_timeout",

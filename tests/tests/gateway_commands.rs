@@ -166,3 +166,69 @@ async fn data_waits_for_the_primary_host_and_then_arrives_historical() -> anyhow
     hub.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_machine_goes_stale_and_a_rebirth_request_is_answered() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let port = hub.mqtt_addr().port();
+    let cancel = CancellationToken::new();
+    let mut config = gateway_config(port, "lab-live", "gw-live", &data.path().join("buffer"))?;
+    config.liveness_timeout = Duration::from_secs(1);
+    let gateway = start_gateway_with(config, &cancel).await?;
+    run_mqtt_node(
+        burst_node(port, 0x1d1e, "mill-quiet", 8, 20)?,
+        cancel.clone(),
+    )
+    .await?;
+
+    let twins = hub.twins().clone();
+    let key = hub::twin::TwinKey {
+        lab: "lab-live".parse()?,
+        machine: "mill-quiet".parse()?,
+    };
+    wait_until(Duration::from_secs(10), "the samples", || {
+        twins.get(&key).is_some_and(|t| t.last_seq == 20)
+    })
+    .await?;
+    // The node stopped: after the liveness timeout the gateway sends DDEATH.
+    wait_until(Duration::from_secs(10), "the twin to go stale", || {
+        twins.get(&key).is_some_and(|t| !t.connectivity.online)
+    })
+    .await?;
+
+    let births_before = gateway.stats().snapshot().births_published;
+    let (client, poller) = mqtt_client(port, "host-tool").await;
+    let rebirth = Payload {
+        timestamp: Some(1),
+        metrics: vec![
+            Metric::new(DataType::Boolean, MetricValue::Boolean(true))
+                .named("Node Control/Rebirth"),
+        ],
+        ..Default::default()
+    };
+    client
+        .publish(
+            "spBv1.0/lab-live/NCMD/gw-live",
+            QoS::AtLeastOnce,
+            false,
+            rebirth.encode_to_vec(),
+        )
+        .await?;
+    let stats = gateway.stats().clone();
+    // NBIRTH and the machine's DBIRTH again.
+    wait_until(Duration::from_secs(10), "the rebirth", || {
+        stats.snapshot().births_published >= births_before + 2
+    })
+    .await?;
+    wait_until(Duration::from_secs(10), "the twin born again", || {
+        twins.get(&key).is_some_and(|t| t.connectivity.online)
+    })
+    .await?;
+
+    poller.abort();
+    cancel.cancel();
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
+}
