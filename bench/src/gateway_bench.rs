@@ -9,21 +9,18 @@
 //!
 //! `cargo run --release -p demolab-bench --bin gateway-bench -- --nodes 100 --samples 200`
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use demolab_tests::{GATEWAY_CHILD_ENV, run_gateway_child, spawn_gateway_process};
 use hub::broker::BrokerConfig;
 use hub::{BrokerSetting, Hub, HubConfig};
 use protocol::NodeId;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use simulators::node::{MqttNodeConfig, fresh_boot_id, run_mqtt_node};
 use tokio_util::sync::CancellationToken;
-
-const CHILD_ENV: &str = "DEMOLAB_BENCH_GATEWAY_CONFIG";
 
 /// Measure the gateway's throughput and memory against the broker's own ceiling.
 #[derive(Debug, Parser)]
@@ -41,24 +38,12 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    if let Ok(config) = std::env::var(CHILD_ENV) {
+    if let Ok(config) = std::env::var(GATEWAY_CHILD_ENV) {
         return run_gateway_child(Path::new(&config));
     }
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(bench(args))
-}
-
-/// The gateway process: runs until killed.
-fn run_gateway_child(config: &Path) -> anyhow::Result<()> {
-    let loaded = gateway::file::GatewayFile::load(config)?;
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let handle = gateway::start(loaded.gateway, CancellationToken::new())?;
-        handle.ready().await;
-        println!("GATEWAY READY");
-        std::future::pending::<()>().await;
-        Ok(())
-    })
 }
 
 fn fleet(args: &Args, port: u16, lab_index: u64) -> Vec<MqttNodeConfig> {
@@ -172,24 +157,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
              [southbound]\nhost = \"127.0.0.1\"\nport = {port}\n[buffer]\ndir = \"buffer\"\n[ops]\nlisten = \"127.0.0.1:0\"\n"
         ),
     )?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(CHILD_ENV, &config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = spawn_gateway_process(&[], &config)?;
     let pid = child.id();
-    let stdout = child.stdout.take().context("child stdout")?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("GATEWAY READY") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .context("gateway process not ready")?;
     let idle_rss = peak_rss_kib(pid);
     let started = Instant::now();
     run_fleet(fleet(&args, port, 2)).await?;

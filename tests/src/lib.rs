@@ -234,3 +234,52 @@ impl Drop for CuttableProxy {
         self.task.abort();
     }
 }
+
+/// The environment variable that makes an executable act as a gateway process
+/// ([`run_gateway_child`]); [`spawn_gateway_process`] sets it.
+pub const GATEWAY_CHILD_ENV: &str = "DEMOLAB_GATEWAY_CHILD_CONFIG";
+
+/// The gateway process's side: runs a gateway from `config` until the process is killed,
+/// printing `GATEWAY READY` once it is up.
+pub fn run_gateway_child(config: &std::path::Path) -> anyhow::Result<()> {
+    let loaded = gateway::file::GatewayFile::load(config)?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let handle = gateway::start(loaded.gateway, tokio_util::sync::CancellationToken::new())?;
+        handle.ready().await;
+        println!("GATEWAY READY");
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+/// Starts this executable again, with `args`, as a gateway process running `config` (a real
+/// process, so it can be killed for real or measured alone), and waits until it is ready.
+pub fn spawn_gateway_process(
+    args: &[&str],
+    config: &std::path::Path,
+) -> anyhow::Result<std::process::Child> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .env(GATEWAY_CHILD_ENV, config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("GATEWAY READY") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        bail!("the gateway process did not become ready within 30 s");
+    }
+    Ok(child)
+}

@@ -3,63 +3,40 @@
 //! sequence number. The gateway runs as a real child process (this test binary, re-executed
 //! into the ignored `gateway_child` entry point) so the kill is a real kill.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use demolab_tests::{burst_node, start_hub, wait_until, within};
+use demolab_tests::{
+    GATEWAY_CHILD_ENV, burst_node, run_gateway_child, spawn_gateway_process, start_hub, wait_until,
+    within,
+};
 use futures_util::StreamExt;
 use simulators::node::run_mqtt_node;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-const CHILD_CONFIG: &str = "DEMOLAB_GATEWAY_CHILD_CONFIG";
 const SAMPLES: u32 = 3000;
 
 /// Entry point of the child process: runs a gateway from the file named by the environment.
 #[test]
 #[ignore = "the gateway process of the kill test; it starts it"]
 fn gateway_child() -> anyhow::Result<()> {
-    let path = std::env::var(CHILD_CONFIG).context("run by the kill test only")?;
-    let loaded = gateway::file::GatewayFile::load(Path::new(&path))?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let handle = gateway::start(loaded.gateway, CancellationToken::new())?;
-        handle.ready().await;
-        println!("GATEWAY READY");
-        std::future::pending::<()>().await;
-        Ok(())
-    })
+    let path = std::env::var(GATEWAY_CHILD_ENV).context("run by the kill test only")?;
+    run_gateway_child(Path::new(&path))
 }
 
-fn spawn_gateway(config: &Path) -> anyhow::Result<Child> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
+fn spawn_gateway(config: &Path) -> anyhow::Result<std::process::Child> {
+    spawn_gateway_process(
+        &[
             "gateway_child",
             "--exact",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
-        ])
-        .env(CHILD_CONFIG, config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().context("child stdout")?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("GATEWAY READY") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .context("the gateway process did not become ready")?;
-    Ok(child)
+        ],
+        config,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
