@@ -17,6 +17,8 @@
 #![warn(missing_docs)]
 
 use heapless::Vec;
+pub mod drivers;
+
 use protocol::frame::{MAX_METRICS, MAX_READINGS};
 use protocol::{
     Ack, AckResult, Command, CommandKind, FirmwareVersion, Frame, Hello, MachineId,

@@ -34,6 +34,7 @@
 //! # }
 //! ```
 pub mod lab;
+pub mod chips;
 pub mod machines;
 pub mod node;
 pub mod rng;
