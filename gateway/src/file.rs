@@ -106,14 +106,22 @@ fn default_mqtt_port() -> u16 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Southbound {
-    /// Host name or IP.
+    /// Host name or IP of the lab's broker; with `embedded_listen`, the embedded one is used.
+    #[serde(default = "default_local")]
     pub host: String,
+    /// Run an embedded MQTT broker for the lab's nodes on this address (a lab without a broker).
+    #[serde(default)]
+    pub embedded_listen: Option<String>,
     /// Port.
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
     /// Take nodes that are not listed under `[[nodes]]` (mapped by their `Hello`).
     #[serde(default = "default_true")]
     pub accept_unconfigured_nodes: bool,
+}
+
+fn default_local() -> String {
+    "127.0.0.1".to_owned()
 }
 
 fn default_true() -> bool {
@@ -222,6 +230,8 @@ pub struct Loaded {
     pub gateway: GatewayConfig,
     /// Where the operations endpoint listens.
     pub ops_listen: SocketAddr,
+    /// Where to run an embedded broker for the lab's nodes, if the lab has none.
+    pub embedded_broker: Option<SocketAddr>,
 }
 
 impl GatewayFile {
@@ -322,14 +332,23 @@ impl GatewayFile {
             host: self.uplink.host,
             port: self.uplink.port,
         };
+        let mut embedded_broker = None;
         let (southbound, accept_unconfigured_nodes) = match self.southbound {
-            Some(s) => (
-                Some(MqttEndpoint {
-                    host: s.host,
-                    port: s.port,
-                }),
-                s.accept_unconfigured_nodes,
-            ),
+            Some(s) => {
+                if let Some(listen) = &s.embedded_listen {
+                    let addr: SocketAddr = listen.parse().map_err(|e| {
+                        invalid("southbound.embedded_listen", format!("{listen:?}: {e}"))
+                    })?;
+                    embedded_broker = Some(addr);
+                }
+                (
+                    Some(MqttEndpoint {
+                        host: s.host,
+                        port: s.port,
+                    }),
+                    s.accept_unconfigured_nodes,
+                )
+            }
             None => (None, true),
         };
         let serial = self.serial.map(|s| {
@@ -363,6 +382,7 @@ impl GatewayFile {
         Ok(Loaded {
             gateway: config,
             ops_listen,
+            embedded_broker,
         })
     }
 }

@@ -32,8 +32,42 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("warn,demolab_gateway=info")),
         )
         .init();
-    let loaded = GatewayFile::load(&args.config)?;
+    let mut loaded = GatewayFile::load(&args.config)?;
+    // A lab without a broker: the gateway brings one for its network nodes.
+    let embedded = match loaded.embedded_broker.filter(|_| !args.check_config) {
+        Some(bind) => {
+            let broker = broker::EmbeddedBroker::start(broker::BrokerConfig {
+                bind,
+                ..broker::BrokerConfig::default()
+            })
+            .await
+            .context("cannot start the embedded broker for the lab's nodes")?;
+            let port = broker.local_addr().port();
+            let host = if bind.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                bind.ip().to_string()
+            };
+            loaded.gateway.southbound = Some(demolab_gateway::MqttEndpoint { host, port });
+            Some(broker)
+        }
+        None => None,
+    };
     let config = &loaded.gateway;
+    let ops_listener = match args.check_config {
+        true => None,
+        false => Some(
+            tokio::net::TcpListener::bind(loaded.ops_listen)
+                .await
+                .with_context(|| {
+                    format!("cannot bind the ops endpoint to {}", loaded.ops_listen)
+                })?,
+        ),
+    };
+    let ops_addr = ops_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(loaded.ops_listen);
     let summary = format!(
         "lab: {}\ngateway: {}\nuplink: mqtt://{}:{}\nsouthbound: {}\nserial ports: {}\nmodbus devices: {}\nbuffer: {} (cap {} MiB)\nops: http://{}",
         config.lab,
@@ -44,23 +78,27 @@ async fn main() -> anyhow::Result<()> {
             .southbound
             .as_ref()
             .map_or("none".to_owned(), |s| format!(
-                "mqtt://{}:{}",
-                s.host, s.port
+                "mqtt://{}:{}{}",
+                s.host,
+                s.port,
+                if embedded.is_some() {
+                    " (embedded broker)"
+                } else {
+                    ""
+                }
             )),
         config.serial.as_ref().map_or(0, |s| s.ports.len()),
         config.modbus.len(),
         config.buffer.dir.display(),
         config.buffer.max_bytes >> 20,
-        loaded.ops_listen,
+        ops_addr,
     );
     if args.check_config {
         println!("{} is valid\n{summary}", args.config.display());
         return Ok(());
     }
 
-    let listener = tokio::net::TcpListener::bind(loaded.ops_listen)
-        .await
-        .with_context(|| format!("cannot bind the ops endpoint to {}", loaded.ops_listen))?;
+    let listener = ops_listener.context("ops endpoint")?;
     let cancel = CancellationToken::new();
     let handle = demolab_gateway::start(loaded.gateway.clone(), cancel.clone())?;
     let app = demolab_gateway::ops::router(
@@ -74,13 +112,26 @@ async fn main() -> anyhow::Result<()> {
             .with_graceful_shutdown(async move { ops_cancel.cancelled().await })
             .await
     });
-    println!("demolab-gateway is running\n{summary}\nPress Ctrl-C to stop.");
-    tokio::signal::ctrl_c()
+    // Nodes may publish as soon as they see the banner: be subscribed first.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), handle.sources_ready())
         .await
-        .context("cannot listen for Ctrl-C")?;
+        .is_err()
+    {
+        tracing::warn!("the lab broker has not answered yet; still trying");
+    }
+    println!("demolab-gateway is running\n{summary}\nPress Ctrl-C to stop.");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
     handle.shutdown().await?;
     cancel.cancel();
     ops.await??;
+    if let Some(broker) = embedded {
+        broker.shutdown().await?;
+    }
     println!("demolab-gateway stopped; buffer flushed");
     Ok(())
 }

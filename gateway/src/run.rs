@@ -77,6 +77,13 @@ impl GatewayHandle {
         &self.stats
     }
 
+    /// Waits until the sources are receiving (the southbound MQTT session is subscribed), whether
+    /// or not the hub is reachable yet.
+    pub async fn sources_ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| r.southbound).await;
+    }
+
     /// Waits until the southbound MQTT session is subscribed and the NBIRTH is published.
     pub async fn ready(&self) {
         let mut ready = self.ready.clone();

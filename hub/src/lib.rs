@@ -15,7 +15,8 @@
 //! ```
 
 pub mod api;
-pub mod broker;
+/// The embedded MQTT broker (its own crate, so a gateway in a lab without a broker can run one too).
+pub use ::broker;
 pub mod host;
 pub mod ingest;
 pub mod stats;

@@ -33,8 +33,8 @@
 //! # Ok(())
 //! # }
 //! ```
-pub mod lab;
 pub mod chips;
+pub mod lab;
 pub mod machines;
 pub mod node;
 pub mod rng;

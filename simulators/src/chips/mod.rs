@@ -68,7 +68,9 @@ pub struct SimI2c {
 impl core::fmt::Debug for SimI2c {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let addresses: Vec<u8> = self.chips.iter().map(|c| c.address()).collect();
-        f.debug_struct("SimI2c").field("addresses", &addresses).finish()
+        f.debug_struct("SimI2c")
+            .field("addresses", &addresses)
+            .finish()
     }
 }
 
@@ -84,8 +86,14 @@ impl SimI2c {
     }
 
     /// The chip at `address`, to change its inputs or fault.
-    pub fn chip_mut(&mut self, address: SevenBitAddress) -> Option<&mut (dyn I2cChip + Send + 'static)> {
-        self.chips.iter_mut().find(|c| c.address() == address).map(|c| &mut **c)
+    pub fn chip_mut(
+        &mut self,
+        address: SevenBitAddress,
+    ) -> Option<&mut (dyn I2cChip + Send + 'static)> {
+        self.chips
+            .iter_mut()
+            .find(|c| c.address() == address)
+            .map(|c| &mut **c)
     }
 }
 
@@ -94,7 +102,11 @@ impl i2c::ErrorType for SimI2c {
 }
 
 impl i2c::I2c for SimI2c {
-    fn transaction(&mut self, address: SevenBitAddress, operations: &mut [Operation<'_>]) -> Result<(), Self::Error> {
+    fn transaction(
+        &mut self,
+        address: SevenBitAddress,
+        operations: &mut [Operation<'_>],
+    ) -> Result<(), Self::Error> {
         let chip = self
             .chips
             .iter_mut()

@@ -1,7 +1,8 @@
-//! The hub's embedded MQTT broker.
+//! The embedded MQTT broker of Demolab.
 //!
 //! The hub embeds a broker so that the all-in-one demo needs nothing installed:
-//! gateways, simulators and the hub's own Sparkplug host all talk to this one.
+//! gateways, simulators and the hub's own Sparkplug host all talk to this one. A
+//! lab gateway embeds one too when the lab has no broker for its network nodes.
 //! In production a real broker (Mosquitto, EMQX, ...) takes its place purely by
 //! configuration, so the hub must never depend on broker internals: only this
 //! module names `mqtt5`, behind a small API (start / local address / shutdown),
