@@ -18,6 +18,9 @@
 
 use heapless::Vec;
 pub mod drivers;
+pub mod features;
+pub mod ring;
+pub mod runtime;
 
 use protocol::frame::{MAX_METRICS, MAX_READINGS};
 use protocol::{
