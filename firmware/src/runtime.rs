@@ -188,6 +188,8 @@ impl<const RING: usize> NodeRuntime<RING> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use protocol::{Samples, golden};
 
     use super::*;
