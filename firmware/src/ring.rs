@@ -1,8 +1,9 @@
 //! A fixed-capacity ring of encoded frames: what a node keeps while its link is down.
 //!
 //! Frames are stored encoded (each at most [`SLOT`] bytes) so the memory is known at compile
-//! time. When full, the oldest frame is dropped and counted — the node reports that count in a
-//! `LinkRegained` event, so the loss is visible end to end, never silent.
+//! time. When full, the oldest frame is dropped; dropped *samples* are counted (each slot knows
+//! whether it holds one) and the node reports that count in a `LinkRegained` event, so the loss
+//! is visible end to end, exactly, never silent.
 
 use heapless::{Deque, Vec};
 
@@ -12,7 +13,7 @@ pub const SLOT: usize = 160;
 /// A ring of `N` encoded frames.
 #[derive(Debug)]
 pub struct FrameRing<const N: usize> {
-    frames: Deque<Vec<u8, SLOT>, N>,
+    frames: Deque<(bool, Vec<u8, SLOT>), N>,
     dropped: u32,
 }
 
@@ -35,21 +36,29 @@ impl<const N: usize> FrameRing<N> {
         }
     }
 
-    /// Queues a frame, dropping (and counting) the oldest when full.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<(), FrameTooLarge> {
+    /// Queues a frame (`is_sample` marks the frames whose loss is counted), dropping the
+    /// oldest when full.
+    pub fn push(&mut self, bytes: &[u8], is_sample: bool) -> Result<(), FrameTooLarge> {
         let slot = Vec::from_slice(bytes).map_err(|_| FrameTooLarge(bytes.len()))?;
-        if self.frames.is_full() {
-            self.frames.pop_front();
+        if self.frames.is_full()
+            && let Some((true, _)) = self.frames.pop_front()
+        {
             self.dropped = self.dropped.saturating_add(1);
         }
         // Cannot fail: a slot was freed above when full.
-        let _ = self.frames.push_back(slot);
+        let _ = self.frames.push_back((is_sample, slot));
         Ok(())
+    }
+
+    /// How many samples pushing `more` frames would drop from a full ring.
+    pub fn samples_pushed_out_by(&self, more: usize) -> u32 {
+        let out = (self.frames.len() + more).saturating_sub(N);
+        self.frames.iter().take(out).filter(|(is_sample, _)| *is_sample).count() as u32
     }
 
     /// The oldest frame, to send next.
     pub fn front(&self) -> Option<&[u8]> {
-        self.frames.front().map(|f| f.as_slice())
+        self.frames.front().map(|(_, f)| f.as_slice())
     }
 
     /// Removes the oldest frame once it was sent.
@@ -67,7 +76,7 @@ impl<const N: usize> FrameRing<N> {
         self.frames.is_empty()
     }
 
-    /// Frames dropped since the last call, resetting the count.
+    /// Samples dropped since the last call, resetting the count.
     pub fn take_dropped(&mut self) -> u32 {
         core::mem::take(&mut self.dropped)
     }
@@ -80,10 +89,11 @@ mod tests {
     #[test]
     fn frames_come_out_in_order_and_overflow_drops_the_oldest_counted() {
         let mut ring = FrameRing::<4>::new();
+        ring.push(&[9], false).expect("fits"); // an event: its loss is not a sample's
         for i in 0..6u8 {
-            ring.push(&[i]).expect("fits");
+            ring.push(&[i], true).expect("fits");
         }
-        assert_eq!(ring.take_dropped(), 2);
+        assert_eq!(ring.take_dropped(), 2, "the event and samples 0 and 1 were dropped");
         assert_eq!(ring.take_dropped(), 0);
         let mut out = heapless::Vec::<u8, 8>::new();
         while let Some(frame) = ring.front() {
@@ -96,7 +106,7 @@ mod tests {
     #[test]
     fn an_oversize_frame_is_refused() {
         let mut ring = FrameRing::<2>::new();
-        assert_eq!(ring.push(&[0; SLOT + 1]), Err(FrameTooLarge(SLOT + 1)));
+        assert_eq!(ring.push(&[0; SLOT + 1], true), Err(FrameTooLarge(SLOT + 1)));
         assert!(ring.is_empty());
     }
 }

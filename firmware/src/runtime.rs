@@ -135,7 +135,7 @@ impl<const RING: usize> NodeRuntime<RING> {
     pub fn link_up(&mut self, now_ms: u64) {
         self.link_up = true;
         self.backoff_ms = BACKOFF_START_MS;
-        let pushed_out = (self.ring.len() + 2).saturating_sub(RING) as u32;
+        let pushed_out = self.ring.samples_pushed_out_by(2);
         let dropped_samples = self.ring.take_dropped().saturating_add(pushed_out);
         self.queue_event(now_ms, EventKind::LinkRegained { dropped_samples });
         let hello = self.core.hello();
@@ -177,9 +177,8 @@ impl<const RING: usize> NodeRuntime<RING> {
 
     fn queue(&mut self, frame: &Frame) {
         let mut buf = [0u8; MAX_FRAME_LEN];
-        let pushed = codec::encode(frame, &mut buf)
-            .ok()
-            .map(|bytes| self.ring.push(bytes));
+        let is_sample = matches!(frame, Frame::Samples(_));
+        let pushed = codec::encode(frame, &mut buf).ok().map(|bytes| self.ring.push(bytes, is_sample));
         if !matches!(pushed, Some(Ok(()))) {
             self.encode_failures = self.encode_failures.saturating_add(1);
         }
@@ -266,9 +265,9 @@ mod tests {
             }) => Some(*dropped_samples),
             _ => None,
         });
-        assert_eq!(dropped, Some(15));
-        // Exact: 21 frames taken during the outage (LinkLost + 20 samples) = 6 delivered + 15 dropped.
-        assert_eq!(seqs.len() as u32 + 15, 21);
+        // Exact: 20 samples taken during the outage = 6 delivered + 14 dropped (the LinkLost
+        // event that was pushed out too is not a sample).
+        assert_eq!(dropped, Some(14));
     }
 
     #[test]
