@@ -53,7 +53,11 @@ impl<const N: usize> FrameRing<N> {
     /// How many samples pushing `more` frames would drop from a full ring.
     pub fn samples_pushed_out_by(&self, more: usize) -> u32 {
         let out = (self.frames.len() + more).saturating_sub(N);
-        self.frames.iter().take(out).filter(|(is_sample, _)| *is_sample).count() as u32
+        self.frames
+            .iter()
+            .take(out)
+            .filter(|(is_sample, _)| *is_sample)
+            .count() as u32
     }
 
     /// The oldest frame, to send next.
@@ -93,7 +97,11 @@ mod tests {
         for i in 0..6u8 {
             ring.push(&[i], true).expect("fits");
         }
-        assert_eq!(ring.take_dropped(), 2, "the event and samples 0 and 1 were dropped");
+        assert_eq!(
+            ring.take_dropped(),
+            2,
+            "the event and samples 0 and 1 were dropped"
+        );
         assert_eq!(ring.take_dropped(), 0);
         let mut out = heapless::Vec::<u8, 8>::new();
         while let Some(frame) = ring.front() {
@@ -106,7 +114,10 @@ mod tests {
     #[test]
     fn an_oversize_frame_is_refused() {
         let mut ring = FrameRing::<2>::new();
-        assert_eq!(ring.push(&[0; SLOT + 1], true), Err(FrameTooLarge(SLOT + 1)));
+        assert_eq!(
+            ring.push(&[0; SLOT + 1], true),
+            Err(FrameTooLarge(SLOT + 1))
+        );
         assert!(ring.is_empty());
     }
 }

@@ -178,7 +178,9 @@ impl<const RING: usize> NodeRuntime<RING> {
     fn queue(&mut self, frame: &Frame) {
         let mut buf = [0u8; MAX_FRAME_LEN];
         let is_sample = matches!(frame, Frame::Samples(_));
-        let pushed = codec::encode(frame, &mut buf).ok().map(|bytes| self.ring.push(bytes, is_sample));
+        let pushed = codec::encode(frame, &mut buf)
+            .ok()
+            .map(|bytes| self.ring.push(bytes, is_sample));
         if !matches!(pushed, Some(Ok(()))) {
             self.encode_failures = self.encode_failures.saturating_add(1);
         }

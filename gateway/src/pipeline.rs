@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use protocol::{
-    Command, CommandKind, DecodeError, Frame, Hello, MachineId, MetricName, NodeId, Samples, Unit,
-    codec,
+    Command, CommandKind, DecodeError, EventKind, Frame, Hello, MachineId, MetricName, NodeId,
+    Samples, Unit, codec,
 };
 
 use crate::normalise::{EnergyMeter, energy_metric, plausible};
@@ -147,7 +147,11 @@ impl Pipeline {
                 command_id: ack.command_id,
                 result: ack.result,
             }],
-            Frame::Event(_) | Frame::Command(_) => Vec::new(),
+            Frame::Event(event) => {
+                self.on_event(&event, stats);
+                Vec::new()
+            }
+            Frame::Command(_) => Vec::new(),
         }
     }
 
@@ -168,6 +172,30 @@ impl Pipeline {
         let id = self.next_command_id;
         self.next_command_id = self.next_command_id.wrapping_add(1);
         Command { node, id, kind }
+    }
+
+    fn on_event(&self, event: &protocol::Event, stats: &GatewayStats) {
+        let node = event.node;
+        let machine = self
+            .machine_of(node)
+            .map(MachineId::to_string)
+            .unwrap_or_default();
+        match event.kind {
+            EventKind::LinkRegained { dropped_samples } if dropped_samples > 0 => {
+                stats.dropped_many(DropReason::NodeBufferOverflow, u64::from(dropped_samples));
+                tracing::error!(%node, %machine, dropped_samples, "a node's buffer overflowed while its link was down");
+            }
+            EventKind::SensorFault { index, code } => {
+                tracing::warn!(%node, %machine, index, code, "a node reports a failing sensor");
+            }
+            EventKind::SensorRecovered { index } => {
+                tracing::info!(%node, %machine, index, "a node's sensor recovered")
+            }
+            EventKind::Reset { reason } => {
+                tracing::info!(%node, %machine, ?reason, "a node booted")
+            }
+            _ => {}
+        }
     }
 
     /// The last `Hello` of a node.

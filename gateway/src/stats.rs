@@ -33,11 +33,13 @@ pub enum DropReason {
     BufferFull,
     /// Records lost in a corrupt buffer segment (quarantined).
     BufferCorrupt,
+    /// Samples a node dropped from its own ring while its link was down (it reports the count).
+    NodeBufferOverflow,
 }
 
 impl DropReason {
     /// Every reason, for exposition.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::BadFrame,
         DropReason::NodeMismatch,
         DropReason::UnconfiguredNode,
@@ -52,6 +54,7 @@ impl DropReason {
         DropReason::ModbusError,
         DropReason::BufferFull,
         DropReason::BufferCorrupt,
+        DropReason::NodeBufferOverflow,
     ];
 
     /// Stable label for metrics.
@@ -71,6 +74,7 @@ impl DropReason {
             DropReason::ModbusError => "modbus_error",
             DropReason::BufferFull => "buffer_full",
             DropReason::BufferCorrupt => "buffer_corrupt",
+            DropReason::NodeBufferOverflow => "node_buffer_overflow",
         }
     }
 }
@@ -176,6 +180,15 @@ impl GatewayStats {
         if let Some(slot) = DECODE_REASONS.iter().position(|r| *r == err.reason()) {
             self.decode_failures[slot].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `count` dropped items.
+    pub fn dropped_many(&self, reason: DropReason, count: u64) {
+        let slot = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.drops[slot].fetch_add(count, Ordering::Relaxed);
     }
 
     /// Counts one dropped item.

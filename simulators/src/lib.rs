@@ -34,7 +34,9 @@
 //! # }
 //! ```
 pub mod chips;
+pub mod kit;
 pub mod lab;
 pub mod machines;
 pub mod node;
 pub mod rng;
+pub mod serial_node;
