@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use gateway::source::serial::SerialConfig;
 use gateway::{GatewayConfig, MqttEndpoint};
 use hub::broker::BrokerConfig;
 use hub::{BrokerSetting, Hub, HubConfig, MetricsSource};
 use protocol::{GatewayId, LabId, NodeId};
+use serialport::SerialPort;
 use simulators::node::{MqttNodeConfig, fresh_boot_id, run_mqtt_node};
+use simulators::serial_node::{SerialNodeConfig, spawn_serial_node};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -106,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
     let mut nodes = JoinSet::new();
     let mut lab_lines = Vec::new();
     let mut counters = Vec::new();
+    let mut serial_nodes = Vec::new();
     for (lab_index, (lab, gateway)) in LABS.into_iter().enumerate() {
         let lab: LabId = lab.parse()?;
         let gateway: GatewayId = gateway.parse()?;
@@ -133,6 +137,17 @@ async fn main() -> anyhow::Result<()> {
             .map(|n| (n.node, n.machine.clone()))
             .collect();
         config.accept_unconfigured_nodes = false;
+        // Each lab also has one retrofit kit on a serial line: the real firmware runtime and
+        // drivers on simulated chips, writing to a real pseudo-terminal the gateway reads.
+        let kit_node = NodeId(0xd3_5e00_0000 | lab_index as u64);
+        let (master, slave) =
+            serialport::TTYPort::pair().context("cannot create a pseudo-terminal")?;
+        let tty = slave.name().context("pseudo-terminal without a name")?;
+        config.serial = Some(SerialConfig {
+            ports: vec![tty.clone().into()],
+            ..SerialConfig::default()
+        });
+        config.nodes.insert(kit_node, "lathe-1".parse()?);
         let handle = gateway::start(config, cancel.clone())
             .with_context(|| format!("cannot start gateway {gateway}"))?;
         tokio::time::timeout(Duration::from_secs(10), handle.ready())
@@ -143,8 +158,27 @@ async fn main() -> anyhow::Result<()> {
         for config in node_configs {
             nodes.spawn(run_mqtt_node(config, cancel.clone()));
         }
+        let mut master = master;
+        master
+            .set_timeout(Duration::from_millis(20))
+            .context("pseudo-terminal timeout")?;
+        serial_nodes.push((
+            slave,
+            spawn_serial_node(
+                SerialNodeConfig {
+                    node: kit_node,
+                    machine: "lathe-1".parse()?,
+                    boot: fresh_boot_id(kit_node),
+                    seed: args.seed.wrapping_add(0x5e + lab_index as u64),
+                    sample_period: Duration::from_millis(args.sample_ms),
+                    tick_interval: Duration::from_millis(args.sample_ms),
+                    max_samples: None,
+                },
+                master,
+            ),
+        ));
         lab_lines.push(format!(
-            "lab: {lab} (gateway {gateway}, {} CNC mills)",
+            "lab: {lab} (gateway {gateway}, {} CNC mills over MQTT, lathe-1 on serial {tty})",
             args.machines_per_lab
         ));
     }
@@ -174,6 +208,10 @@ async fn main() -> anyhow::Result<()> {
     info!("shutting down");
     cancel.cancel();
     while nodes.join_next().await.is_some() {}
+    for (_slave, node) in serial_nodes {
+        // The node thread notices within one sample period.
+        let _ = tokio::task::spawn_blocking(move || node.join()).await;
+    }
     for gateway in gateways {
         gateway.shutdown().await?;
     }
