@@ -19,6 +19,7 @@
 use heapless::Vec;
 pub mod drivers;
 pub mod features;
+pub mod mqtt;
 pub mod ring;
 pub mod runtime;
 
