@@ -17,8 +17,8 @@ use hub::broker::BrokerConfig;
 use hub::{BrokerSetting, Hub, HubConfig, MetricsSource};
 use protocol::{GatewayId, LabId, NodeId};
 use serialport::SerialPort;
+use simulators::kit_node::{KitNodeConfig, spawn_serial_kit_node};
 use simulators::node::{MqttNodeConfig, fresh_boot_id, run_mqtt_node};
-use simulators::serial_node::{SerialNodeConfig, spawn_serial_node};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -164,8 +164,8 @@ async fn main() -> anyhow::Result<()> {
             .context("pseudo-terminal timeout")?;
         serial_nodes.push((
             slave,
-            spawn_serial_node(
-                SerialNodeConfig {
+            spawn_serial_kit_node(
+                KitNodeConfig {
                     node: kit_node,
                     machine: "lathe-1".parse()?,
                     boot: fresh_boot_id(kit_node),

@@ -35,8 +35,8 @@
 //! ```
 pub mod chips;
 pub mod kit;
+pub mod kit_node;
 pub mod lab;
 pub mod machines;
 pub mod node;
 pub mod rng;
-pub mod serial_node;

@@ -1,25 +1,30 @@
 //! `demolab-node` — one sensor node on this computer: the real firmware runtime and drivers on
 //! register-level simulated chips, driven by a machine model, talking to a gateway over a serial
-//! line (a real tty or pseudo-terminal).
+//! line (a real tty or pseudo-terminal) or over MQTT (the firmware's own client).
 //!
 //! `demolab-node --serial /dev/pts/3 --node 00c0ffee00000001 --machine mill-1`
+//! `demolab-node --mqtt 127.0.0.1:1883 --machine mill-7`
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use demolab_simulators::kit_node::{KitNodeConfig, spawn_mqtt_kit_node, spawn_serial_kit_node};
 use demolab_simulators::node::fresh_boot_id;
-use demolab_simulators::serial_node::{SerialNodeConfig, spawn_serial_node};
 use protocol::{MachineId, NodeId};
 
-/// Run a simulated sensor node (real firmware, simulated chips) on a serial line.
+/// Run a simulated sensor node (real firmware, simulated chips) on a serial line or over MQTT.
 #[derive(Debug, Parser)]
 #[command(name = "demolab-node", version, about)]
+#[command(group(clap::ArgGroup::new("link").required(true).args(["serial", "mqtt"])))]
 struct Args {
     /// The serial device to write node frames to (the gateway reads the other end).
     #[arg(long)]
-    serial: PathBuf,
+    serial: Option<PathBuf>,
+    /// The MQTT broker the lab's gateway listens on, host:port.
+    #[arg(long)]
+    mqtt: Option<String>,
     /// Line speed.
     #[arg(long, default_value_t = 115_200)]
     baud: u32,
@@ -42,28 +47,39 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let port = serialport::new(args.serial.to_string_lossy(), args.baud)
-        .timeout(Duration::from_millis(20))
-        .open_native()
-        .with_context(|| format!("cannot open {}", args.serial.display()))?;
     let period = Duration::from_millis(args.period_ms);
-    let node = spawn_serial_node(
-        SerialNodeConfig {
-            node: args.node,
-            machine: args.machine.clone(),
-            boot: fresh_boot_id(args.node),
-            seed: args.seed,
-            sample_period: period,
-            tick_interval: period,
-            max_samples: args.samples,
-        },
-        port,
-    );
+    let config = KitNodeConfig {
+        node: args.node,
+        machine: args.machine.clone(),
+        boot: fresh_boot_id(args.node),
+        seed: args.seed,
+        sample_period: period,
+        tick_interval: period,
+        max_samples: args.samples,
+    };
+    let (node, target) = match (&args.serial, &args.mqtt) {
+        (Some(path), _) => {
+            let port = serialport::new(path.to_string_lossy(), args.baud)
+                .timeout(Duration::from_millis(20))
+                .open_native()
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            (
+                spawn_serial_kit_node(config, port),
+                path.display().to_string(),
+            )
+        }
+        (None, Some(broker)) => {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(broker.as_str())
+                .with_context(|| format!("cannot resolve the broker {broker:?}"))?
+                .next()
+                .with_context(|| format!("no address for the broker {broker:?}"))?;
+            (spawn_mqtt_kit_node(config, addr), format!("mqtt://{addr}"))
+        }
+        (None, None) => anyhow::bail!("give --serial or --mqtt"),
+    };
     println!(
-        "demolab-node {} ({}) is sampling to {}; Ctrl-C stops it",
-        args.node,
-        args.machine,
-        args.serial.display()
+        "demolab-node {} ({}) is sampling to {target}; Ctrl-C stops it",
+        args.node, args.machine
     );
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();
     let tx = stop_tx.clone();

@@ -1,6 +1,7 @@
-//! Host-run firmware (the real runtime and drivers on simulated chips) → a real pseudo-terminal →
-//! the gateway's serial source → hub. The node's cable is pulled for longer than its ring holds:
-//! every sample the ring kept arrives, in order, and the overflow is reported with an exact count.
+//! Host-run firmware (the real runtime and drivers on simulated chips) → a real pseudo-terminal or
+//! MQTT over TCP (the firmware's own client) → the gateway → hub. The node's link is pulled for
+//! longer than its ring holds: every sample the ring kept arrives, in order, and the overflow is
+//! reported with an exact count.
 
 use std::time::Duration;
 
@@ -10,15 +11,32 @@ use gateway::DropReason;
 use gateway::source::serial::SerialConfig;
 use protocol::NodeId;
 use serialport::SerialPort;
-use simulators::serial_node::{RING_FRAMES, SerialNodeConfig, spawn_serial_node};
+use simulators::kit_node::{
+    KitNodeConfig, RING_FRAMES, spawn_mqtt_kit_node, spawn_serial_kit_node,
+};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 const SAMPLES: u32 = 400;
 
+enum Link {
+    Serial,
+    Mqtt,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pulled_cable_loses_only_what_the_node_reports_and_the_rest_arrives_in_order()
+async fn a_pulled_serial_cable_loses_only_what_the_node_reports_and_the_rest_arrives_in_order()
 -> anyhow::Result<()> {
+    outage_is_reported_exactly(Link::Serial).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mqtt_connection_loses_only_what_the_node_reports_and_the_rest_arrives_in_order()
+-> anyhow::Result<()> {
+    outage_is_reported_exactly(Link::Mqtt).await
+}
+
+async fn outage_is_reported_exactly(link: Link) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let hub = start_hub(data.path()).await?;
     let (mut master, slave) = serialport::TTYPort::pair()?;
@@ -44,25 +62,26 @@ async fn a_pulled_cable_loses_only_what_the_node_reports_and_the_rest_arrives_in
     ))
     .await?;
 
-    let node = spawn_serial_node(
-        SerialNodeConfig {
-            node: NodeId(0x7717),
-            machine: "mill-tty".parse()?,
-            boot: 1,
-            seed: 9,
-            sample_period: Duration::from_secs(1),
-            tick_interval: Duration::from_millis(1),
-            max_samples: Some(SAMPLES),
-        },
-        master,
-    );
+    let node_config = KitNodeConfig {
+        node: NodeId(0x7717),
+        machine: "mill-tty".parse()?,
+        boot: 1,
+        seed: 9,
+        sample_period: Duration::from_secs(1),
+        tick_interval: Duration::from_millis(1),
+        max_samples: Some(SAMPLES),
+    };
+    let node = match link {
+        Link::Serial => spawn_serial_kit_node(node_config, master),
+        Link::Mqtt => spawn_mqtt_kit_node(node_config, hub.mqtt_addr()),
+    };
     let twins = hub.twins().clone();
     let key = hub::twin::TwinKey {
         lab: "lab-tty".parse()?,
         machine: "mill-tty".parse()?,
     };
-    wait_until(Duration::from_secs(20), "samples over the tty", || {
-        twins.get(&key).is_some_and(|t| t.last_seq >= 50)
+    wait_until(Duration::from_secs(20), "samples over the link", || {
+        twins.get(&key).is_some_and(|t| t.last_seq >= 1) && node.recorded() >= 50
     })
     .await?;
     node.unplug();

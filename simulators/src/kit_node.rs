@@ -1,0 +1,371 @@
+//! A sensor node on the host: the real firmware runtime and drivers (through [`RetrofitKit`]) on
+//! simulated chips, driven by a machine model, linked to a gateway either by a serial line
+//! (COBS-framed node frames on a byte stream — a real pseudo-terminal in tests, so the gateway
+//! reads a real tty) or by MQTT over TCP with the firmware's own no_std MQTT client.
+//!
+//! The link can be pulled and restored ([`KitNodeHandle::unplug`]): the node notices (a board sees
+//! the USB bridge's DTR/VBUS drop, or its TCP connection fail), keeps sampling into its ring, and
+//! reports the exact number of samples its ring had to drop once the link is back.
+
+use std::io::{ErrorKind, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use firmware::NodeCore;
+use firmware::runtime::NodeRuntime;
+use protocol::cobs::{FrameDecoder, MAX_WIRE_LEN, cobs_encode};
+use protocol::{MachineId, NodeId, ResetReason};
+
+use crate::kit::{RetrofitKit, kit_descriptors};
+use crate::machines::{CncMill, CncParams};
+use crate::node::SIM_FIRMWARE;
+
+/// Frames the node keeps while its cable is out (as a small MCU would).
+pub const RING_FRAMES: usize = 64;
+
+/// What runs on the node.
+#[derive(Debug, Clone)]
+pub struct KitNodeConfig {
+    /// Hardware id.
+    pub node: NodeId,
+    /// The machine it is clipped to.
+    pub machine: MachineId,
+    /// This run's boot id.
+    pub boot: u32,
+    /// Seed of the machine model and the vibration noise.
+    pub seed: u64,
+    /// Simulated time between samples.
+    pub sample_period: Duration,
+    /// Wall time between samples (pacing).
+    pub tick_interval: Duration,
+    /// Stop sampling after this many; the node then runs until its ring is sent.
+    pub max_samples: Option<u32>,
+}
+
+/// What the node did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KitNodeReport {
+    /// Samples taken.
+    pub recorded: u32,
+    /// The readings of the last sample.
+    pub last_readings: Vec<(u8, f32)>,
+    /// Commands received from the gateway.
+    pub commands: u32,
+}
+
+/// A running serial node.
+#[derive(Debug)]
+pub struct KitNodeHandle {
+    cable: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    recorded: Arc<AtomicU32>,
+    thread: JoinHandle<KitNodeReport>,
+}
+
+impl KitNodeHandle {
+    /// Pulls the cable.
+    pub fn unplug(&self) {
+        self.cable.store(false, Ordering::SeqCst);
+    }
+
+    /// Plugs it back in.
+    pub fn plug(&self) {
+        self.cable.store(true, Ordering::SeqCst);
+    }
+
+    /// Samples taken so far.
+    pub fn recorded(&self) -> u32 {
+        self.recorded.load(Ordering::SeqCst)
+    }
+
+    /// Whether the node has finished (sampled `max_samples` and sent its ring).
+    pub fn is_finished(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Stops the node (if it has not finished) and returns its report.
+    pub fn join(self) -> KitNodeReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Starts the node on its own thread, writing to and reading from `port` (give it a short read
+/// timeout so the loop keeps its pace).
+pub fn spawn_serial_kit_node<P: Read + Write + Send + 'static>(
+    config: KitNodeConfig,
+    port: P,
+) -> KitNodeHandle {
+    let cable = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorded = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (cable, stop, recorded, done) =
+            (cable.clone(), stop.clone(), recorded.clone(), done.clone());
+        std::thread::spawn(move || run(config, port, &cable, &stop, &done, &recorded))
+    };
+    KitNodeHandle {
+        cable,
+        stop,
+        done,
+        recorded,
+        thread,
+    }
+}
+
+fn run<P: Read + Write>(
+    config: KitNodeConfig,
+    mut port: P,
+    cable: &AtomicBool,
+    stop: &AtomicBool,
+    done: &AtomicBool,
+    recorded: &AtomicU32,
+) -> KitNodeReport {
+    let period_ms = u32::try_from(config.sample_period.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let core = NodeCore::new(
+        config.node,
+        SIM_FIRMWARE,
+        config.boot,
+        Some(config.machine.clone()),
+        kit_descriptors(period_ms),
+    );
+    let mut runtime = NodeRuntime::<RING_FRAMES>::new(core, ResetReason::PowerOn);
+    let mut mill = CncMill::new(config.seed, CncParams::default());
+    let mut kit = RetrofitKit::new(config.seed);
+    let mut decoder = FrameDecoder::new();
+    let mut report = KitNodeReport::default();
+    let mut uptime_ms = 0u64;
+    let mut link = false;
+    let mut wire = [0u8; MAX_WIRE_LEN];
+    let mut incoming = [0u8; 256];
+    while !stop.load(Ordering::SeqCst) {
+        match (cable.load(Ordering::SeqCst), link) {
+            (true, false) => {
+                runtime.link_up(uptime_ms);
+                link = true;
+            }
+            (false, true) => {
+                runtime.link_lost(uptime_ms);
+                link = false;
+            }
+            _ => {}
+        }
+        while let Some(frame) = runtime.next_frame() {
+            let Some(len) = cobs_encode(frame, &mut wire[..MAX_WIRE_LEN - 1]) else {
+                break;
+            };
+            wire[len] = 0;
+            if port.write_all(&wire[..=len]).is_err() {
+                runtime.link_lost(uptime_ms);
+                link = false;
+                break;
+            }
+            runtime.frame_sent();
+        }
+        let sampling = config.max_samples.is_none_or(|max| report.recorded < max);
+        // Done, but the port stays open until `join`: closing a pty's master side discards
+        // what the other side has not read yet.
+        if !sampling && link && runtime.queued() == 0 {
+            done.store(true, Ordering::SeqCst);
+        }
+        // Sample after sending: the ring only fills while the cable is out, so every drop
+        // happens before the next `link_up`, which reports it.
+        // The node's clock runs whether or not it samples (reconnect backoff counts on it).
+        uptime_ms += u64::from(period_ms);
+        if sampling {
+            let machine = mill.step(config.sample_period);
+            let sensed = kit.sense(uptime_ms, &machine);
+            runtime.record(uptime_ms, &sensed.readings, &sensed.faults);
+            report.recorded += 1;
+            report.last_readings = sensed.readings;
+            recorded.store(report.recorded, Ordering::SeqCst);
+        }
+        match port.read(&mut incoming) {
+            Ok(n) => decoder.feed(&incoming[..n], |frame| {
+                if let Ok(frame) = frame {
+                    report.commands += 1;
+                    runtime.receive(uptime_ms, &frame);
+                }
+            }),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => {}
+        }
+        std::thread::sleep(config.tick_interval);
+    }
+    report
+}
+
+/// Starts the node on its own thread, publishing to the MQTT broker at `broker` with the
+/// firmware's MQTT 3.1.1 client (QoS 1, one message in flight), and taking commands from its
+/// down topic.
+pub fn spawn_mqtt_kit_node(config: KitNodeConfig, broker: std::net::SocketAddr) -> KitNodeHandle {
+    let cable = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorded = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (cable, stop, recorded, done) =
+            (cable.clone(), stop.clone(), recorded.clone(), done.clone());
+        std::thread::spawn(move || run_mqtt(config, broker, &cable, &stop, &done, &recorded))
+    };
+    KitNodeHandle {
+        cable,
+        stop,
+        done,
+        recorded,
+        thread,
+    }
+}
+
+/// `std::net::TcpStream` as the firmware's `embedded_io` transport.
+struct Tcp(std::net::TcpStream);
+
+impl embedded_io::ErrorType for Tcp {
+    type Error = std::io::Error;
+}
+
+impl embedded_io::Read for Tcp {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::io::Read::read(&mut self.0, buf)
+    }
+}
+
+impl embedded_io::Write for Tcp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::Write::write(&mut self.0, buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.0)
+    }
+}
+
+/// Publishes block until PUBACK; reads for commands must not stall the sampling loop.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL_TIMEOUT: Duration = Duration::from_millis(1);
+
+fn run_mqtt(
+    config: KitNodeConfig,
+    broker: std::net::SocketAddr,
+    cable: &AtomicBool,
+    stop: &AtomicBool,
+    done: &AtomicBool,
+    recorded: &AtomicU32,
+) -> KitNodeReport {
+    use firmware::mqtt::MqttClient;
+    use firmware::mqtt::packet::Connect;
+    use protocol::node_topic::{Direction, format};
+
+    let period_ms = u32::try_from(config.sample_period.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let core = NodeCore::new(
+        config.node,
+        SIM_FIRMWARE,
+        config.boot,
+        Some(config.machine.clone()),
+        kit_descriptors(period_ms),
+    );
+    let mut runtime = NodeRuntime::<RING_FRAMES>::new(core, ResetReason::PowerOn);
+    let mut mill = CncMill::new(config.seed, CncParams::default());
+    let mut kit = RetrofitKit::new(config.seed);
+    let mut report = KitNodeReport::default();
+    let client_id = format!("kit-{}", config.node);
+    let up = format(config.node, Direction::Up);
+    let down = format(config.node, Direction::Down);
+    let started = std::time::Instant::now();
+    let wall_ms = || started.elapsed().as_millis() as u64;
+    let mut uptime_ms = 0u64;
+    let mut link: Option<(MqttClient<'_, Tcp>, std::net::TcpStream)> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let now = wall_ms();
+        if !cable.load(Ordering::SeqCst) && link.take().is_some() {
+            runtime.link_lost(uptime_ms);
+        }
+        // The runtime's reconnect backoff runs on the node's (simulated) clock, like its sampling.
+        if link.is_none() && cable.load(Ordering::SeqCst) && runtime.reconnect_due(uptime_ms) {
+            let connected = std::net::TcpStream::connect(broker)
+                .ok()
+                .and_then(|stream| {
+                    let control = stream.try_clone().ok()?;
+                    control.set_read_timeout(Some(PUBLISH_TIMEOUT)).ok()?;
+                    let _ = control.set_nodelay(true);
+                    let mut client = MqttClient::new(Tcp(stream), Connect::new(&client_id, 30));
+                    client.connect(now).ok()?;
+                    client.subscribe(down.as_str(), now).ok()?;
+                    Some((client, control))
+                });
+            match connected {
+                Some(established) => {
+                    runtime.link_up(uptime_ms);
+                    link = Some(established);
+                }
+                None => runtime.reconnect_failed(uptime_ms),
+            }
+        }
+        if let Some((client, _)) = link.as_mut() {
+            while let Some(frame) = runtime.next_frame() {
+                if client.publish_qos1(up.as_str(), frame, wall_ms()).is_err() {
+                    break;
+                }
+                runtime.frame_sent();
+            }
+            if runtime.next_frame().is_some() {
+                // A publish failed: the connection is gone.
+                link = None;
+                runtime.link_lost(uptime_ms);
+            }
+        }
+        let sampling = config.max_samples.is_none_or(|max| report.recorded < max);
+        if !sampling && link.is_some() && runtime.queued() == 0 {
+            done.store(true, Ordering::SeqCst);
+        }
+        // The node's clock runs whether or not it samples (reconnect backoff counts on it).
+        uptime_ms += u64::from(period_ms);
+        if sampling {
+            let machine = mill.step(config.sample_period);
+            let sensed = kit.sense(uptime_ms, &machine);
+            runtime.record(uptime_ms, &sensed.readings, &sensed.faults);
+            report.recorded += 1;
+            report.last_readings = sensed.readings;
+            recorded.store(report.recorded, Ordering::SeqCst);
+        }
+        if let Some((client, control)) = link.as_mut() {
+            let _ = control.set_read_timeout(Some(POLL_TIMEOUT));
+            let polled = client
+                .poll_incoming(wall_ms())
+                .map(|message| message.and_then(|m| protocol::codec::decode(m.payload).ok()));
+            let _ = control.set_read_timeout(Some(PUBLISH_TIMEOUT));
+            match polled {
+                Ok(Some(frame)) => {
+                    report.commands += 1;
+                    runtime.receive(uptime_ms, &frame);
+                }
+                Ok(None) => {}
+                // A read timeout on a socket is WouldBlock on Unix: no command, not a lost link.
+                Err(firmware::mqtt::ClientError::Transport(err))
+                    if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(err) if err.is_fatal() => {
+                    link = None;
+                    runtime.link_lost(uptime_ms);
+                }
+                Err(_) => {}
+            }
+        }
+        std::thread::sleep(config.tick_interval);
+    }
+    if let Some((mut client, _)) = link {
+        let _ = client.disconnect();
+    }
+    report
+}
