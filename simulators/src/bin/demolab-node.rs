@@ -16,7 +16,7 @@ use protocol::{MachineId, NodeId};
 
 /// Run a simulated sensor node (real firmware, simulated chips) on a serial line or over MQTT.
 #[derive(Debug, Parser)]
-#[command(name = "demolab-node", version, about)]
+#[command(name = "demolab-node", version)]
 #[command(group(clap::ArgGroup::new("link").required(true).args(["serial", "mqtt"])))]
 struct Args {
     /// The serial device to write node frames to (the gateway reads the other end).
