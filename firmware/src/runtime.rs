@@ -31,6 +31,10 @@ pub struct NodeRuntime<const RING: usize> {
     /// Bit per metric index: sensors currently in fault.
     faulty: u16,
     encode_failures: u32,
+    /// The encoded `Hello`, kept out of the ring: it is the largest frame (a ring slot is sized
+    /// for samples), it is always sent first, and a newer one replaces an unsent one.
+    hello: heapless::Vec<u8, MAX_FRAME_LEN>,
+    hello_pending: bool,
 }
 
 impl<const RING: usize> NodeRuntime<RING> {
@@ -45,9 +49,10 @@ impl<const RING: usize> NodeRuntime<RING> {
             backoff_ms: BACKOFF_START_MS,
             faulty: 0,
             encode_failures: 0,
+            hello: heapless::Vec::new(),
+            hello_pending: false,
         };
-        let hello = runtime.core.hello();
-        runtime.queue(&hello);
+        runtime.say_hello();
         runtime.queue_event(0, EventKind::Reset { reason: reset });
         runtime
     }
@@ -96,18 +101,36 @@ impl<const RING: usize> NodeRuntime<RING> {
         }
     }
 
-    /// The frame to send next, if the link is up and something waits.
+    /// The frame to send next, if the link is up and something waits: a pending `Hello` first.
     pub fn next_frame(&self) -> Option<&[u8]> {
-        if self.link_up {
-            self.ring.front()
-        } else {
-            None
+        match (self.link_up, self.hello_pending) {
+            (false, _) => None,
+            (true, true) => Some(&self.hello),
+            (true, false) => self.ring.front(),
         }
     }
 
     /// The frame from [`NodeRuntime::next_frame`] went out.
     pub fn frame_sent(&mut self) {
-        self.ring.pop();
+        if self.hello_pending {
+            self.hello_pending = false;
+        } else {
+            self.ring.pop();
+        }
+    }
+
+    fn say_hello(&mut self) {
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let encoded = codec::encode(&self.core.hello(), &mut buf)
+            .ok()
+            .and_then(|bytes| heapless::Vec::from_slice(bytes).ok());
+        match encoded {
+            Some(hello) => {
+                self.hello = hello;
+                self.hello_pending = true;
+            }
+            None => self.encode_failures = self.encode_failures.saturating_add(1),
+        }
     }
 
     /// The link dropped: keep buffering, try again after the backoff.
@@ -130,35 +153,34 @@ impl<const RING: usize> NodeRuntime<RING> {
         self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
     }
 
-    /// The link is up: say `Hello` again and report how many frames the ring had to drop
-    /// meanwhile — including the ones these two frames push out of a full ring.
+    /// The link is up: say `Hello` again and report how many samples the ring had to drop
+    /// meanwhile — including one the report itself pushes out of a full ring.
     pub fn link_up(&mut self, now_ms: u64) {
         self.link_up = true;
         self.backoff_ms = BACKOFF_START_MS;
-        let pushed_out = self.ring.samples_pushed_out_by(2);
+        let pushed_out = self.ring.samples_pushed_out_by(1);
         let dropped_samples = self.ring.take_dropped().saturating_add(pushed_out);
         self.queue_event(now_ms, EventKind::LinkRegained { dropped_samples });
-        let hello = self.core.hello();
-        self.queue(&hello);
         // Already reported above.
         self.ring.take_dropped();
+        self.say_hello();
     }
 
     /// Handles a frame from the gateway (a `Command`), queueing its `Ack` (and `Hello`).
     pub fn receive(&mut self, now_ms: u64, frame: &Frame) {
         if let Some(reply) = self.core.handle(now_ms, frame) {
             self.queue(&reply.ack);
-            if let Some(hello) = reply.hello {
-                self.queue(&hello);
+            if reply.hello.is_some() {
+                self.say_hello();
             }
             // A new period takes effect from now.
             self.next_sample_ms = self.next_sample_ms.min(now_ms + self.period_ms());
         }
     }
 
-    /// Frames waiting in the ring.
+    /// Frames waiting to be sent.
     pub fn queued(&self) -> usize {
-        self.ring.len()
+        self.ring.len() + usize::from(self.hello_pending)
     }
 
     /// Frames that could not be encoded (a bug, not a link problem).
@@ -257,9 +279,9 @@ mod tests {
                 }
             })
             .collect();
-        // 8 slots: LinkLost, then 20 samples, then LinkRegained and Hello; everything older than
-        // sample 15 was pushed out.
-        assert_eq!(seqs.as_slice(), &[15, 16, 17, 18, 19, 20]);
+        // 8 slots: LinkLost, then 20 samples, then LinkRegained; everything older than sample 14
+        // was pushed out (the Hello waits outside the ring).
+        assert_eq!(seqs.as_slice(), &[14, 15, 16, 17, 18, 19, 20]);
         let dropped = frames.iter().find_map(|f| match f {
             Frame::Event(Event {
                 kind: EventKind::LinkRegained { dropped_samples },
@@ -267,9 +289,9 @@ mod tests {
             }) => Some(*dropped_samples),
             _ => None,
         });
-        // Exact: 20 samples taken during the outage = 6 delivered + 14 dropped (the LinkLost
+        // Exact: 20 samples taken during the outage = 7 delivered + 13 dropped (the LinkLost
         // event that was pushed out too is not a sample).
-        assert_eq!(dropped, Some(14));
+        assert_eq!(dropped, Some(13));
     }
 
     #[test]
@@ -305,6 +327,42 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    #[test]
+    fn a_hello_larger_than_a_ring_slot_still_goes_out_first() {
+        let mut metrics = heapless::Vec::new();
+        for index in 0..16u8 {
+            let mut name = heapless::String::<48>::new();
+            let _ = core::fmt::Write::write_fmt(
+                &mut name,
+                format_args!("feature_{index:02}.a_rather_long_property_name"),
+            );
+            let name = protocol::MetricName::new(&name).expect("valid");
+            let _ = metrics.push(protocol::MetricDescriptor {
+                index,
+                name,
+                unit: protocol::Unit::Count,
+                period_ms: 1000,
+            });
+        }
+        let core = NodeCore::new(
+            golden::NODE,
+            protocol::FirmwareVersion {
+                major: 1,
+                minor: 0,
+                patch: 0,
+            },
+            1,
+            None,
+            metrics,
+        );
+        let mut rt = NodeRuntime::<4>::new(core, ResetReason::PowerOn);
+        rt.link_up(0);
+        let first = rt.next_frame().expect("something to send");
+        assert!(first.len() > crate::ring::SLOT, "{} bytes", first.len());
+        assert!(matches!(codec::decode(first), Ok(Frame::Hello(h)) if h.metrics.len() == 16));
+        assert_eq!(rt.encode_failures(), 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use firmware::drivers::ads1115::{self, Ads1115, Channel, Gain};
 use firmware::drivers::digital::DebouncedInput;
 use firmware::drivers::lis3dh::{self, Acceleration, Lis3dh};
 use firmware::drivers::sht3x::{self, Repeatability, Sht3x};
-use firmware::features::{EnergyCounter, magnitude, window_stats};
+use firmware::features::{EnergyCounter, StateThresholds, magnitude, window_stats};
 use protocol::{MetricDescriptor, MetricName, Unit};
 
 use crate::chips::ads1115::SimAds1115;
@@ -22,14 +22,21 @@ use crate::machines::{CncReading, MachineState};
 use crate::rng::SimRng;
 
 /// What the kit measures, in metric-index order.
-pub const KIT_METRICS: [(u8, &str, Unit); 6] = [
+pub const KIT_METRICS: [(u8, &str, Unit); 7] = [
     (0, "spindle.power_w", Unit::Watt),
     (1, "vibration.rms_g", Unit::StandardGravity),
     (2, "vibration.crest", Unit::Dimensionless),
     (3, "coolant.temperature_c", Unit::Celsius),
     (4, "state.code", Unit::StateCode),
     (5, "energy.total_wh", Unit::WattHour),
+    (6, "production.cycles", Unit::Count),
 ];
+
+/// Off below the control cabinet's standby draw; running once the spindle cuts.
+const MILL_THRESHOLDS: StateThresholds = StateThresholds {
+    off_below_w: 200.0,
+    running_from_w: 1500.0,
+};
 
 /// Amps per volt of the clamp's output (a 0–10 V / 0–100 A clamp).
 pub const CLAMP_A_PER_V: f32 = 10.0;
@@ -174,13 +181,18 @@ impl RetrofitKit {
             Ok(measurement) => readings.push((3, measurement.temperature_c)),
             Err(err) => faults.push((3, error_code(matches!(err, sht3x::Error::Crc { .. })))),
         }
+        // State from the spindle's power (the node's own judgement, not the simulator's); without
+        // a power reading the running signal still tells off from on.
         let _ = self.running.poll(uptime_ms);
-        let state = if self.running.is_high() {
-            machine.state
-        } else {
-            MachineState::Off
+        let power = readings.iter().find(|r| r.0 == 0).map(|r| r.1);
+        let state = match power {
+            Some(watts) => MILL_THRESHOLDS.state(watts),
+            None if self.running.is_high() => MachineState::Idle,
+            None => MachineState::Off,
         };
         readings.push((4, f32::from(state.code())));
+        // Each part cycle raises the running signal once.
+        readings.push((6, self.running.rising_edges() as f32));
         Sensed { readings, faults }
     }
 
@@ -216,9 +228,10 @@ impl RetrofitKit {
         self.chips
             .ads1115
             .set_input_volts(0, current / CLAMP_A_PER_V);
+        // The machine's "cycle running" output: high while it cuts a part.
         self.chips
             .running
-            .set_high(machine.state != MachineState::Off);
+            .set_high(machine.state == MachineState::Running);
         // Velocity RMS (mm/s) at the spindle frequency → acceleration amplitude (g).
         let omega = core::f32::consts::TAU * SPINDLE_HZ;
         let amplitude_g =
@@ -308,8 +321,46 @@ mod tests {
         let sensed = kit.sense(1000, &running_mill());
         assert_eq!(sensed.faults, vec![(3, 2)]);
         assert!(sensed.readings.iter().all(|r| r.0 != 3));
-        assert_eq!(sensed.readings.len(), 5);
+        assert_eq!(sensed.readings.len(), 6);
         inject(kit.chips(), 0, Fault::Nack);
         assert!(kit.sense(2000, &running_mill()).faults.contains(&(0, 1)));
+    }
+}
+
+#[cfg(test)]
+mod cycle_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::machines::{CncMill, CncParams};
+
+    #[test]
+    fn over_an_hour_the_node_counts_the_mills_parts_and_judges_its_state_from_power() {
+        let mut mill = CncMill::new(5, CncParams::default());
+        let mut kit = RetrofitKit::new(5);
+        let mut last = Sensed::default();
+        let mut agree = 0;
+        let steps = 3600;
+        for second in 1..=steps {
+            let machine = mill.step(Duration::from_secs(1));
+            last = kit.sense(second * 1000, &machine);
+            let state = last.readings.iter().find(|r| r.0 == 4).map(|r| r.1);
+            agree += usize::from(state == Some(f32::from(machine.state.code())));
+        }
+        let cycles = last
+            .readings
+            .iter()
+            .find(|r| r.0 == 6)
+            .map(|r| r.1)
+            .unwrap_or_default();
+        let parts = mill.reading().parts_completed as f32;
+        assert!(
+            (cycles - parts).abs() <= 1.0,
+            "cycles {cycles} vs parts {parts}"
+        );
+        assert!(
+            agree * 100 / steps as usize >= 90,
+            "power thresholds agree with the machine {agree}/{steps}"
+        );
     }
 }

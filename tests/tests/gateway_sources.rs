@@ -85,6 +85,9 @@ async fn every_bad_input_is_counted_by_reason_and_the_good_sources_keep_flowing(
         }],
     }];
     let cancel = CancellationToken::new();
+    // Serial readers run on blocking threads: stop them even when the test fails early, or the
+    // runtime would wait for them forever.
+    let _stop_on_failure = cancel.clone().drop_guard();
     let gateway = start_gateway_with(config, &cancel).await?;
 
     // Serial: Hello, then samples with garbage and one corrupted frame in the middle.

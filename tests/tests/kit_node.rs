@@ -45,6 +45,9 @@ async fn outage_is_reported_exactly(link: Link) -> anyhow::Result<()> {
         .name()
         .ok_or_else(|| anyhow::anyhow!("pty without a name"))?;
     let cancel = CancellationToken::new();
+    // Serial readers run on blocking threads: stop them even when the test fails early, or the
+    // runtime would wait for them forever.
+    let _stop_on_failure = cancel.clone().drop_guard();
     let mut config = gateway_config(
         hub.mqtt_addr().port(),
         "lab-tty",
