@@ -55,41 +55,130 @@ pub struct KitNodeReport {
     pub commands: u32,
 }
 
-/// A running serial node.
+/// A running node.
 #[derive(Debug)]
 pub struct KitNodeHandle {
-    cable: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-    recorded: Arc<AtomicU32>,
+    shared: Arc<Shared>,
     thread: JoinHandle<KitNodeReport>,
 }
 
 impl KitNodeHandle {
-    /// Pulls the cable.
+    /// Pulls the cable (or, over MQTT, takes the network away).
     pub fn unplug(&self) {
-        self.cable.store(false, Ordering::SeqCst);
+        self.shared.cable.store(false, Ordering::SeqCst);
     }
 
     /// Plugs it back in.
     pub fn plug(&self) {
-        self.cable.store(true, Ordering::SeqCst);
+        self.shared.cable.store(true, Ordering::SeqCst);
     }
 
     /// Samples taken so far.
     pub fn recorded(&self) -> u32 {
-        self.recorded.load(Ordering::SeqCst)
+        self.shared.recorded.load(Ordering::SeqCst)
     }
 
     /// Whether the node has finished (sampled `max_samples` and sent its ring).
     pub fn is_finished(&self) -> bool {
-        self.done.load(Ordering::SeqCst)
+        self.shared.done.load(Ordering::SeqCst)
     }
 
     /// Stops the node (if it has not finished) and returns its report.
     pub fn join(self) -> KitNodeReport {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
         self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The flags a running node shares with its handle.
+#[derive(Debug, Default)]
+struct Shared {
+    cable: AtomicBool,
+    stop: AtomicBool,
+    done: AtomicBool,
+    recorded: AtomicU32,
+}
+
+/// Runs `body` on its own thread with fresh shared flags (cable plugged in).
+fn spawn(body: impl FnOnce(&Shared) -> KitNodeReport + Send + 'static) -> KitNodeHandle {
+    let shared = Arc::new(Shared {
+        cable: AtomicBool::new(true),
+        ..Shared::default()
+    });
+    let thread = {
+        let shared = shared.clone();
+        std::thread::spawn(move || body(&shared))
+    };
+    KitNodeHandle { shared, thread }
+}
+
+/// The node itself, link aside: firmware runtime, machine model, sensor kit and the node's clock.
+struct Simulated {
+    config: KitNodeConfig,
+    runtime: NodeRuntime<RING_FRAMES>,
+    mill: CncMill,
+    kit: RetrofitKit,
+    report: KitNodeReport,
+    period_ms: u32,
+    uptime_ms: u64,
+}
+
+impl Simulated {
+    fn new(config: KitNodeConfig) -> Self {
+        let period_ms = u32::try_from(config.sample_period.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let core = NodeCore::new(
+            config.node,
+            SIM_FIRMWARE,
+            config.boot,
+            Some(config.machine.clone()),
+            kit_descriptors(period_ms),
+        );
+        Self {
+            runtime: NodeRuntime::new(core, ResetReason::PowerOn),
+            mill: CncMill::new(config.seed, CncParams::default()),
+            kit: RetrofitKit::new(config.seed),
+            report: KitNodeReport::default(),
+            period_ms,
+            uptime_ms: 0,
+            config,
+        }
+    }
+
+    fn sampling(&self) -> bool {
+        self.config
+            .max_samples
+            .is_none_or(|max| self.report.recorded < max)
+    }
+
+    /// One tick after the link had its turn: marks the node done once everything is out, then
+    /// advances the clock and samples. Sampling after sending means the ring only fills while the
+    /// link is down, so every drop happens before the next `link_up`, which reports it.
+    fn tick(&mut self, link_up: bool, shared: &Shared) {
+        // Done, but the link stays open until `join`: closing a pty's master side discards what
+        // the other side has not read yet.
+        if !self.sampling() && link_up && self.runtime.queued() == 0 {
+            shared.done.store(true, Ordering::SeqCst);
+        }
+        // The node's clock runs whether or not it samples (reconnect backoff counts on it).
+        self.uptime_ms += u64::from(self.period_ms);
+        if self.sampling() {
+            let machine = self.mill.step(self.config.sample_period);
+            let sensed = self.kit.sense(self.uptime_ms, &machine);
+            self.runtime
+                .record(self.uptime_ms, &sensed.readings, &sensed.faults);
+            self.report.recorded += 1;
+            self.report.last_readings = sensed.readings;
+            shared
+                .recorded
+                .store(self.report.recorded, Ordering::SeqCst);
+        }
+    }
+
+    fn receive(&mut self, frame: &protocol::Frame) {
+        self.report.commands += 1;
+        self.runtime.receive(self.uptime_ms, frame);
     }
 }
 
@@ -99,132 +188,57 @@ pub fn spawn_serial_kit_node<P: Read + Write + Send + 'static>(
     config: KitNodeConfig,
     port: P,
 ) -> KitNodeHandle {
-    let cable = Arc::new(AtomicBool::new(true));
-    let stop = Arc::new(AtomicBool::new(false));
-    let recorded = Arc::new(AtomicU32::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let (cable, stop, recorded, done) =
-            (cable.clone(), stop.clone(), recorded.clone(), done.clone());
-        std::thread::spawn(move || run(config, port, &cable, &stop, &done, &recorded))
-    };
-    KitNodeHandle {
-        cable,
-        stop,
-        done,
-        recorded,
-        thread,
-    }
+    spawn(move |shared| run_serial(Simulated::new(config), port, shared))
 }
 
-fn run<P: Read + Write>(
-    config: KitNodeConfig,
-    mut port: P,
-    cable: &AtomicBool,
-    stop: &AtomicBool,
-    done: &AtomicBool,
-    recorded: &AtomicU32,
-) -> KitNodeReport {
-    let period_ms = u32::try_from(config.sample_period.as_millis())
-        .unwrap_or(u32::MAX)
-        .max(1);
-    let core = NodeCore::new(
-        config.node,
-        SIM_FIRMWARE,
-        config.boot,
-        Some(config.machine.clone()),
-        kit_descriptors(period_ms),
-    );
-    let mut runtime = NodeRuntime::<RING_FRAMES>::new(core, ResetReason::PowerOn);
-    let mut mill = CncMill::new(config.seed, CncParams::default());
-    let mut kit = RetrofitKit::new(config.seed);
+fn run_serial<P: Read + Write>(mut node: Simulated, mut port: P, shared: &Shared) -> KitNodeReport {
     let mut decoder = FrameDecoder::new();
-    let mut report = KitNodeReport::default();
-    let mut uptime_ms = 0u64;
     let mut link = false;
     let mut wire = [0u8; MAX_WIRE_LEN];
     let mut incoming = [0u8; 256];
-    while !stop.load(Ordering::SeqCst) {
-        match (cable.load(Ordering::SeqCst), link) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        match (shared.cable.load(Ordering::SeqCst), link) {
             (true, false) => {
-                runtime.link_up(uptime_ms);
+                node.runtime.link_up(node.uptime_ms);
                 link = true;
             }
             (false, true) => {
-                runtime.link_lost(uptime_ms);
+                node.runtime.link_lost(node.uptime_ms);
                 link = false;
             }
             _ => {}
         }
-        while let Some(frame) = runtime.next_frame() {
+        while let Some(frame) = node.runtime.next_frame() {
             let Some(len) = cobs_encode(frame, &mut wire[..MAX_WIRE_LEN - 1]) else {
                 break;
             };
             wire[len] = 0;
             if port.write_all(&wire[..=len]).is_err() {
-                runtime.link_lost(uptime_ms);
+                node.runtime.link_lost(node.uptime_ms);
                 link = false;
                 break;
             }
-            runtime.frame_sent();
+            node.runtime.frame_sent();
         }
-        let sampling = config.max_samples.is_none_or(|max| report.recorded < max);
-        // Done, but the port stays open until `join`: closing a pty's master side discards
-        // what the other side has not read yet.
-        if !sampling && link && runtime.queued() == 0 {
-            done.store(true, Ordering::SeqCst);
-        }
-        // Sample after sending: the ring only fills while the cable is out, so every drop
-        // happens before the next `link_up`, which reports it.
-        // The node's clock runs whether or not it samples (reconnect backoff counts on it).
-        uptime_ms += u64::from(period_ms);
-        if sampling {
-            let machine = mill.step(config.sample_period);
-            let sensed = kit.sense(uptime_ms, &machine);
-            runtime.record(uptime_ms, &sensed.readings, &sensed.faults);
-            report.recorded += 1;
-            report.last_readings = sensed.readings;
-            recorded.store(report.recorded, Ordering::SeqCst);
-        }
-        match port.read(&mut incoming) {
-            Ok(n) => decoder.feed(&incoming[..n], |frame| {
+        node.tick(link, shared);
+        // Read errors are timeouts (the pace of the loop); a real fault shows as a failed write.
+        if let Ok(n) = port.read(&mut incoming) {
+            decoder.feed(&incoming[..n], |frame| {
                 if let Ok(frame) = frame {
-                    report.commands += 1;
-                    runtime.receive(uptime_ms, &frame);
+                    node.receive(&frame);
                 }
-            }),
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
-                ) => {}
-            Err(_) => {}
+            });
         }
-        std::thread::sleep(config.tick_interval);
+        std::thread::sleep(node.config.tick_interval);
     }
-    report
+    node.report
 }
 
 /// Starts the node on its own thread, publishing to the MQTT broker at `broker` with the
 /// firmware's MQTT 3.1.1 client (QoS 1, one message in flight), and taking commands from its
 /// down topic.
 pub fn spawn_mqtt_kit_node(config: KitNodeConfig, broker: std::net::SocketAddr) -> KitNodeHandle {
-    let cable = Arc::new(AtomicBool::new(true));
-    let stop = Arc::new(AtomicBool::new(false));
-    let recorded = Arc::new(AtomicU32::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let (cable, stop, recorded, done) =
-            (cable.clone(), stop.clone(), recorded.clone(), done.clone());
-        std::thread::spawn(move || run_mqtt(config, broker, &cable, &stop, &done, &recorded))
-    };
-    KitNodeHandle {
-        cable,
-        stop,
-        done,
-        recorded,
-        thread,
-    }
+    spawn(move |shared| run_mqtt(Simulated::new(config), broker, shared))
 }
 
 /// `std::net::TcpStream` as the firmware's `embedded_io` transport.
@@ -254,46 +268,26 @@ impl embedded_io::Write for Tcp {
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL_TIMEOUT: Duration = Duration::from_millis(1);
 
-fn run_mqtt(
-    config: KitNodeConfig,
-    broker: std::net::SocketAddr,
-    cable: &AtomicBool,
-    stop: &AtomicBool,
-    done: &AtomicBool,
-    recorded: &AtomicU32,
-) -> KitNodeReport {
+fn run_mqtt(mut node: Simulated, broker: std::net::SocketAddr, shared: &Shared) -> KitNodeReport {
     use firmware::mqtt::MqttClient;
     use firmware::mqtt::packet::Connect;
     use protocol::node_topic::{Direction, format};
 
-    let period_ms = u32::try_from(config.sample_period.as_millis())
-        .unwrap_or(u32::MAX)
-        .max(1);
-    let core = NodeCore::new(
-        config.node,
-        SIM_FIRMWARE,
-        config.boot,
-        Some(config.machine.clone()),
-        kit_descriptors(period_ms),
-    );
-    let mut runtime = NodeRuntime::<RING_FRAMES>::new(core, ResetReason::PowerOn);
-    let mut mill = CncMill::new(config.seed, CncParams::default());
-    let mut kit = RetrofitKit::new(config.seed);
-    let mut report = KitNodeReport::default();
-    let client_id = format!("kit-{}", config.node);
-    let up = format(config.node, Direction::Up);
-    let down = format(config.node, Direction::Down);
+    let id = node.config.node;
+    let client_id = format!("kit-{id}");
+    let up = format(id, Direction::Up);
+    let down = format(id, Direction::Down);
     let started = std::time::Instant::now();
     let wall_ms = || started.elapsed().as_millis() as u64;
-    let mut uptime_ms = 0u64;
     let mut link: Option<(MqttClient<'_, Tcp>, std::net::TcpStream)> = None;
-    while !stop.load(Ordering::SeqCst) {
+    while !shared.stop.load(Ordering::SeqCst) {
         let now = wall_ms();
-        if !cable.load(Ordering::SeqCst) && link.take().is_some() {
-            runtime.link_lost(uptime_ms);
+        let cable = shared.cable.load(Ordering::SeqCst);
+        if !cable && link.take().is_some() {
+            node.runtime.link_lost(node.uptime_ms);
         }
         // The runtime's reconnect backoff runs on the node's (simulated) clock, like its sampling.
-        if link.is_none() && cable.load(Ordering::SeqCst) && runtime.reconnect_due(uptime_ms) {
+        if link.is_none() && cable && node.runtime.reconnect_due(node.uptime_ms) {
             let connected = std::net::TcpStream::connect(broker)
                 .ok()
                 .and_then(|stream| {
@@ -307,39 +301,26 @@ fn run_mqtt(
                 });
             match connected {
                 Some(established) => {
-                    runtime.link_up(uptime_ms);
+                    node.runtime.link_up(node.uptime_ms);
                     link = Some(established);
                 }
-                None => runtime.reconnect_failed(uptime_ms),
+                None => node.runtime.reconnect_failed(node.uptime_ms),
             }
         }
         if let Some((client, _)) = link.as_mut() {
-            while let Some(frame) = runtime.next_frame() {
+            while let Some(frame) = node.runtime.next_frame() {
                 if client.publish_qos1(up.as_str(), frame, wall_ms()).is_err() {
                     break;
                 }
-                runtime.frame_sent();
+                node.runtime.frame_sent();
             }
-            if runtime.next_frame().is_some() {
+            if node.runtime.next_frame().is_some() {
                 // A publish failed: the connection is gone.
                 link = None;
-                runtime.link_lost(uptime_ms);
+                node.runtime.link_lost(node.uptime_ms);
             }
         }
-        let sampling = config.max_samples.is_none_or(|max| report.recorded < max);
-        if !sampling && link.is_some() && runtime.queued() == 0 {
-            done.store(true, Ordering::SeqCst);
-        }
-        // The node's clock runs whether or not it samples (reconnect backoff counts on it).
-        uptime_ms += u64::from(period_ms);
-        if sampling {
-            let machine = mill.step(config.sample_period);
-            let sensed = kit.sense(uptime_ms, &machine);
-            runtime.record(uptime_ms, &sensed.readings, &sensed.faults);
-            report.recorded += 1;
-            report.last_readings = sensed.readings;
-            recorded.store(report.recorded, Ordering::SeqCst);
-        }
+        node.tick(link.is_some(), shared);
         if let Some((client, control)) = link.as_mut() {
             let _ = control.set_read_timeout(Some(POLL_TIMEOUT));
             let polled = client
@@ -347,25 +328,22 @@ fn run_mqtt(
                 .map(|message| message.and_then(|m| protocol::codec::decode(m.payload).ok()));
             let _ = control.set_read_timeout(Some(PUBLISH_TIMEOUT));
             match polled {
-                Ok(Some(frame)) => {
-                    report.commands += 1;
-                    runtime.receive(uptime_ms, &frame);
-                }
+                Ok(Some(frame)) => node.receive(&frame),
                 Ok(None) => {}
                 // A read timeout on a socket is WouldBlock on Unix: no command, not a lost link.
                 Err(firmware::mqtt::ClientError::Transport(err))
                     if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(err) if err.is_fatal() => {
                     link = None;
-                    runtime.link_lost(uptime_ms);
+                    node.runtime.link_lost(node.uptime_ms);
                 }
                 Err(_) => {}
             }
         }
-        std::thread::sleep(config.tick_interval);
+        std::thread::sleep(node.config.tick_interval);
     }
     if let Some((mut client, _)) = link {
         let _ = client.disconnect();
     }
-    report
+    node.report
 }
