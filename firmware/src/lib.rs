@@ -22,6 +22,7 @@ pub mod features;
 pub mod mqtt;
 pub mod ring;
 pub mod runtime;
+pub mod serial_link;
 
 use protocol::frame::{MAX_METRICS, MAX_READINGS};
 use protocol::{

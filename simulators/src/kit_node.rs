@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use firmware::NodeCore;
 use firmware::runtime::NodeRuntime;
-use protocol::cobs::{FrameDecoder, MAX_WIRE_LEN, cobs_encode};
+use firmware::serial_link::SerialLink;
 use protocol::{MachineId, NodeId, ResetReason};
 
 use crate::kit::{RetrofitKit, kit_descriptors};
@@ -191,11 +191,13 @@ pub fn spawn_serial_kit_node<P: Read + Write + Send + 'static>(
     spawn(move |shared| run_serial(Simulated::new(config), port, shared))
 }
 
-fn run_serial<P: Read + Write>(mut node: Simulated, mut port: P, shared: &Shared) -> KitNodeReport {
-    let mut decoder = FrameDecoder::new();
+fn run_serial<P: Read + Write>(mut node: Simulated, port: P, shared: &Shared) -> KitNodeReport {
+    // The firmware's own serial link, over the host port.
+    let mut serial = SerialLink::new(HostPort {
+        port,
+        pending: Vec::new(),
+    });
     let mut link = false;
-    let mut wire = [0u8; MAX_WIRE_LEN];
-    let mut incoming = [0u8; 256];
     while !shared.stop.load(Ordering::SeqCst) {
         match (shared.cable.load(Ordering::SeqCst), link) {
             (true, false) => {
@@ -209,11 +211,7 @@ fn run_serial<P: Read + Write>(mut node: Simulated, mut port: P, shared: &Shared
             _ => {}
         }
         while let Some(frame) = node.runtime.next_frame() {
-            let Some(len) = cobs_encode(frame, &mut wire[..MAX_WIRE_LEN - 1]) else {
-                break;
-            };
-            wire[len] = 0;
-            if port.write_all(&wire[..=len]).is_err() {
+            if serial.send(frame).is_err() {
                 node.runtime.link_lost(node.uptime_ms);
                 link = false;
                 break;
@@ -222,16 +220,65 @@ fn run_serial<P: Read + Write>(mut node: Simulated, mut port: P, shared: &Shared
         }
         node.tick(link, shared);
         // Read errors are timeouts (the pace of the loop); a real fault shows as a failed write.
-        if let Ok(n) = port.read(&mut incoming) {
-            decoder.feed(&incoming[..n], |frame| {
-                if let Ok(frame) = frame {
-                    node.receive(&frame);
-                }
-            });
-        }
+        let _ = serial.poll(|frame| {
+            if let Ok(frame) = frame {
+                node.receive(&frame);
+            }
+        });
         std::thread::sleep(node.config.tick_interval);
     }
     node.report
+}
+
+/// A host serial port (std `Read`/`Write` with a read timeout) as an `embedded_io` stream.
+struct HostPort<P> {
+    port: P,
+    /// Bytes read while checking readiness, handed out by the next `read`.
+    pending: Vec<u8>,
+}
+
+impl<P> embedded_io::ErrorType for HostPort<P> {
+    type Error = std::io::Error;
+}
+
+impl<P: Read> embedded_io::Read for HostPort<P> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() {
+            return self.port.read(buf);
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+}
+
+impl<P: Read> embedded_io::ReadReady for HostPort<P> {
+    fn read_ready(&mut self) -> std::io::Result<bool> {
+        if self.pending.is_empty() {
+            let mut chunk = [0u8; 256];
+            match self.port.read(&mut chunk) {
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
+                    ) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(!self.pending.is_empty())
+    }
+}
+
+impl<P: Write> embedded_io::Write for HostPort<P> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.port.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.port.flush()
+    }
 }
 
 /// Starts the node on its own thread, publishing to the MQTT broker at `broker` with the
