@@ -35,6 +35,30 @@ pub fn window_stats(samples: &[f32]) -> Option<WindowStats> {
     Some(WindowStats { rms, peak, crest })
 }
 
+/// RMS, peak and crest factor of a 3-axis window: each axis has its mean (gravity, offsets)
+/// removed, the RMS is over the vector of what remains, the peak is its largest length. Taking
+/// the magnitude first would hide vibration across gravity (it barely changes the length).
+/// `None` for an empty window or axes of unequal length.
+pub fn window_stats_3axis(x: &[f32], y: &[f32], z: &[f32]) -> Option<WindowStats> {
+    if x.is_empty() || x.len() != y.len() || x.len() != z.len() {
+        return None;
+    }
+    let n = x.len() as f32;
+    let mean = |axis: &[f32]| axis.iter().sum::<f32>() / n;
+    let (mx, my, mz) = (mean(x), mean(y), mean(z));
+    let mut sum_sq = 0.0f32;
+    let mut peak = 0.0f32;
+    for i in 0..x.len() {
+        let (dx, dy, dz) = (x[i] - mx, y[i] - my, z[i] - mz);
+        let sq = dx * dx + dy * dy + dz * dz;
+        sum_sq += sq;
+        peak = peak.max(sqrt(sq));
+    }
+    let rms = sqrt(sum_sq / n);
+    let crest = if rms > 0.0 { peak / rms } else { 0.0 };
+    Some(WindowStats { rms, peak, crest })
+}
+
 /// Magnitude of a 3-axis sample.
 pub fn magnitude(x: f32, y: f32, z: f32) -> f32 {
     sqrt(x * x + y * y + z * z)
@@ -145,6 +169,21 @@ mod tests {
         samples[10] = 3.0;
         assert!(window_stats(&samples).expect("samples").crest > 3.0 * smooth);
         assert_eq!(window_stats(&[]), None);
+    }
+
+    #[test]
+    fn vibration_across_gravity_is_seen_on_three_axes() {
+        let mut x = [0.0f32; 64];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = if i % 2 == 0 { 0.05 } else { -0.05 };
+        }
+        let z = [1.0f32; 64];
+        let stats = window_stats_3axis(&x, &[0.0; 64], &z).expect("samples");
+        assert!(
+            (stats.rms - 0.05).abs() < 1e-6 && (stats.crest - 1.0).abs() < 1e-4,
+            "{stats:?}"
+        );
+        assert_eq!(window_stats_3axis(&x, &[0.0; 3], &z), None);
     }
 
     #[test]

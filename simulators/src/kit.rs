@@ -10,7 +10,7 @@ use firmware::drivers::ads1115::{self, Ads1115, Channel, Gain};
 use firmware::drivers::digital::DebouncedInput;
 use firmware::drivers::lis3dh::{self, Acceleration, Lis3dh};
 use firmware::drivers::sht3x::{self, Repeatability, Sht3x};
-use firmware::features::{EnergyCounter, StateThresholds, magnitude, window_stats};
+use firmware::features::{EnergyCounter, StateThresholds, window_stats_3axis};
 use protocol::{MetricDescriptor, MetricName, Unit};
 
 use crate::chips::ads1115::SimAds1115;
@@ -205,11 +205,12 @@ impl RetrofitKit {
         }; WINDOW];
         Some(match lis.read_fifo(&mut window) {
             Ok(read) if read.count > 0 => {
-                let mut magnitudes = [0.0f32; WINDOW];
-                for (m, a) in magnitudes.iter_mut().zip(&window[..read.count]) {
-                    *m = magnitude(a.x_g, a.y_g, a.z_g);
+                let (mut x, mut y, mut z) = ([0.0f32; WINDOW], [0.0f32; WINDOW], [0.0f32; WINDOW]);
+                for (i, a) in window[..read.count].iter().enumerate() {
+                    (x[i], y[i], z[i]) = (a.x_g, a.y_g, a.z_g);
                 }
-                match window_stats(&magnitudes[..read.count]) {
+                let n = read.count;
+                match window_stats_3axis(&x[..n], &y[..n], &z[..n]) {
                     Some(stats) => Ok((stats.rms, stats.crest)),
                     None => Err(2),
                 }
@@ -310,7 +311,14 @@ mod tests {
             machine.spindle_power_w
         );
         assert!((value(3) - machine.coolant_temperature_c).abs() < 0.01);
-        assert!(value(1) > 0.0 && value(2) > 1.0, "running spindle vibrates");
+        // Velocity RMS at 50 Hz as acceleration RMS, through the accelerometer's quantisation.
+        let expected_g = machine.vibration_rms_mm_s * 1e-3 * core::f32::consts::TAU * 50.0 / 9.81;
+        assert!(
+            (value(1) - expected_g).abs() < 0.25 * expected_g,
+            "{} g vs {expected_g} g",
+            value(1)
+        );
+        assert!(value(2) > 1.0, "a sine's crest factor is about 1.4");
         assert_eq!(value(4), f32::from(MachineState::Running.code()));
     }
 
