@@ -8,35 +8,48 @@
 //! module names `mqtt5`, behind a small API (start / local address / shutdown),
 //! keeping the implementation swappable.
 //!
-//! Clients are anonymous for now. When authentication and per-topic
-//! authorisation arrive, `mqtt5` 0.49 offers these hooks:
+//! Without an access configuration clients are anonymous and may use any topic
+//! (the all-in-one demo). With one ([`BrokerConfig::access`], see [`access`])
+//! every CONNECT must carry a known username and its password, and every
+//! publish, Will and subscription is checked against that user's grants through
+//! mqtt5's `AuthProvider` hooks; refusals are counted in [`DenialCounters`].
+//! The same configuration generates Mosquitto's files
+//! ([`access::mosquitto`], the `demolab-broker-files` binary), and
+//! `tests/tests/broker_conformance.rs` runs one suite against both brokers.
 //!
-//! * `mqtt5::broker::AuthProvider` — `authenticate(&ConnectPacket, SocketAddr)`
-//!   on CONNECT, `authorize_publish(client_id, user_id, topic)` and
-//!   `authorize_subscribe(client_id, user_id, topic_filter)` (both async `bool`),
-//!   plus optional enhanced (AUTH packet) authentication. Install one with
-//!   `MqttBroker::with_auth_provider(Arc<dyn AuthProvider>)` before `run()`.
-//!   That *replaces* the provider wholesale: mqtt5's failed-login rate limiter
-//!   (`auth_config.rate_limit`, on by default) only wraps providers it builds
-//!   itself, so wrap a custom one in `mqtt5::broker::auth::RateLimitedAuthProvider`.
-//! * File-based alternative: `auth_config.password_file` / `acl_file`
-//!   (`AclManager` rules), which mqtt5 turns into a `ComprehensiveAuthProvider`.
-//! * `BrokerEventHandler` (`BrokerConfig::event_handler`): observes connects,
-//!   subscribes, publishes, and `on_client_publish` may return
-//!   `PublishAction::Handled`/`Transform` to swallow or rewrite a message.
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let access = demolab_broker::access::AccessConfig::load("deploy/access.toml".as_ref())?;
+//! let broker = demolab_broker::EmbeddedBroker::start(demolab_broker::BrokerConfig {
+//!     access: Some(access),
+//!     ..demolab_broker::BrokerConfig::default()
+//! })
+//! .await?;
+//! let metrics = broker.denials().render_prometheus();
+//! # Ok(()) }
+//! ```
 //!
-//! Beware when wiring authorisation: a denied QoS 1 publish is answered with an
-//! MQTT 5 style PUBACK (reason code 0x87 plus a reason-string property) even to
+//! How a refusal looks to a client differs from Mosquitto's: a denied QoS 1
+//! publish is answered with an MQTT 5 style PUBACK (reason code 0x87) even to
 //! a 3.1.1 client, for which that packet is malformed. Strict 3.1.1 clients
 //! drop the connection; rumqttc 0.25 reads it as a plain PUBACK, so the
 //! message is silently lost. A denied QoS 0 publish is silently dropped.
-//! Either way 3.1.1 devices cannot see a refusal as a soft failure.
+//! A denied subscription gets SUBACK 0x80 (Mosquitto 2.0 grants it and then
+//! delivers nothing). Either way 3.1.1 devices cannot see a refusal as a soft
+//! failure.
+
+pub mod access;
+mod enforce;
+
+pub use enforce::{DenialCounters, Denials};
 
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use mqtt5::broker::auth::RateLimitedAuthProvider;
 use mqtt5::broker::config::{StorageBackend, StorageConfig};
 use mqtt5::broker::{BrokerShutdownHandle, MqttBroker};
 use tokio::task::JoinHandle;
@@ -60,7 +73,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 pub struct BrokerConfig {
     /// Where to listen for plain MQTT over TCP. Port 0 picks a free port (see
     /// [`EmbeddedBroker::local_addr`]). The default is loopback only, because
-    /// clients are anonymous.
+    /// clients are anonymous unless `access` is set.
     pub bind: SocketAddr,
     /// Largest MQTT packet (whole packet, header included) accepted from a
     /// client; advertised to MQTT 5 clients in the CONNACK so they never send
@@ -72,6 +85,10 @@ pub struct BrokerConfig {
     /// Byte budget of the same per-client queue; whichever limit is hit first
     /// applies.
     pub max_queued_bytes_per_client: usize,
+    /// Who may connect and which topics each may use. `None` keeps the broker
+    /// open to anonymous clients on every topic (the demo); `Some` refuses
+    /// anonymous clients.
+    pub access: Option<access::AccessConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -86,6 +103,7 @@ impl Default for BrokerConfig {
             // few seconds while a whole lab reports must not lose QoS 1 data.
             max_queued_messages_per_client: 100_000,
             max_queued_bytes_per_client: 64 * 1024 * 1024,
+            access: None,
         }
     }
 }
@@ -118,6 +136,7 @@ pub enum BrokerError {
 pub struct EmbeddedBroker {
     local_addr: SocketAddr,
     shutdown: BrokerShutdownHandle,
+    denials: Arc<DenialCounters>,
     /// `None` only once `shutdown` has taken it.
     task: Option<JoinHandle<mqtt5::Result<()>>>,
 }
@@ -141,6 +160,16 @@ impl EmbeddedBroker {
         let mut broker = MqttBroker::with_config(mqtt5_config(&config)?)
             .await
             .map_err(|e| start_error(bind, e))?;
+        let denials = Arc::new(DenialCounters::default());
+        if let Some(access) = config.access {
+            let provider = Arc::new(enforce::AccessProvider::new(access, Arc::clone(&denials)));
+            // `with_auth_provider` replaces mqtt5's provider wholesale, including the
+            // failed-login rate limiter it would otherwise wrap around its own; keep it (5
+            // failures per address or username a minute lock that one out for 5 minutes).
+            broker = broker.with_auth_provider(Arc::new(
+                RateLimitedAuthProvider::with_default_limits(provider),
+            ));
+        }
         // Only knowable before `run()`, which moves the listener into its
         // accept task.
         let local_addr = broker.local_addr().ok_or_else(|| {
@@ -167,6 +196,7 @@ impl EmbeddedBroker {
         Ok(Self {
             local_addr,
             shutdown,
+            denials,
             task: Some(task),
         })
     }
@@ -174,6 +204,12 @@ impl EmbeddedBroker {
     /// The address actually listened on (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What the broker refused so far (all zero without an access configuration);
+    /// the counters stay live, so keep the `Arc` to render them later.
+    pub fn denials(&self) -> Arc<DenialCounters> {
+        Arc::clone(&self.denials)
     }
 
     /// Disconnects all clients, stops every broker task and releases the port

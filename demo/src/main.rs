@@ -13,7 +13,10 @@ use anyhow::Context;
 use clap::Parser;
 use gateway::source::serial::SerialConfig;
 use gateway::{GatewayConfig, MqttEndpoint};
+use hub::auth::{AuthConfig, GameConfig, Role, UserConfig, hash_password};
 use hub::broker::BrokerConfig;
+use hub::catalogue::Catalogue;
+use hub::directory::{Directory, LabConfig, LinkConfig, MachineConfig};
 use hub::{BrokerSetting, Hub, HubConfig, MetricsSource};
 use protocol::{GatewayId, LabId, NodeId};
 use serialport::SerialPort;
@@ -57,6 +60,65 @@ struct Args {
     /// Seed of the machine simulations; the same seed replays the same machine behaviour.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Password of the `operator` user (default: a new random one, printed at start).
+    #[arg(long, env = "DEMOLAB_OPERATOR_PASSWORD")]
+    operator_password: Option<String>,
+}
+
+/// Names, kinds and lines of the demo region's machines, and a virtual production line from
+/// Aarhus to Odense.
+fn region(machines_per_lab: u16) -> anyhow::Result<Directory> {
+    let mut labs = Vec::new();
+    for (index, ((lab, gateway), (name, location))) in LABS
+        .into_iter()
+        .zip([
+            ("Aarhus machining lab", "Aarhus"),
+            ("Odense machining lab", "Odense"),
+        ])
+        .enumerate()
+    {
+        let line = format!("line-{}", char::from(b'a' + index as u8));
+        let mut machines: Vec<MachineConfig> = (1..=machines_per_lab)
+            .map(|n| {
+                Ok(MachineConfig {
+                    id: format!("mill-{n}").parse()?,
+                    kind: Some("cnc-mill".into()),
+                    name: Some(format!("CNC mill {n}")),
+                    line: Some(line.clone()),
+                    attributes: [("simulated".to_owned(), "yes".to_owned())].into(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        machines.push(MachineConfig {
+            id: "lathe-1".parse()?,
+            kind: Some("retrofit-lathe".into()),
+            name: Some("Lathe with retrofit kit".into()),
+            line: Some(line),
+            attributes: [("link".to_owned(), "serial".to_owned())].into(),
+        });
+        labs.push(LabConfig {
+            id: lab.parse()?,
+            name: name.into(),
+            location: location.into(),
+            gateways: vec![gateway.parse()?],
+            machines,
+        });
+    }
+    let links = vec![LinkConfig {
+        line: "virtual-line-1".into(),
+        from: format!("{}/mill-1", LABS[0].0),
+        to: format!("{}/lathe-1", LABS[1].0),
+    }];
+    Ok(Directory::new(Catalogue::builtin(), labs, links)?)
+}
+
+fn random_password() -> String {
+    use std::fmt::Write;
+    let bytes: [u8; 6] = rand::random();
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 #[tokio::main]
@@ -84,6 +146,11 @@ async fn main() -> anyhow::Result<()> {
         gateway::render_prometheus(&snapshots)
     }));
 
+    let operator_password = args
+        .operator_password
+        .clone()
+        .unwrap_or_else(random_password);
+    let student_password = random_password();
     let hub = Hub::start(HubConfig {
         http_bind: SocketAddr::new(args.bind, args.http_port),
         broker: BrokerSetting::Embedded(BrokerConfig {
@@ -92,6 +159,30 @@ async fn main() -> anyhow::Result<()> {
         }),
         data_dir: args.data_dir.clone(),
         extra_metrics: Some(extra_metrics),
+        directory: Arc::new(region(args.machines_per_lab)?),
+        auth: AuthConfig {
+            anonymous_read: true,
+            token_ttl_s: 12 * 3600,
+            users: vec![
+                UserConfig {
+                    name: "operator".into(),
+                    role: Role::Operator,
+                    password_hash: hash_password(&operator_password)?,
+                    game: None,
+                },
+                UserConfig {
+                    name: "student".into(),
+                    role: Role::Student,
+                    password_hash: hash_password(&student_password)?,
+                    game: Some("energy-hunt".into()),
+                },
+            ],
+            games: vec![GameConfig {
+                id: "energy-hunt".into(),
+                name: "Find the energy waste".into(),
+                labs: vec![LABS[0].0.parse()?],
+            }],
+        },
         ..HubConfig::default()
     })
     .await
@@ -189,9 +280,14 @@ async fn main() -> anyhow::Result<()> {
     println!("Demolab demo region is running");
     println!("web: http://{}", hub.http_addr());
     println!("mqtt: mqtt://{}", hub.mqtt_addr());
-    println!("api: http://{}/api/v1/twins", hub.http_addr());
+    println!("api: http://{}/api/docs", hub.http_addr());
     println!("stream: ws://{}/api/v1/stream", hub.http_addr());
     println!("data: {}", args.data_dir.display());
+    println!("operator login: operator / {operator_password}");
+    println!(
+        "student login: student / {student_password} (game energy-hunt: {})",
+        LABS[0].0
+    );
     for line in &lab_lines {
         println!("{line}");
     }

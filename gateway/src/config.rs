@@ -20,6 +20,24 @@ pub struct MqttEndpoint {
     pub port: u16,
 }
 
+/// A username and password for an MQTT CONNECT.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttCredentials {
+    /// The username; on the hub's broker, the gateway id (its ACL is keyed on it).
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for MqttCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Configs are logged at startup; the password must not be.
+        f.debug_struct("MqttCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A gateway's configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -32,6 +50,8 @@ pub struct GatewayConfig {
     pub southbound: Option<MqttEndpoint>,
     /// The broker the hub listens on.
     pub uplink: MqttEndpoint,
+    /// The uplink's login; `None` for a broker that takes anonymous clients (the demo).
+    pub uplink_credentials: Option<MqttCredentials>,
     /// The hub's Sparkplug host id: when set, data is sent only while its STATE says online.
     pub primary_host: Option<HostId>,
     /// Node → machine assignments that override what nodes announce.
@@ -58,6 +78,7 @@ impl GatewayConfig {
             gateway,
             southbound: Some(broker.clone()),
             uplink: broker,
+            uplink_credentials: None,
             primary_host: None,
             nodes: HashMap::new(),
             accept_unconfigured_nodes: true,

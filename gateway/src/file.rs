@@ -96,6 +96,13 @@ pub struct Broker {
     /// Port.
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
+    /// Username to log in with; on the hub's broker, the gateway id.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The environment variable holding the password (never the password itself: this file
+    /// is world-readable on most edge boxes).
+    #[serde(default)]
+    pub password_env: Option<String>,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -328,6 +335,30 @@ impl GatewayFile {
                 .validate()
                 .map_err(|e| invalid(&format!("modbus[{i}]"), e.to_string()))?;
         }
+        let uplink_credentials = match (self.uplink.username, &self.uplink.password_env) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "uplink.password_env",
+                    "required with uplink.username".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "uplink.username",
+                    "required with uplink.password_env".into(),
+                ));
+            }
+            (Some(username), Some(var)) => {
+                let password = std::env::var(var).map_err(|e| {
+                    invalid(
+                        "uplink.password_env",
+                        format!("environment variable {var:?}: {e}"),
+                    )
+                })?;
+                Some(crate::config::MqttCredentials { username, password })
+            }
+        };
         let uplink = MqttEndpoint {
             host: self.uplink.host,
             port: self.uplink.port,
@@ -362,6 +393,7 @@ impl GatewayFile {
             }
         });
         let mut config = GatewayConfig::new(lab, gateway, uplink, base.join(&self.buffer.dir));
+        config.uplink_credentials = uplink_credentials;
         config.southbound = southbound;
         config.accept_unconfigured_nodes = accept_unconfigured_nodes;
         config.primary_host = primary_host;
@@ -425,9 +457,45 @@ host = "127.0.0.1"
     }
 
     #[test]
+    fn the_uplink_login_takes_its_password_from_the_named_variable() {
+        // Cargo sets CARGO_PKG_NAME for the test process too; tests cannot set variables
+        // (unsafe in edition 2024, and racy).
+        let text = MINIMAL.replace(
+            "host = \"127.0.0.1\"",
+            "host = \"127.0.0.1\"\nusername = \"gw-a\"\npassword_env = \"CARGO_PKG_NAME\"",
+        );
+        let credentials = parse(&text)
+            .expect("valid")
+            .gateway
+            .uplink_credentials
+            .expect("a login");
+        assert_eq!(credentials.username, "gw-a");
+        assert_eq!(credentials.password, env!("CARGO_PKG_NAME"));
+        assert!(!format!("{credentials:?}").contains(env!("CARGO_PKG_NAME")));
+        assert!(
+            parse(MINIMAL)
+                .expect("valid")
+                .gateway
+                .uplink_credentials
+                .is_none()
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (MINIMAL.replace("lab-a", "Lab A"), "`lab`"),
+            (
+                MINIMAL.replace("[uplink]", "[uplink]\nusername = \"gw-a\""),
+                "`uplink.password_env`",
+            ),
+            (
+                MINIMAL.replace(
+                    "[uplink]",
+                    "[uplink]\nusername = \"gw-a\"\npassword_env = \"DEMOLAB_TEST_SURELY_UNSET_42\"",
+                ),
+                "`uplink.password_env`",
+            ),
             (
                 format!("{MINIMAL}[buffer]\nfsync = \"sometimes\"\n"),
                 "`buffer.fsync`",

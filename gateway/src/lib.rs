@@ -35,6 +35,6 @@ pub mod source;
 pub mod stats;
 mod uplink;
 
-pub use config::{GatewayConfig, MqttEndpoint};
+pub use config::{GatewayConfig, MqttCredentials, MqttEndpoint};
 pub use run::{GatewayError, GatewayHandle, now_ms, start};
 pub use stats::{DropReason, GatewayStats, StatsSnapshot, render_prometheus};

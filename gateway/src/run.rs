@@ -194,6 +194,7 @@ pub fn start(
         port: config.uplink.port,
         client_id: format!("{gateway}-uplink"),
         primary_host: config.primary_host.clone(),
+        credentials: config.uplink_credentials.clone(),
         inflight: SEND_WINDOW as u16,
     };
     // The uplink task outlives the core's cancellation: it must still carry the NDEATH out.

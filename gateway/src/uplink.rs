@@ -64,6 +64,7 @@ pub(crate) struct UplinkSettings {
     pub port: u16,
     pub client_id: String,
     pub primary_host: Option<HostId>,
+    pub credentials: Option<crate::config::MqttCredentials>,
     /// Most unacknowledged publishes in flight.
     pub inflight: u16,
 }
@@ -109,6 +110,9 @@ pub(crate) async fn run(
     options.set_max_packet_size(1 << 20, 1 << 20);
     options.set_inflight(settings.inflight);
     options.set_last_will(will_of(&edge));
+    if let Some(credentials) = &settings.credentials {
+        options.set_credentials(credentials.username.clone(), credentials.password.clone());
+    }
     // Room for a full window of data plus births, so `try_publish` never finds the queue full.
     let (client, mut events) = AsyncClient::new(options, usize::from(settings.inflight) * 4 + 256);
     let lab_topics = edge.death(0).topic;

@@ -4,7 +4,7 @@
 //! with its NBIRTH by bdSeq, counts seq gaps, and requests a rebirth when data arrives for
 //! something it has no birth for (e.g. after the hub restarted mid-session).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 use protocol::sparkplug::{
@@ -12,6 +12,7 @@ use protocol::sparkplug::{
     metric_value_f64, seq_gap,
 };
 use protocol::{GatewayId, LabId, MachineId, MetricName, Unit};
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::stats::{HubStats, IngestDrop};
@@ -51,12 +52,147 @@ struct EdgeSession {
     born: bool,
     rebirth_requested: bool,
     devices: HashMap<MachineId, Device>,
+    /// A seq gap seen at this time whose missing messages have not turned up.
+    gap_since: Option<u64>,
 }
+
+/// How long a Sparkplug seq gap may stay open before the host asks for a rebirth. One MQTT
+/// session delivers in order, so a gap is normally a loss; the wait covers redelivery across a
+/// reconnect and ingest shared between hub replicas.
+pub const REORDER_TIMEOUT_MS: u64 = 2_000;
 
 /// State of every edge node the host has heard of.
 #[derive(Debug, Default)]
 pub struct PrimaryHost {
     edges: HashMap<(LabId, GatewayId), EdgeSession>,
+    /// Gateways each configured lab admits; labs not listed admit any gateway.
+    registrations: HashMap<LabId, HashSet<GatewayId>>,
+}
+
+/// What survives a hub restart of the host's sessions: who is born, with which bdSeq and
+/// aliases. Without it, data queued in the broker while the hub was down (a persistent session)
+/// could not be decoded after the restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostSnapshot {
+    edges: Vec<EdgeSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct EdgeSnapshot {
+    lab: LabId,
+    gateway: GatewayId,
+    bd_seq: Option<u64>,
+    born: bool,
+    devices: Vec<DeviceSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct DeviceSnapshot {
+    machine: MachineId,
+    seq_alias: Option<u64>,
+    /// (alias, metric, Sparkplug data type number).
+    aliases: Vec<(u64, MetricName, Option<u32>)>,
+}
+
+impl PrimaryHost {
+    /// A host that admits only the listed gateways into each listed lab.
+    pub fn with_registrations(registrations: HashMap<LabId, HashSet<GatewayId>>) -> Self {
+        Self {
+            registrations,
+            ..Self::default()
+        }
+    }
+
+    /// Asks for a rebirth of every edge node whose seq gap stayed open past
+    /// [`REORDER_TIMEOUT_MS`]; ingest calls this periodically.
+    pub fn tick(&mut self, now_ms: u64, stats: &HubStats) -> Vec<HostAction> {
+        let mut actions = Vec::new();
+        for ((lab, gateway), edge) in &mut self.edges {
+            if edge
+                .gap_since
+                .is_some_and(|since| now_ms.saturating_sub(since) >= REORDER_TIMEOUT_MS)
+            {
+                edge.gap_since = None;
+                actions.extend(ask_for_rebirth(
+                    edge,
+                    lab,
+                    gateway,
+                    stats,
+                    "a seq gap stayed open",
+                ));
+            }
+        }
+        actions
+    }
+
+    /// The sessions, for persistence.
+    pub fn snapshot(&self) -> HostSnapshot {
+        let mut edges: Vec<EdgeSnapshot> = self
+            .edges
+            .iter()
+            .map(|((lab, gateway), edge)| EdgeSnapshot {
+                lab: lab.clone(),
+                gateway: gateway.clone(),
+                bd_seq: edge.bd_seq,
+                born: edge.born,
+                devices: edge
+                    .devices
+                    .iter()
+                    .map(|(machine, device)| DeviceSnapshot {
+                        machine: machine.clone(),
+                        seq_alias: device.seq_alias,
+                        aliases: device
+                            .aliases
+                            .iter()
+                            .map(|(alias, (name, datatype))| {
+                                (*alias, name.clone(), datatype.map(|d| d as u32))
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        edges.sort_by(|a, b| (&a.lab, &a.gateway).cmp(&(&b.lab, &b.gateway)));
+        HostSnapshot { edges }
+    }
+
+    /// Continues from a snapshot. The Sparkplug `seq` is not restored: the first message after
+    /// a restart starts the gap check afresh instead of reporting a false gap.
+    pub fn restore(&mut self, snapshot: HostSnapshot) {
+        for edge in snapshot.edges {
+            let devices = edge
+                .devices
+                .into_iter()
+                .map(|device| {
+                    let aliases = device
+                        .aliases
+                        .into_iter()
+                        .map(|(alias, name, datatype)| {
+                            (alias, (name, datatype.and_then(DataType::from_u32)))
+                        })
+                        .collect();
+                    (
+                        device.machine,
+                        Device {
+                            aliases,
+                            seq_alias: device.seq_alias,
+                        },
+                    )
+                })
+                .collect();
+            self.edges.insert(
+                (edge.lab, edge.gateway),
+                EdgeSession {
+                    bd_seq: edge.bd_seq,
+                    last_seq: None,
+                    born: edge.born,
+                    rebirth_requested: false,
+                    devices,
+                    gap_since: None,
+                },
+            );
+        }
+    }
 }
 
 fn bd_seq_of(payload: &Payload) -> Option<u64> {
@@ -118,10 +254,18 @@ impl PrimaryHost {
                 return Vec::new();
             }
         };
+        if let Some(admitted) = self.registrations.get(&lab)
+            && !admitted.contains(&gateway)
+        {
+            stats.ingest_dropped(IngestDrop::UnregisteredGateway);
+            warn!(%lab, %gateway, "dropped a message from a gateway not registered for its lab");
+            return Vec::new();
+        }
         let edge = self
             .edges
             .entry((lab.clone(), gateway.clone()))
             .or_default();
+
         if let (Some(previous), Some(seq)) = (edge.last_seq, payload.seq)
             && edge.born
             && !matches!(kind, MessageType::NBirth)
@@ -129,6 +273,7 @@ impl PrimaryHost {
         {
             stats.seq_gap();
             warn!(%lab, %gateway, previous, seq, "Sparkplug seq gap");
+            edge.gap_since.get_or_insert(now_ms);
         }
         if payload.seq.is_some() && !matches!(kind, MessageType::NCmd | MessageType::DCmd) {
             edge.last_seq = payload.seq;
@@ -140,6 +285,7 @@ impl PrimaryHost {
                 edge.bd_seq = bd_seq_of(&payload);
                 edge.born = true;
                 edge.rebirth_requested = false;
+                edge.gap_since = None;
                 // A new session: devices must be born again, and their old aliases are void.
                 edge.devices.clear();
                 info!(%lab, %gateway, bd_seq = ?edge.bd_seq, "edge node born");
@@ -242,6 +388,26 @@ fn seq_value(metric: &Metric) -> Option<u32> {
     }
 }
 
+/// Asks the edge node for a rebirth, once until its next NBIRTH.
+fn ask_for_rebirth(
+    edge: &mut EdgeSession,
+    lab: &LabId,
+    gateway: &GatewayId,
+    stats: &HubStats,
+    why: &str,
+) -> Vec<HostAction> {
+    if edge.rebirth_requested {
+        return Vec::new();
+    }
+    edge.rebirth_requested = true;
+    stats.rebirth_requested();
+    info!(%lab, %gateway, why, "requesting a rebirth");
+    vec![HostAction::RequestRebirth {
+        lab: lab.clone(),
+        gateway: gateway.clone(),
+    }]
+}
+
 fn request_rebirth(
     edge: &mut EdgeSession,
     lab: LabId,
@@ -249,13 +415,7 @@ fn request_rebirth(
     stats: &HubStats,
 ) -> Vec<HostAction> {
     stats.ingest_dropped(IngestDrop::DataBeforeBirth);
-    if edge.rebirth_requested {
-        return Vec::new();
-    }
-    edge.rebirth_requested = true;
-    stats.rebirth_requested();
-    info!(%lab, %gateway, "data without a birth: requesting a rebirth");
-    vec![HostAction::RequestRebirth { lab, gateway }]
+    ask_for_rebirth(edge, &lab, &gateway, stats, "data without a birth")
 }
 
 fn data_update(
@@ -398,6 +558,49 @@ mod tests {
             matches!(&actions[..], [HostAction::Twin(TwinUpdate::Sample { seq: 7, values, timestamp: 1000, .. })]
             if values == &[("spindle.power_w".parse().expect("valid"), 12.5)])
         );
+    }
+
+    #[test]
+    fn a_seq_gap_left_open_past_the_reorder_timeout_requests_a_rebirth() {
+        let stats = HubStats::default();
+        let mut host = born_host(&stats);
+        let topic = format!("{T}/DDATA/gw-a/mill-1");
+        // The birth used seq 0 and 1; 3 skips 2.
+        host.on_message(&topic, &ddata(3, 1, 1.0), 10_000, &stats);
+        assert!(
+            host.tick(10_000 + REORDER_TIMEOUT_MS - 1, &stats)
+                .is_empty()
+        );
+        let actions = host.tick(10_000 + REORDER_TIMEOUT_MS, &stats);
+        assert!(matches!(&actions[..], [HostAction::RequestRebirth { .. }]));
+        assert!(
+            host.tick(20_000 + REORDER_TIMEOUT_MS, &stats).is_empty(),
+            "asked once"
+        );
+    }
+
+    #[test]
+    fn sessions_survive_a_snapshot_so_queued_data_decodes_after_a_restart() {
+        let stats = HubStats::default();
+        let host = born_host(&stats);
+        let json = serde_json::to_string(&host.snapshot()).expect("serialises");
+        let mut restored = PrimaryHost::default();
+        restored.restore(serde_json::from_str(&json).expect("parses"));
+        assert_eq!(restored.snapshot(), host.snapshot());
+        let actions = restored.on_message(
+            &format!("{T}/DDATA/gw-a/mill-1"),
+            &ddata(9, 7, 12.5),
+            0,
+            &stats,
+        );
+        assert!(
+            matches!(
+                &actions[..],
+                [HostAction::Twin(TwinUpdate::Sample { seq: 7, .. })]
+            ),
+            "aliases resolve without a new birth: {actions:?}"
+        );
+        assert_eq!(stats.seq_gaps(), 0, "no false gap after the restart");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the retained `STATE` (with an offline Will), feeds [`PrimaryHost`] and applies its actions.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -9,14 +10,16 @@ use protocol::HostId;
 use protocol::sparkplug::{
     DataType, MessageType, Metric, MetricValue, NAMESPACE, Payload, REBIRTH_METRIC, Topic,
 };
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
-use tokio::sync::watch;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::host::{HostAction, PrimaryHost};
+use crate::MqttLogin;
+use crate::alarm::MachineSnapshot;
+use crate::host::{HostAction, HostSnapshot, PrimaryHost};
 use crate::stats::HubStats;
-use crate::twin::TwinRegistry;
+use crate::twin::{Applied, Twin, TwinRegistry};
 
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -39,18 +42,35 @@ pub struct IngestConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// The primary host id (STATE topic).
+    /// The primary host id (STATE topic, client id).
     pub host_id: HostId,
+    /// User name and password, when the broker wants them.
+    pub login: Option<MqttLogin>,
+    /// Share ingest with other hub replicas through `$share/{group}/`.
+    pub share_group: Option<String>,
+    /// How often accepted messages are handed to storage (and then acknowledged).
+    pub commit_interval: Duration,
 }
 
-/// Runs ingest until `cancel` fires. Sets `ready` once subscribed and STATE is online.
-pub async fn run(
-    config: IngestConfig,
-    twins: Arc<TwinRegistry>,
-    stats: Arc<HubStats>,
-    ready: watch::Sender<bool>,
-    cancel: CancellationToken,
-) {
+/// What one commit writes: accepted values for history, the twins they changed, the host's
+/// sessions, and the broker messages to acknowledge once it is on disk.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Accepted samples and property reports.
+    pub applied: Vec<Applied>,
+    /// Twins changed since the last commit, as they are now, with their alarm state.
+    pub twins: Vec<(Twin, MachineSnapshot)>,
+    /// The primary host's sessions.
+    pub host: Option<HostSnapshot>,
+    /// QoS 1 messages to acknowledge after the commit.
+    pub acks: Vec<Publish>,
+    /// Told when this commit (and every one before it) is done.
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+/// The hub's MQTT session: a persistent session (so the broker keeps what arrives while the hub
+/// restarts) with manual acknowledgements (so nothing is acknowledged before it is on disk).
+pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
     let state_topic = Topic::State {
         host: config.host_id.clone(),
     }
@@ -61,24 +81,66 @@ pub async fn run(
         config.port,
     );
     options.set_keep_alive(Duration::from_secs(15));
-    options.set_clean_session(true);
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
     options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_inflight(1000);
+    if let Some(login) = &config.login {
+        options.set_credentials(login.username.clone(), login.password.clone());
+    }
     options.set_last_will(LastWill::new(
-        state_topic.clone(),
+        state_topic,
         state_payload(false, now_ms()),
         QoS::AtLeastOnce,
         true,
     ));
-    let (client, mut events) = AsyncClient::new(options, 1024);
-    let mut host = PrimaryHost::default();
+    // Acknowledgements and publishes of the API share this queue; it is drained by the event
+    // loop, which never waits on storage, so a full queue only delays them.
+    AsyncClient::new(options, 4096)
+}
+
+/// Runs ingest until `cancel` fires. Sets `ready` once subscribed and STATE is online.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    config: IngestConfig,
+    client: AsyncClient,
+    mut events: EventLoop,
+    mut host: PrimaryHost,
+    twins: Arc<TwinRegistry>,
+    stats: Arc<HubStats>,
+    commits: mpsc::UnboundedSender<Commit>,
+    persister_idle: Arc<AtomicBool>,
+    ready: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    let state_topic = Topic::State {
+        host: config.host_id.clone(),
+    }
+    .to_string();
+    let subscription = match &config.share_group {
+        Some(group) => format!("$share/{group}/{NAMESPACE}/#"),
+        None => format!("{NAMESPACE}/#"),
+    };
+    let mut pending = Commit::default();
+    let mut host_changed = false;
+    let mut ticker = tokio::time::interval(config.commit_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             event = events.poll() => event,
+            _ = ticker.tick() => {
+                let actions = host.tick(now_ms(), &stats);
+                perform(actions, &client, &twins, &mut pending);
+                hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
+                continue;
+            }
             () = cancel.cancelled() => break,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if let Err(err) = client.try_subscribe(format!("{NAMESPACE}/#"), QoS::AtLeastOnce) {
+                // Subscribing again on a resumed session is harmless and covers a broker that
+                // lost the session.
+                if let Err(err) = client.try_subscribe(subscription.clone(), QoS::AtLeastOnce) {
                     error!(%err, "cannot subscribe to Sparkplug topics");
                 }
             }
@@ -96,31 +158,15 @@ pub async fn run(
                 info!(host_id = %config.host_id, "primary host online");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                for action in host.on_message(&publish.topic, &publish.payload, now_ms(), &stats) {
-                    match action {
-                        HostAction::Twin(update) => {
-                            twins.apply(update);
-                        }
-                        HostAction::RequestRebirth { lab, gateway } => {
-                            let topic = Topic::node(&lab, MessageType::NCmd, &gateway).to_string();
-                            let payload = Payload {
-                                timestamp: Some(now_ms()),
-                                metrics: vec![
-                                    Metric::new(DataType::Boolean, MetricValue::Boolean(true))
-                                        .named(REBIRTH_METRIC),
-                                ],
-                                ..Default::default()
-                            };
-                            if let Err(err) = client.try_publish(
-                                topic,
-                                QoS::AtLeastOnce,
-                                false,
-                                payload.encode_to_vec(),
-                            ) {
-                                warn!(%lab, %gateway, %err, "cannot request a rebirth");
-                            }
-                        }
-                    }
+                let actions = host.on_message(&publish.topic, &publish.payload, now_ms(), &stats);
+                host_changed = true;
+                perform(actions, &client, &twins, &mut pending);
+                if publish.qos != QoS::AtMostOnce {
+                    pending.acks.push(publish);
+                }
+                // Group commit: whatever arrived while storage was busy goes in one batch.
+                if persister_idle.swap(false, Ordering::AcqRel) {
+                    hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
                 }
             }
             Ok(_) => {}
@@ -134,6 +180,27 @@ pub async fn run(
             }
         }
     }
+    hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
+    // Let storage commit the last batch and send its acknowledgements before leaving, so a
+    // clean restart is not redelivered what is already on disk.
+    let (done_tx, done) = oneshot::channel();
+    let _ = commits.send(Commit {
+        done: Some(done_tx),
+        ..Commit::default()
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::pin!(done);
+        loop {
+            tokio::select! {
+                _ = &mut done => break,
+                event = events.poll() => if event.is_err() { break },
+            }
+        }
+        // The acknowledgements were queued before `done`: poll until nothing more goes out.
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(20), events.poll()).await {
+        }
+    })
+    .await;
     // A clean stop announces offline itself, since a clean DISCONNECT suppresses the Will.
     let _ = client.try_publish(
         &state_topic,
@@ -151,4 +218,64 @@ pub async fn run(
         }
     })
     .await;
+}
+
+/// Applies twin updates and sends rebirth requests.
+fn perform(
+    actions: Vec<HostAction>,
+    client: &AsyncClient,
+    twins: &TwinRegistry,
+    pending: &mut Commit,
+) {
+    for action in actions {
+        match action {
+            HostAction::Twin(update) => {
+                if let Some(applied) = twins.apply(update) {
+                    pending.applied.push(applied);
+                }
+            }
+            HostAction::RequestRebirth { lab, gateway } => {
+                let topic = Topic::node(&lab, MessageType::NCmd, &gateway).to_string();
+                let payload = Payload {
+                    timestamp: Some(now_ms()),
+                    metrics: vec![
+                        Metric::new(DataType::Boolean, MetricValue::Boolean(true))
+                            .named(REBIRTH_METRIC),
+                    ],
+                    ..Default::default()
+                };
+                if let Err(err) =
+                    client.try_publish(topic, QoS::AtLeastOnce, false, payload.encode_to_vec())
+                {
+                    warn!(%lab, %gateway, %err, "cannot request a rebirth");
+                }
+            }
+        }
+    }
+}
+
+/// Sends what accumulated to storage, with a consistent copy of the twins it changed: they are
+/// copied here, on the only task that applies samples, so a twin on disk is never ahead of the
+/// history and acknowledgements committed with it.
+fn hand_over(
+    pending: &mut Commit,
+    host_changed: &mut bool,
+    host: &PrimaryHost,
+    twins: &TwinRegistry,
+    commits: &mpsc::UnboundedSender<Commit>,
+) {
+    let dirty = twins.take_dirty();
+    if pending.acks.is_empty() && pending.applied.is_empty() && dirty.is_empty() {
+        return;
+    }
+    let mut commit = std::mem::take(pending);
+    commit.twins = dirty
+        .iter()
+        .filter_map(|key| twins.persisted(key))
+        .collect();
+    if std::mem::take(host_changed) {
+        commit.host = Some(host.snapshot());
+    }
+    // Storage ends after ingest, so the receiver is alive while this runs.
+    let _ = commits.send(commit);
 }

@@ -14,11 +14,20 @@
 //! # }
 //! ```
 
+pub mod alarm;
 pub mod api;
+pub mod auth;
+pub mod catalogue;
+pub mod config;
+pub mod directory;
+pub mod history;
 /// The embedded MQTT broker (its own crate, so a gateway in a lab without a broker can run one too).
 pub use ::broker;
 pub mod host;
 pub mod ingest;
+pub mod kpi;
+pub mod outputs;
+pub mod persist;
 pub mod stats;
 pub mod store;
 pub mod twin;
@@ -34,7 +43,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::auth::{Auth, AuthConfig, AuthError};
 use crate::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
+use crate::directory::Directory;
+use crate::history::Retention;
+use crate::history::influx::{InfluxConfig, InfluxSink};
+use crate::host::PrimaryHost;
 use crate::ingest::IngestConfig;
 use crate::stats::HubStats;
 use crate::store::{StoreError, TwinStore};
@@ -65,6 +79,21 @@ impl std::fmt::Debug for MetricsSource {
     }
 }
 
+/// MQTT user name and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttLogin {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for MqttLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MqttLogin({}, ***)", self.username)
+    }
+}
+
 /// The hub's configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -76,10 +105,24 @@ pub struct HubConfig {
     pub broker: BrokerSetting,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
-    /// How often changed twins are written to disk.
+    /// How often accepted messages are committed to disk (then acknowledged to the broker).
     pub flush_interval: Duration,
     /// More counters for `/metrics`.
     pub extra_metrics: Option<MetricsSource>,
+    /// Labs, machines, links and the machine-kind catalogue.
+    pub directory: Arc<Directory>,
+    /// Users, roles and games.
+    pub auth: AuthConfig,
+    /// The hub's own broker login.
+    pub mqtt_login: Option<MqttLogin>,
+    /// Share ingest with other hub replicas.
+    pub share_group: Option<String>,
+    /// Publish retained JSON values on `demolab/{lab}/{machine}/{metric}`.
+    pub json_topics: bool,
+    /// How long the embedded history is kept.
+    pub retention: Retention,
+    /// The InfluxDB sink, when configured.
+    pub influx: Option<InfluxConfig>,
 }
 
 impl Default for HubConfig {
@@ -89,8 +132,15 @@ impl Default for HubConfig {
             http_bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             broker: BrokerSetting::Embedded(BrokerConfig::default()),
             data_dir: PathBuf::from("data"),
-            flush_interval: Duration::from_millis(500),
+            flush_interval: Duration::from_millis(100),
             extra_metrics: None,
+            directory: Arc::default(),
+            auth: AuthConfig::default(),
+            mqtt_login: None,
+            share_group: None,
+            json_topics: true,
+            retention: Retention::default(),
+            influx: None,
         }
     }
 }
@@ -112,6 +162,12 @@ pub enum HubError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The access configuration is invalid.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A hub task panicked.
     #[error("hub task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -126,7 +182,7 @@ pub struct Hub {
     stats: Arc<HubStats>,
     ready: watch::Receiver<bool>,
     broker: Option<EmbeddedBroker>,
-    store: Arc<TwinStore>,
+    ingest: JoinSet<()>,
     tasks: JoinSet<()>,
     cancel: CancellationToken,
 }
@@ -134,12 +190,21 @@ pub struct Hub {
 impl Hub {
     /// Opens storage, starts the broker (if embedded), ingest and the HTTP server.
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
+        let auth = Arc::new(Auth::new(config.auth.clone())?);
         let store = Arc::new(TwinStore::open(&config.data_dir)?);
         let stats = Arc::new(HubStats::default());
-        let twins = Arc::new(TwinRegistry::new(stats.clone()));
+        let twins = Arc::new(TwinRegistry::new(stats.clone(), config.directory.clone()));
         let restored = store.load()?;
         info!(twins = restored.len(), dir = %config.data_dir.display(), "twins restored from storage");
-        twins.restore(restored);
+        let mut alarms = store.load_alarms()?;
+        twins.restore(restored.into_iter().map(|twin| {
+            let snapshot = alarms.remove(&twin.id);
+            (twin, snapshot)
+        }));
+        let mut host = PrimaryHost::with_registrations(config.directory.registrations());
+        if let Some(snapshot) = store.document(persist::HOST_DOCUMENT)? {
+            host.restore(snapshot);
+        }
 
         // Bind HTTP before starting anything else so a taken port fails fast and cleanly.
         let listener = tokio::net::TcpListener::bind(config.http_bind)
@@ -173,21 +238,67 @@ impl Hub {
         let (ready_tx, ready) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let ingest_config = IngestConfig {
-            host: broker_host,
+            host: broker_host.clone(),
             port: mqtt_addr.port(),
             host_id: config.host_id.clone(),
+            login: config.mqtt_login.clone(),
+            share_group: config.share_group.clone(),
+            commit_interval: config.flush_interval,
         };
-        tasks.spawn(ingest::run(
-            ingest_config,
+        let (client, events) = ingest::connect(&ingest_config);
+        let influx = match config.influx.clone() {
+            Some(influx) => {
+                let (sink, task) = InfluxSink::start(influx, cancel.clone())
+                    .map_err(|err| HubError::Config(format!("influx: {err}")))?;
+                tasks.spawn(async move {
+                    let _ = task.await;
+                });
+                Some(sink)
+            }
+            None => None,
+        };
+        let outputs = outputs::start(
+            config.json_topics.then(|| {
+                (
+                    broker_host.clone(),
+                    mqtt_addr.port(),
+                    config.mqtt_login.clone(),
+                    format!("{}-json", config.host_id),
+                )
+            }),
+            influx.clone(),
             twins.clone(),
             stats.clone(),
+            cancel.clone(),
+            &mut tasks,
+        );
+        let (commit_tx, commit_rx) = tokio::sync::mpsc::unbounded_channel();
+        let persister_idle = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut ingest = JoinSet::new();
+        ingest.spawn(ingest::run(
+            ingest_config,
+            client.clone(),
+            events,
+            host,
+            twins.clone(),
+            stats.clone(),
+            commit_tx,
+            persister_idle.clone(),
             ready_tx,
             cancel.clone(),
         ));
-        tasks.spawn(flush_loop(
+        ingest.spawn(persist::run(
+            commit_rx,
             store.clone(),
+            client.clone(),
+            stats.clone(),
+            outputs,
+            persister_idle,
+        ));
+        tasks.spawn(housekeeping(
             twins.clone(),
-            config.flush_interval,
+            store.clone(),
+            config.retention.clone(),
             cancel.clone(),
         ));
 
@@ -195,7 +306,14 @@ impl Hub {
             twins: twins.clone(),
             stats: stats.clone(),
             ready: ready.clone(),
-            extra_metrics: config.extra_metrics.clone(),
+            extra_metrics: Some(more_metrics(
+                config.extra_metrics.clone(),
+                broker.as_ref().map(EmbeddedBroker::denials),
+                influx,
+            )),
+            auth,
+            store,
+            commands: api::Commands::new(client),
         });
         let http_cancel = cancel.clone();
         tasks.spawn(async move {
@@ -215,7 +333,7 @@ impl Hub {
             stats,
             ready,
             broker,
-            store,
+            ingest,
             tasks,
             cancel,
         })
@@ -248,13 +366,16 @@ impl Hub {
         let _ = ready.wait_for(|ready| *ready).await;
     }
 
-    /// Stops HTTP and ingest (publishing STATE offline), writes every twin, stops the broker.
+    /// Stops ingest (committing what it accepted and publishing STATE offline), then HTTP and
+    /// the outputs, then the broker.
     pub async fn shutdown(mut self) -> Result<(), HubError> {
         self.cancel.cancel();
+        while let Some(result) = self.ingest.join_next().await {
+            result?;
+        }
         while let Some(result) = self.tasks.join_next().await {
             result?;
         }
-        self.store.save(&self.twins.list(None))?;
         if let Some(broker) = self.broker.take() {
             broker.shutdown().await?;
         }
@@ -263,30 +384,64 @@ impl Hub {
     }
 }
 
-async fn flush_loop(
-    store: Arc<TwinStore>,
+/// The counters of the hub's parts beside ingest: broker denials, the InfluxDB sink, and
+/// whatever the caller adds (the demo's gateways).
+fn more_metrics(
+    extra: Option<MetricsSource>,
+    denials: Option<Arc<broker::DenialCounters>>,
+    influx: Option<InfluxSink>,
+) -> MetricsSource {
+    MetricsSource(Arc::new(move || {
+        let mut text = String::new();
+        if let Some(denials) = &denials {
+            text.push_str(&denials.render_prometheus());
+        }
+        if let Some(influx) = &influx {
+            text.push_str(&influx.render_prometheus());
+        }
+        if let Some(extra) = &extra {
+            text.push_str(&(extra.0)());
+        }
+        text
+    }))
+}
+
+/// How long a desired value may wait for the machine's answer. Gateways answer within 5 s
+/// (`command.result` 4 when the node is silent); this covers a gateway that is gone.
+const DESIRED_TIMEOUT_MS: u64 = 15_000;
+
+/// How often old history is folded into rollups and expired.
+const COMPACT_EVERY: Duration = Duration::from_secs(10);
+
+async fn housekeeping(
     twins: Arc<TwinRegistry>,
-    every: Duration,
+    store: Arc<TwinStore>,
+    retention: Retention,
     cancel: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last_compaction = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = cancel.cancelled() => return,
         }
-        let dirty: Vec<_> = twins
-            .take_dirty()
-            .iter()
-            .filter_map(|key| twins.get(key))
-            .collect();
-        let store = store.clone();
-        // redb commits fsync; keep them off the async workers.
-        match tokio::task::spawn_blocking(move || store.save(&dirty)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => error!(%err, "cannot persist twins"),
-            Err(err) => error!(%err, "twin persistence task failed"),
+        twins.expire_desired(ingest::now_ms(), DESIRED_TIMEOUT_MS);
+        twins.prune_alarms(ingest::now_ms());
+        if last_compaction.elapsed() >= COMPACT_EVERY {
+            last_compaction = tokio::time::Instant::now();
+            let (store, retention) = (store.clone(), retention.clone());
+            let result = tokio::task::spawn_blocking(move || compact(&store, &retention)).await;
+            if let Ok(Err(err)) = result {
+                error!(%err, "history compaction failed");
+            }
         }
     }
+}
+
+fn compact(store: &TwinStore, retention: &Retention) -> Result<(), StoreError> {
+    let txn = store.database().begin_write().map_err(|e| store.error(e))?;
+    history::compact(&txn, ingest::now_ms(), retention)
+        .map_err(|e| StoreError::History(e.to_string()))?;
+    txn.commit().map_err(|e| store.error(e))
 }

@@ -20,6 +20,12 @@ pub enum IngestDrop {
     MissingSequence,
     /// A sample for a twin that does not exist.
     UnknownTwin,
+    /// A message from a gateway the lab's configuration does not list.
+    UnregisteredGateway,
+    /// A JSON-topic value not published because the broker connection was backed up.
+    JsonTopicBackpressure,
+    /// A live sample older than one the alarm engine already judged (not evaluated for alarms).
+    StaleAlarmSample,
     /// A sample whose sequence is not newer than the twin's (duplicate or late replay).
     StaleSequence,
     /// A stream client fell too far behind and skipped changes.
@@ -27,7 +33,10 @@ pub enum IngestDrop {
 }
 
 impl IngestDrop {
-    const ALL: [IngestDrop; 9] = [
+    const ALL: [IngestDrop; 12] = [
+        IngestDrop::StaleAlarmSample,
+        IngestDrop::UnregisteredGateway,
+        IngestDrop::JsonTopicBackpressure,
         IngestDrop::BadTopic,
         IngestDrop::BadPayload,
         IngestDrop::DataBeforeBirth,
@@ -49,6 +58,10 @@ impl IngestDrop {
             IngestDrop::NotNumeric => "not_numeric",
             IngestDrop::MissingSequence => "missing_sequence",
             IngestDrop::UnknownTwin => "unknown_twin",
+            IngestDrop::UnregisteredGateway => "unregistered_gateway",
+            IngestDrop::JsonTopicBackpressure => "json_topic_backpressure",
+            IngestDrop::StaleAlarmSample => "stale_alarm_sample",
+
             IngestDrop::StaleSequence => "stale_sequence",
             IngestDrop::StreamLagged => "stream_lagged",
         }
@@ -69,6 +82,9 @@ pub struct HubStats {
     seq_gaps: AtomicU64,
     rebirth_requests: AtomicU64,
     stream_clients: AtomicU64,
+    commits: AtomicU64,
+    commit_failures: AtomicU64,
+    history_rows: AtomicU64,
     drops: [AtomicU64; IngestDrop::ALL.len()],
 }
 
@@ -100,6 +116,13 @@ impl HubStats {
                 .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
         }
     }
+    pub(crate) fn committed(&self, rows: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.history_rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn commit_failed(&self) {
+        self.commit_failures.fetch_add(1, Ordering::Relaxed);
+    }
     pub(crate) fn ingest_dropped(&self, reason: IngestDrop) {
         self.drops[reason.slot()].fetch_add(1, Ordering::Relaxed);
     }
@@ -112,6 +135,21 @@ impl HubStats {
     /// Samples applied to twins.
     pub fn samples_applied(&self) -> u64 {
         self.samples.load(Ordering::Relaxed)
+    }
+
+    /// History values committed to the embedded store.
+    pub fn history_rows(&self) -> u64 {
+        self.history_rows.load(Ordering::Relaxed)
+    }
+
+    /// Sparkplug seq gaps detected.
+    pub fn seq_gaps(&self) -> u64 {
+        self.seq_gaps.load(Ordering::Relaxed)
+    }
+
+    /// Storage commits.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Sparkplug messages received.
@@ -159,6 +197,22 @@ impl HubStats {
             "NCMD rebirth requests sent.",
             load(&self.rebirth_requests),
         );
+        counter(
+            "demolab_hub_commits_total",
+            "Storage commits (each acknowledges its messages to the broker).",
+            load(&self.commits),
+        );
+        counter(
+            "demolab_hub_commit_failures_total",
+            "Storage commits that failed (their messages stay unacknowledged).",
+            load(&self.commit_failures),
+        );
+        counter(
+            "demolab_hub_history_rows_total",
+            "Values written to the embedded history.",
+            load(&self.history_rows),
+        );
+
         let _ = writeln!(
             out,
             "# HELP demolab_hub_dropped_total Messages or samples dropped, by reason."

@@ -4,9 +4,14 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::alarm::MachineSnapshot;
 use crate::twin::Twin;
 
 const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
+/// Alarm state per twin (records, pending conditions, the anomaly baseline), by twin id.
+const ALARMS: TableDefinition<&str, &[u8]> = TableDefinition::new("alarms");
+/// Small documents that are written whole: the primary host's sessions.
+const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "hub.redb";
 
@@ -29,7 +34,11 @@ pub enum StoreError {
         /// The cause.
         source: Box<redb::Error>,
     },
+    /// The history tables failed.
+    #[error("history: {0}")]
+    History(String),
     /// A stored twin could not be (de)serialised.
+
     #[error("twin {id} in storage: {source}")]
     Codec {
         /// The twin id.
@@ -73,21 +82,137 @@ impl TwinStore {
         txn.commit().map_err(|e| db_error(&self.path, e))
     }
 
-    /// Every stored twin.
-    pub fn load(&self) -> Result<Vec<Twin>, StoreError> {
+    /// The database, for other tables written in the same transactions (history, alarms).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Wraps a database error with the file name.
+    pub fn error(&self, err: impl Into<redb::Error>) -> StoreError {
+        db_error(&self.path, err)
+    }
+
+    /// Writes twins inside a caller's transaction.
+    pub fn save_in(&self, txn: &redb::WriteTransaction, twins: &[Twin]) -> Result<(), StoreError> {
+        let mut table = txn.open_table(TWINS).map_err(|e| db_error(&self.path, e))?;
+        for twin in twins {
+            let bytes = serde_json::to_vec(twin).map_err(|source| StoreError::Codec {
+                id: twin.id.clone(),
+                source,
+            })?;
+            table
+                .insert(twin.id.as_str(), bytes.as_slice())
+                .map_err(|e| db_error(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the alarm state of twins inside a caller's transaction.
+    pub fn save_alarms_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        alarms: &[(String, MachineSnapshot)],
+    ) -> Result<(), StoreError> {
+        let mut table = txn
+            .open_table(ALARMS)
+            .map_err(|e| db_error(&self.path, e))?;
+        for (id, snapshot) in alarms {
+            let bytes = serde_json::to_vec(snapshot).map_err(|source| StoreError::Codec {
+                id: id.clone(),
+                source,
+            })?;
+            table
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(|e| db_error(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// The stored alarm state of every twin that has one.
+    pub fn load_alarms(
+        &self,
+    ) -> Result<std::collections::HashMap<String, MachineSnapshot>, StoreError> {
+        Ok(self.load_table(ALARMS)?.into_iter().collect())
+    }
+
+    /// Every (key, JSON value) of a table; an absent table is empty.
+    fn load_table<T: serde::de::DeserializeOwned>(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
-        let table = txn.open_table(TWINS).map_err(|e| db_error(&self.path, e))?;
-        let mut twins = Vec::new();
+        let table = match txn.open_table(definition) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(err) => return Err(db_error(&self.path, err)),
+        };
+        let mut rows = Vec::new();
         for entry in table.iter().map_err(|e| db_error(&self.path, e))? {
             let (key, value) = entry.map_err(|e| db_error(&self.path, e))?;
-            let twin =
+            let row =
                 serde_json::from_slice(value.value()).map_err(|source| StoreError::Codec {
                     id: key.value().to_owned(),
                     source,
                 })?;
-            twins.push(twin);
+            rows.push((key.value().to_owned(), row));
         }
-        Ok(twins)
+        Ok(rows)
+    }
+
+    /// Writes a document (JSON) inside a caller's transaction.
+    pub fn put_document<T: serde::Serialize>(
+        &self,
+        txn: &redb::WriteTransaction,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Codec {
+            id: name.to_owned(),
+            source,
+        })?;
+        let mut table = txn
+            .open_table(DOCUMENTS)
+            .map_err(|e| db_error(&self.path, e))?;
+        table
+            .insert(name, bytes.as_slice())
+            .map_err(|e| db_error(&self.path, e))?;
+        Ok(())
+    }
+
+    /// Reads a document written by [`TwinStore::put_document`].
+    pub fn document<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let table = match txn.open_table(DOCUMENTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(err) => return Err(db_error(&self.path, err)),
+        };
+        let Some(bytes) = table.get(name).map_err(|e| db_error(&self.path, e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(bytes.value())
+            .map(Some)
+            .map_err(|source| StoreError::Codec {
+                id: name.to_owned(),
+                source,
+            })
+    }
+
+    /// Every stored twin.
+    pub fn load(&self) -> Result<Vec<Twin>, StoreError> {
+        Ok(self
+            .load_table(TWINS)?
+            .into_iter()
+            .map(|(_, twin)| twin)
+            .collect())
     }
 
     /// Writes twins in one transaction.
@@ -95,18 +220,9 @@ impl TwinStore {
         if twins.is_empty() {
             return Ok(());
         }
-        self.write(|table| {
-            for twin in twins {
-                let bytes = serde_json::to_vec(twin).map_err(|source| StoreError::Codec {
-                    id: twin.id.clone(),
-                    source,
-                })?;
-                table
-                    .insert(twin.id.as_str(), bytes.as_slice())
-                    .map_err(|e| db_error(&self.path, e))?;
-            }
-            Ok(())
-        })
+        let txn = self.db.begin_write().map_err(|e| db_error(&self.path, e))?;
+        self.save_in(&txn, twins)?;
+        txn.commit().map_err(|e| db_error(&self.path, e))
     }
 }
 
@@ -128,7 +244,7 @@ mod tests {
     #[test]
     fn twins_survive_reopening_the_store() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let registry = TwinRegistry::new(Arc::new(HubStats::default()));
+        let registry = TwinRegistry::new(Arc::new(HubStats::default()), Arc::default());
         let key = TwinKey {
             lab: "lab-a".parse().expect("valid"),
             machine: "m-1".parse().expect("valid"),

@@ -13,7 +13,15 @@ use protocol::{GatewayId, LabId, MachineId, MachineState, MetricName, Unit};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::alarm::{Alarm, AlarmError, AlarmEvent, AlarmFilter, MachineAlarms, MachineSnapshot};
+use crate::catalogue::MachineKind;
+use crate::directory::{Directory, Relation};
+use crate::kpi::{KpiSample, Kpis};
 use crate::stats::{HubStats, IngestDrop};
+
+/// Metric in which the gateway reports a command's outcome (0 ok, 1 invalid argument,
+/// 2 unsupported, 3 failed, 4 no node answered).
+pub const COMMAND_RESULT_METRIC: &str = "command.result";
 
 /// Metric whose value is the machine's [`MachineState`] code.
 pub const STATE_METRIC: &str = "state.code";
@@ -27,6 +35,17 @@ pub struct TwinKey {
     pub machine: MachineId,
 }
 
+impl TwinKey {
+    /// Parses `lab/machine`.
+    pub fn parse(id: &str) -> Option<Self> {
+        let (lab, machine) = id.split_once('/')?;
+        Some(Self {
+            lab: lab.parse().ok()?,
+            machine: machine.parse().ok()?,
+        })
+    }
+}
+
 impl std::fmt::Display for TwinKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.lab, self.machine)
@@ -34,7 +53,7 @@ impl std::fmt::Display for TwinKey {
 }
 
 /// A reported property value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Property {
     /// Last reported value; `None` until the first sample after birth.
     pub reported: Option<f64>,
@@ -42,17 +61,21 @@ pub struct Property {
     pub unit: String,
     /// Source timestamp of `reported`, ms since the epoch.
     pub timestamp: Option<u64>,
+    /// The machine or its gateway died since `reported` (Sparkplug DDEATH/NDEATH): the value is
+    /// the last known, not the current one.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// A feature: a group of properties (`spindle` of `spindle.power_w`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Feature {
     /// Properties by name.
     pub properties: BTreeMap<String, Property>,
 }
 
 /// Whether and how the twin is connected.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Connectivity {
     /// Its gateway session is alive and the device was born.
     pub online: bool,
@@ -63,7 +86,7 @@ pub struct Connectivity {
 }
 
 /// The machine's operating state and since when.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateInfo {
     /// `off`, `idle`, `running`, `warming`, `fault` or `unknown`.
     pub value: String,
@@ -71,8 +94,70 @@ pub struct StateInfo {
     pub since: Option<u64>,
 }
 
+/// Where a desired value stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredStatus {
+    /// Sent as a DCMD; no result yet.
+    Pending,
+    /// The machine applied it.
+    Applied,
+    /// The node refused the value.
+    Invalid,
+    /// The node does not support it.
+    Unsupported,
+    /// The node tried and failed.
+    Failed,
+    /// No answer in time (node or gateway gone).
+    NoAnswer,
+}
+
+impl DesiredStatus {
+    fn from_result_code(code: f64) -> Self {
+        match code as i64 {
+            0 => Self::Applied,
+            1 => Self::Invalid,
+            2 => Self::Unsupported,
+            4 => Self::NoAnswer,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// A desired property value an operator asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Desired {
+    /// The value asked for.
+    pub value: f64,
+    /// Where it stands.
+    pub status: DesiredStatus,
+    /// Who asked.
+    pub requested_by: String,
+    /// When, ms since the epoch.
+    pub requested_at: u64,
+    /// When the result came, ms since the epoch.
+    pub completed_at: Option<u64>,
+}
+
+/// An active alarm, as shown on its twin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AlarmSummary {
+    /// Alarm id (see `/api/v1/alarms`).
+    pub id: String,
+    /// The rule that raised it.
+    pub rule: String,
+    /// `info`, `minor`, `major` or `critical`.
+    pub severity: String,
+    /// `active` or `acknowledged`.
+    pub state: String,
+    /// What it means.
+    pub message: String,
+    /// When it was raised, ms since the epoch.
+    pub raised_at: u64,
+}
+
 /// A digital twin of one machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Twin {
     /// `lab/machine`.
     pub id: String,
@@ -80,6 +165,31 @@ pub struct Twin {
     pub lab: String,
     /// The machine.
     pub machine: String,
+    /// Catalogue kind (`GET /api/v1/catalogue`).
+    #[serde(default)]
+    pub kind: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Static metadata from the lab configuration.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Production line inside the lab.
+    #[serde(default)]
+    pub line: Option<String>,
+    /// Links to twins of virtual production lines, possibly in other labs.
+    #[serde(default)]
+    pub relations: Vec<Relation>,
+    /// Desired values of writable properties, by metric.
+    #[serde(default)]
+    pub desired: BTreeMap<String, Desired>,
+    /// Derived KPIs for today.
+    #[serde(default)]
+    pub kpis: Kpis,
+    /// Active (raised, not cleared) alarms.
+    #[serde(default)]
+    pub alarms: Vec<AlarmSummary>,
+
     /// Connectivity.
     pub connectivity: Connectivity,
     /// Operating state.
@@ -104,6 +214,14 @@ impl Twin {
             id: key.to_string(),
             lab: key.lab.to_string(),
             machine: key.machine.to_string(),
+            kind: crate::catalogue::GENERIC_KIND.into(),
+            name: None,
+            attributes: BTreeMap::new(),
+            line: None,
+            relations: Vec::new(),
+            desired: BTreeMap::new(),
+            kpis: Kpis::default(),
+            alarms: Vec::new(),
             connectivity: Connectivity::default(),
             state: StateInfo {
                 value: "unknown".into(),
@@ -137,6 +255,7 @@ impl Twin {
                 reported: None,
                 unit: String::new(),
                 timestamp: None,
+                stale: false,
             })
     }
 }
@@ -191,7 +310,7 @@ pub enum TwinUpdate {
 }
 
 /// One change, as streamed to clients.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TwinChange {
     /// `birth`, `sample` or `offline`.
     pub kind: String,
@@ -209,40 +328,217 @@ pub struct TwinChange {
     pub state: String,
     /// Online after the change.
     pub online: bool,
+    /// For `kind: "alarm"`: the alarm event (`raised`, `cleared` or `acknowledged`, and the alarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub alarm: Option<serde_json::Value>,
+}
+
+/// A twin with what ingest needs beside it.
+#[derive(Debug)]
+struct Entry {
+    twin: Twin,
+    kind: Arc<MachineKind>,
+    alarms: MachineAlarms,
+}
+
+impl Entry {
+    fn new(key: &TwinKey, kind: Arc<MachineKind>) -> Self {
+        let mut twin = Twin::new(key);
+        twin.kind = kind.id.clone();
+        let mut alarms = MachineAlarms::new(key);
+        alarms.set_rules(&kind.rules);
+        Self { twin, kind, alarms }
+    }
+
+    /// Copies the engine's active alarms onto the twin.
+    fn refresh_alarm_summary(&mut self) {
+        self.twin.alarms = self
+            .alarms
+            .active()
+            .into_iter()
+            .map(|alarm| AlarmSummary {
+                state: if alarm.state.is_acknowledged() {
+                    "acknowledged".into()
+                } else {
+                    "active".into()
+                },
+                severity: serde_json::to_value(alarm.severity)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                id: alarm.id,
+                rule: alarm.rule,
+                message: alarm.message,
+                raised_at: alarm.raised_at,
+            })
+            .collect();
+    }
+}
+
+/// Metric of the streaming anomaly score written on twins whose kind configures one.
+pub const ANOMALY_METRIC: &str = "anomaly.score";
+
+/// Why a desired-property write was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DesiredError {
+    /// No such twin.
+    #[error("no twin {0}")]
+    UnknownTwin(String),
+    /// The kind has no such writable property.
+    #[error("{metric} is not a writable property of kind {kind}")]
+    NotWritable {
+        /// The metric.
+        metric: String,
+        /// The twin's kind.
+        kind: String,
+    },
+    /// Out of the kind's range.
+    #[error("{metric} must be between {min} and {max}, got {value}")]
+    OutOfRange {
+        /// The metric.
+        metric: String,
+        /// The value asked for.
+        value: f64,
+        /// Smallest accepted.
+        min: f64,
+        /// Largest accepted.
+        max: f64,
+    },
+    /// The machine is not connected, so nothing could deliver the command.
+    #[error("{0} is offline")]
+    Offline(String),
 }
 
 /// The live twins, shared by ingest, API and persistence.
 #[derive(Debug)]
 pub struct TwinRegistry {
-    twins: DashMap<TwinKey, Twin>,
+    twins: DashMap<TwinKey, Entry>,
     dirty: DashMap<TwinKey, ()>,
     changes: broadcast::Sender<Arc<TwinChange>>,
     stats: Arc<HubStats>,
+    directory: Arc<Directory>,
 }
 
 /// How many changes a slow stream client may fall behind before it is told it lagged.
 const CHANGE_BUFFER: usize = 8192;
 
+/// What an accepted update did, for persistence and the history sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The twin.
+    pub key: TwinKey,
+    /// Source time of the values.
+    pub timestamp: u64,
+    /// The sample's node sequence number (0 for property reports).
+    pub seq: u32,
+    /// Values to keep in history: every accepted sample (live or replayed) and property report.
+    pub values: Vec<(MetricName, f64)>,
+    /// Replayed from a gateway's buffer.
+    pub historical: bool,
+    /// The gateway it came through.
+    pub gateway: Option<String>,
+}
+
 impl TwinRegistry {
-    /// An empty registry.
-    pub fn new(stats: Arc<HubStats>) -> Self {
+    /// An empty registry that enriches twins from `directory`.
+    pub fn new(stats: Arc<HubStats>, directory: Arc<Directory>) -> Self {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         Self {
             twins: DashMap::new(),
             dirty: DashMap::new(),
             changes,
             stats,
+            directory,
         }
     }
 
-    /// Restores twins loaded from storage; they stay offline until their gateway births them.
-    pub fn restore(&self, twins: impl IntoIterator<Item = Twin>) {
-        for mut twin in twins {
-            let (Ok(lab), Ok(machine)) = (twin.lab.parse(), twin.machine.parse()) else {
+    /// The directory twins are enriched from.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    /// Restores twins and their alarm state loaded from storage; twins stay offline until their
+    /// gateway births them.
+    pub fn restore(&self, twins: impl IntoIterator<Item = (Twin, Option<MachineSnapshot>)>) {
+        for (mut twin, alarms) in twins {
+            let Some(key) = TwinKey::parse(&twin.id) else {
                 continue;
             };
             twin.connectivity.online = false;
-            self.twins.insert(TwinKey { lab, machine }, twin);
+            // Until the machine reports again, what is known is from before the restart.
+            for feature in twin.features.values_mut() {
+                for property in feature.properties.values_mut() {
+                    property.stale = true;
+                }
+            }
+            let kind = self.directory.kind(&twin.kind);
+
+            let mut alarms =
+                alarms.map_or_else(|| MachineAlarms::new(&key), MachineAlarms::from_snapshot);
+            alarms.set_rules(&kind.rules);
+            let mut entry = Entry { twin, kind, alarms };
+            entry.refresh_alarm_summary();
+            self.twins.insert(key, entry);
+        }
+    }
+
+    /// A twin and its alarm state, as persisted together.
+    pub fn persisted(&self, key: &TwinKey) -> Option<(Twin, MachineSnapshot)> {
+        self.twins
+            .get(key)
+            .map(|e| (e.twin.clone(), e.alarms.snapshot()))
+    }
+
+    /// Alarms matching `filter`, newest first.
+    pub fn alarms(&self, filter: &AlarmFilter) -> Vec<Alarm> {
+        let mut alarms: Vec<Alarm> = self
+            .twins
+            .iter()
+            .flat_map(|entry| {
+                entry
+                    .alarms
+                    .alarms()
+                    .iter()
+                    .filter(|a| filter.matches(a))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        alarms.sort_by(|a, b| b.raised_at.cmp(&a.raised_at).then(b.id.cmp(&a.id)));
+        alarms
+    }
+
+    /// Acknowledges an alarm for `user`.
+    pub fn acknowledge(&self, alarm_id: &str, user: &str, now: u64) -> Result<Alarm, AlarmError> {
+        let unknown = || AlarmError::UnknownAlarm {
+            id: alarm_id.to_owned(),
+        };
+        let key = crate::alarm::machine_of_alarm(alarm_id).ok_or_else(unknown)?;
+        let mut entry = self.twins.get_mut(&key).ok_or_else(unknown)?;
+        let event = entry.alarms.acknowledge(alarm_id, user, now)?;
+        entry.refresh_alarm_summary();
+        let alarm = event.alarm.clone();
+        let change = alarm_change(&entry.twin, &event, now);
+        drop(entry);
+        self.publish(key, change);
+        Ok(alarm)
+    }
+
+    /// Forgets old cleared alarms.
+    pub fn prune_alarms(&self, now: u64) {
+        for mut entry in self.twins.iter_mut() {
+            let pruned = entry.alarms.prune(now, &crate::alarm::Retention::default());
+            if pruned.unacknowledged > 0 {
+                tracing::warn!(twin = %entry.key(), count = pruned.unacknowledged, "pruned cleared alarms nobody acknowledged");
+            }
+        }
+    }
+
+    /// Publishes alarm events of a twin (after its entry lock is released).
+    fn publish_alarms(&self, key: &TwinKey, changes: Vec<TwinChange>) {
+        for change in changes {
+            self.publish(key.clone(), change);
         }
     }
 
@@ -253,7 +549,12 @@ impl TwinRegistry {
 
     /// A copy of one twin.
     pub fn get(&self, key: &TwinKey) -> Option<Twin> {
-        self.twins.get(key).map(|t| t.clone())
+        self.twins.get(key).map(|e| e.twin.clone())
+    }
+
+    /// The kind of a twin.
+    pub fn kind(&self, key: &TwinKey) -> Option<Arc<MachineKind>> {
+        self.twins.get(key).map(|e| e.kind.clone())
     }
 
     /// Copies of all twins (optionally of one lab), sorted by id.
@@ -262,7 +563,7 @@ impl TwinRegistry {
             .twins
             .iter()
             .filter(|entry| lab.is_none_or(|lab| &entry.key().lab == lab))
-            .map(|entry| entry.value().clone())
+            .map(|entry| entry.value().twin.clone())
             .collect();
         twins.sort_by(|a, b| a.id.cmp(&b.id));
         twins
@@ -287,9 +588,88 @@ impl TwinRegistry {
         keys
     }
 
-    /// Applies an update; returns whether the twin changed.
-    pub fn apply(&self, update: TwinUpdate) -> bool {
-        let (key, change) = match update {
+    /// Marks a twin changed and tells the streams.
+    fn publish(&self, key: TwinKey, change: TwinChange) {
+        self.dirty.insert(key, ());
+        // No receiver is fine: nobody is watching.
+        let _ = self.changes.send(Arc::new(change));
+    }
+
+    /// Records a desired value (checked against the kind) before the DCMD goes out.
+    pub fn request_desired(
+        &self,
+        key: &TwinKey,
+        metric: &str,
+        value: f64,
+        user: &str,
+        now: u64,
+    ) -> Result<(), DesiredError> {
+        let mut entry = self
+            .twins
+            .get_mut(key)
+            .ok_or_else(|| DesiredError::UnknownTwin(key.to_string()))?;
+        let Some(spec) = entry.kind.writable(metric) else {
+            return Err(DesiredError::NotWritable {
+                metric: metric.to_owned(),
+                kind: entry.kind.id.clone(),
+            });
+        };
+        if !(value.is_finite() && (spec.min..=spec.max).contains(&value)) {
+            return Err(DesiredError::OutOfRange {
+                metric: metric.to_owned(),
+                value,
+                min: spec.min,
+                max: spec.max,
+            });
+        }
+        if !entry.twin.connectivity.online {
+            return Err(DesiredError::Offline(key.to_string()));
+        }
+        entry.twin.desired.insert(
+            metric.to_owned(),
+            Desired {
+                value,
+                status: DesiredStatus::Pending,
+                requested_by: user.to_owned(),
+                requested_at: now,
+                completed_at: None,
+            },
+        );
+        let change = change("desired", &entry.twin, None, now, BTreeMap::new());
+        drop(entry);
+        self.publish(key.clone(), change);
+        Ok(())
+    }
+
+    /// Marks desired values still pending after `timeout_ms` as unanswered.
+    pub fn expire_desired(&self, now: u64, timeout_ms: u64) {
+        let mut expired = Vec::new();
+        for mut entry in self.twins.iter_mut() {
+            let mut any = false;
+            for desired in entry.twin.desired.values_mut() {
+                if desired.status == DesiredStatus::Pending
+                    && now.saturating_sub(desired.requested_at) > timeout_ms
+                {
+                    desired.status = DesiredStatus::NoAnswer;
+                    desired.completed_at = Some(now);
+                    any = true;
+                }
+            }
+            if any {
+                expired.push((
+                    entry.key().clone(),
+                    change("desired", &entry.twin, None, now, BTreeMap::new()),
+                ));
+            }
+        }
+        for (key, change) in expired {
+            self.publish(key, change);
+        }
+    }
+
+    /// Applies an update; returns what was accepted, or `None` when nothing changed.
+    pub fn apply(&self, update: TwinUpdate) -> Option<Applied> {
+        match update {
             TwinUpdate::Birth {
                 key,
                 gateway,
@@ -297,10 +677,28 @@ impl TwinRegistry {
                 metrics,
                 timestamp,
             } => {
-                let mut twin = self
-                    .twins
-                    .entry(key.clone())
-                    .or_insert_with(|| Twin::new(&key));
+                let directory = &self.directory;
+                let mut entry = self.twins.entry(key.clone()).or_insert_with(|| {
+                    let kind = directory.kind_of(&key, metrics.iter().map(|(m, _)| m.as_str()));
+                    Entry::new(&key, kind)
+                });
+                if entry.kind.id == crate::catalogue::GENERIC_KIND {
+                    // A machine first seen with too few metrics to recognise gets another chance.
+                    let kind = directory.kind_of(&key, metrics.iter().map(|(m, _)| m.as_str()));
+                    entry.alarms.set_rules(&kind.rules);
+                    entry.kind = kind;
+                }
+                let alarm_events = entry.alarms.on_online(timestamp);
+                entry.refresh_alarm_summary();
+                let kind_id = entry.kind.id.clone();
+                let twin = &mut entry.twin;
+                twin.kind = kind_id;
+                if let Some(machine) = directory.machine(&key) {
+                    twin.name = machine.name.clone();
+                    twin.line = machine.line.clone();
+                    twin.attributes = machine.attributes.clone();
+                }
+                twin.relations = directory.relations(&key);
                 twin.connectivity = Connectivity {
                     online: true,
                     gateway: Some(gateway.to_string()),
@@ -313,9 +711,12 @@ impl TwinRegistry {
                 for (name, unit) in &metrics {
                     twin.property_mut(name).unit = unit.symbol().to_owned();
                 }
-                let change = change("birth", &twin, None, timestamp, BTreeMap::new());
-                drop(twin);
-                (key, change)
+                let change = change("birth", twin, None, timestamp, BTreeMap::new());
+                let alarms = alarm_changes(twin, &alarm_events, timestamp);
+                drop(entry);
+                self.publish(key.clone(), change);
+                self.publish_alarms(&key, alarms);
+                None
             }
             TwinUpdate::Sample {
                 key,
@@ -324,33 +725,33 @@ impl TwinRegistry {
                 values,
                 historical,
             } => {
-                let Some(mut twin) = self.twins.get_mut(&key) else {
+                let Some(mut entry) = self.twins.get_mut(&key) else {
                     self.stats.ingest_dropped(IngestDrop::UnknownTwin);
-                    return false;
+                    return None;
                 };
+                let Entry { twin, kind, alarms } = &mut *entry;
+                let mut alarm_events = Vec::new();
+                let mut values = values;
                 if seq <= twin.last_seq {
                     self.stats.ingest_dropped(IngestDrop::StaleSequence);
-                    return false;
+                    return None;
                 }
                 twin.last_seq = seq;
                 twin.samples += 1;
+                self.stats.sample_applied();
+                let mut streamed = BTreeMap::new();
                 if historical {
                     twin.historical_samples += 1;
-                    let values = values
-                        .into_iter()
-                        .map(|(n, v)| (n.to_string(), v))
-                        .collect();
-                    self.stats.sample_applied();
-                    let change = change("historical", &twin, Some(seq), timestamp, values);
-                    drop(twin);
-                    (key, change)
+                    for (name, value) in &values {
+                        streamed.insert(name.to_string(), *value);
+                    }
                 } else {
+                    let was_running = twin.state.value == MachineState::Running.as_str();
                     twin.connectivity.online = true;
                     twin.connectivity.last_seen = Some(timestamp);
-                    let mut changed = BTreeMap::new();
-                    for (name, value) in values {
+                    for (name, value) in &values {
                         if name.as_str() == STATE_METRIC {
-                            let state = state_name(value);
+                            let state = state_name(*value);
                             if twin.state.value != state {
                                 twin.state = StateInfo {
                                     value: state.to_owned(),
@@ -358,52 +759,166 @@ impl TwinRegistry {
                                 };
                             }
                         }
-                        let property = twin.property_mut(&name);
-                        property.reported = Some(value);
+                        let property = twin.property_mut(name);
+                        property.reported = Some(*value);
                         property.timestamp = Some(timestamp);
-                        changed.insert(name.to_string(), value);
+                        property.stale = false;
+                        streamed.insert(name.to_string(), *value);
                     }
-                    self.stats.sample_applied();
-                    let change = change("sample", &twin, Some(seq), timestamp, changed);
-                    drop(twin);
-                    (key, change)
+                    let find = |metric: &Option<String>| {
+                        let metric = metric.as_deref()?;
+                        values
+                            .iter()
+                            .find(|(name, _)| name.as_str() == metric)
+                            .map(|(_, v)| *v)
+                    };
+                    twin.kpis.observe(KpiSample {
+                        timestamp,
+                        was_running,
+                        power_w: find(&kind.power_metric),
+                        energy_wh: values
+                            .iter()
+                            .find(|(name, _)| name.as_str() == ENERGY_METRIC)
+                            .map(|(_, v)| *v),
+                        cycles: find(&kind.cycles_metric),
+                    });
+                    let outcome = alarms.on_sample(timestamp, &values);
+                    if outcome.ignored_stale {
+                        self.stats.ingest_dropped(IngestDrop::StaleAlarmSample);
+                    }
+                    if let (Some(score), Ok(name)) =
+                        (outcome.anomaly_score, MetricName::new(ANOMALY_METRIC))
+                    {
+                        let property = twin.property_mut(&name);
+                        property.reported = Some(score);
+                        property.timestamp = Some(timestamp);
+                        property.stale = false;
+                        streamed.insert(ANOMALY_METRIC.to_owned(), score);
+                        values.push((name, score));
+                    }
+                    alarm_events = outcome.events;
                 }
+                let kind_name = if historical { "historical" } else { "sample" };
+                let change = change(kind_name, twin, Some(seq), timestamp, streamed);
+                let gateway = twin.connectivity.gateway.clone();
+                let alarm_changes = alarm_changes(twin, &alarm_events, timestamp);
+                if !alarm_events.is_empty() {
+                    entry.refresh_alarm_summary();
+                }
+                drop(entry);
+                self.publish(key.clone(), change);
+                self.publish_alarms(&key, alarm_changes);
+                Some(Applied {
+                    key,
+                    timestamp,
+                    seq,
+                    values,
+                    historical,
+                    gateway,
+                })
             }
             TwinUpdate::Properties {
                 key,
                 timestamp,
                 values,
             } => {
-                let Some(mut twin) = self.twins.get_mut(&key) else {
+                let Some(mut entry) = self.twins.get_mut(&key) else {
                     self.stats.ingest_dropped(IngestDrop::UnknownTwin);
-                    return false;
+                    return None;
                 };
+                let twin = &mut entry.twin;
                 let mut changed = BTreeMap::new();
-                for (name, value) in values {
-                    let property = twin.property_mut(&name);
-                    property.reported = Some(value);
+                for (name, value) in &values {
+                    let property = twin.property_mut(name);
+                    property.reported = Some(*value);
                     property.timestamp = Some(timestamp);
-                    changed.insert(name.to_string(), value);
+                    property.stale = false;
+                    changed.insert(name.to_string(), *value);
                 }
-                let change = change("properties", &twin, None, timestamp, changed);
-                drop(twin);
-                (key, change)
+                settle_desired(twin, &values, timestamp);
+                let change = change("properties", twin, None, timestamp, changed);
+                let gateway = twin.connectivity.gateway.clone();
+                drop(entry);
+                self.publish(key.clone(), change);
+                Some(Applied {
+                    key,
+                    timestamp,
+                    seq: 0,
+                    values,
+                    historical: false,
+                    gateway,
+                })
             }
             TwinUpdate::Offline { key, timestamp } => {
-                let Some(mut twin) = self.twins.get_mut(&key) else {
-                    return false;
-                };
-                twin.connectivity.online = false;
-                let change = change("offline", &twin, None, timestamp, BTreeMap::new());
-                drop(twin);
-                (key, change)
+                let mut entry = self.twins.get_mut(&key)?;
+                entry.twin.connectivity.online = false;
+                for feature in entry.twin.features.values_mut() {
+                    for property in feature.properties.values_mut() {
+                        property.stale = true;
+                    }
+                }
+
+                let events = entry.alarms.on_offline(timestamp);
+                entry.refresh_alarm_summary();
+                let change = change("offline", &entry.twin, None, timestamp, BTreeMap::new());
+                let alarms = alarm_changes(&entry.twin, &events, timestamp);
+                drop(entry);
+                self.publish(key.clone(), change);
+                self.publish_alarms(&key, alarms);
+                None
             }
-        };
-        self.dirty.insert(key, ());
-        // No receiver is fine: nobody is watching.
-        let _ = self.changes.send(Arc::new(change));
-        true
+        }
     }
+}
+
+/// The metric gateways derive from power (a monotonic meter that restarts with the gateway).
+const ENERGY_METRIC: &str = "energy.total_wh";
+
+/// Matches a command result to the desired value it answers. Gateways handle one machine's
+/// commands in order, so a result belongs to the oldest pending request; the applied value, when
+/// reported, names its metric directly.
+fn settle_desired(twin: &mut Twin, values: &[(MetricName, f64)], timestamp: u64) {
+    let Some(code) = values
+        .iter()
+        .find(|(name, _)| name.as_str() == COMMAND_RESULT_METRIC)
+        .map(|(_, v)| *v)
+    else {
+        return;
+    };
+    let named = values
+        .iter()
+        .find(|(name, _)| {
+            twin.desired
+                .get(name.as_str())
+                .is_some_and(|d| d.status == DesiredStatus::Pending)
+        })
+        .map(|(name, _)| name.to_string());
+    let oldest = || {
+        twin.desired
+            .iter()
+            .filter(|(_, d)| d.status == DesiredStatus::Pending)
+            .min_by_key(|(_, d)| d.requested_at)
+            .map(|(name, _)| name.clone())
+    };
+    if let Some(metric) = named.or_else(oldest)
+        && let Some(desired) = twin.desired.get_mut(&metric)
+    {
+        desired.status = DesiredStatus::from_result_code(code);
+        desired.completed_at = Some(timestamp);
+    }
+}
+
+fn alarm_change(twin: &Twin, event: &AlarmEvent, timestamp: u64) -> TwinChange {
+    let mut change = change("alarm", twin, None, timestamp, BTreeMap::new());
+    change.alarm = serde_json::to_value(event).ok();
+    change
+}
+
+fn alarm_changes(twin: &Twin, events: &[AlarmEvent], timestamp: u64) -> Vec<TwinChange> {
+    events
+        .iter()
+        .map(|event| alarm_change(twin, event, timestamp))
+        .collect()
 }
 
 fn state_name(code: f64) -> &'static str {
@@ -429,6 +944,7 @@ fn change(
         values,
         state: twin.state.value.clone(),
         online: twin.connectivity.online,
+        alarm: None,
     }
 }
 
@@ -448,7 +964,7 @@ mod tests {
     }
 
     fn registry() -> TwinRegistry {
-        let registry = TwinRegistry::new(Arc::new(HubStats::default()));
+        let registry = TwinRegistry::new(Arc::new(HubStats::default()), Arc::default());
         registry.apply(TwinUpdate::Birth {
             key: key(),
             boot: Some(1),
@@ -476,6 +992,71 @@ mod tests {
     }
 
     #[test]
+    fn desired_values_are_checked_against_the_kind_and_settled_by_command_results() {
+        let registry = TwinRegistry::new(Arc::new(HubStats::default()), Arc::default());
+        registry.apply(TwinUpdate::Birth {
+            key: key(),
+            boot: Some(1),
+            gateway: "gw-a".parse().expect("valid"),
+            metrics: vec![
+                (metric("spindle.power_w"), Unit::Watt),
+                (metric("spindle.vibration_rms"), Unit::MillimetrePerSecond),
+                (metric("production.parts"), Unit::Count),
+            ],
+            timestamp: 1,
+        });
+        assert_eq!(registry.get(&key()).expect("twin").kind, "cnc-mill");
+        assert!(matches!(
+            registry.request_desired(&key(), "spindle.power_w", 1.0, "olga", 2),
+            Err(DesiredError::NotWritable { .. })
+        ));
+        assert!(matches!(
+            registry.request_desired(&key(), "node.period_ms", 5.0, "olga", 2),
+            Err(DesiredError::OutOfRange { .. })
+        ));
+        registry
+            .request_desired(&key(), "node.period_ms", 500.0, "olga", 2)
+            .expect("accepted");
+        registry
+            .request_desired(&key(), "node.identify_ms", 1000.0, "olga", 3)
+            .expect("accepted");
+        // A refusal without the metric's name settles the oldest pending request.
+        registry.apply(TwinUpdate::Properties {
+            key: key(),
+            timestamp: 4,
+            values: vec![(metric(COMMAND_RESULT_METRIC), 1.0)],
+        });
+        // An applied value names its metric.
+        registry.apply(TwinUpdate::Properties {
+            key: key(),
+            timestamp: 5,
+            values: vec![
+                (metric("node.identify_ms"), 1000.0),
+                (metric(COMMAND_RESULT_METRIC), 0.0),
+            ],
+        });
+        let twin = registry.get(&key()).expect("twin");
+        assert_eq!(
+            twin.desired["node.period_ms"].status,
+            DesiredStatus::Invalid
+        );
+        assert_eq!(
+            twin.desired["node.identify_ms"].status,
+            DesiredStatus::Applied
+        );
+        assert_eq!(twin.desired["node.identify_ms"].completed_at, Some(5));
+        registry
+            .request_desired(&key(), "node.period_ms", 1000.0, "olga", 10)
+            .expect("accepted");
+        registry.expire_desired(10 + 20_000, 15_000);
+        let twin = registry.get(&key()).expect("twin");
+        assert_eq!(
+            twin.desired["node.period_ms"].status,
+            DesiredStatus::NoAnswer
+        );
+    }
+
+    #[test]
     fn a_birth_creates_an_online_twin_with_units() {
         let twin = registry().get(&key()).expect("born");
         assert!(twin.connectivity.online);
@@ -486,10 +1067,10 @@ mod tests {
     #[test]
     fn samples_update_values_and_state_and_duplicates_never_move_it_back() {
         let registry = registry();
-        assert!(registry.apply(sample(1, 100.0)));
-        assert!(registry.apply(sample(2, 200.0)));
-        assert!(!registry.apply(sample(2, 999.0)), "duplicate");
-        assert!(!registry.apply(sample(1, 999.0)), "late replay");
+        assert!(registry.apply(sample(1, 100.0)).is_some());
+        assert!(registry.apply(sample(2, 200.0)).is_some());
+        assert!(registry.apply(sample(2, 999.0)).is_none(), "duplicate");
+        assert!(registry.apply(sample(1, 999.0)).is_none(), "late replay");
         let twin = registry.get(&key()).expect("exists");
         assert_eq!(twin.value("spindle.power_w"), Some(200.0));
         assert_eq!((twin.last_seq, twin.samples), (2, 2));
@@ -516,16 +1097,16 @@ mod tests {
         // The gateway was born again (a reconnect): same boot, so old samples stay old.
         registry.apply(rebirth(Some(1)));
         assert!(
-            !registry.apply(sample(9, 9.0)),
+            registry.apply(sample(9, 9.0)).is_none(),
             "a replay from before the rebirth"
         );
-        assert!(registry.apply(sample(11, 11.0)));
+        assert!(registry.apply(sample(11, 11.0)).is_some());
         // A birth that does not know the boot (a restarted gateway) changes nothing either.
         registry.apply(rebirth(None));
-        assert!(!registry.apply(sample(11, 11.0)));
+        assert!(registry.apply(sample(11, 11.0)).is_none());
         registry.apply(rebirth(Some(2)));
         assert!(
-            registry.apply(sample(1, 1.0)),
+            registry.apply(sample(1, 1.0)).is_some(),
             "the node rebooted: its sequence restarts"
         );
         assert_eq!(
@@ -552,13 +1133,17 @@ mod tests {
         else {
             unreachable!("a sample")
         };
-        assert!(registry.apply(TwinUpdate::Sample {
-            key: twin_key,
-            seq,
-            timestamp,
-            values,
-            historical: true
-        }));
+        assert!(
+            registry
+                .apply(TwinUpdate::Sample {
+                    key: twin_key,
+                    seq,
+                    timestamp,
+                    values,
+                    historical: true
+                })
+                .is_some()
+        );
         let twin = registry.get(&key()).expect("exists");
         assert_eq!(twin.value("spindle.power_w"), Some(100.0));
         assert_eq!(
@@ -582,8 +1167,8 @@ mod tests {
     #[test]
     fn offline_marks_the_twin_and_samples_for_unknown_twins_are_counted() {
         let stats = Arc::new(HubStats::default());
-        let registry = TwinRegistry::new(stats.clone());
-        assert!(!registry.apply(sample(1, 1.0)));
+        let registry = TwinRegistry::new(stats.clone(), Arc::default());
+        assert!(registry.apply(sample(1, 1.0)).is_none());
         assert_eq!(stats.dropped(IngestDrop::UnknownTwin), 1);
         let registry = super::tests::registry();
         registry.apply(TwinUpdate::Offline {

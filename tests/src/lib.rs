@@ -13,9 +13,10 @@ use hub::broker::BrokerConfig;
 use hub::{BrokerSetting, Hub, HubConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A hub with an embedded broker on ephemeral ports and its data in `data_dir`, ready.
-pub async fn start_hub(data_dir: &std::path::Path) -> anyhow::Result<Hub> {
-    let config = HubConfig {
+/// The configuration of a hub with an embedded broker on ephemeral ports and its data in
+/// `data_dir`, for tests that change it before starting.
+pub fn hub_config(data_dir: &std::path::Path) -> HubConfig {
+    HubConfig {
         http_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         broker: BrokerSetting::Embedded(BrokerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -23,7 +24,16 @@ pub async fn start_hub(data_dir: &std::path::Path) -> anyhow::Result<Hub> {
         }),
         data_dir: data_dir.to_owned(),
         ..HubConfig::default()
-    };
+    }
+}
+
+/// A hub from [`hub_config`], ready.
+pub async fn start_hub(data_dir: &std::path::Path) -> anyhow::Result<Hub> {
+    start_hub_with(hub_config(data_dir)).await
+}
+
+/// A hub from `config`, ready (ingest subscribed, STATE online).
+pub async fn start_hub_with(config: HubConfig) -> anyhow::Result<Hub> {
     let hub = Hub::start(config).await.context("starting the hub")?;
     within(
         Duration::from_secs(10),
@@ -32,6 +42,18 @@ pub async fn start_hub(data_dir: &std::path::Path) -> anyhow::Result<Hub> {
     )
     .await?;
     Ok(hub)
+}
+
+/// An argon2id hash with argon2's cheapest parameters: brokers verify one on every CONNECT, and
+/// debug builds are slow.
+pub fn cheap_password_hash(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::PasswordHasher;
+    let params = argon2::Params::new(8, 1, 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    Ok(argon
+        .hash_password(password.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string())
 }
 
 /// Awaits `future`, failing with a message naming `what` after `deadline`.
@@ -61,13 +83,38 @@ pub async fn wait_until(
 
 /// A minimal HTTP/1.1 GET; returns the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http(addr, "GET", path, None, None).await
+}
+
+/// A minimal HTTP/1.1 request with an optional bearer token and JSON body; returns the status
+/// code and the body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json_body: Option<&[u8]>,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = json_body.unwrap_or_default();
+    if json_body.is_some() {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body).await?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
+    // The server may answer (e.g. 413) and close before reading the whole body.
+    let _ = stream.read_to_end(&mut response).await;
     let text = String::from_utf8(response).context("response is not UTF-8")?;
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         bail!("no header end in {text:?}")
@@ -257,11 +304,79 @@ pub fn run_gateway_child(config: &std::path::Path) -> anyhow::Result<()> {
 pub fn spawn_gateway_process(
     args: &[&str],
     config: &std::path::Path,
-) -> anyhow::Result<std::process::Child> {
+) -> anyhow::Result<ChildProcess> {
+    spawn_child(args, GATEWAY_CHILD_ENV, config, "GATEWAY READY").map(|(child, _)| child)
+}
+
+/// The environment variable that makes an executable act as a hub process
+/// ([`run_hub_child`]); [`spawn_hub_process`] sets it.
+pub const HUB_CHILD_ENV: &str = "DEMOLAB_HUB_CHILD_CONFIG";
+
+/// The hub process's side: runs a hub from the `hub.toml` at `config` until the process is
+/// killed, printing `HUB READY http=ADDR` once it is up.
+pub fn run_hub_child(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = hub::config::HubFile::load(config)?.into_config(config)?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let hub = Hub::start(config).await?;
+        hub.ready().await;
+        println!("HUB READY http={}", hub.http_addr());
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+/// Starts this executable again, with `args`, as a hub process running `config`; returns the
+/// process and the hub's HTTP address once it is ready.
+pub fn spawn_hub_process(
+    args: &[&str],
+    config: &std::path::Path,
+) -> anyhow::Result<(ChildProcess, SocketAddr)> {
+    let (child, line) = spawn_child(args, HUB_CHILD_ENV, config, "HUB READY")?;
+    let addr = line
+        .split("http=")
+        .nth(1)
+        .and_then(|a| a.trim().parse().ok())
+        .with_context(|| format!("no address in {line:?}"))?;
+    Ok((child, addr))
+}
+
+/// A child process that is killed when dropped, so a failing test leaves no process behind to
+/// join the next test's broker (it could take over a client id on a reused port).
+#[derive(Debug)]
+pub struct ChildProcess(std::process::Child);
+
+impl std::ops::Deref for ChildProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs this executable with `args` and `env=config`, waiting for a stdout line containing
+/// `marker`, which it returns.
+fn spawn_child(
+    args: &[&str],
+    env: &str,
+    config: &std::path::Path,
+    marker: &'static str,
+) -> anyhow::Result<(ChildProcess, String)> {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(args)
-        .env(GATEWAY_CHILD_ENV, config)
+        .env(env, config)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()?;
@@ -272,14 +387,14 @@ pub fn spawn_gateway_process(
             .lines()
             .map_while(Result::ok)
         {
-            if line.contains("GATEWAY READY") {
-                let _ = ready_tx.send(());
+            if line.contains(marker) {
+                let _ = ready_tx.send(line);
             }
         }
     });
-    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        let _ = child.kill();
-        bail!("the gateway process did not become ready within 30 s");
+    let child = ChildProcess(child);
+    match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => Ok((child, line)),
+        Err(_) => bail!("the child process did not print {marker:?} within 30 s"),
     }
-    Ok(child)
 }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use demolab_tests::{burst_node, gateway_config, start_gateway_with, start_hub, wait_until};
+use demolab_tests::{
+    burst_node, gateway_config, start_gateway_with, start_hub, wait_until, within,
+};
 use prost::Message;
 use protocol::sparkplug::{DataType, Metric, MetricValue, Payload};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -108,6 +110,13 @@ async fn data_waits_for_the_primary_host_and_then_arrives_historical() -> anyhow
     // A host that has not said it is online: everything must wait in the buffer.
     config.primary_host = Some("scada-host".parse()?);
     let gateway = gateway::start(config, cancel.clone())?;
+    // The node's Hello must find the gateway subscribed (it is not ready(): its host is away).
+    within(
+        Duration::from_secs(10),
+        "the gateway's node subscription",
+        gateway.sources_ready(),
+    )
+    .await?;
     let report = run_mqtt_node(
         burst_node(port, 0x5ca, "mill-host", 4, SAMPLES)?,
         cancel.clone(),

@@ -26,7 +26,7 @@ fn gateway_child() -> anyhow::Result<()> {
     run_gateway_child(Path::new(&path))
 }
 
-fn spawn_gateway(config: &Path) -> anyhow::Result<std::process::Child> {
+fn spawn_gateway(config: &Path) -> anyhow::Result<demolab_tests::ChildProcess> {
     spawn_gateway_process(
         &[
             "gateway_child",

@@ -1,0 +1,187 @@
+//! API errors: JSON `{ "error": { "code", "message" } }` with a stable code per cause.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use protocol::IdError;
+use serde::Serialize;
+
+/// An API error with a stable code.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A path or query id is invalid.
+    InvalidId(IdError),
+    /// A query parameter is malformed or unknown.
+    BadQuery(String),
+    /// A required query parameter is missing.
+    MissingParameter(&'static str),
+    /// `from`/`to` do not make a time range.
+    BadTimeRange(String),
+    /// `step` is unusable.
+    BadStep(String),
+    /// The body is not the JSON the endpoint takes.
+    BadBody(String),
+    /// The body is larger than the endpoint accepts.
+    BodyTooLarge,
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// No token where one is needed.
+    Unauthenticated,
+    /// A token that is unknown or expired.
+    InvalidToken,
+    /// Wrong user name or password.
+    BadCredentials,
+    /// The caller's role or game does not allow this.
+    Forbidden(String),
+    /// No such twin.
+    TwinNotFound(String),
+    /// No such alarm.
+    AlarmNotFound(String),
+    /// No such machine kind.
+    KindNotFound(String),
+    /// The alarm was already acknowledged.
+    AlarmAlreadyAcknowledged(String),
+    /// The property is not writable for this kind.
+    NotWritable(String),
+    /// The value is outside the kind's range.
+    OutOfRange(String),
+    /// The machine is offline, so a command cannot reach it.
+    MachineOffline(String),
+    /// The command could not be handed to the broker connection.
+    CommandNotSent(String),
+    /// No such route.
+    RouteNotFound,
+    /// The route exists, not with this method.
+    MethodNotAllowed,
+    /// The hub is starting or its broker connection is down.
+    NotReady,
+    /// Storage failed.
+    Storage(String),
+}
+
+/// The error document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// One error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code (see the table in `docs/api.md`).
+    pub code: &'static str,
+    /// What was wrong, for people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// HTTP status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ApiError as E;
+        match self {
+            E::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
+            E::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
+            E::MissingParameter(_) => (StatusCode::BAD_REQUEST, "missing_parameter"),
+            E::BadTimeRange(_) => (StatusCode::BAD_REQUEST, "bad_time_range"),
+            E::BadStep(_) => (StatusCode::BAD_REQUEST, "bad_step"),
+            E::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            E::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            E::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            E::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            E::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            E::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            E::TwinNotFound(_) => (StatusCode::NOT_FOUND, "twin_not_found"),
+            E::AlarmNotFound(_) => (StatusCode::NOT_FOUND, "alarm_not_found"),
+            E::KindNotFound(_) => (StatusCode::NOT_FOUND, "kind_not_found"),
+            E::AlarmAlreadyAcknowledged(_) => (StatusCode::CONFLICT, "alarm_already_acknowledged"),
+            E::NotWritable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_writable"),
+            E::OutOfRange(_) => (StatusCode::UNPROCESSABLE_ENTITY, "out_of_range"),
+            E::MachineOffline(_) => (StatusCode::CONFLICT, "machine_offline"),
+            E::CommandNotSent(_) => (StatusCode::SERVICE_UNAVAILABLE, "command_not_sent"),
+            E::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
+            E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            E::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            E::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+        }
+    }
+
+    fn message(&self) -> String {
+        use ApiError as E;
+        match self {
+            E::InvalidId(err) => err.to_string(),
+            E::BadQuery(m)
+            | E::BadTimeRange(m)
+            | E::BadStep(m)
+            | E::BadBody(m)
+            | E::Forbidden(m)
+            | E::NotWritable(m)
+            | E::OutOfRange(m)
+            | E::CommandNotSent(m)
+            | E::Storage(m) => m.clone(),
+            E::MissingParameter(name) => format!("query parameter `{name}` is required"),
+            E::BodyTooLarge => format!("the body is larger than {} bytes", super::BODY_LIMIT),
+            E::UnsupportedMediaType => "send the body as application/json".into(),
+            E::Unauthenticated => {
+                "log in first (POST /api/v1/auth/login) and send `Authorization: Bearer <token>`"
+                    .into()
+            }
+            E::InvalidToken => "the token is unknown or expired; log in again".into(),
+            E::BadCredentials => "unknown user or wrong password".into(),
+            E::TwinNotFound(id) => format!("no twin {id}"),
+            E::AlarmNotFound(id) => format!("no alarm {id}"),
+            E::KindNotFound(id) => format!("no machine kind {id}"),
+            E::AlarmAlreadyAcknowledged(id) => format!("alarm {id} is already acknowledged"),
+            E::MachineOffline(id) => format!("{id} is offline: a command cannot reach it"),
+            E::RouteNotFound => "no such endpoint; see /api/v1/openapi.json".into(),
+            E::MethodNotAllowed => "this endpoint does not take that method".into(),
+            E::NotReady => "the hub is not connected to its broker yet".into(),
+        }
+    }
+}
+
+impl From<IdError> for ApiError {
+    fn from(err: IdError) -> Self {
+        ApiError::InvalidId(err)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadQuery(rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                ApiError::BodyTooLarge
+            }
+            other => ApiError::BadBody(other.body_text()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code,
+                    message: self.message(),
+                },
+            }),
+        )
+            .into_response()
+    }
+}

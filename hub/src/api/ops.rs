@@ -1,0 +1,33 @@
+//! The page, probes and metrics.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+
+use super::{ApiError, AppState};
+
+pub(super) async fn index() -> Html<&'static str> {
+    Html(include_str!("../index.html"))
+}
+
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if *state.ready.borrow() {
+        Ok("ready\n")
+    } else {
+        Err(ApiError::NotReady)
+    }
+}
+
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let twins = state.twins.list(None);
+    let online = twins.iter().filter(|t| t.connectivity.online).count();
+    let mut text = state.stats.render(twins.len(), online);
+    if let Some(extra) = &state.extra_metrics {
+        text.push_str(&(extra.0)());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}

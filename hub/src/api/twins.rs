@@ -1,0 +1,390 @@
+//! Labs, the catalogue, twins, their history and desired properties.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use redb::ReadableDatabase;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, Caller, ErrorBody};
+use crate::auth::Role;
+use crate::catalogue::MachineKind;
+use crate::history::{self, Bucket, HistoryError, TimeRange};
+use crate::ingest::now_ms;
+use crate::twin::{Desired, DesiredError, Twin, TwinKey};
+
+/// A lab with a summary of its machines.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LabSummary {
+    /// Lab id (Sparkplug group).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Where it is.
+    pub location: String,
+    /// Twins in the lab.
+    pub machines: usize,
+    /// Of those, online.
+    pub online: usize,
+    /// Active alarms in the lab.
+    pub active_alarms: usize,
+}
+
+/// The labs the caller may read.
+#[utoipa::path(get, path = "/api/v1/labs", tag = "twins",
+    responses((status = 200, body = Vec<LabSummary>), (status = 401, description = "`unauthenticated`, `invalid_token`", body = ErrorBody)))]
+pub async fn list_labs(State(state): State<AppState>, caller: Caller) -> Json<Vec<LabSummary>> {
+    let directory = state.twins.directory();
+    let twins = state.twins.list(None);
+    let mut ids: BTreeSet<String> = twins.iter().map(|t| t.lab.clone()).collect();
+    ids.extend(directory.labs().map(|lab| lab.id.to_string()));
+    let labs = ids
+        .into_iter()
+        .filter_map(|id| {
+            let lab_id = id.parse().ok()?;
+            caller.0.can_read(&lab_id).then_some(())?;
+            let config = directory.lab(&lab_id);
+            let in_lab = twins.iter().filter(|t| t.lab == id);
+            Some(LabSummary {
+                name: config.map_or_else(|| id.clone(), |c| c.name.clone()),
+                location: config.map(|c| c.location.clone()).unwrap_or_default(),
+                machines: in_lab.clone().count(),
+                online: in_lab.clone().filter(|t| t.connectivity.online).count(),
+                active_alarms: in_lab.map(|t| t.alarms.len()).sum(),
+                id,
+            })
+        })
+        .collect();
+    Json(labs)
+}
+
+/// Every machine kind in the catalogue.
+#[utoipa::path(get, path = "/api/v1/catalogue", tag = "catalogue",
+    responses((status = 200, body = Vec<MachineKind>)))]
+pub async fn list_kinds(State(state): State<AppState>) -> Json<Vec<MachineKind>> {
+    let catalogue = state.twins.directory().catalogue();
+    Json(catalogue.kinds().map(|k| MachineKind::clone(k)).collect())
+}
+
+/// One machine kind.
+#[utoipa::path(get, path = "/api/v1/catalogue/{kind}", tag = "catalogue",
+    params(("kind" = String, Path, description = "Kind id, e.g. `cnc-mill`")),
+    responses((status = 200, body = MachineKind), (status = 404, description = "`kind_not_found`", body = ErrorBody)))]
+pub async fn get_kind(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+) -> Result<Json<MachineKind>, ApiError> {
+    let catalogue = state.twins.directory().catalogue();
+    catalogue
+        .get(&kind)
+        .map(|k| Json(MachineKind::clone(k)))
+        .ok_or(ApiError::KindNotFound(kind))
+}
+
+/// Filters of the twin list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TwinFilter {
+    /// Only this lab.
+    pub lab: Option<String>,
+    /// Only this machine id.
+    pub machine: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this state (`off`, `idle`, `warming`, `running`, `fault`, `unknown`).
+    pub state: Option<String>,
+    /// Only online (`true`) or offline (`false`) twins.
+    pub online: Option<bool>,
+    /// Only twins with (`true`) or without (`false`) active alarms.
+    pub alarm: Option<bool>,
+}
+
+const STATES: [&str; 6] = ["off", "idle", "warming", "running", "fault", "unknown"];
+
+/// The twins the caller may read, filtered.
+#[utoipa::path(get, path = "/api/v1/twins", tag = "twins",
+    params(TwinFilter),
+    responses(
+        (status = 200, body = Vec<Twin>),
+        (status = 400, description = "`invalid_id`, `bad_query`", body = ErrorBody),
+        (status = 403, description = "`forbidden` (a lab outside the student's game)", body = ErrorBody),
+    ))]
+pub async fn list_twins(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<TwinFilter>, QueryRejection>,
+) -> Result<Json<Vec<Twin>>, ApiError> {
+    let Query(filter) = query?;
+    let lab = filter.lab.as_deref().map(str::parse).transpose()?;
+    if let Some(lab) = &lab {
+        caller.require_lab(lab)?;
+    }
+    let machine: Option<protocol::MachineId> =
+        filter.machine.as_deref().map(str::parse).transpose()?;
+    if let Some(wanted) = &filter.state
+        && !STATES.contains(&wanted.as_str())
+    {
+        return Err(ApiError::BadQuery(format!(
+            "state must be one of {}, not {wanted:?}",
+            STATES.join(", ")
+        )));
+    }
+    let twins = state
+        .twins
+        .list(lab.as_ref())
+        .into_iter()
+        .filter(|t| t.lab.parse().is_ok_and(|l| caller.0.can_read(&l)))
+        .filter(|t| machine.as_ref().is_none_or(|m| m.as_str() == t.machine))
+        .filter(|t| filter.kind.as_ref().is_none_or(|k| k == &t.kind))
+        .filter(|t| filter.state.as_ref().is_none_or(|s| s == &t.state.value))
+        .filter(|t| filter.online.is_none_or(|o| o == t.connectivity.online))
+        .filter(|t| filter.alarm.is_none_or(|with| with != t.alarms.is_empty()))
+        .collect();
+    Ok(Json(twins))
+}
+
+fn twin_key(caller: &Caller, lab: &str, machine: &str) -> Result<TwinKey, ApiError> {
+    let key = TwinKey {
+        lab: lab.parse()?,
+        machine: machine.parse()?,
+    };
+    caller.require_lab(&key.lab)?;
+    Ok(key)
+}
+
+/// One twin.
+#[utoipa::path(get, path = "/api/v1/twins/{lab}/{machine}", tag = "twins",
+    params(("lab" = String, Path), ("machine" = String, Path)),
+    responses(
+        (status = 200, body = Twin),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`twin_not_found`", body = ErrorBody),
+    ))]
+pub async fn get_twin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((lab, machine)): Path<(String, String)>,
+) -> Result<Json<Twin>, ApiError> {
+    let key = twin_key(&caller, &lab, &machine)?;
+    state
+        .twins
+        .get(&key)
+        .map(Json)
+        .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))
+}
+
+/// Parameters of a history query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// The metric, e.g. `spindle.power_w`.
+    pub metric: Option<String>,
+    /// Start, ms since the epoch (default: an hour before `to`).
+    pub from: Option<u64>,
+    /// End, ms since the epoch (default: now).
+    pub to: Option<u64>,
+    /// Bucket width in ms (default: about 500 buckets over the range; `0` is an error).
+    pub step: Option<u64>,
+}
+
+/// A metric's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct History {
+    /// `lab/machine`.
+    pub twin: String,
+    /// The metric.
+    pub metric: String,
+    /// Its unit symbol.
+    pub unit: String,
+    /// Start, ms.
+    pub from: u64,
+    /// End, ms.
+    pub to: u64,
+    /// Bucket width, ms.
+    pub step: u64,
+    /// Buckets in time order (empty ones left out).
+    pub buckets: Vec<Bucket>,
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// A metric's history, downsampled into buckets (min, max, mean, last, count).
+#[utoipa::path(get, path = "/api/v1/twins/{lab}/{machine}/history", tag = "twins",
+    params(("lab" = String, Path), ("machine" = String, Path), HistoryQuery),
+    responses(
+        (status = 200, body = History),
+        (status = 400, description = "`invalid_id`, `bad_query`, `missing_parameter`, `bad_time_range`, `bad_step`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`twin_not_found`", body = ErrorBody),
+    ))]
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((lab, machine)): Path<(String, String)>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<History>, ApiError> {
+    let key = twin_key(&caller, &lab, &machine)?;
+    let Query(query) = query?;
+    let metric: protocol::MetricName = query
+        .metric
+        .as_deref()
+        .ok_or(ApiError::MissingParameter("metric"))?
+        .parse()?;
+    let twin = state
+        .twins
+        .get(&key)
+        .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))?;
+    let to = query.to.unwrap_or_else(now_ms);
+    let from = query.from.unwrap_or(to.saturating_sub(HOUR_MS));
+    let range = TimeRange {
+        from_ms: from,
+        to_ms: to,
+    };
+    range.validate().map_err(history_error)?;
+    let step = query.step.unwrap_or_else(|| history::default_step(range));
+    let store = state.store.clone();
+    let (query_key, query_metric) = (key.clone(), metric.clone());
+    let buckets = tokio::task::spawn_blocking(move || {
+        let txn = store
+            .database()
+            .begin_read()
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        history::query(&txn, &query_key, &query_metric, range, Some(step)).map_err(history_error)
+    })
+    .await
+    .map_err(|e| ApiError::Storage(e.to_string()))??;
+    let unit = twin
+        .features
+        .get(metric.feature())
+        .and_then(|f| f.properties.get(metric.property()))
+        .map(|p| p.unit.clone())
+        .unwrap_or_default();
+    Ok(Json(History {
+        twin: key.to_string(),
+        metric: metric.to_string(),
+        unit,
+        from,
+        to,
+        step,
+        buckets,
+    }))
+}
+
+fn history_error(err: HistoryError) -> ApiError {
+    match err.api_code() {
+        Some("bad_time_range") => ApiError::BadTimeRange(err.to_string()),
+        Some(_) => ApiError::BadStep(err.to_string()),
+        None => ApiError::Storage(err.to_string()),
+    }
+}
+
+/// What a desired-property write started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DesiredAccepted {
+    /// `lab/machine`.
+    pub twin: String,
+    /// The desired values now pending, by metric. Watch the twin (or the stream, `kind:
+    /// "desired"`) for their outcome.
+    pub desired: BTreeMap<String, Desired>,
+}
+
+/// Set writable properties: the values go to the machine as a Sparkplug DCMD through its
+/// gateway; each desired entry turns `applied` (or `invalid`, `unsupported`, `failed`,
+/// `no_answer`) when the machine answers. Needs the operator role.
+#[utoipa::path(patch, path = "/api/v1/twins/{lab}/{machine}/desired", tag = "twins",
+    params(("lab" = String, Path), ("machine" = String, Path)),
+    request_body(content = BTreeMap<String, f64>, description = "Metric → value, e.g. `{\"node.period_ms\": 500}`"),
+    responses(
+        (status = 202, body = DesiredAccepted),
+        (status = 400, description = "`invalid_id`, `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `invalid_token`", body = ErrorBody),
+        (status = 403, description = "`forbidden` (needs operator)", body = ErrorBody),
+        (status = 404, description = "`twin_not_found`", body = ErrorBody),
+        (status = 409, description = "`machine_offline`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`not_writable`, `out_of_range`", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn write_desired(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((lab, machine)): Path<(String, String)>,
+    body: Result<Json<BTreeMap<String, f64>>, JsonRejection>,
+) -> Result<(StatusCode, Json<DesiredAccepted>), ApiError> {
+    let principal = caller.require(Role::Operator)?.clone();
+    let key = twin_key(&caller, &lab, &machine)?;
+    let Json(values) = body?;
+    if values.is_empty() {
+        return Err(ApiError::BadBody(
+            "name at least one property, e.g. {\"node.period_ms\": 500}".into(),
+        ));
+    }
+    let twin = state
+        .twins
+        .get(&key)
+        .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))?;
+    let kind: Arc<MachineKind> = state
+        .twins
+        .kind(&key)
+        .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))?;
+    // Check every value before recording any, so a request is applied whole or not at all.
+    for (metric, value) in &values {
+        let spec = kind.writable(metric).ok_or_else(|| {
+            ApiError::NotWritable(format!(
+                "{metric} is not a writable property of kind {}",
+                kind.id
+            ))
+        })?;
+        if !(value.is_finite() && (spec.min..=spec.max).contains(value)) {
+            return Err(ApiError::OutOfRange(format!(
+                "{metric} must be between {} and {}, got {value}",
+                spec.min, spec.max
+            )));
+        }
+    }
+    let gateway = twin
+        .connectivity
+        .gateway
+        .as_deref()
+        .and_then(|g| g.parse().ok())
+        .filter(|_| twin.connectivity.online)
+        .ok_or_else(|| ApiError::MachineOffline(key.to_string()))?;
+    let now = now_ms();
+    for (metric, value) in &values {
+        state
+            .twins
+            .request_desired(&key, metric, *value, &principal.user, now)
+            .map_err(|err| match err {
+                DesiredError::UnknownTwin(id) => ApiError::TwinNotFound(id),
+                DesiredError::NotWritable { .. } => ApiError::NotWritable(err.to_string()),
+                DesiredError::OutOfRange { .. } => ApiError::OutOfRange(err.to_string()),
+                DesiredError::Offline(id) => ApiError::MachineOffline(id),
+            })?;
+    }
+    let pairs: Vec<(String, f64)> = values.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    state.commands.device_command(&key, &gateway, &pairs, now)?;
+    let twin = state
+        .twins
+        .get(&key)
+        .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))?;
+    let desired = twin
+        .desired
+        .into_iter()
+        .filter(|(metric, _)| values.contains_key(metric))
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DesiredAccepted {
+            twin: key.to_string(),
+            desired,
+        }),
+    ))
+}

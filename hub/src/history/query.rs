@@ -1,0 +1,192 @@
+//! Reading history: raw points, aggregated buckets, and the list of a twin's series.
+
+use std::collections::BTreeMap;
+
+use protocol::MetricName;
+use redb::ReadTransaction;
+
+use super::tables::{RAW, ROLLUP, SERIES, open_read, series_name, twin_prefix};
+use super::{
+    Agg, Bucket, HistoryError, MAX_BUCKETS, MAX_POINTS, TARGET_BUCKETS, TimeRange, align_down, db,
+};
+use crate::twin::TwinKey;
+
+/// Steps [`default_step`] chooses from, ms. Everything from a minute up is a multiple of the
+/// default rollup step, so a rollup row never straddles two buckets.
+const NICE_STEPS: [u64; 27] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000,
+    120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 10_800_000, 21_600_000,
+    43_200_000, 86_400_000,
+];
+
+/// The smallest "round" step that splits `range` into at most [`TARGET_BUCKETS`] buckets.
+pub fn default_step(range: TimeRange) -> u64 {
+    let span = range.span_ms().max(1);
+    NICE_STEPS
+        .iter()
+        .copied()
+        .find(|step| span.div_ceil(*step) <= TARGET_BUCKETS)
+        // Beyond 500 days: whole days.
+        .unwrap_or_else(|| span.div_ceil(TARGET_BUCKETS).div_ceil(86_400_000) * 86_400_000)
+}
+
+/// Checks a query's range and step before touching storage.
+fn validate(range: TimeRange, step_ms: Option<u64>) -> Result<(), HistoryError> {
+    range.validate()?;
+    if let Some(step_ms) = step_ms {
+        if step_ms == 0 {
+            return Err(HistoryError::BadStep {
+                step_ms,
+                reason: "must be at least 1 ms".into(),
+            });
+        }
+        // Aligned buckets: the first may start before `from`, so count from its start.
+        let buckets = (range.to_ms - align_down(range.from_ms, step_ms)).div_ceil(step_ms);
+        if buckets > MAX_BUCKETS {
+            return Err(HistoryError::BadStep {
+                step_ms,
+                reason: format!(
+                    "splits the {} ms range into {buckets} buckets, at most {MAX_BUCKETS} allowed",
+                    range.span_ms()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// History of one metric of one twin within `range`, oldest first.
+///
+/// Without a step: every stored point as a bucket of count 1, at most [`MAX_POINTS`] (continue
+/// from the last `start_ms + 1`). Where the range reaches into compacted history, a rollup row
+/// stands for its step and carries its own count. With a step: buckets aligned to multiples
+/// of `step_ms` since the epoch; empty buckets are omitted. Rollup rows count in the bucket
+/// that holds their start, so aggregates are exact when the step is a multiple of the rollup
+/// step (as every [`default_step`] from one minute up is).
+///
+/// Rows are selected by timestamp (raw) or bucket start (rollup) within `[from_ms, to_ms)`.
+pub fn query(
+    txn: &ReadTransaction,
+    key: &TwinKey,
+    metric: &MetricName,
+    range: TimeRange,
+    step_ms: Option<u64>,
+) -> Result<Vec<Bucket>, HistoryError> {
+    validate(range, step_ms)?;
+    let Some(series) = open_read(txn, SERIES)? else {
+        return Ok(Vec::new());
+    };
+    let Some(id) = series
+        .get(series_name(key, metric).as_str())
+        .map_err(db)?
+        .map(|g| g.value())
+    else {
+        return Ok(Vec::new());
+    };
+    let bounds = (id, range.from_ms)..(id, range.to_ms);
+    // Without a step nothing past MAX_POINTS is returned, so nothing past it is read.
+    let cap = if step_ms.is_some() {
+        usize::MAX
+    } else {
+        MAX_POINTS
+    };
+
+    // Rollups hold the older part, raw rows the newer; each sample is in exactly one table,
+    // so combining them double counts nothing.
+    let mut rollups = Vec::new();
+    if let Some(table) = open_read(txn, ROLLUP)? {
+        for entry in table.range(bounds.clone()).map_err(db)?.take(cap) {
+            let (k, v) = entry.map_err(db)?;
+            rollups.push((k.value().1, Agg::from_stored(v.value())));
+        }
+    }
+    let raw_table = open_read(txn, RAW)?;
+    let raw_rows = match &raw_table {
+        Some(table) => Some(
+            table
+                .range((id, range.from_ms, 0)..(id, range.to_ms, 0))
+                .map_err(db)?,
+        ),
+        None => None,
+    };
+    let raw = raw_rows.into_iter().flatten().take(cap).map(|entry| {
+        entry.map_err(db).map(|(k, v)| {
+            let ts = k.value().1;
+            (ts, Agg::point(ts, v.value()))
+        })
+    });
+
+    match step_ms {
+        None => {
+            let mut out: Vec<Bucket> = rollups.iter().map(|(t, agg)| agg.bucket(*t)).collect();
+            for point in raw {
+                let (t, agg) = point?;
+                out.push(agg.bucket(t));
+            }
+            // Usually already ordered (rollups are older); a partial compaction can interleave.
+            out.sort_by_key(|b| b.start_ms);
+            out.truncate(MAX_POINTS);
+            Ok(out)
+        }
+        Some(step) => {
+            let mut buckets: BTreeMap<u64, Agg> = BTreeMap::new();
+            let mut fold = |t: u64, agg: &Agg| {
+                buckets
+                    .entry(align_down(t, step))
+                    .and_modify(|b| b.merge(agg))
+                    .or_insert(*agg);
+            };
+            for (t, agg) in &rollups {
+                fold(*t, agg);
+            }
+            for point in raw {
+                let (t, agg) = point?;
+                fold(t, &agg);
+            }
+            Ok(buckets.iter().map(|(t, agg)| agg.bucket(*t)).collect())
+        }
+    }
+}
+
+/// The metrics of `key` that have stored history (raw or rolled up), sorted.
+pub fn series(txn: &ReadTransaction, key: &TwinKey) -> Result<Vec<String>, HistoryError> {
+    let Some(series) = open_read(txn, SERIES)? else {
+        return Ok(Vec::new());
+    };
+    let raw = open_read(txn, RAW)?;
+    let rollup = open_read(txn, ROLLUP)?;
+    let prefix = twin_prefix(key);
+    // '0' follows '/' in ASCII: the range holds exactly the names starting with the prefix.
+    let end = format!("{}/{}0", key.lab, key.machine);
+    let mut out = Vec::new();
+    for entry in series
+        .range::<&str>(prefix.as_str()..end.as_str())
+        .map_err(db)?
+    {
+        let (name, id) = entry.map_err(db)?;
+        let id = id.value();
+        let all = (id, 0)..=(id, u64::MAX);
+        // A series whose data all expired keeps its id but is no longer listed.
+        let has_raw = match &raw {
+            Some(t) => t
+                .range((id, 0, 0)..=(id, u64::MAX, u32::MAX))
+                .map_err(db)?
+                .next()
+                .is_some(),
+            None => false,
+        };
+        let has_rollup = match &rollup {
+            Some(t) => t.range(all.clone()).map_err(db)?.next().is_some(),
+            None => false,
+        };
+        if has_raw || has_rollup {
+            let name = name.value();
+            out.push(
+                name.strip_prefix(prefix.as_str())
+                    .unwrap_or(name)
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(out)
+}

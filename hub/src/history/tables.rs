@@ -1,0 +1,65 @@
+//! Table definitions and the series-name encoding (layout documented in the module header).
+
+use protocol::MetricName;
+use redb::{ReadOnlyTable, ReadTransaction, TableDefinition, TableError};
+
+use super::{Agg, HistoryError, db};
+use crate::twin::TwinKey;
+
+/// `"lab/machine/metric"` → series id.
+pub(super) const SERIES: TableDefinition<&str, u32> = TableDefinition::new("history_series");
+/// `(series id, timestamp ms, sample sequence)` → value. The sequence tells apart samples that
+/// share a millisecond (a fast node); a replay of the same sample lands on the same key.
+pub(super) const RAW: TableDefinition<(u32, u64, u32), f64> = TableDefinition::new("history_raw");
+/// `(series id, bucket start ms)` → `(count, min, max, sum, last, last timestamp ms)`.
+pub(super) const ROLLUP: TableDefinition<(u32, u64), RollupValue> =
+    TableDefinition::new("history_rollup");
+
+/// The stored form of an [`Agg`]: a fixed-width tuple, 48 bytes.
+pub(super) type RollupValue = (u64, f64, f64, f64, f64, u64);
+
+impl Agg {
+    pub(super) fn from_stored((count, min, max, sum, last, last_ts): RollupValue) -> Self {
+        Self {
+            count,
+            min,
+            max,
+            sum,
+            last,
+            last_ts,
+        }
+    }
+
+    pub(super) fn to_stored(self) -> RollupValue {
+        (
+            self.count,
+            self.min,
+            self.max,
+            self.sum,
+            self.last,
+            self.last_ts,
+        )
+    }
+}
+
+/// The series table key of one metric of a twin.
+pub(super) fn series_name(key: &TwinKey, metric: &MetricName) -> String {
+    format!("{}/{}/{}", key.lab, key.machine, metric)
+}
+
+/// The key prefix shared by every series of a twin.
+pub(super) fn twin_prefix(key: &TwinKey) -> String {
+    format!("{}/{}/", key.lab, key.machine)
+}
+
+/// Opens a table for reading; `None` when no write ever created it (an empty history).
+pub(super) fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, HistoryError> {
+    match txn.open_table(def) {
+        Ok(table) => Ok(Some(table)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(err) => Err(db(err)),
+    }
+}

@@ -1,0 +1,109 @@
+//! `demolab-hub` — the digital-twin hub as a standalone service.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use demolab_hub::config::HubFile;
+use demolab_hub::{BrokerSetting, Hub};
+use tracing_subscriber::EnvFilter;
+
+/// Run the Demolab hub: the Sparkplug B primary host, digital twins of every lab's machines,
+/// their history and alarms, the REST/WebSocket/SSE API and the web platform.
+#[derive(Debug, Parser)]
+#[command(name = "demolab-hub", version, about)]
+struct Args {
+    /// The configuration file (see deploy/hub.toml). Without one, the defaults run a hub with
+    /// its own broker on 1883, the web platform on 8080 and storage in ./data.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Only load and validate the configuration, print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a password on stdin and print its argon2 hash for `[[auth.users]] password_hash`.
+    HashPassword,
+    /// Print the OpenAPI document of the REST API (also served at /api/v1/openapi.json).
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Command::HashPassword) = args.command {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        let password = line.trim_end_matches(['\r', '\n']);
+        anyhow::ensure!(!password.is_empty(), "the password is empty");
+        println!("{}", demolab_hub::auth::hash_password(password)?);
+        return Ok(());
+    }
+    if let Some(Command::Openapi) = args.command {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&demolab_hub::api::openapi::openapi())?
+        );
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,demolab_hub=info")),
+        )
+        .init();
+    let (file, path) = match &args.config {
+        Some(path) => (HubFile::load(path)?, path.clone()),
+        None => (HubFile::default(), PathBuf::from("(defaults)")),
+    };
+    let config = file.into_config(&path)?;
+    let broker = match &config.broker {
+        BrokerSetting::Embedded(broker) => format!("embedded, listening on {}", broker.bind),
+        BrokerSetting::External { host, port } => format!("external mqtt://{host}:{port}"),
+    };
+    let labs = config.directory.labs().count();
+    let users = config.auth.users.len();
+    if args.check_config {
+        println!(
+            "{} is valid\nhost id: {}\nweb: {}\nbroker: {broker}\ndata: {}\nlabs: {labs}\nusers: {users}\ninflux: {}",
+            path.display(),
+            config.host_id,
+            config.http_bind,
+            config.data_dir.display(),
+            config.influx.as_ref().map_or("off", |i| i.url.as_str()),
+        );
+        return Ok(());
+    }
+    let data_dir = config.data_dir.clone();
+    let hub = Hub::start(config).await?;
+    let web = hub.http_addr();
+    let host = if web.ip().is_unspecified() {
+        format!("localhost:{}", web.port())
+    } else {
+        web.to_string()
+    };
+    println!(
+        "demolab-hub is running\nweb:     http://{host}/\napi:     http://{host}/api/docs\nmqtt:    {broker} (hub connects to {})\ndata:    {}\nlabs:    {labs} configured\nPress Ctrl-C to stop.",
+        hub.mqtt_addr(),
+        data_dir.display()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    hub.shutdown().await?;
+    println!("demolab-hub stopped; everything accepted is on disk");
+    Ok(())
+}

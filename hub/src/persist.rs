@@ -1,0 +1,149 @@
+//! The single writer of the embedded store: commits what ingest accepted (history rows, twins,
+//! the host's sessions, alarms) in one transaction, then acknowledges the broker messages it
+//! came from, then feeds the outputs that must only see durable data (JSON topics, InfluxDB).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rumqttc::AsyncClient;
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use crate::alarm::MachineSnapshot;
+use crate::history::{self, HistoryRow};
+use crate::ingest::Commit;
+use crate::outputs::Outputs;
+use crate::stats::HubStats;
+use crate::store::{StoreError, TwinStore};
+
+/// Name of the host-session document in the store.
+pub const HOST_DOCUMENT: &str = "host";
+
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// Runs until ingest hangs up. `idle` is set whenever nothing is left to commit, so ingest hands
+/// over its next batch at once instead of waiting for its tick: the broker lets only so many
+/// messages go unacknowledged (64 for the embedded broker, 20 for Mosquitto by default), so the
+/// time from receiving a message to committing it bounds the throughput.
+pub async fn run(
+    mut commits: mpsc::UnboundedReceiver<Commit>,
+    store: Arc<TwinStore>,
+    client: AsyncClient,
+    stats: Arc<HubStats>,
+    outputs: Outputs,
+    idle: Arc<AtomicBool>,
+) {
+    while let Some(first) = commits.recv().await {
+        // Whatever queued up while the last commit ran goes into this one.
+        let mut batch = vec![first];
+        while let Ok(more) = commits.try_recv() {
+            batch.push(more);
+        }
+        let mut merged = Commit::default();
+        let mut done = Vec::new();
+        for commit in batch {
+            merged.applied.extend(commit.applied);
+            merged.acks.extend(commit.acks);
+            // Later copies of a twin supersede earlier ones.
+            merged.twins.extend(commit.twins);
+            if commit.host.is_some() {
+                merged.host = commit.host;
+            }
+            done.extend(commit.done);
+        }
+        let rows: Arc<Vec<HistoryRow>> = Arc::new(
+            merged
+                .applied
+                .iter()
+                .flat_map(|applied| {
+                    applied.values.iter().map(|(metric, value)| HistoryRow {
+                        key: applied.key.clone(),
+                        metric: metric.clone(),
+                        timestamp_ms: applied.timestamp,
+                        seq: applied.seq,
+                        value: *value,
+                    })
+                })
+                .collect(),
+        );
+        let twins = Arc::new(dedup_latest(merged.twins));
+        let host = Arc::new(merged.host);
+        let mut committed = false;
+        loop {
+            let (store, rows, twins, host) =
+                (store.clone(), rows.clone(), twins.clone(), host.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                write(&store, &rows, &twins, host.as_ref().as_ref())
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {
+                    committed = true;
+                    break;
+                }
+                Ok(Err(err)) => {
+                    stats.commit_failed();
+                    error!(%err, "cannot commit to storage; retrying (nothing is acknowledged)");
+                }
+                Err(err) => {
+                    stats.commit_failed();
+                    error!(%err, "storage task failed; retrying");
+                }
+            }
+            if commits.is_closed() && !done.is_empty() {
+                warn!("stopping with an uncommitted batch: the broker will redeliver it");
+                break;
+            }
+            tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+        }
+        if committed {
+            stats.committed(rows.len());
+            for publish in &merged.acks {
+                if client.ack(publish).await.is_err() {
+                    // The connection is gone: the broker redelivers; twins drop the duplicates.
+                    break;
+                }
+            }
+            outputs.committed(&merged.applied, &rows);
+        }
+
+        for done in done {
+            let _ = done.send(());
+        }
+        if commits.is_empty() {
+            idle.store(true, Ordering::Release);
+        }
+    }
+}
+
+type Persisted = (crate::twin::Twin, MachineSnapshot);
+
+fn dedup_latest(twins: Vec<Persisted>) -> Vec<Persisted> {
+    let mut latest = std::collections::BTreeMap::new();
+    for (twin, alarms) in twins {
+        latest.insert(twin.id.clone(), (twin, alarms));
+    }
+    latest.into_values().collect()
+}
+
+fn write(
+    store: &TwinStore,
+    rows: &[HistoryRow],
+    twins: &[Persisted],
+    host: Option<&crate::host::HostSnapshot>,
+) -> Result<(), StoreError> {
+    let txn = store.database().begin_write().map_err(|e| store.error(e))?;
+    history::append(&txn, rows).map_err(|e| StoreError::History(e.to_string()))?;
+
+    let (twins, alarms): (Vec<_>, Vec<_>) = twins
+        .iter()
+        .map(|(twin, alarms)| (twin.clone(), (twin.id.clone(), alarms.clone())))
+        .unzip();
+    store.save_in(&txn, &twins)?;
+    store.save_alarms_in(&txn, &alarms)?;
+    if let Some(host) = host {
+        store.put_document(&txn, HOST_DOCUMENT, host)?;
+    }
+    txn.commit().map_err(|e| store.error(e))
+}

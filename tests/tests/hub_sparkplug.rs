@@ -1,0 +1,248 @@
+//! The hub as a Sparkplug B primary host, spoken to by a hand-driven edge node over a real
+//! broker: births create twins, data updates them, duplicates and late replays never move them
+//! back, deaths mark them stale, a seq gap or data without a birth asks for a rebirth, and a
+//! gateway a lab does not list is refused.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use demolab_tests::{hub_config, start_hub_with, wait_until, within};
+use hub::directory::{Directory, LabConfig};
+use hub::stats::IngestDrop;
+use hub::twin::TwinKey;
+use hub::{Hub, HubConfig};
+use prost::Message;
+use protocol::sparkplug::{BD_SEQ_METRIC, DataType, Metric, MetricValue, Payload, REBIRTH_METRIC};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+fn metric(name: &str, value: f64) -> Metric {
+    Metric::new(DataType::Double, MetricValue::Double(value)).named(name)
+}
+
+fn seq_metric(seq: u32) -> Metric {
+    Metric::new(DataType::UInt32, MetricValue::Int(seq)).named("node.seq")
+}
+
+fn payload(seq: u64, metrics: Vec<Metric>) -> Vec<u8> {
+    Payload {
+        timestamp: Some(hub::ingest::now_ms()),
+        seq: Some(seq),
+        metrics,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// A bare edge node: its own MQTT session, publishing what the test tells it to.
+struct Edge {
+    client: AsyncClient,
+    commands: mpsc::UnboundedReceiver<(String, Payload)>,
+    lab: &'static str,
+    gateway: &'static str,
+}
+
+impl Edge {
+    async fn connect(port: u16, lab: &'static str, gateway: &'static str) -> anyhow::Result<Self> {
+        let (client, mut events) = AsyncClient::new(
+            MqttOptions::new(format!("{lab}-{gateway}"), "127.0.0.1", port),
+            64,
+        );
+        let (tx, commands) = mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        client
+            .subscribe(format!("spBv1.0/{lab}/NCMD/{gateway}"), QoS::AtLeastOnce)
+            .await?;
+        tokio::spawn(async move {
+            while let Ok(event) = events.poll().await {
+                match event {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        if let Ok(payload) = Payload::decode(p.payload) {
+                            let _ = tx.send((p.topic, payload));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        within(Duration::from_secs(5), "the edge subscription", subscribed).await??;
+        Ok(Self {
+            client,
+            commands,
+            lab,
+            gateway,
+        })
+    }
+
+    async fn send(&self, kind: &str, device: Option<&str>, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let topic = match device {
+            Some(device) => format!("spBv1.0/{}/{kind}/{}/{device}", self.lab, self.gateway),
+            None => format!("spBv1.0/{}/{kind}/{}", self.lab, self.gateway),
+        };
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, bytes)
+            .await?;
+        Ok(())
+    }
+
+    async fn born(&self, bd_seq: u64) -> anyhow::Result<()> {
+        let bd = Metric::new(DataType::UInt64, MetricValue::Long(bd_seq)).named(BD_SEQ_METRIC);
+        self.send("NBIRTH", None, payload(0, vec![bd])).await?;
+        let metrics = vec![
+            metric("spindle.power_w", 0.0),
+            metric("coolant.temperature_c", 20.0),
+            seq_metric(0),
+        ];
+        self.send("DBIRTH", Some("mill-1"), payload(1, metrics))
+            .await
+    }
+
+    async fn sample(&self, seq: u64, node_seq: u32, power: f64) -> anyhow::Result<()> {
+        let metrics = vec![seq_metric(node_seq), metric("spindle.power_w", power)];
+        self.send("DDATA", Some("mill-1"), payload(seq, metrics))
+            .await
+    }
+
+    async fn next_rebirth_request(&mut self) -> anyhow::Result<()> {
+        let (topic, payload) = within(
+            Duration::from_secs(5),
+            "a rebirth request",
+            self.commands.recv(),
+        )
+        .await?
+        .context("edge session ended")?;
+        assert_eq!(topic, format!("spBv1.0/{}/NCMD/{}", self.lab, self.gateway));
+        assert_eq!(payload.metrics[0].name.as_deref(), Some(REBIRTH_METRIC));
+        Ok(())
+    }
+}
+
+async fn hub_with_labs(data: &std::path::Path, labs: Vec<LabConfig>) -> anyhow::Result<Hub> {
+    start_hub_with(HubConfig {
+        directory: std::sync::Arc::new(Directory::new(Default::default(), labs, vec![])?),
+        json_topics: false,
+        ..hub_config(data)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_host_keeps_twins_in_sequence_and_asks_for_rebirths() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let hub = hub_with_labs(data.path(), vec![]).await?;
+    let twins = hub.twins().clone();
+    let stats = hub.stats().clone();
+    let mut edge = Edge::connect(hub.mqtt_addr().port(), "lab-s", "gw-s").await?;
+    let key = TwinKey::parse("lab-s/mill-1").context("key")?;
+
+    // Data before any birth: dropped, counted, and a rebirth is requested.
+    edge.sample(0, 1, 1.0).await?;
+    edge.next_rebirth_request().await?;
+    assert_eq!(stats.dropped(IngestDrop::DataBeforeBirth), 1);
+    assert!(twins.get(&key).is_none());
+
+    // A birth creates the twin, with the catalogue kind its metrics match.
+    edge.born(1).await?;
+    wait_until(Duration::from_secs(5), "the twin", || {
+        twins.get(&key).is_some_and(|t| t.connectivity.online)
+    })
+    .await?;
+    assert_eq!(twins.get(&key).context("twin")?.kind, "cnc-mill");
+
+    // Data updates it in sequence order; a duplicate and a late replay change nothing.
+    edge.sample(2, 1, 100.0).await?;
+    edge.sample(3, 2, 200.0).await?;
+    edge.sample(4, 2, 999.0).await?;
+    edge.sample(5, 1, 998.0).await?;
+    edge.sample(6, 3, 300.0).await?;
+    wait_until(Duration::from_secs(5), "three samples", || {
+        twins.get(&key).is_some_and(|t| t.last_seq == 3)
+    })
+    .await?;
+    let twin = twins.get(&key).context("twin")?;
+    assert_eq!(
+        (twin.samples, twin.value("spindle.power_w")),
+        (3, Some(300.0))
+    );
+    assert_eq!(stats.dropped(IngestDrop::StaleSequence), 2);
+
+    // A Sparkplug seq gap (7 is skipped) asks for a rebirth; the sample itself is kept.
+    edge.sample(8, 4, 400.0).await?;
+    edge.next_rebirth_request().await?;
+    wait_until(Duration::from_secs(5), "the sample after the gap", || {
+        twins.get(&key).is_some_and(|t| t.last_seq == 4)
+    })
+    .await?;
+
+    // An NDEATH of an older session is ignored; the current one marks everything stale.
+    let death = |bd_seq| {
+        payload(
+            0,
+            vec![Metric::new(DataType::UInt64, MetricValue::Long(bd_seq)).named(BD_SEQ_METRIC)],
+        )
+    };
+    edge.send("NDEATH", None, death(0)).await?;
+    edge.sample(9, 5, 500.0).await?;
+    wait_until(
+        Duration::from_secs(5),
+        "the sample after the old death",
+        || twins.get(&key).is_some_and(|t| t.last_seq == 5),
+    )
+    .await?;
+    assert!(twins.get(&key).context("twin")?.connectivity.online);
+    edge.send("NDEATH", None, death(1)).await?;
+    wait_until(Duration::from_secs(5), "the twin offline", || {
+        twins.get(&key).is_some_and(|t| !t.connectivity.online)
+    })
+    .await?;
+    let twin = twins.get(&key).context("twin")?;
+    let power = &twin.features["spindle"].properties["power_w"];
+    assert!(power.stale && power.reported == Some(500.0), "{power:?}");
+    hub.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_the_lab_does_not_list_is_refused() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let lab = LabConfig {
+        id: "lab-r".parse()?,
+        name: "Registered".into(),
+        location: String::new(),
+        gateways: vec!["gw-ok".parse()?],
+        machines: vec![],
+    };
+    let hub = hub_with_labs(data.path(), vec![lab]).await?;
+    let twins = hub.twins().clone();
+    let stats = hub.stats().clone();
+    let port = hub.mqtt_addr().port();
+    let intruder = Edge::connect(port, "lab-r", "gw-evil").await?;
+    intruder.born(1).await?;
+    let listed = Edge::connect(port, "lab-r", "gw-ok").await?;
+    listed.born(1).await?;
+    wait_until(Duration::from_secs(5), "the listed gateway's twin", || {
+        twins
+            .get(&TwinKey::parse("lab-r/mill-1").expect("key"))
+            .is_some()
+    })
+    .await?;
+    // Both births of the intruder (NBIRTH and DBIRTH) are dropped and counted.
+    wait_until(
+        Duration::from_secs(5),
+        "the intruder's births dropped",
+        || stats.dropped(IngestDrop::UnregisteredGateway) == 2,
+    )
+    .await?;
+    let twin = twins
+        .get(&TwinKey::parse("lab-r/mill-1").context("key")?)
+        .context("twin")?;
+    assert_eq!(twin.connectivity.gateway.as_deref(), Some("gw-ok"));
+    hub.shutdown().await?;
+    Ok(())
+}
