@@ -22,6 +22,19 @@ const BUILTIN: &[(&str, &str)] = &[
         "retrofit-lathe.toml",
         include_str!("../catalogue/retrofit-lathe.toml"),
     ),
+    (
+        "3d-printer.toml",
+        include_str!("../catalogue/3d-printer.toml"),
+    ),
+    (
+        "compressor.toml",
+        include_str!("../catalogue/compressor.toml"),
+    ),
+    ("conveyor.toml", include_str!("../catalogue/conveyor.toml")),
+    (
+        "lab-climate.toml",
+        include_str!("../catalogue/lab-climate.toml"),
+    ),
 ];
 
 /// Kind of a machine no catalogue entry matches.

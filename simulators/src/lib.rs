@@ -34,9 +34,14 @@
 //! # }
 //! ```
 pub mod chips;
+pub mod fleet;
 pub mod kit;
 pub mod kit_node;
 pub mod lab;
 pub mod machines;
 pub mod node;
+pub mod plc;
 pub mod rng;
+pub mod scenario;
+pub mod session;
+pub mod timeline;

@@ -1,5 +1,5 @@
-//! A simulated network-capable sensor node: the real firmware core, clipped to a CNC mill model,
-//! talking MQTT.
+//! A simulated network-capable sensor node: the real firmware core, clipped to a machine model
+//! (a CNC mill by default, any [`Machine`] through [`run_machine_node`]), talking MQTT.
 //!
 //! The node does what a Wi-Fi/Ethernet node does in the field: it subscribes to its down topic,
 //! says `Hello` on its up topic once the subscription stands (so a gateway that answers the
@@ -28,7 +28,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::machines::{CncMill, CncParams, CncReading};
+use crate::machines::{CncMill, CncParams, CncReading, Machine};
+use crate::timeline::Timeline;
 
 /// The firmware version simulated nodes announce.
 pub const SIM_FIRMWARE: FirmwareVersion = FirmwareVersion {
@@ -189,6 +190,36 @@ pub fn cnc_metric_descriptors(period_ms: u32) -> Vec<MetricDescriptor> {
         .collect()
 }
 
+/// The metric descriptors of any machine model, in its metric order, all sampled every
+/// `period_ms`. Model metric names are static and checked by the models' tests; one that were
+/// not a valid name would be left out rather than panic.
+pub fn machine_descriptors(machine: &dyn Machine, period_ms: u32) -> Vec<MetricDescriptor> {
+    machine
+        .metrics()
+        .iter()
+        .enumerate()
+        .filter_map(|(index, &(name, unit))| {
+            Some(MetricDescriptor {
+                index: u8::try_from(index).ok()?,
+                name: MetricName::new(name).ok()?,
+                unit,
+                period_ms,
+            })
+        })
+        .collect()
+}
+
+/// The current values of any machine model as `(metric index, value)` pairs, matching
+/// [`machine_descriptors`].
+pub fn machine_readings(machine: &dyn Machine) -> Vec<(u8, f32)> {
+    machine
+        .values()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, (_, _, value))| Some((u8::try_from(index).ok()?, value)))
+        .collect()
+}
+
 /// One reading of the mill as `(metric index, value)` pairs, matching [`CNC_METRICS`].
 pub fn cnc_readings(reading: &CncReading) -> [(u8, f32); 5] {
     [
@@ -221,7 +252,27 @@ pub async fn run_mqtt_node(
     config: MqttNodeConfig,
     cancel: CancellationToken,
 ) -> Result<NodeReport, SimError> {
-    run(config, cancel, Deadlines::DEFAULT).await
+    let mill = Box::new(CncMill::new(config.seed, CncParams::default()));
+    run(
+        config,
+        mill,
+        Timeline::default(),
+        cancel,
+        Deadlines::DEFAULT,
+    )
+    .await
+}
+
+/// [`run_mqtt_node`] with any machine model, and a timeline of parameter changes applied at the
+/// node's simulated uptime (a scenario's faults and operator actions). `config.seed` is unused:
+/// the model was seeded when it was built.
+pub async fn run_machine_node(
+    config: MqttNodeConfig,
+    machine: Box<dyn Machine>,
+    timeline: Timeline,
+    cancel: CancellationToken,
+) -> Result<NodeReport, SimError> {
+    run(config, machine, timeline, cancel, Deadlines::DEFAULT).await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -239,6 +290,8 @@ impl Deadlines {
 
 async fn run(
     config: MqttNodeConfig,
+    machine: Box<dyn Machine>,
+    timeline: Timeline,
     cancel: CancellationToken,
     deadlines: Deadlines,
 ) -> Result<NodeReport, SimError> {
@@ -267,11 +320,14 @@ async fn run(
         SIM_FIRMWARE,
         config.boot,
         Some(config.machine.clone()),
-        // At most CNC_METRICS.len() (5) of MAX_METRICS (16): collecting cannot overflow.
-        cnc_metric_descriptors(period_ms).into_iter().collect(),
+        // Models have at most 8 of MAX_METRICS (16) metrics: collecting cannot overflow.
+        machine_descriptors(&*machine, period_ms)
+            .into_iter()
+            .collect(),
     );
     let mut node = Node {
-        mill: CncMill::new(config.seed, CncParams::default()),
+        machine,
+        timeline,
         core,
         period_ms,
         tick_interval: config.tick_interval,
@@ -428,7 +484,8 @@ enum LinkState {
 struct Node {
     config: MqttNodeConfig,
     core: NodeCore,
-    mill: CncMill,
+    machine: Box<dyn Machine>,
+    timeline: Timeline,
     period_ms: u32,
     tick_interval: Duration,
     /// `None` for a zero tick interval.
@@ -603,13 +660,15 @@ impl Node {
 
     async fn tick(&mut self, cancel: &CancellationToken) -> Result<(), SimError> {
         let node = self.config.node;
-        let reading = self
-            .mill
+        // Events due by now apply before the step, so they shape the interval that follows.
+        self.timeline
+            .apply_due(&mut *self.machine, self.uptime_ms, self.config.node);
+        self.machine
             .step(Duration::from_millis(u64::from(self.period_ms)));
         self.uptime_ms += u64::from(self.period_ms);
         let frame = self
             .core
-            .sample(self.uptime_ms, &cnc_readings(&reading))
+            .sample(self.uptime_ms, &machine_readings(&*self.machine))
             .map_err(|error| SimError::Firmware { node, error })?;
         if self.publish(&frame, cancel).await? {
             self.report.sent += 1;
@@ -835,9 +894,16 @@ mod tests {
             connect: Duration::from_millis(400),
             drain: DRAIN_DEADLINE,
         };
-        let err = run(config(port), CancellationToken::new(), deadlines)
-            .await
-            .expect_err("nothing listens");
+        let mill = Box::new(CncMill::new(1, CncParams::default()));
+        let err = run(
+            config(port),
+            mill,
+            Timeline::default(),
+            CancellationToken::new(),
+            deadlines,
+        )
+        .await
+        .expect_err("nothing listens");
         let text = err.to_string();
         assert!(matches!(err, SimError::Connect { .. }), "{err:?}");
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");

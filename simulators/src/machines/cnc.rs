@@ -234,6 +234,9 @@ pub struct CncMill {
     /// True coolant temperature; readings add sensor noise on top.
     coolant_c: f64,
     parts_completed: u32,
+    /// Stopped by an injected fault: the schedule is frozen, only the
+    /// auxiliaries run, until the fault is cleared.
+    fault: bool,
     last: CncReading,
 }
 
@@ -253,6 +256,7 @@ impl CncMill {
             phase_len_s,
             hardness: 1.0,
             parts_completed: 0,
+            fault: false,
             last: CncReading {
                 spindle_power_w: 0.0,
                 vibration_rms_mm_s: 0.0,
@@ -276,6 +280,12 @@ impl CncMill {
             return self.last;
         }
         let mut remaining = dt.as_secs_f64();
+        if self.fault {
+            // A faulted machine waits for the technician: no part progress,
+            // only the auxiliaries keep drawing power and warming the coolant.
+            self.integrate_coolant(self.params.idle_power_w, remaining);
+            remaining = 0.0;
+        }
         while remaining > 0.0 {
             let to_phase_end = self.phase_len_s - self.phase_elapsed_s;
             let chunk = remaining.min(to_phase_end).min(MAX_SUBSTEP_S);
@@ -299,6 +309,24 @@ impl CncMill {
     /// effect from the next [`step`](Self::step).
     pub fn set_bearing_wear(&mut self, wear: f64) {
         self.params.bearing_wear = unit(wear);
+    }
+
+    /// Sets the chance of an operator break after each part (clamped to
+    /// `0.0..=1.0`); a scenario sets 0 for a machine that must keep cutting.
+    pub fn set_break_chance(&mut self, chance: f64) {
+        self.params.break_chance_per_part = unit(chance);
+    }
+
+    /// Stops the mill with a fault (`true`) or clears it (`false`); takes
+    /// effect from the next [`step`](Self::step). While faulted the part
+    /// schedule is frozen and the state reads [`MachineState::Fault`].
+    pub fn set_fault(&mut self, fault: bool) {
+        self.fault = fault;
+    }
+
+    /// Whether an injected fault stops the mill.
+    pub fn is_faulted(&self) -> bool {
+        self.fault
     }
 
     /// The most recent reading, without advancing time.
@@ -346,6 +374,13 @@ impl CncMill {
 
     fn operating_point(&self, t_s: f64) -> OperatingPoint {
         let p = &self.params;
+        if self.fault {
+            return OperatingPoint {
+                power_w: p.idle_power_w,
+                spindle: 0.0,
+                load: 0.0,
+            };
+        }
         match self.phase {
             Phase::Off => OperatingPoint {
                 power_w: 0.0,
@@ -388,7 +423,7 @@ impl CncMill {
         let p = &self.params;
         let op = self.operating_point(self.phase_elapsed_s);
 
-        let power = if self.phase == Phase::Off {
+        let power = if self.phase == Phase::Off && !self.fault {
             0.0
         } else {
             // Cutting forces fluctuate far more than auxiliary loads.
@@ -397,7 +432,7 @@ impl CncMill {
         };
 
         let wear = p.bearing_wear;
-        let vib_mean = if self.phase == Phase::Off {
+        let vib_mean = if self.phase == Phase::Off && !self.fault {
             OFF_VIBRATION_MM_S
         } else {
             p.idle_vibration_mm_s * (1.0 - op.spindle)
@@ -414,7 +449,11 @@ impl CncMill {
             spindle_power_w: power as f32,
             vibration_rms_mm_s: vibration as f32,
             coolant_temperature_c: temperature as f32,
-            state: self.phase.state(),
+            state: if self.fault {
+                MachineState::Fault
+            } else {
+                self.phase.state()
+            },
             parts_completed: self.parts_completed,
         }
     }
