@@ -323,6 +323,7 @@ async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
         let flow = until_js(&client, "the path of a sample",
             "const f = document.querySelector('ol.flow'); return f && f.querySelectorAll('.hop').length === 5 ? f.innerText : null",
             Duration::from_secs(15)).await?;
+        screenshot(&client, "protocol.png").await?;
         let flow = flow.as_str().unwrap_or_default();
         assert!(flow.contains("spBv1.0/lab-a/DDATA/gw-a/mill-1") && flow.contains("ms"), "{flow}");
 

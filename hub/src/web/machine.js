@@ -290,6 +290,7 @@ export async function protocolView(main, lab, machine) {
       recent)));
 
   const ms = (v) => (v == null ? "–" : `${num(v)} ms`);
+  const precise = (at) => `${clock(at)}.${String(at % 1000).padStart(3, "0")}`;
   return {
     onChange(change, arrived) {
       if (change.lab !== lab || change.machine !== machine) return;
@@ -309,15 +310,15 @@ export async function protocolView(main, lab, machine) {
         });
       flow.replaceChildren(
         hop(t("hop_node"), [[t("node_seq"), String(change.seq)]], null),
-        hop(t("hop_gateway"), [[t("gw_time"), `${clock(change.timestamp)}.${String(change.timestamp % 1000).padStart(3, "0")}`]], "? ms"),
+        hop(t("hop_gateway"), [[t("gw_time"), precise(change.timestamp)]], "node → gateway: ? ms"),
         hop(t("hop_sparkplug"), [
           [t("topic"), spb.topic ?? "–"], [t("spb_seq"), String(spb.seq ?? "–")],
           [t("bd_seq"), String(spb.bd_seq ?? "–")], [t("aliases"), aliases.join("\n") || "–"],
         ], null),
-        hop(t("hop_hub"), [[t("received"), change.received_ms == null ? "–" : clock(change.received_ms)]], `${t("latency")} ${ms(toHub)}`),
-        hop(t("hop_browser"), [[t("shown"), clock(shownAt)]], `${t("latency")} ${ms(toBrowser)}`),
+        hop(t("hop_hub"), [[t("received"), change.received_ms == null ? "–" : precise(change.received_ms)]], `gateway → hub: ${ms(toHub)}`),
+        hop(t("hop_browser"), [[t("shown"), precise(shownAt)]], `hub → ${t("hop_browser").toLowerCase()}: ${ms(toBrowser)}`),
       );
-      recent.prepend(el("tr", {}, [change.seq, spb.seq ?? "–", spb.bd_seq ?? "–", clock(change.timestamp), ms(toHub), ms(toBrowser)].map((c) => el("td", { class: "mono" }, String(c)))));
+      recent.prepend(el("tr", {}, [change.seq, spb.seq ?? "–", spb.bd_seq ?? "–", precise(change.timestamp), ms(toHub), ms(toBrowser)].map((c) => el("td", { class: "mono" }, String(c)))));
       while (recent.children.length > 12) recent.lastChild.remove();
       recordPaint([arrived]);
     },
