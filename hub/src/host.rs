@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::stats::{HubStats, IngestDrop};
-use crate::twin::{TwinKey, TwinUpdate};
+use crate::twin::{PathFacts, SparkplugHop, TwinKey, TwinUpdate};
 
 /// The metric carrying the node's sample sequence (written by gateways).
 pub const NODE_SEQ_METRIC: &str = "node.seq";
@@ -67,6 +67,8 @@ pub struct PrimaryHost {
     edges: HashMap<(LabId, GatewayId), EdgeSession>,
     /// Gateways each configured lab admits; labs not listed admit any gateway.
     registrations: HashMap<LabId, HashSet<GatewayId>>,
+    /// What the last message handled said about a machine's path (protocol view).
+    path: Option<PathFacts>,
 }
 
 /// What survives a hub restart of the host's sessions: who is born, with which bdSeq and
@@ -222,6 +224,12 @@ fn unit_of(metric: &Metric) -> Unit {
 }
 
 impl PrimaryHost {
+    /// The Sparkplug facts of the last message [`on_message`](Self::on_message) handled, when
+    /// it was a DBIRTH or DDATA it accepted; taken so each message's facts are seen once.
+    pub fn take_path(&mut self) -> Option<PathFacts> {
+        self.path.take()
+    }
+
     /// Handles one received message.
     pub fn on_message(
         &mut self,
@@ -231,6 +239,7 @@ impl PrimaryHost {
         stats: &HubStats,
     ) -> Vec<HostAction> {
         stats.message_received();
+        self.path = None;
         let (lab, kind, gateway, machine) = match Topic::parse(topic) {
             Ok(Topic::Message {
                 lab,
@@ -346,6 +355,20 @@ impl PrimaryHost {
                         }
                     }
                 }
+                let aliases = device
+                    .aliases
+                    .iter()
+                    .map(|(alias, (name, _))| (name.to_string(), *alias))
+                    .collect();
+                self.path = Some(PathFacts {
+                    key: TwinKey {
+                        lab: lab.clone(),
+                        machine: machine.clone(),
+                    },
+                    gateway: gateway.to_string(),
+                    hop: hop("DBIRTH", topic, &payload, edge.bd_seq),
+                    birth: Some((aliases, device.seq_alias)),
+                });
                 edge.devices.insert(machine.clone(), device);
                 vec![HostAction::Twin(TwinUpdate::Birth {
                     key: TwinKey { lab, machine },
@@ -367,6 +390,15 @@ impl PrimaryHost {
                 let Some(device) = edge.devices.get(&machine).filter(|_| edge.born) else {
                     return request_rebirth(edge, lab, gateway, stats);
                 };
+                self.path = Some(PathFacts {
+                    key: TwinKey {
+                        lab: lab.clone(),
+                        machine: machine.clone(),
+                    },
+                    gateway: gateway.to_string(),
+                    hop: hop("DDATA", topic, &payload, edge.bd_seq),
+                    birth: None,
+                });
                 data_update(device, TwinKey { lab, machine }, &payload, timestamp, stats)
                     .map(|u| vec![HostAction::Twin(u)])
                     .unwrap_or_default()
@@ -375,6 +407,15 @@ impl PrimaryHost {
             // Node-level data carries no machine values yet; commands are for edge nodes.
             _ => Vec::new(),
         }
+    }
+}
+
+fn hop(message: &str, topic: &str, payload: &Payload, bd_seq: Option<u64>) -> SparkplugHop {
+    SparkplugHop {
+        message: message.to_owned(),
+        topic: topic.to_owned(),
+        seq: payload.seq,
+        bd_seq,
     }
 }
 
@@ -557,6 +598,37 @@ mod tests {
         assert!(
             matches!(&actions[..], [HostAction::Twin(TwinUpdate::Sample { seq: 7, values, timestamp: 1000, .. })]
             if values == &[("spindle.power_w".parse().expect("valid"), 12.5)])
+        );
+    }
+
+    #[test]
+    fn births_and_data_leave_the_sparkplug_facts_of_their_machine_once() {
+        let stats = HubStats::default();
+        let mut host = PrimaryHost::default();
+        host.on_message(&format!("{T}/NBIRTH/gw-a"), &nbirth(4), 0, &stats);
+        assert_eq!(host.take_path(), None, "node messages name no machine");
+        host.on_message(&format!("{T}/DBIRTH/gw-a/mill-1"), &dbirth(1), 0, &stats);
+        let birth = host.take_path().expect("facts of the DBIRTH");
+        assert_eq!(
+            (birth.hop.message.as_str(), birth.hop.seq, birth.hop.bd_seq),
+            ("DBIRTH", Some(1), Some(4))
+        );
+        assert_eq!(
+            birth.birth,
+            Some(([("spindle.power_w".to_owned(), 2)].into(), Some(1)))
+        );
+        assert_eq!(host.take_path(), None, "taken once");
+        let topic = format!("{T}/DDATA/gw-a/mill-1");
+        host.on_message(&topic, &ddata(2, 7, 12.5), 0, &stats);
+        let data = host.take_path().expect("facts of the DDATA");
+        assert_eq!(
+            (
+                data.hop.topic.as_str(),
+                data.hop.seq,
+                data.hop.bd_seq,
+                data.birth
+            ),
+            (topic.as_str(), Some(2), Some(4), None)
         );
     }
 

@@ -158,7 +158,13 @@ pub async fn run(
                 info!(host_id = %config.host_id, "primary host online");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let actions = host.on_message(&publish.topic, &publish.payload, now_ms(), &stats);
+                let received_ms = now_ms();
+                let actions =
+                    host.on_message(&publish.topic, &publish.payload, received_ms, &stats);
+                // Before the twin update, so the change it streams carries the message's facts.
+                if let Some(path) = host.take_path() {
+                    twins.record_path(path, received_ms);
+                }
                 host_changed = true;
                 perform(actions, &client, &twins, &mut pending);
                 if publish.qos != QoS::AtMostOnce {

@@ -332,6 +332,59 @@ pub struct TwinChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub alarm: Option<serde_json::Value>,
+    /// When the hub received the Sparkplug message behind this change, hub wall clock in ms since
+    /// the epoch (births, samples and property reports that came through ingest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_ms: Option<u64>,
+    /// The Sparkplug message behind this change (same cases as `received_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparkplug: Option<SparkplugHop>,
+}
+
+/// One Sparkplug message on the path of a machine's values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SparkplugHop {
+    /// `DBIRTH` or `DDATA`.
+    pub message: String,
+    /// The topic it came on.
+    pub topic: String,
+    /// The message's Sparkplug `seq` (0–255, per edge node session).
+    pub seq: Option<u64>,
+    /// The `bdSeq` of the edge node session it belongs to (from the NBIRTH).
+    pub bd_seq: Option<u64>,
+}
+
+/// What the hub knows of how a machine's values reach it over Sparkplug: its gateway's session,
+/// the aliases of its DBIRTH and the last message (`GET /api/v1/twins/{lab}/{machine}/sparkplug`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SparkplugPath {
+    /// The edge node (gateway) it comes through.
+    pub gateway: Option<String>,
+    /// The `bdSeq` of that edge node's current session.
+    pub bd_seq: Option<u64>,
+    /// When the hub received the machine's DBIRTH, ms since the epoch.
+    pub born_ms: Option<u64>,
+    /// Alias of each metric, as declared in the DBIRTH (DDATA then carries aliases, not names).
+    pub aliases: BTreeMap<String, u64>,
+    /// Alias of `node.seq`, the node's own sample sequence number.
+    pub node_seq_alias: Option<u64>,
+    /// The last message for this machine.
+    pub last: Option<SparkplugHop>,
+    /// When the hub received it, ms since the epoch.
+    pub last_received_ms: Option<u64>,
+}
+
+/// What ingest learnt from one Sparkplug message about a machine (see [`TwinRegistry::record_path`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathFacts {
+    /// The machine.
+    pub key: TwinKey,
+    /// Its gateway.
+    pub gateway: String,
+    /// The message.
+    pub hop: SparkplugHop,
+    /// On a DBIRTH: the aliases it declared, and the alias of `node.seq`.
+    pub birth: Option<(BTreeMap<String, u64>, Option<u64>)>,
 }
 
 /// A twin with what ingest needs beside it.
@@ -418,6 +471,9 @@ pub struct TwinRegistry {
     changes: broadcast::Sender<Arc<TwinChange>>,
     stats: Arc<HubStats>,
     directory: Arc<Directory>,
+    /// Sparkplug facts per machine, for the protocol view; beside the twins so that the twin
+    /// (persisted, compared) stays what the machine is, not how it was last heard.
+    paths: DashMap<TwinKey, SparkplugPath>,
 }
 
 /// How many changes a slow stream client may fall behind before it is told it lagged.
@@ -450,7 +506,35 @@ impl TwinRegistry {
             changes,
             stats,
             directory,
+            paths: DashMap::new(),
         }
+    }
+
+    /// Records what ingest learnt from a Sparkplug message received at `received_ms`; the twin
+    /// change the same message causes carries it.
+    pub fn record_path(&self, facts: PathFacts, received_ms: u64) {
+        let mut path = self.paths.entry(facts.key).or_default();
+        if let Some((aliases, node_seq_alias)) = facts.birth {
+            path.aliases = aliases;
+            path.node_seq_alias = node_seq_alias;
+            path.born_ms = Some(received_ms);
+        }
+        path.gateway = Some(facts.gateway);
+        path.bd_seq = facts.hop.bd_seq;
+        path.last = Some(facts.hop);
+        path.last_received_ms = Some(received_ms);
+    }
+
+    /// The Sparkplug facts of a machine, if any message about it arrived since the hub started.
+    pub fn sparkplug_path(&self, key: &TwinKey) -> Option<SparkplugPath> {
+        self.paths.get(key).map(|p| p.clone())
+    }
+
+    /// The last message of `key` and when it arrived, for the change it causes.
+    fn last_hop(&self, key: &TwinKey) -> (Option<u64>, Option<SparkplugHop>) {
+        self.paths
+            .get(key)
+            .map_or((None, None), |p| (p.last_received_ms, p.last.clone()))
     }
 
     /// The directory twins are enriched from.
@@ -677,6 +761,7 @@ impl TwinRegistry {
                 metrics,
                 timestamp,
             } => {
+                let hop = self.last_hop(&key);
                 let directory = &self.directory;
                 let mut entry = self.twins.entry(key.clone()).or_insert_with(|| {
                     let kind = directory.kind_of(&key, metrics.iter().map(|(m, _)| m.as_str()));
@@ -711,7 +796,8 @@ impl TwinRegistry {
                 for (name, unit) in &metrics {
                     twin.property_mut(name).unit = unit.symbol().to_owned();
                 }
-                let change = change("birth", twin, None, timestamp, BTreeMap::new());
+                let mut change = change("birth", twin, None, timestamp, BTreeMap::new());
+                (change.received_ms, change.sparkplug) = hop;
                 let alarms = alarm_changes(twin, &alarm_events, timestamp);
                 drop(entry);
                 self.publish(key.clone(), change);
@@ -725,6 +811,7 @@ impl TwinRegistry {
                 values,
                 historical,
             } => {
+                let hop = self.last_hop(&key);
                 let Some(mut entry) = self.twins.get_mut(&key) else {
                     self.stats.ingest_dropped(IngestDrop::UnknownTwin);
                     return None;
@@ -799,7 +886,8 @@ impl TwinRegistry {
                     alarm_events = outcome.events;
                 }
                 let kind_name = if historical { "historical" } else { "sample" };
-                let change = change(kind_name, twin, Some(seq), timestamp, streamed);
+                let mut change = change(kind_name, twin, Some(seq), timestamp, streamed);
+                (change.received_ms, change.sparkplug) = hop;
                 let gateway = twin.connectivity.gateway.clone();
                 let alarm_changes = alarm_changes(twin, &alarm_events, timestamp);
                 if !alarm_events.is_empty() {
@@ -822,6 +910,7 @@ impl TwinRegistry {
                 timestamp,
                 values,
             } => {
+                let hop = self.last_hop(&key);
                 let Some(mut entry) = self.twins.get_mut(&key) else {
                     self.stats.ingest_dropped(IngestDrop::UnknownTwin);
                     return None;
@@ -836,7 +925,8 @@ impl TwinRegistry {
                     changed.insert(name.to_string(), *value);
                 }
                 settle_desired(twin, &values, timestamp);
-                let change = change("properties", twin, None, timestamp, changed);
+                let mut change = change("properties", twin, None, timestamp, changed);
+                (change.received_ms, change.sparkplug) = hop;
                 let gateway = twin.connectivity.gateway.clone();
                 drop(entry);
                 self.publish(key.clone(), change);
@@ -945,6 +1035,8 @@ fn change(
         state: twin.state.value.clone(),
         online: twin.connectivity.online,
         alarm: None,
+        received_ms: None,
+        sparkplug: None,
     }
 }
 
@@ -976,6 +1068,44 @@ mod tests {
             timestamp: 1,
         });
         registry
+    }
+
+    #[test]
+    fn a_change_carries_the_sparkplug_message_it_came_in_and_when_the_hub_received_it() {
+        let registry = registry();
+        let mut changes = registry.subscribe();
+        let hop = SparkplugHop {
+            message: "DDATA".into(),
+            topic: "spBv1.0/lab-a/DDATA/gw-a/mill-1".into(),
+            seq: Some(9),
+            bd_seq: Some(3),
+        };
+        registry.record_path(
+            PathFacts {
+                key: key(),
+                gateway: "gw-a".into(),
+                hop: hop.clone(),
+                birth: None,
+            },
+            1_234,
+        );
+        registry.apply(TwinUpdate::Sample {
+            key: key(),
+            seq: 1,
+            timestamp: 1_200,
+            values: vec![(metric("spindle.power_w"), 5.0)],
+            historical: false,
+        });
+        let change = changes.try_recv().expect("a change");
+        assert_eq!(
+            (change.received_ms, change.sparkplug.as_ref()),
+            (Some(1_234), Some(&hop))
+        );
+        let path = registry.sparkplug_path(&key()).expect("a path");
+        assert_eq!(
+            (path.gateway.as_deref(), path.bd_seq, path.last_received_ms),
+            (Some("gw-a"), Some(3), Some(1_234))
+        );
     }
 
     fn sample(seq: u32, power: f64) -> TwinUpdate {

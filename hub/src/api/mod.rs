@@ -12,6 +12,7 @@ mod ops;
 mod session;
 mod stream;
 mod twins;
+mod web;
 
 use std::sync::Arc;
 
@@ -135,7 +136,12 @@ fn plain(path: &'static str, handler: MethodRouter<AppState>) -> Route {
 /// Every route of the hub.
 pub fn routes() -> Vec<Route> {
     vec![
-        plain("/", get(ops::index)),
+        plain("/", get(web::page)),
+        plain("/machine/{lab}/{machine}", get(web::page)),
+        plain("/machine/{lab}/{machine}/protocol", get(web::page)),
+        plain("/screen", get(web::page)),
+        plain("/login", get(web::page)),
+        plain("/assets/{file}", get(web::asset)),
         plain("/api/docs", get(openapi::docs_page)),
         plain("/healthz", get(ops::healthz)),
         plain("/readyz", get(ops::readyz)),
@@ -161,6 +167,11 @@ pub fn routes() -> Vec<Route> {
             Method::GET,
             "/api/v1/twins/{lab}/{machine}/history",
             get(twins::history),
+        ),
+        api(
+            Method::GET,
+            "/api/v1/twins/{lab}/{machine}/sparkplug",
+            get(twins::sparkplug),
         ),
         api(
             Method::PATCH,

@@ -25,6 +25,7 @@ use super::{alarms, session, stream, twins};
         twins::list_twins,
         twins::get_twin,
         twins::history,
+        twins::sparkplug,
         twins::write_desired,
         alarms::list_alarms,
         alarms::get_alarm,

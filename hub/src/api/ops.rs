@@ -1,14 +1,10 @@
-//! The page, probes and metrics.
+//! Probes and metrics.
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 
 use super::{ApiError, AppState};
-
-pub(super) async fn index() -> Html<&'static str> {
-    Html(include_str!("../index.html"))
-}
 
 pub(super) async fn healthz() -> &'static str {
     "ok\n"

@@ -15,7 +15,7 @@ use crate::auth::Role;
 use crate::catalogue::MachineKind;
 use crate::history::{self, Bucket, HistoryError, TimeRange};
 use crate::ingest::now_ms;
-use crate::twin::{Desired, DesiredError, Twin, TwinKey};
+use crate::twin::{Desired, DesiredError, SparkplugPath, Twin, TwinKey};
 
 /// A lab with a summary of its machines.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -177,6 +177,29 @@ pub async fn get_twin(
         .get(&key)
         .map(Json)
         .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))
+}
+
+/// How the machine's values reach the hub over Sparkplug: its gateway's session (`bdSeq`), the
+/// metric aliases of its DBIRTH, and the last message with its `seq` and receive time. Empty
+/// until a message about the machine arrives after the hub started.
+#[utoipa::path(get, path = "/api/v1/twins/{lab}/{machine}/sparkplug", tag = "twins",
+    params(("lab" = String, Path), ("machine" = String, Path)),
+    responses(
+        (status = 200, body = SparkplugPath),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`twin_not_found`", body = ErrorBody),
+    ))]
+pub async fn sparkplug(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((lab, machine)): Path<(String, String)>,
+) -> Result<Json<SparkplugPath>, ApiError> {
+    let key = twin_key(&caller, &lab, &machine)?;
+    if state.twins.get(&key).is_none() {
+        return Err(ApiError::TwinNotFound(key.to_string()));
+    }
+    Ok(Json(state.twins.sparkplug_path(&key).unwrap_or_default()))
 }
 
 /// Parameters of a history query.
