@@ -11,17 +11,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use demolab_demo::scenarios::SimulatedScenarios;
 use gateway::source::serial::SerialConfig;
 use gateway::{GatewayConfig, MqttEndpoint};
 use hub::auth::{AuthConfig, GameConfig, Role, UserConfig, hash_password};
 use hub::broker::BrokerConfig;
 use hub::catalogue::Catalogue;
 use hub::directory::{Directory, LabConfig, LinkConfig, MachineConfig};
+use hub::twin::TwinKey;
 use hub::{BrokerSetting, Hub, HubConfig, MetricsSource};
 use protocol::{GatewayId, LabId, NodeId};
 use serialport::SerialPort;
 use simulators::kit_node::{KitNodeConfig, spawn_serial_kit_node};
-use simulators::node::{MqttNodeConfig, fresh_boot_id, run_mqtt_node};
+use simulators::machines::{CncMill, CncParams};
+use simulators::machines::{Machine, MachineKind};
+use simulators::node::{MqttNodeConfig, fresh_boot_id, run_controlled_node};
+use simulators::timeline::LiveControl;
+use std::collections::HashMap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -90,6 +96,20 @@ fn region(machines_per_lab: u16) -> anyhow::Result<Directory> {
             })
             .collect::<anyhow::Result<_>>()?;
         machines.push(MachineConfig {
+            id: "compressor-1".parse()?,
+            kind: Some("compressor".into()),
+            name: Some("Air compressor".into()),
+            line: None,
+            attributes: [("simulated".to_owned(), "yes".to_owned())].into(),
+        });
+        machines.push(MachineConfig {
+            id: "printer-1".parse()?,
+            kind: Some("3d-printer".into()),
+            name: Some("FDM 3D printer".into()),
+            line: Some(line.clone()),
+            attributes: [("simulated".to_owned(), "yes".to_owned())].into(),
+        });
+        machines.push(MachineConfig {
             id: "lathe-1".parse()?,
             kind: Some("retrofit-lathe".into()),
             name: Some("Lathe with retrofit kit".into()),
@@ -110,6 +130,16 @@ fn region(machines_per_lab: u16) -> anyhow::Result<Directory> {
         to: format!("{}/lathe-1", LABS[1].0),
     }];
     Ok(Directory::new(Catalogue::builtin(), labs, links)?)
+}
+
+/// The machines of each demo lab whose sensor nodes talk MQTT, with their models.
+fn simulated_machines(mills: u16) -> Vec<(String, MachineKind)> {
+    let mut machines: Vec<(String, MachineKind)> = (1..=mills)
+        .map(|n| (format!("mill-{n}"), MachineKind::CncMill))
+        .collect();
+    machines.push(("compressor-1".into(), MachineKind::Compressor));
+    machines.push(("printer-1".into(), MachineKind::Printer3d));
+    machines
 }
 
 fn random_password() -> String {
@@ -151,7 +181,18 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(random_password);
     let student_password = random_password();
+    // Every simulated machine on MQTT can run a demo scenario: register them before the hub
+    // starts, so its API can offer them, and give each node its control.
+    let mut simulated = SimulatedScenarios::default();
+    let mut controls: HashMap<String, LiveControl> = HashMap::new();
+    for (lab, _) in LABS {
+        for (machine, kind) in simulated_machines(args.machines_per_lab) {
+            let key = TwinKey::parse(&format!("{lab}/{machine}")).context("demo machine id")?;
+            controls.insert(key.to_string(), simulated.add_machine(&key, kind));
+        }
+    }
     let hub = Hub::start(HubConfig {
+        scenarios: Some(Arc::new(simulated)),
         http_bind: SocketAddr::new(args.bind, args.http_port),
         broker: BrokerSetting::Embedded(BrokerConfig {
             bind: SocketAddr::new(args.bind, args.mqtt_port),
@@ -205,19 +246,36 @@ async fn main() -> anyhow::Result<()> {
         let lab: LabId = lab.parse()?;
         let gateway: GatewayId = gateway.parse()?;
         let mut node_configs = Vec::new();
-        for machine_index in 0..args.machines_per_lab {
-            let node_number = (lab_index as u64) << 16 | u64::from(machine_index);
-            node_configs.push(MqttNodeConfig {
-                node: NodeId(0xd3_0000_0000 | node_number),
-                machine: format!("mill-{}", machine_index + 1).parse()?,
-                boot: fresh_boot_id(NodeId(0xd3_0000_0000 | node_number)),
-                seed: args.seed.wrapping_mul(1_000_003).wrapping_add(node_number),
-                sample_period: Duration::from_millis(args.sample_ms),
-                tick_interval: Duration::from_millis(args.sample_ms),
-                max_samples: None,
-                broker_host: broker.host.clone(),
-                broker_port: broker.port,
-            });
+        for (machine_index, (machine, kind)) in simulated_machines(args.machines_per_lab)
+            .into_iter()
+            .enumerate()
+        {
+            let node_number = (lab_index as u64) << 16 | machine_index as u64;
+            let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(node_number);
+            let model: Box<dyn Machine> = match kind {
+                // The mill keeps its tuned demo parameters.
+                MachineKind::CncMill => Box::new(CncMill::new(seed, CncParams::default())),
+                other => other.build(seed),
+            };
+            let control = controls
+                .get(&format!("{lab}/{machine}"))
+                .cloned()
+                .unwrap_or_default();
+            node_configs.push((
+                MqttNodeConfig {
+                    node: NodeId(0xd3_0000_0000 | node_number),
+                    machine: machine.parse()?,
+                    boot: fresh_boot_id(NodeId(0xd3_0000_0000 | node_number)),
+                    seed,
+                    sample_period: Duration::from_millis(args.sample_ms),
+                    tick_interval: Duration::from_millis(args.sample_ms),
+                    max_samples: None,
+                    broker_host: broker.host.clone(),
+                    broker_port: broker.port,
+                },
+                model,
+                control,
+            ));
         }
         // All labs share the hub's broker here, so each gateway takes only its own nodes.
         let buffer_dir = args.data_dir.join("gateways").join(gateway.as_str());
@@ -225,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
             GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone(), buffer_dir);
         config.nodes = node_configs
             .iter()
-            .map(|n| (n.node, n.machine.clone()))
+            .map(|(n, _, _)| (n.node, n.machine.clone()))
             .collect();
         config.accept_unconfigured_nodes = false;
         // Each lab also has one retrofit kit on a serial line: the real firmware runtime and
@@ -246,8 +304,8 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("gateway {gateway} did not come up within 10 s"))?;
         counters.push((lab.clone(), gateway.clone(), handle.stats().clone()));
         gateways.push(handle);
-        for config in node_configs {
-            nodes.spawn(run_mqtt_node(config, cancel.clone()));
+        for (config, model, control) in node_configs {
+            nodes.spawn(run_controlled_node(config, model, control, cancel.clone()));
         }
         let mut master = master;
         master
@@ -269,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
             ),
         ));
         lab_lines.push(format!(
-            "lab: {lab} (gateway {gateway}, {} CNC mills over MQTT, lathe-1 on serial {tty})",
+            "lab: {lab} (gateway {gateway}, {} CNC mills, compressor-1 and printer-1 over MQTT, lathe-1 on serial {tty})",
             args.machines_per_lab
         ));
     }

@@ -268,6 +268,7 @@ impl HubFile {
             json_topics: self.hub.json_topics,
             retention: self.history,
             influx: self.influx,
+            scenarios: None,
         })
     }
 }

@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod kpi;
 pub mod outputs;
 pub mod persist;
+pub mod scenarios;
 pub mod stats;
 pub mod store;
 pub mod twin;
@@ -123,6 +124,8 @@ pub struct HubConfig {
     pub retention: Retention,
     /// The InfluxDB sink, when configured.
     pub influx: Option<InfluxConfig>,
+    /// Simulator scenarios on simulated machines (the demo region), for the demo mode.
+    pub scenarios: Option<Arc<dyn scenarios::ScenarioControl>>,
 }
 
 impl Default for HubConfig {
@@ -141,6 +144,7 @@ impl Default for HubConfig {
             json_topics: true,
             retention: Retention::default(),
             influx: None,
+            scenarios: None,
         }
     }
 }
@@ -314,6 +318,7 @@ impl Hub {
             auth,
             store,
             commands: api::Commands::new(client),
+            scenarios: config.scenarios.clone(),
         });
         let http_cancel = cancel.clone();
         tasks.spawn(async move {

@@ -29,7 +29,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::machines::{CncMill, CncParams, CncReading, Machine};
-use crate::timeline::Timeline;
+use crate::timeline::{LiveControl, LiveScenario, Timeline};
 
 /// The firmware version simulated nodes announce.
 pub const SIM_FIRMWARE: FirmwareVersion = FirmwareVersion {
@@ -257,6 +257,7 @@ pub async fn run_mqtt_node(
         config,
         mill,
         Timeline::default(),
+        None,
         cancel,
         Deadlines::DEFAULT,
     )
@@ -272,7 +273,26 @@ pub async fn run_machine_node(
     timeline: Timeline,
     cancel: CancellationToken,
 ) -> Result<NodeReport, SimError> {
-    run(config, machine, timeline, cancel, Deadlines::DEFAULT).await
+    run(config, machine, timeline, None, cancel, Deadlines::DEFAULT).await
+}
+
+/// [`run_machine_node`] whose machine can also be changed while it runs, through `control`
+/// (the demo's scenario buttons).
+pub async fn run_controlled_node(
+    config: MqttNodeConfig,
+    machine: Box<dyn Machine>,
+    control: LiveControl,
+    cancel: CancellationToken,
+) -> Result<NodeReport, SimError> {
+    run(
+        config,
+        machine,
+        Timeline::default(),
+        Some(control),
+        cancel,
+        Deadlines::DEFAULT,
+    )
+    .await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -292,6 +312,7 @@ async fn run(
     config: MqttNodeConfig,
     machine: Box<dyn Machine>,
     timeline: Timeline,
+    control: Option<LiveControl>,
     cancel: CancellationToken,
     deadlines: Deadlines,
 ) -> Result<NodeReport, SimError> {
@@ -328,6 +349,8 @@ async fn run(
     let mut node = Node {
         machine,
         timeline,
+        control,
+        live: None,
         core,
         period_ms,
         tick_interval: config.tick_interval,
@@ -486,6 +509,8 @@ struct Node {
     core: NodeCore,
     machine: Box<dyn Machine>,
     timeline: Timeline,
+    control: Option<LiveControl>,
+    live: Option<LiveScenario>,
     period_ms: u32,
     tick_interval: Duration,
     /// `None` for a zero tick interval.
@@ -663,6 +688,14 @@ impl Node {
         // Events due by now apply before the step, so they shape the interval that follows.
         self.timeline
             .apply_due(&mut *self.machine, self.uptime_ms, self.config.node);
+        if let Some(control) = &self.control {
+            control.apply(
+                &mut self.live,
+                &mut *self.machine,
+                self.uptime_ms,
+                self.config.node,
+            );
+        }
         self.machine
             .step(Duration::from_millis(u64::from(self.period_ms)));
         self.uptime_ms += u64::from(self.period_ms);
@@ -899,6 +932,7 @@ mod tests {
             config(port),
             mill,
             Timeline::default(),
+            None,
             CancellationToken::new(),
             deadlines,
         )

@@ -195,3 +195,85 @@ mod tests {
         assert!(t.is_finished());
     }
 }
+
+/// A handle that changes a running node's machine while it runs: a scenario's changes start
+/// now, or stop (the parameters they touched go back to their values before the start). The
+/// node picks requests up before its next step, so they take effect in simulated time too.
+#[derive(Debug, Clone, Default)]
+pub struct LiveControl(std::sync::Arc<std::sync::Mutex<Requests>>);
+
+#[derive(Debug, Default)]
+struct Requests {
+    start: Option<Vec<TimedChange>>,
+    stop: bool,
+}
+
+/// A scenario running on a node through a [`LiveControl`].
+#[derive(Debug)]
+pub struct LiveScenario {
+    timeline: Timeline,
+    restore: Vec<(String, f64)>,
+}
+
+impl LiveControl {
+    /// Starts `changes` (times relative to now), ending any scenario already running.
+    pub fn start(&self, changes: Vec<TimedChange>) {
+        if let Ok(mut requests) = self.0.lock() {
+            requests.stop = true;
+            requests.start = Some(changes);
+        }
+    }
+
+    /// Stops the running scenario and restores what it changed.
+    pub fn stop(&self) {
+        if let Ok(mut requests) = self.0.lock() {
+            requests.stop = true;
+            requests.start = None;
+        }
+    }
+
+    /// Called by the node before each step: applies requests and the running scenario.
+    pub fn apply(
+        &self,
+        active: &mut Option<LiveScenario>,
+        machine: &mut dyn Machine,
+        now_ms: u64,
+        node: NodeId,
+    ) {
+        let (stop, start) = match self.0.lock() {
+            Ok(mut requests) => (std::mem::take(&mut requests.stop), requests.start.take()),
+            Err(_) => (false, None),
+        };
+        if stop && let Some(running) = active.take() {
+            for (param, value) in running.restore {
+                if let Err(err) = machine.set_param(&param, value) {
+                    tracing::warn!(%node, %err, "cannot restore a parameter");
+                }
+            }
+        }
+        if let Some(changes) = start {
+            let mut restore: Vec<(String, f64)> = Vec::new();
+            for change in &changes {
+                if !restore.iter().any(|(p, _)| p == &change.param)
+                    && let Some(value) = machine.param(&change.param)
+                {
+                    restore.push((change.param.clone(), value));
+                }
+            }
+            let shifted = changes
+                .into_iter()
+                .map(|c| TimedChange {
+                    at_ms: c.at_ms + now_ms,
+                    ..c
+                })
+                .collect();
+            *active = Some(LiveScenario {
+                timeline: Timeline::new(shifted),
+                restore,
+            });
+        }
+        if let Some(running) = active {
+            running.timeline.apply_due(machine, now_ms, node);
+        }
+    }
+}

@@ -40,6 +40,12 @@ pub enum ApiError {
     AlarmNotFound(String),
     /// No such machine kind.
     KindNotFound(String),
+    /// No such simulator scenario.
+    ScenarioNotFound(String),
+    /// No scenario runs on the machine.
+    ScenarioNotRunning(String),
+    /// The machine is not simulated (or not of a kind the scenario runs on).
+    NotSimulated(String),
     /// The alarm was already acknowledged.
     AlarmAlreadyAcknowledged(String),
     /// The property is not writable for this kind.
@@ -98,6 +104,9 @@ impl ApiError {
             E::TwinNotFound(_) => (StatusCode::NOT_FOUND, "twin_not_found"),
             E::AlarmNotFound(_) => (StatusCode::NOT_FOUND, "alarm_not_found"),
             E::KindNotFound(_) => (StatusCode::NOT_FOUND, "kind_not_found"),
+            E::ScenarioNotFound(_) => (StatusCode::NOT_FOUND, "scenario_not_found"),
+            E::ScenarioNotRunning(_) => (StatusCode::NOT_FOUND, "scenario_not_running"),
+            E::NotSimulated(_) => (StatusCode::CONFLICT, "not_simulated"),
             E::AlarmAlreadyAcknowledged(_) => (StatusCode::CONFLICT, "alarm_already_acknowledged"),
             E::NotWritable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_writable"),
             E::OutOfRange(_) => (StatusCode::UNPROCESSABLE_ENTITY, "out_of_range"),
@@ -122,6 +131,9 @@ impl ApiError {
             | E::NotWritable(m)
             | E::OutOfRange(m)
             | E::CommandNotSent(m)
+            | E::ScenarioNotFound(m)
+            | E::ScenarioNotRunning(m)
+            | E::NotSimulated(m)
             | E::Storage(m) => m.clone(),
             E::MissingParameter(name) => format!("query parameter `{name}` is required"),
             E::BodyTooLarge => format!("the body is larger than {} bytes", super::BODY_LIMIT),

@@ -9,6 +9,7 @@ mod alarms;
 mod error;
 pub mod openapi;
 mod ops;
+mod scenarios;
 mod session;
 mod stream;
 mod twins;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{MethodRouter, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use prost::Message as _;
 use protocol::sparkplug::{DataType, MessageType, Metric, MetricValue, Payload, Topic};
 use rumqttc::{AsyncClient, QoS};
@@ -96,6 +97,8 @@ pub struct AppState {
     pub store: Arc<TwinStore>,
     /// Device commands.
     pub commands: Commands,
+    /// Scenario control of simulated machines (the demo), if any.
+    pub scenarios: Option<Arc<dyn crate::scenarios::ScenarioControl>>,
 }
 
 /// One route: method, path (axum syntax, also the OpenAPI path) and handler.
@@ -189,6 +192,17 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/alarms/{lab}/{machine}/{rule}/{n}/ack",
             post(alarms::acknowledge),
         ),
+        api(Method::GET, "/api/v1/scenarios", get(scenarios::list)),
+        api(
+            Method::POST,
+            "/api/v1/twins/{lab}/{machine}/scenario",
+            post(scenarios::start),
+        ),
+        api(
+            Method::DELETE,
+            "/api/v1/twins/{lab}/{machine}/scenario",
+            delete(scenarios::stop),
+        ),
         api(Method::GET, "/api/v1/stream", get(stream::websocket)),
         api(
             Method::GET,
@@ -256,6 +270,7 @@ mod tests {
             auth: Arc::new(Auth::new(crate::auth::AuthConfig::default()).expect("auth")),
             store,
             commands: Commands::new(client),
+            scenarios: None,
         }
     }
 

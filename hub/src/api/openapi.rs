@@ -6,7 +6,7 @@ use axum::response::Html;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{alarms, session, stream, twins};
+use super::{alarms, scenarios, session, stream, twins};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,9 @@ use super::{alarms, session, stream, twins};
         alarms::list_alarms,
         alarms::get_alarm,
         alarms::acknowledge,
+        scenarios::list,
+        scenarios::start,
+        scenarios::stop,
         stream::websocket,
         stream::server_sent_events,
     ),
@@ -38,6 +41,7 @@ use super::{alarms, session, stream, twins};
         (name = "twins", description = "Labs, twins, history and desired properties"),
         (name = "alarms", description = "Alarms and their acknowledgement"),
         (name = "catalogue", description = "Machine kinds"),
+        (name = "demo", description = "Simulator scenarios on simulated machines (demo mode)"),
         (name = "streams", description = "Live changes over WebSocket and Server-Sent Events"),
         (name = "auth", description = "Log in for a bearer token"),
     )

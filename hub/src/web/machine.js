@@ -94,6 +94,47 @@ function desiredControls(twin, kind, lab, machine) {
   return el("section", { class: "panel" }, el("h3", {}, t("desired"), isOperator() ? null : el("span", { class: "muted small" }, ` · ${t("operator_only")}`)), rows);
 }
 
+// Demo mode: start a simulator scenario on this (simulated) machine and watch its effect.
+function demoControls(scenarios, twinId, lab, machine) {
+  const offered = (scenarios?.available ?? []).filter((s) => s.machines.includes(twinId));
+  if (!offered.length) return null;
+  const running = () => (scenarios.running ?? []).find((r) => r.twin === twinId);
+  const status = el("div", { class: "muted small status demo-status" });
+  const show = () => {
+    const r = running();
+    status.textContent = r ? `${t("running_scenario")}: ${r.scenario} · ${r.started_by} · ${clock(r.started_at)}` : t("no_scenario");
+  };
+  const select = el("select", { class: "demo-scenario" }, offered.map((s) => el("option", { value: s.name, title: s.description }, s.title)));
+  const describe = el("p", { class: "muted small" });
+  const explain = () => { describe.textContent = offered.find((s) => s.name === select.value)?.description ?? ""; };
+  select.addEventListener("change", explain);
+  const refresh = async () => {
+    scenarios = await api("/api/v1/scenarios");
+    show();
+  };
+  const act = (label, cls, run) => el("button", {
+    type: "button", class: isOperator() ? `primary ${cls}` : `locked ${cls}`, title: isOperator() ? null : t("operator_only"),
+    async onclick() {
+      try {
+        await run();
+        await refresh();
+      } catch (error) {
+        showError(error);
+        status.textContent = `${error.status ?? ""} ${error.code ?? error}`;
+      }
+    },
+  }, label);
+  const start = act(t("start_scenario"), "demo-start", () =>
+    api(`${twinPath(lab, machine)}/scenario`, { method: "POST", body: { scenario: select.value } }));
+  const stop = act(t("stop_scenario"), "demo-stop", () =>
+    api(`${twinPath(lab, machine)}/scenario`, { method: "DELETE" }));
+  explain();
+  show();
+  return el("section", { class: "panel demo" },
+    el("h3", {}, t("demo_mode"), isOperator() ? null : el("span", { class: "muted small" }, ` · ${t("operator_only")}`)),
+    el("div", { class: "demo-row" }, select, start, stop), describe, status);
+}
+
 function historyPanel(lab, machine, metrics) {
   const canvas = el("canvas", { class: "chart tall", id: "history-chart" });
   const note = el("span", { class: "muted small" });
@@ -144,9 +185,10 @@ function historyPanel(lab, machine, metrics) {
 }
 
 export async function machineView(main, lab, machine) {
-  const [twin, alarmsList] = await Promise.all([
+  const [twin, alarmsList, scenarios] = await Promise.all([
     api(twinPath(lab, machine)),
     api(`/api/v1/alarms?lab=${lab}&machine=${machine}`),
+    api("/api/v1/scenarios").catch(() => null),
   ]);
   app.twins.set(twin.id, twin);
   const kind = app.kinds.get(twin.kind);
@@ -195,14 +237,17 @@ export async function machineView(main, lab, machine) {
     history.panel,
     el("section", { class: "panel" }, el("h3", {}, t("alarms")), alarmList),
     desiredControls(twin, kind, lab, machine),
+    demoControls(scenarios, twin.id, lab, machine),
     el("section", { class: "panel" }, el("h3", {}, t("properties")), propsHolder),
     attributes.length ? el("section", { class: "panel" }, el("h3", {}, t("attributes")),
       el("table", { class: "props" }, el("tbody", {}, attributes.map(([key, v]) => el("tr", {}, el("td", {}, key), el("td", {}, v)))))) : null,
   ));
+  // The bar is full at the kind's alarm threshold (a z-score-like scale, 5 for a mill).
+  const threshold = kind?.anomaly?.threshold ?? 5;
   const setAnomaly = (score) => {
     document.getElementById("anomaly-value").textContent = num(score);
-    anomalyBar.firstChild.style.width = `${Math.min(100, Math.max(0, (score ?? 0) * 100))}%`;
-    anomalyBar.dataset.level = score > 0.8 ? "high" : score > 0.5 ? "mid" : "low";
+    anomalyBar.firstChild.style.width = `${Math.min(100, Math.max(0, ((score ?? 0) / threshold) * 100))}%`;
+    anomalyBar.dataset.level = score >= threshold ? "high" : score >= 0.6 * threshold ? "mid" : "low";
   };
   setAnomaly(anomaly?.reported);
   history.load();
