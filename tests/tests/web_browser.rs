@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use demolab_demo::scenarios::SimulatedScenarios;
 use demolab_tests::{
     burst_node, gateway_config, http, hub_config, start_gateway_with, start_hub_with, within,
 };
@@ -20,7 +21,9 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hub::auth::{AuthConfig, GameConfig, Role, UserConfig, hash_password};
 use hub::{Hub, HubConfig};
 use serde_json::{Value, json};
-use simulators::node::run_mqtt_node;
+use simulators::machines::{CncMill, CncParams, MachineKind};
+use simulators::node::{run_controlled_node, run_mqtt_node};
+use simulators::timeline::LiveControl;
 use tokio_util::sync::CancellationToken;
 
 /// Machines per lab that stream throughout; the rest of the 50 join for the measurement.
@@ -163,8 +166,16 @@ fn user(name: &str, role: Role, game: Option<&str>) -> anyhow::Result<UserConfig
     })
 }
 
-async fn start_hub(data: &std::path::Path) -> anyhow::Result<Hub> {
-    start_hub_with(HubConfig {
+/// The hub, with lab-a/mill-1 a simulated machine whose scenarios operators can start (demo
+/// mode); returns the control its node must run with.
+async fn start_hub(data: &std::path::Path) -> anyhow::Result<(Hub, LiveControl)> {
+    let mut simulated = SimulatedScenarios::default();
+    let control = simulated.add_machine(
+        &hub::twin::TwinKey::parse("lab-a/mill-1").context("key")?,
+        MachineKind::CncMill,
+    );
+    let hub = start_hub_with(HubConfig {
+        scenarios: Some(std::sync::Arc::new(simulated)),
         auth: AuthConfig {
             anonymous_read: false,
             token_ttl_s: 3600,
@@ -180,7 +191,8 @@ async fn start_hub(data: &std::path::Path) -> anyhow::Result<Hub> {
         },
         ..hub_config(data)
     })
-    .await
+    .await?;
+    Ok((hub, control))
 }
 
 fn node_id(lab: u64, machine: u32) -> u64 {
@@ -213,6 +225,7 @@ fn spawn_live(
     mqtt_port: u16,
     lab_index: u64,
     machines: std::ops::RangeInclusive<u32>,
+    control: Option<&LiveControl>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     for machine in machines {
@@ -225,7 +238,20 @@ fn spawn_live(
         )?;
         node.max_samples = None;
         node.tick_interval = TICK;
-        tokio::spawn(run_mqtt_node(node, cancel.clone()));
+        match control.filter(|_| lab_index == 0 && machine == 1) {
+            Some(control) => {
+                let mill = Box::new(CncMill::new(node.seed, CncParams::default()));
+                tokio::spawn(run_controlled_node(
+                    node,
+                    mill,
+                    control.clone(),
+                    cancel.clone(),
+                ));
+            }
+            None => {
+                tokio::spawn(run_mqtt_node(node, cancel.clone()));
+            }
+        }
     }
     Ok(())
 }
@@ -242,7 +268,7 @@ async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
         return Ok(());
     };
     let data = tempfile::tempdir()?;
-    let hub = start_hub(data.path()).await?;
+    let (hub, control) = start_hub(data.path()).await?;
     let api = hub.http_addr();
     let port = hub.mqtt_addr().port();
     let base = format!("http://{api}");
@@ -252,8 +278,8 @@ async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
         start_lab(port, 0, data.path(), &cancel).await?,
         start_lab(port, 1, data.path(), &cancel).await?,
     ];
-    spawn_live(port, 0, 1..=LIVE_AT_START, &cancel)?;
-    spawn_live(port, 1, 1..=LIVE_AT_START, &cancel)?;
+    spawn_live(port, 0, 1..=LIVE_AT_START, Some(&control), &cancel)?;
+    spawn_live(port, 1, 1..=LIVE_AT_START, None, &cancel)?;
     // Two mills in lab-a that send a few samples and stop: each raises an offline alarm.
     let quiet = [MACHINES_PER_LAB + 1, MACHINES_PER_LAB + 2];
     for machine in quiet {
@@ -318,6 +344,19 @@ async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
         until_js(&client, "the 15-minute history", "return document.querySelector('button.seg.on').dataset.range === 'last_15m' && Number(document.getElementById('history-chart').dataset.points) >= 1", Duration::from_secs(10)).await?;
         screenshot(&client, "machine.png").await?;
 
+        // Demo mode: the operator starts the bearing-wear scenario on this simulated mill, sees
+        // it running, and stops it.
+        client.find(Locator::Css("button.demo-start")).await?.click().await?;
+        until_js(&client, "the running scenario",
+            "const s = document.querySelector('.demo-status'); return s && s.textContent.includes('predictive-maintenance') && s.textContent.includes('operator')",
+            Duration::from_secs(10)).await?;
+        let running = get_json_as(api, "/api/v1/scenarios", &operator_token).await?;
+        assert_eq!(running["running"][0]["twin"], "lab-a/mill-1");
+        client.find(Locator::Css("button.demo-stop")).await?.click().await?;
+        until_js(&client, "the scenario stopped",
+            "return document.querySelector('.demo-status').textContent === 'No scenario running'",
+            Duration::from_secs(10)).await?;
+
         // The protocol view shows the hops of a sample with Sparkplug seq, bdSeq and latency.
         client.goto(&format!("{base}/machine/lab-a/mill-1/protocol")).await?;
         let flow = until_js(&client, "the path of a sample",
@@ -365,8 +404,8 @@ async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
         assert_eq!(alarm["state"], "active_unack");
 
         // 50 machines streaming: the overview's update-to-paint time.
-        spawn_live(port, 0, LIVE_AT_START + 1..=MACHINES_PER_LAB, &cancel)?;
-        spawn_live(port, 1, LIVE_AT_START + 1..=MACHINES_PER_LAB, &cancel)?;
+        spawn_live(port, 0, LIVE_AT_START + 1..=MACHINES_PER_LAB, None, &cancel)?;
+        spawn_live(port, 1, LIVE_AT_START + 1..=MACHINES_PER_LAB, None, &cancel)?;
         poll(Duration::from_secs(30), "50 machines online", || async {
             let twins = get_json_as(api, "/api/v1/twins?online=true", &operator_token).await?;
             Ok(twins.as_array().map_or(0, Vec::len) >= 2 * MACHINES_PER_LAB as usize)
