@@ -20,7 +20,7 @@ use protocol::sparkplug::{Metric, MetricValue, Payload, metric_value_f64};
 use protocol::{AckResult, CommandKind, MachineId, NodeId};
 
 /// Name of the result metric reported after every command.
-pub const RESULT_METRIC: &str = "command.result";
+pub const RESULT_METRIC: &str = protocol::metric_names::COMMAND_RESULT;
 
 /// A command to send, with what to report when it is acknowledged.
 #[derive(Debug, Clone, PartialEq)]

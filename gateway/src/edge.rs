@@ -17,9 +17,9 @@ use protocol::{GatewayId, LabId, MachineId, MetricName, Unit};
 /// Name of the per-sample sequence metric every device carries, so the hub can order and
 /// de-duplicate samples by the node's own sequence number. It is a UInt32 carried in the
 /// protobuf `long_value`, as Eclipse Tahu and Ignition expect (the 3.0 text allows both fields).
-pub const NODE_SEQ_METRIC: &str = "node.seq";
+pub const NODE_SEQ_METRIC: &str = protocol::metric_names::NODE_SEQ;
 /// DBIRTH metric with the node's boot id: sequence numbers are ordered within one boot.
-pub const NODE_BOOT_METRIC: &str = "node.boot";
+pub const NODE_BOOT_METRIC: &str = protocol::metric_names::NODE_BOOT;
 /// Property key carrying a metric's unit in births (the key Ignition and others use).
 pub const UNIT_PROPERTY: &str = "engUnit";
 

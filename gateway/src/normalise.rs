@@ -7,7 +7,7 @@
 use protocol::{MetricName, Unit};
 
 /// The derived energy metric.
-pub const ENERGY_METRIC: &str = "energy.total_wh";
+pub const ENERGY_METRIC: &str = protocol::metric_names::ENERGY_TOTAL_WH;
 
 /// Whether `value` can be a reading in `unit` (wide bounds: they catch broken sensors and unit
 /// mix-ups, not unusual machines).

@@ -19,9 +19,9 @@ use crate::stats::{HubStats, IngestDrop};
 use crate::twin::{PathFacts, SparkplugHop, TwinKey, TwinUpdate};
 
 /// The metric carrying the node's sample sequence (written by gateways).
-pub const NODE_SEQ_METRIC: &str = "node.seq";
+pub const NODE_SEQ_METRIC: &str = protocol::metric_names::NODE_SEQ;
 /// The DBIRTH metric carrying the node's boot id (written by gateways).
-pub const NODE_BOOT_METRIC: &str = "node.boot";
+pub const NODE_BOOT_METRIC: &str = protocol::metric_names::NODE_BOOT;
 /// The birth property carrying a metric's unit symbol.
 pub const UNIT_PROPERTY: &str = "engUnit";
 

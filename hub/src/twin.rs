@@ -21,10 +21,10 @@ use crate::stats::{HubStats, IngestDrop};
 
 /// Metric in which the gateway reports a command's outcome (0 ok, 1 invalid argument,
 /// 2 unsupported, 3 failed, 4 no node answered).
-pub const COMMAND_RESULT_METRIC: &str = "command.result";
+pub const COMMAND_RESULT_METRIC: &str = protocol::metric_names::COMMAND_RESULT;
 
 /// Metric whose value is the machine's [`MachineState`] code.
-pub const STATE_METRIC: &str = "state.code";
+pub const STATE_METRIC: &str = protocol::metric_names::STATE_CODE;
 
 /// `lab/machine`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -692,20 +692,7 @@ impl TwinRegistry {
             .twins
             .get_mut(key)
             .ok_or_else(|| DesiredError::UnknownTwin(key.to_string()))?;
-        let Some(spec) = entry.kind.writable(metric) else {
-            return Err(DesiredError::NotWritable {
-                metric: metric.to_owned(),
-                kind: entry.kind.id.clone(),
-            });
-        };
-        if !(value.is_finite() && (spec.min..=spec.max).contains(&value)) {
-            return Err(DesiredError::OutOfRange {
-                metric: metric.to_owned(),
-                value,
-                min: spec.min,
-                max: spec.max,
-            });
-        }
+        check_writable(&entry.kind, metric, value)?;
         if !entry.twin.connectivity.online {
             return Err(DesiredError::Offline(key.to_string()));
         }
@@ -961,8 +948,27 @@ impl TwinRegistry {
     }
 }
 
+/// Whether the kind lets `metric` be set to `value`.
+pub fn check_writable(kind: &MachineKind, metric: &str, value: f64) -> Result<(), DesiredError> {
+    let Some(spec) = kind.writable(metric) else {
+        return Err(DesiredError::NotWritable {
+            metric: metric.to_owned(),
+            kind: kind.id.clone(),
+        });
+    };
+    if !(value.is_finite() && (spec.min..=spec.max).contains(&value)) {
+        return Err(DesiredError::OutOfRange {
+            metric: metric.to_owned(),
+            value,
+            min: spec.min,
+            max: spec.max,
+        });
+    }
+    Ok(())
+}
+
 /// The metric gateways derive from power (a monotonic meter that restarts with the gateway).
-const ENERGY_METRIC: &str = "energy.total_wh";
+const ENERGY_METRIC: &str = protocol::metric_names::ENERGY_TOTAL_WH;
 
 /// Matches a command result to the desired value it answers. Gateways handle one machine's
 /// commands in order, so a result belongs to the oldest pending request; the applied value, when

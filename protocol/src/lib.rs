@@ -26,6 +26,7 @@ pub mod codec;
 pub mod frame;
 pub mod golden;
 pub mod ids;
+pub mod metric_names;
 pub mod sparkplug;
 pub mod state;
 pub mod unit;

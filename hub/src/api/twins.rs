@@ -300,6 +300,15 @@ pub async fn history(
     }))
 }
 
+fn desired_error(err: DesiredError) -> ApiError {
+    match err {
+        DesiredError::UnknownTwin(id) => ApiError::TwinNotFound(id),
+        DesiredError::NotWritable { .. } => ApiError::NotWritable(err.to_string()),
+        DesiredError::OutOfRange { .. } => ApiError::OutOfRange(err.to_string()),
+        DesiredError::Offline(id) => ApiError::MachineOffline(id),
+    }
+}
+
 fn history_error(err: HistoryError) -> ApiError {
     match err.api_code() {
         Some("bad_time_range") => ApiError::BadTimeRange(err.to_string()),
@@ -360,18 +369,7 @@ pub async fn write_desired(
         .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))?;
     // Check every value before recording any, so a request is applied whole or not at all.
     for (metric, value) in &values {
-        let spec = kind.writable(metric).ok_or_else(|| {
-            ApiError::NotWritable(format!(
-                "{metric} is not a writable property of kind {}",
-                kind.id
-            ))
-        })?;
-        if !(value.is_finite() && (spec.min..=spec.max).contains(value)) {
-            return Err(ApiError::OutOfRange(format!(
-                "{metric} must be between {} and {}, got {value}",
-                spec.min, spec.max
-            )));
-        }
+        crate::twin::check_writable(&kind, metric, *value).map_err(desired_error)?;
     }
     let gateway = twin
         .connectivity
@@ -385,12 +383,7 @@ pub async fn write_desired(
         state
             .twins
             .request_desired(&key, metric, *value, &principal.user, now)
-            .map_err(|err| match err {
-                DesiredError::UnknownTwin(id) => ApiError::TwinNotFound(id),
-                DesiredError::NotWritable { .. } => ApiError::NotWritable(err.to_string()),
-                DesiredError::OutOfRange { .. } => ApiError::OutOfRange(err.to_string()),
-                DesiredError::Offline(id) => ApiError::MachineOffline(id),
-            })?;
+            .map_err(desired_error)?;
     }
     let pairs: Vec<(String, f64)> = values.iter().map(|(k, v)| (k.clone(), *v)).collect();
     state.commands.device_command(&key, &gateway, &pairs, now)?;
