@@ -62,6 +62,7 @@ fn fleet(args: &Args, port: u16, lab_index: u64) -> Vec<MqttNodeConfig> {
                 max_samples: Some(args.samples),
                 broker_host: "127.0.0.1".into(),
                 broker_port: port,
+                login: None,
             }
         })
         .collect()

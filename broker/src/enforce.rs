@@ -5,12 +5,16 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use mqtt5::broker::auth::{AuthProvider, AuthResult};
 use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
 
+use tokio::sync::Semaphore;
+
 use crate::access::AccessConfig;
+use crate::throttle::{LogThrottle, echo};
 
 /// How many requests the broker refused, by kind. Always zero on an open broker.
 #[derive(Debug, Default)]
@@ -57,10 +61,19 @@ impl DenialCounters {
     }
 }
 
+/// Password checks running at once. Each holds an argon2 buffer (19 MiB for the default cost),
+/// so a flood of CONNECTs with a known name must queue here instead of growing memory.
+const CONCURRENT_VERIFICATIONS: usize = 4;
+/// How long a CONNECT may wait for a free check before it is refused as "server busy".
+const VERIFICATION_WAIT: Duration = Duration::from_secs(5);
+
 /// mqtt5's hook, answering from an [`AccessConfig`].
 pub(crate) struct AccessProvider {
     access: Arc<AccessConfig>,
     denials: Arc<DenialCounters>,
+    verifications: Semaphore,
+    login_log: LogThrottle,
+    topic_log: LogThrottle,
 }
 
 impl AccessProvider {
@@ -68,13 +81,23 @@ impl AccessProvider {
         Self {
             access: Arc::new(access),
             denials,
+            verifications: Semaphore::new(CONCURRENT_VERIFICATIONS),
+            login_log: LogThrottle::default(),
+            topic_log: LogThrottle::default(),
         }
     }
 
     async fn check_connect(&self, connect: &ConnectPacket) -> AuthResult {
         let refuse = |code: ReasonCode, why: &str| {
             self.denials.connect.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client_id = %connect.client_id, username = ?connect.username, "MQTT login refused: {why}");
+            if let Some(held_back) = self.login_log.allow() {
+                tracing::warn!(
+                    client_id = %echo(&connect.client_id),
+                    username = %echo(connect.username.as_deref().unwrap_or("")),
+                    held_back,
+                    "MQTT login refused: {why}"
+                );
+            }
             AuthResult::fail(code)
         };
         let Some(name) = connect.username.as_deref() else {
@@ -87,6 +110,11 @@ impl AccessProvider {
             return refuse(ReasonCode::BadUsernameOrPassword, "no password");
         };
         let user = user.clone();
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(VERIFICATION_WAIT, self.verifications.acquire()).await
+        else {
+            return refuse(ReasonCode::ServerBusy, "too many logins at once");
+        };
         // argon2 is tens of milliseconds of CPU by design: keep it off the executor threads
         // that carry everyone else's traffic.
         let verified = tokio::task::spawn_blocking(move || user.verify_password(&password))
@@ -109,7 +137,14 @@ impl AccessProvider {
     ) -> bool {
         if !allowed {
             counter.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(username = ?user, topic, "MQTT {what} denied");
+            if let Some(held_back) = self.topic_log.allow() {
+                tracing::warn!(
+                    username = %echo(user.unwrap_or("")),
+                    topic = %echo(topic),
+                    held_back,
+                    "MQTT {what} denied"
+                );
+            }
         }
         allowed
     }

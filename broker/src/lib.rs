@@ -40,6 +40,7 @@
 
 pub mod access;
 mod enforce;
+pub mod throttle;
 
 pub use enforce::{DenialCounters, Denials};
 

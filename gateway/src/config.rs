@@ -50,8 +50,11 @@ pub struct GatewayConfig {
     pub southbound: Option<MqttEndpoint>,
     /// The broker the hub listens on.
     pub uplink: MqttEndpoint,
-    /// The uplink's login; `None` for a broker that takes anonymous clients (the demo).
+    /// The uplink's login; `None` for a broker that takes anonymous clients.
     pub uplink_credentials: Option<MqttCredentials>,
+    /// The lab broker's login (the gateway reads its nodes' uplinks and commands them);
+    /// `None` for a broker that takes anonymous clients.
+    pub southbound_credentials: Option<MqttCredentials>,
     /// The hub's Sparkplug host id: when set, data is sent only while its STATE says online.
     pub primary_host: Option<HostId>,
     /// Node → machine assignments that override what nodes announce.
@@ -79,6 +82,7 @@ impl GatewayConfig {
             southbound: Some(broker.clone()),
             uplink: broker,
             uplink_credentials: None,
+            southbound_credentials: None,
             primary_host: None,
             nodes: HashMap::new(),
             accept_unconfigured_nodes: true,

@@ -125,6 +125,47 @@ pub struct Southbound {
     /// Take nodes that are not listed under `[[nodes]]` (mapped by their `Hello`).
     #[serde(default = "default_true")]
     pub accept_unconfigured_nodes: bool,
+    /// Username on the lab's broker (not with `embedded_listen`, whose logins are generated).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The environment variable holding that password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+/// A login from `{section}.username` and the variable `{section}.password_env` names; both or
+/// neither.
+fn credentials(
+    path: &Path,
+    section: &str,
+    username: Option<String>,
+    password_env: Option<&str>,
+) -> Result<Option<crate::config::MqttCredentials>, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    match (username, password_env) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(
+            &format!("{section}.password_env"),
+            format!("required with {section}.username"),
+        )),
+        (None, Some(_)) => Err(invalid(
+            &format!("{section}.username"),
+            format!("required with {section}.password_env"),
+        )),
+        (Some(username), Some(var)) => {
+            let password = std::env::var(var).map_err(|e| {
+                invalid(
+                    &format!("{section}.password_env"),
+                    format!("environment variable {var:?}: {e}"),
+                )
+            })?;
+            Ok(Some(crate::config::MqttCredentials { username, password }))
+        }
+    }
 }
 
 fn default_local() -> String {
@@ -335,43 +376,34 @@ impl GatewayFile {
                 .validate()
                 .map_err(|e| invalid(&format!("modbus[{i}]"), e.to_string()))?;
         }
-        let uplink_credentials = match (self.uplink.username, &self.uplink.password_env) {
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(invalid(
-                    "uplink.password_env",
-                    "required with uplink.username".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "uplink.username",
-                    "required with uplink.password_env".into(),
-                ));
-            }
-            (Some(username), Some(var)) => {
-                let password = std::env::var(var).map_err(|e| {
-                    invalid(
-                        "uplink.password_env",
-                        format!("environment variable {var:?}: {e}"),
-                    )
-                })?;
-                Some(crate::config::MqttCredentials { username, password })
-            }
-        };
+        let uplink_credentials = credentials(
+            path,
+            "uplink",
+            self.uplink.username,
+            self.uplink.password_env.as_deref(),
+        )?;
         let uplink = MqttEndpoint {
             host: self.uplink.host,
             port: self.uplink.port,
         };
         let mut embedded_broker = None;
+        let mut southbound_credentials = None;
         let (southbound, accept_unconfigured_nodes) = match self.southbound {
             Some(s) => {
                 if let Some(listen) = &s.embedded_listen {
                     let addr: SocketAddr = listen.parse().map_err(|e| {
                         invalid("southbound.embedded_listen", format!("{listen:?}: {e}"))
                     })?;
+                    if s.username.is_some() {
+                        return Err(invalid(
+                            "southbound.username",
+                            "the embedded lab broker generates its logins; remove this key".into(),
+                        ));
+                    }
                     embedded_broker = Some(addr);
                 }
+                southbound_credentials =
+                    credentials(path, "southbound", s.username, s.password_env.as_deref())?;
                 (
                     Some(MqttEndpoint {
                         host: s.host,
@@ -394,6 +426,7 @@ impl GatewayFile {
         });
         let mut config = GatewayConfig::new(lab, gateway, uplink, base.join(&self.buffer.dir));
         config.uplink_credentials = uplink_credentials;
+        config.southbound_credentials = southbound_credentials;
         config.southbound = southbound;
         config.accept_unconfigured_nodes = accept_unconfigured_nodes;
         config.primary_host = primary_host;

@@ -36,8 +36,23 @@ async fn main() -> anyhow::Result<()> {
     // A lab without a broker: the gateway brings one for its network nodes.
     let embedded = match loaded.embedded_broker.filter(|_| !args.check_config) {
         Some(bind) => {
+            // A broker we start never takes anonymous clients: the gateway and each listed node
+            // get a generated login.
+            let accounts = lab_broker_accounts(&loaded.gateway)?;
+            loaded.gateway.southbound_credentials = Some(demolab_gateway::MqttCredentials {
+                username: loaded.gateway.gateway.to_string(),
+                password: accounts
+                    .password(loaded.gateway.gateway.as_str())
+                    .context("no generated password for the gateway")?
+                    .to_owned(),
+            });
+            println!(
+                "lab broker logins: one per listed node in {} (owner-only); unlisted nodes cannot connect",
+                accounts.secrets_path().display()
+            );
             let broker = broker::EmbeddedBroker::start(broker::BrokerConfig {
                 bind,
+                access: Some(accounts.access().clone()),
                 ..broker::BrokerConfig::default()
             })
             .await
@@ -134,4 +149,36 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("demolab-gateway stopped; buffer flushed");
     Ok(())
+}
+
+/// The logins of the lab broker this gateway runs: itself, each configured node, and a
+/// read-only viewer; kept beside the disk buffer.
+fn lab_broker_accounts(
+    config: &demolab_gateway::GatewayConfig,
+) -> anyhow::Result<broker::access::generated::GeneratedCredentials> {
+    use broker::access::UserEntry;
+    let mut nodes: Vec<String> = config.nodes.keys().map(ToString::to_string).collect();
+    nodes.sort();
+    let mut wanted = vec![
+        UserEntry {
+            name: config.gateway.to_string(),
+            role: "gateway".into(),
+            lab: Some(config.lab.to_string()),
+            nodes: nodes.clone(),
+            ..UserEntry::default()
+        },
+        UserEntry {
+            name: "viewer".into(),
+            role: "viewer".into(),
+            ..UserEntry::default()
+        },
+    ];
+    wanted.extend(nodes.into_iter().map(|node| UserEntry {
+        name: node,
+        role: "node".into(),
+        ..UserEntry::default()
+    }));
+    let dir = config.buffer.dir.with_file_name("lab-broker");
+    broker::access::generated::GeneratedCredentials::ensure(&dir, &wanted)
+        .with_context(|| format!("cannot set up the lab broker's logins in {}", dir.display()))
 }

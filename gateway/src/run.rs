@@ -150,6 +150,13 @@ pub fn start(
         .clone()
         .unwrap_or_else(|| config.uplink.clone());
     let mut south_options = mqtt_options(format!("{gateway}-south"), &south_endpoint);
+    let south_login = match config.southbound {
+        Some(_) => config.southbound_credentials.as_ref(),
+        None => config.uplink_credentials.as_ref(),
+    };
+    if let Some(login) = south_login {
+        south_options.set_credentials(login.username.clone(), login.password.clone());
+    }
     south_options.set_clean_session(false);
     south_options.set_manual_acks(true);
     let (south_client, south_loop) = AsyncClient::new(south_options, 256);

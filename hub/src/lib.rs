@@ -26,6 +26,7 @@ pub use ::broker;
 pub mod host;
 pub mod ingest;
 pub mod kpi;
+pub mod mqtt_accounts;
 pub mod outputs;
 pub mod persist;
 pub mod scenarios;

@@ -66,8 +66,13 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => (HubFile::load(path)?, path.clone()),
         None => (HubFile::default(), PathBuf::from("(defaults)")),
     };
-    let config = file.into_config(&path)?;
+    let mut config = file.into_config(&path)?;
     let broker = match &config.broker {
+        BrokerSetting::Embedded(broker) if broker.access.is_none() => format!(
+            "embedded, listening on {}, logins generated in {}",
+            broker.bind,
+            demolab_hub::mqtt_accounts::accounts_dir(&config).display()
+        ),
         BrokerSetting::Embedded(broker) => format!("embedded, listening on {}", broker.bind),
         BrokerSetting::External { host, port } => format!("external mqtt://{host}:{port}"),
     };
@@ -85,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let data_dir = config.data_dir.clone();
+    // No access file for the embedded broker: every service gets a generated login instead of
+    // the broker taking anonymous clients.
+    let accounts = demolab_hub::mqtt_accounts::secure_embedded_broker(&mut config, |_| {})?;
     let hub = Hub::start(config).await?;
     let web = hub.http_addr();
     let host = if web.ip().is_unspecified() {
@@ -97,6 +105,15 @@ async fn main() -> anyhow::Result<()> {
         hub.mqtt_addr(),
         data_dir.display()
     );
+    if let Some(accounts) = &accounts {
+        println!(
+            "logins:  anonymous MQTT refused; one login per gateway and service in {} (owner-only)\nwatch:   mosquitto_sub -h {} -p {} -u {} -P <its password in that file> -t 'spBv1.0/#' -v",
+            accounts.secrets_path().display(),
+            hub.mqtt_addr().ip(),
+            hub.mqtt_addr().port(),
+            demolab_hub::mqtt_accounts::VIEWER,
+        );
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
     tokio::select! {

@@ -111,6 +111,7 @@ impl FleetConfig {
                 max_samples: self.samples,
                 broker_host: self.broker_host.clone(),
                 broker_port: self.broker_port,
+                login: None,
             };
             nodes.spawn(run_machine_node(
                 config,

@@ -36,6 +36,7 @@ impl LabSpec {
                 max_samples: self.max_samples,
                 broker_host: broker_host.to_owned(),
                 broker_port,
+                login: None,
             })
             .collect()
     }

@@ -27,6 +27,7 @@
 //!     max_samples: Some(600),
 //!     broker_host: "127.0.0.1".to_owned(),
 //!     broker_port: 1883,
+//!     login: None,
 //! };
 //! let report = run_mqtt_node(config, CancellationToken::new()).await?;
 //! assert_eq!(report.sent, 600);

@@ -85,6 +85,24 @@ pub struct MqttNodeConfig {
     pub broker_host: String,
     /// MQTT broker TCP port.
     pub broker_port: u16,
+    /// The node's broker login (its hex id as user name on a Demolab broker); `None` for a
+    /// broker that takes anonymous clients.
+    pub login: Option<NodeLogin>,
+}
+
+/// A user name and password for the node's MQTT CONNECT.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeLogin {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for NodeLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeLogin({}, ***)", self.username)
+    }
 }
 
 /// What a node did, returned when it stops.
@@ -326,6 +344,9 @@ async fn run(
         config.broker_port,
     );
     options.set_keep_alive(KEEP_ALIVE).set_clean_session(true);
+    if let Some(login) = &config.login {
+        options.set_credentials(login.username.clone(), login.password.clone());
+    }
     let (client, event_loop) = AsyncClient::new(options, REQUEST_CAPACITY);
     // Unbounded so the event loop never waits on the node: the node may itself be waiting for
     // request-channel room that only the event loop can make.
@@ -808,6 +829,7 @@ mod tests {
             max_samples: Some(1),
             broker_host: "127.0.0.1".to_owned(),
             broker_port: port,
+            login: None,
         }
     }
 

@@ -569,6 +569,7 @@ impl Scenario {
                 max_samples: Some(self.samples()),
                 broker_host: broker_host.to_owned(),
                 broker_port,
+                login: None,
             };
             nodes.spawn(run_machine_node(
                 config,

@@ -222,6 +222,7 @@ pub fn burst_node(
         max_samples: Some(samples),
         broker_host: "127.0.0.1".into(),
         broker_port: mqtt_port,
+        login: None,
     })
 }
 

@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The users every case runs with: name, password, and the rest of its `[[users]]` entry.
-const USERS: [(&str, &str, &str); 5] = [
+const USERS: [(&str, &str, &str); 6] = [
     ("gw-a", "gw-a-pass", "role = \"gateway\"\nlab = \"lab-a\""),
     ("gw-b", "gw-b-pass", "role = \"gateway\"\nlab = \"lab-b\""),
     ("hub", "hub-pass", "role = \"hub\""),
@@ -51,6 +51,7 @@ const USERS: [(&str, &str, &str); 5] = [
         "role = \"student\"\nlabs = [\"lab-a\"]",
     ),
     ("00000000000000a1", "node-pass", "role = \"node\""),
+    ("viewer", "viewer-pass", "role = \"viewer\""),
 ];
 
 fn password_of(user: &str) -> &'static str {
@@ -192,6 +193,34 @@ impl TestBroker {
             }
             Engine::Embedded(_) => error,
         }
+    }
+
+    /// Waits until the broker has dealt with the loss of `client_id`'s connection (and so with
+    /// its Will): the embedded broker counts the denied Will, Mosquitto logs the departure.
+    async fn wait_for_departure(&self, client_id: &str) -> anyhow::Result<()> {
+        within(DEADLINE, "the broker to see the client go", async {
+            loop {
+                let gone = match &self.engine {
+                    Engine::Embedded(_) => self
+                        .denials
+                        .as_ref()
+                        .is_some_and(|d| d.snapshot().publish >= 1),
+                    Engine::Mosquitto { log, .. } => std::fs::read_to_string(log)
+                        .unwrap_or_default()
+                        .lines()
+                        .any(|line| {
+                            line.contains(client_id)
+                                && (line.contains("closed its connection")
+                                    || line.contains("disconnect"))
+                        }),
+                };
+                if gone {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
     }
 
     /// A 3.1.1 client logged in as `user` with its password.
@@ -496,6 +525,60 @@ async fn the_will_is_delivered_when_a_gateway_vanishes(broker: &TestBroker) -> a
     Ok(())
 }
 
+async fn a_viewer_reads_every_lab_and_publishes_nothing(broker: &TestBroker) -> anyhow::Result<()> {
+    let mut viewer = broker.client("viewer-1", "viewer").connect();
+    viewer.subscribe_granted("spBv1.0/#").await?;
+    viewer.subscribe_granted("demolab/#").await?;
+    let mut gateway = broker.client("gw-b-1", "gw-b").connect();
+    gateway
+        .publish_acked("spBv1.0/lab-b/DDATA/gw-b/m1", b"real", false)
+        .await?;
+    // Refused publishes are acknowledged (Mosquitto to 3.1.1 clients) or answered 0x87, and
+    // dropped: the reader must not see them.
+    let mut forger = broker.client("viewer-2", "viewer").connect();
+    forger
+        .publish_acked("spBv1.0/lab-b/DDATA/gw-b/m1", b"forged", false)
+        .await?;
+    forger
+        .publish_acked("demolab/lab-b/m1/x.y", b"forged", false)
+        .await?;
+    gateway
+        .publish_acked("spBv1.0/lab-b/DDATA/gw-b/m1", b"end", false)
+        .await?;
+    assert_eq!(
+        viewer.payloads_until("end").await?,
+        vec![("spBv1.0/lab-b/DDATA/gw-b/m1".to_owned(), "real".to_owned())]
+    );
+    if let Some(denials) = &broker.denials {
+        assert_eq!(denials.snapshot().publish, 2);
+    }
+    Ok(())
+}
+
+/// A Will is a publish made later on the client's behalf: a gateway must not be able to leave
+/// behind another lab's NDEATH (which would take that lab offline at the hub).
+async fn a_will_on_a_denied_topic_is_never_delivered(broker: &TestBroker) -> anyhow::Result<()> {
+    let mut hub = broker.client("hub-1", "hub").connect();
+    hub.subscribe_granted("spBv1.0/lab-a/NDEATH/+").await?;
+    let mut intruder = broker
+        .client("gw-b-1", "gw-b")
+        .will("spBv1.0/lab-a/NDEATH/gw-a", "forged")
+        .connect();
+    // A broker may refuse the login outright or accept it and drop the Will later; either is
+    // safe, and the rest of the case checks the second.
+    if intruder.connected().await.is_err() {
+        return Ok(());
+    }
+    intruder.event_loop.abort();
+    broker.wait_for_departure("gw-b-1").await?;
+    let mut gateway = broker.client("gw-a-1", "gw-a").connect();
+    gateway
+        .publish_acked("spBv1.0/lab-a/NDEATH/gw-a", b"end", false)
+        .await?;
+    assert_eq!(hub.payloads_until("end").await?, Vec::new());
+    Ok(())
+}
+
 async fn a_retained_message_reaches_a_late_subscriber(broker: &TestBroker) -> anyhow::Result<()> {
     let mut hub = broker.client("hub-1", "hub").connect();
     hub.publish_acked("demolab/lab-a/lathe-1/spindle.power_w", b"1250", true)
@@ -694,8 +777,10 @@ conformance_cases!(
     anonymous_is_refused,
     a_gateway_publishes_only_under_its_own_lab,
     the_will_is_delivered_when_a_gateway_vanishes,
+    a_will_on_a_denied_topic_is_never_delivered,
     a_retained_message_reaches_a_late_subscriber,
     a_persistent_session_gets_what_was_published_while_offline,
     a_shared_subscription_delivers_each_message_once,
     a_student_reads_only_its_labs,
+    a_viewer_reads_every_lab_and_publishes_nothing,
 );

@@ -242,6 +242,7 @@ fn node_config(
         max_samples: max,
         broker_host: addr.ip().to_string(),
         broker_port: addr.port(),
+        login: None,
     })
 }
 

@@ -8,7 +8,7 @@
 //! [[users]]
 //! name = "gw-aarhus"                    # the MQTT username; a gateway's is its gateway id
 //! password_hash = "$argon2id$v=19$..."  # from `demolab-broker-files hash`
-//! role = "gateway"                      # gateway | hub | student | node
+//! role = "gateway"                      # gateway | hub | student | node | viewer
 //! lab = "aarhus-machining"
 //! ```
 //!
@@ -17,6 +17,7 @@
 //! apart. Because MQTT tells a subscriber nothing about who published, the broker is the only
 //! place where "a gateway publishes only under its own lab" can be enforced.
 
+pub mod generated;
 pub mod mosquitto;
 pub mod topic;
 
@@ -55,7 +56,7 @@ pub struct UserEntry {
     pub name: String,
     /// An argon2 PHC string (`$argon2id$v=19$m=...`). Never the password itself.
     pub password_hash: String,
-    /// `gateway`, `hub`, `student` or `node`.
+    /// `gateway`, `hub`, `student`, `node` or `viewer`.
     pub role: String,
     /// A gateway's lab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +136,9 @@ pub enum Role {
         /// Its hardware id.
         node: NodeId,
     },
+    /// Staff or a newcomer watching the traffic: reads the Sparkplug and JSON topics of every
+    /// lab (and node uplinks on a lab broker), publishes nothing.
+    Viewer,
 }
 
 /// The topic filters a user may publish to and subscribe to.
@@ -226,6 +230,10 @@ impl User {
             Role::Node { node } => Grants {
                 publish: vec![format!("{}{node}/up", node_topic::PREFIX)],
                 subscribe: vec![format!("{}{node}/down", node_topic::PREFIX)],
+            },
+            Role::Viewer => Grants {
+                publish: Vec::new(),
+                subscribe: vec![format!("{SPARKPLUG}/#"), format!("{JSON_ROOT}/#")],
             },
         }
     }
@@ -419,10 +427,18 @@ fn validate_user(index: usize, entry: &UserEntry) -> Result<User, AccessError> {
             };
             Role::Node { node }
         }
+        "viewer" => {
+            unused("lab", entry.lab.is_some(), "viewer")?;
+            unused("labs", !entry.labs.is_empty(), "viewer")?;
+            unused("host", entry.host.is_some(), "viewer")?;
+            unused("node", entry.node.is_some(), "viewer")?;
+            unused("nodes", !entry.nodes.is_empty(), "viewer")?;
+            Role::Viewer
+        }
         other => {
             return Err(invalid(
                 key("role"),
-                format!("unknown role {other:?}; expected gateway, hub, student or node"),
+                format!("unknown role {other:?}; expected gateway, hub, student, node or viewer"),
             ));
         }
     };
@@ -542,6 +558,27 @@ mod tests {
         assert!(!student.may_subscribe("demolab/#"));
         assert!(!student.may_subscribe("spBv1.0/#"));
         assert!(!student.may_publish("demolab/aarhus-machining/lathe-1/x.y"));
+    }
+
+    #[test]
+    fn a_viewer_reads_every_lab_and_publishes_nothing() {
+        let hash = hash_password("pw").unwrap();
+        let access = config(&format!(
+            "[[users]]\nname = \"viewer\"\npassword_hash = \"{hash}\"\nrole = \"viewer\"\n"
+        ))
+        .unwrap();
+        let viewer = access.user("viewer").unwrap();
+        assert!(viewer.may_subscribe("spBv1.0/#"));
+        assert!(viewer.may_subscribe("demolab/#"));
+        assert!(viewer.may_subscribe("demolab/v1/node/+/up"));
+        assert!(!viewer.may_subscribe("#"));
+        assert!(!viewer.may_publish("spBv1.0/aarhus-machining/DDATA/gw/mill-1"));
+        assert!(!viewer.may_publish("demolab/aarhus-machining/mill-1/x.y"));
+        let err = config(&format!(
+            "[[users]]\nname = \"v\"\npassword_hash = \"{hash}\"\nrole = \"viewer\"\nlab = \"a\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("users[0].lab"), "{err}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ const HASH_LEN: usize = 64;
 /// [passwords]
 /// gw-aarhus = "..."
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Secrets {
     /// Username → plain password.
@@ -85,6 +85,7 @@ fn role_name(role: &super::Role) -> &'static str {
         super::Role::Hub { .. } => "hub",
         super::Role::Student { .. } => "student",
         super::Role::Node { .. } => "node",
+        super::Role::Viewer => "viewer",
     }
 }
 
