@@ -39,6 +39,9 @@ async fn main() -> anyhow::Result<()> {
             // A broker we start never takes anonymous clients: the gateway and each listed node
             // get a generated login.
             let accounts = lab_broker_accounts(&loaded.gateway)?;
+            // Only listed nodes have a login, so only they can send: listen for them alone
+            // (the gateway's grant covers exactly their topics).
+            loaded.gateway.accept_unconfigured_nodes = false;
             loaded.gateway.southbound_credentials = Some(demolab_gateway::MqttCredentials {
                 username: loaded.gateway.gateway.to_string(),
                 password: accounts

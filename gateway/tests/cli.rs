@@ -102,7 +102,9 @@ fn the_binary_runs_a_lab_with_its_own_broker_and_stops_cleanly_on_sigterm() {
         &config,
         format!(
             "lab = \"lab-bin\"\ngateway = \"gw-bin\"\n[uplink]\nhost = \"127.0.0.1\"\nport = {hub_port}\n\
-             [southbound]\nembedded_listen = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n"
+             [southbound]\nembedded_listen = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
+             [[nodes]]\nnode = \"{}\"\nmachine = \"mill-1\"\n",
+            protocol::golden::NODE
         ),
     )
     .expect("write config");
@@ -139,9 +141,30 @@ fn the_binary_runs_a_lab_with_its_own_broker_and_stops_cleanly_on_sigterm() {
         .expect("port");
     let ops = field("ops: http://");
 
+    // The lab broker the gateway started takes no anonymous clients; each listed node has a
+    // generated login beside the buffer.
+    let secrets = std::fs::read_to_string(dir.path().join("lab-broker/secrets.toml"))
+        .expect("the lab broker's logins");
+    let node_name = protocol::golden::NODE.to_string();
+    let node_password = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{node_name} = \"")))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no login for {node_name} in {secrets}"))
+        .to_owned();
+    runtime.block_on(async {
+        let options = rumqttc::MqttOptions::new("stranger", "127.0.0.1", node_port);
+        let (_client, mut events) = rumqttc::AsyncClient::new(options, 16);
+        match events.poll().await {
+            Err(rumqttc::ConnectionError::ConnectionRefused(_)) => {}
+            other => panic!("an anonymous client got {other:?}"),
+        }
+    });
+
     // A node in the lab publishes its golden Hello and one sample to the gateway's own broker.
     runtime.block_on(async {
-        let options = rumqttc::MqttOptions::new("lab-node", "127.0.0.1", node_port);
+        let mut options = rumqttc::MqttOptions::new("lab-node", "127.0.0.1", node_port);
+        options.set_credentials(node_name.clone(), node_password.clone());
         let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
         tokio::spawn(async move { while events.poll().await.is_ok() {} });
         let topic = protocol::node_topic::format(

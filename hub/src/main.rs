@@ -100,20 +100,20 @@ async fn main() -> anyhow::Result<()> {
     } else {
         web.to_string()
     };
-    println!(
-        "demolab-hub is running\nweb:     http://{host}/\napi:     http://{host}/api/docs\nmqtt:    {broker} (hub connects to {})\ndata:    {}\nlabs:    {labs} configured\nPress Ctrl-C to stop.",
-        hub.mqtt_addr(),
-        data_dir.display()
-    );
-    if let Some(accounts) = &accounts {
-        println!(
-            "logins:  anonymous MQTT refused; one login per gateway and service in {} (owner-only)\nwatch:   mosquitto_sub -h {} -p {} -u {} -P <its password in that file> -t 'spBv1.0/#' -v",
+    let logins = accounts.as_ref().map_or(String::new(), |accounts| {
+        format!(
+            "logins:  anonymous MQTT refused; one login per gateway and service in {} (owner-only)\nwatch:   mosquitto_sub -h {} -p {} -u {} -P <its password in that file> -t 'spBv1.0/#' -v\n",
             accounts.secrets_path().display(),
             hub.mqtt_addr().ip(),
             hub.mqtt_addr().port(),
             demolab_hub::mqtt_accounts::VIEWER,
-        );
-    }
+        )
+    });
+    println!(
+        "demolab-hub is running\nweb:     http://{host}/\napi:     http://{host}/api/docs\nmqtt:    {broker} (hub connects to {})\n{logins}data:    {}\nlabs:    {labs} configured\nPress Ctrl-C to stop.",
+        hub.mqtt_addr(),
+        data_dir.display()
+    );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
     tokio::select! {
