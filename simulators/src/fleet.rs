@@ -12,7 +12,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::machines::MachineKind;
-use crate::node::{MqttNodeConfig, NodeReport, SimError, fresh_boot_id, run_machine_node};
+use crate::node::{
+    MqttNodeConfig, NodeLogin, NodeReport, SimError, fresh_boot_id, run_machine_node,
+};
 use crate::rng::SimRng;
 use crate::timeline::Timeline;
 
@@ -38,6 +40,8 @@ pub struct FleetConfig {
     pub broker_host: String,
     /// Broker port.
     pub broker_port: u16,
+    /// The login every node uses, when the broker wants one (a `simulator` account).
+    pub login: Option<NodeLogin>,
 }
 
 /// Why a fleet cannot start.
@@ -111,7 +115,7 @@ impl FleetConfig {
                 max_samples: self.samples,
                 broker_host: self.broker_host.clone(),
                 broker_port: self.broker_port,
-                login: None,
+                login: self.login.clone(),
             };
             nodes.spawn(run_machine_node(
                 config,
@@ -138,6 +142,7 @@ mod tests {
             connect_rate: 100,
             broker_host: "127.0.0.1".into(),
             broker_port: 1883,
+            login: None,
         }
     }
 

@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::machines::{Machine, MachineKind};
 use crate::node::{
-    MqttNodeConfig, NodeReport, SIM_FIRMWARE, SimError, fresh_boot_id, machine_descriptors,
-    machine_readings, run_machine_node,
+    MqttNodeConfig, NodeLogin, NodeReport, SIM_FIRMWARE, SimError, fresh_boot_id,
+    machine_descriptors, machine_readings, run_machine_node,
 };
 use crate::rng::SimRng;
 use crate::timeline::{Change, TimedChange, Timeline};
@@ -543,6 +543,7 @@ impl Scenario {
         speed: f64,
         broker_host: &str,
         broker_port: u16,
+        login: Option<&NodeLogin>,
         cancel: &CancellationToken,
     ) -> JoinSet<Result<NodeReport, SimError>> {
         let mut nodes = JoinSet::new();
@@ -569,7 +570,7 @@ impl Scenario {
                 max_samples: Some(self.samples()),
                 broker_host: broker_host.to_owned(),
                 broker_port,
-                login: None,
+                login: login.cloned(),
             };
             nodes.spawn(run_machine_node(
                 config,

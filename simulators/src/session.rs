@@ -23,7 +23,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::node::fresh_boot_id;
+use crate::node::{NodeLogin, fresh_boot_id};
 
 /// `format` of the header line.
 pub const FORMAT: &str = "demolab-session";
@@ -230,14 +230,20 @@ pub struct RecordLimits {
     pub frames: Option<usize>,
 }
 
-/// Records node frames from the broker at `host:port` until a limit or `cancel`.
+/// Records node frames from the broker at `host:port` until a limit or `cancel`, logged in as
+/// `login` when the broker wants one (a read-only login records; only asking a node heard
+/// without its Hello for one needs to publish to its `down` topic).
 pub async fn record(
     host: &str,
     port: u16,
+    login: Option<&NodeLogin>,
     limits: RecordLimits,
     cancel: CancellationToken,
 ) -> Result<Session, SessionError> {
     let mut options = MqttOptions::new(format!("demolab-recorder-{}", now_ms()), host, port);
+    if let Some(login) = login {
+        options.set_credentials(login.username.clone(), login.password.clone());
+    }
     options.set_keep_alive(Duration::from_secs(15));
     options.set_max_packet_size(1 << 16, 1 << 16);
     let (client, mut events) = AsyncClient::new(options, 64);
@@ -318,13 +324,15 @@ pub struct ReplayStats {
 }
 
 /// Options of a replay.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ReplayOptions {
     /// Time factor: 1.0 is real time, 10.0 ten times faster, 0 as fast as the broker accepts.
     pub speed: f64,
     /// Give every node a fresh boot id, so the replay is new data to a gateway that saw the
     /// original session.
     pub fresh_boot: bool,
+    /// The broker login, when it wants one.
+    pub login: Option<NodeLogin>,
 }
 
 /// Publishes a session's frames to the broker at `host:port` with their original spacing
@@ -337,6 +345,9 @@ pub async fn replay(
     cancel: CancellationToken,
 ) -> Result<ReplayStats, SessionError> {
     let mut mqtt = MqttOptions::new(format!("demolab-replay-{}", now_ms()), host, port);
+    if let Some(login) = &options.login {
+        mqtt.set_credentials(login.username.clone(), login.password.clone());
+    }
     mqtt.set_keep_alive(Duration::from_secs(15));
     let (client, mut events) = AsyncClient::new(mqtt, 256);
     // Publishes go from this task; the event loop runs beside it (never publish from it).

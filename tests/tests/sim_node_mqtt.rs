@@ -439,3 +439,81 @@ async fn a_lab_runs_one_node_per_machine() -> Result<()> {
     broker.shutdown().await?;
     Ok(())
 }
+
+/// `demolab-sim --username … --password-env …`: a simulated node on a broker that takes no
+/// anonymous clients logs in with a `simulator` account and delivers every sample.
+#[tokio::test]
+async fn a_node_with_a_simulator_login_delivers_on_a_broker_that_wants_one() -> Result<()> {
+    const SAMPLES: u32 = 20;
+    let access = broker::access::AccessConfig::parse(&format!(
+        "[[users]]\nname = \"sim\"\npassword_hash = \"{}\"\nrole = \"simulator\"\n\n\
+         [[users]]\nname = \"viewer\"\npassword_hash = \"{}\"\nrole = \"viewer\"\n",
+        demolab_tests::cheap_password_hash("sim-pw")?,
+        demolab_tests::cheap_password_hash("viewer-pw")?,
+    ))?;
+    let broker = EmbeddedBroker::start(BrokerConfig {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        access: Some(access),
+        ..BrokerConfig::default()
+    })
+    .await?;
+    let addr = broker.local_addr();
+    let mut options = MqttOptions::new("watcher", addr.ip().to_string(), addr.port());
+    options.set_credentials("viewer", "viewer-pw");
+    let (watcher, mut events) = AsyncClient::new(options, 64);
+    watcher
+        .subscribe(node_topic::ALL_UP, QoS::AtLeastOnce)
+        .await?;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = seen_tx.send(p.payload);
+                }
+                _ => {}
+            }
+        }
+    });
+    timeout(DEADLINE, subscribed).await??;
+
+    let mut config = node_config(
+        &broker,
+        NodeId(0x51),
+        "mill-sim",
+        Duration::ZERO,
+        Some(SAMPLES),
+    )?;
+    config.login = Some(simulators::node::NodeLogin {
+        username: "sim".into(),
+        password: "sim-pw".into(),
+    });
+    let report = join(tokio::spawn(run_mqtt_node(
+        config,
+        CancellationToken::new(),
+    )))
+    .await?;
+    assert_eq!(
+        (report.sent, report.dropped, report.sessions),
+        (SAMPLES, 0, 1)
+    );
+    let mut samples = Vec::new();
+    while samples.len() < SAMPLES as usize {
+        let payload = timeout(DEADLINE, seen.recv())
+            .await?
+            .context("watcher ended")?;
+        if let Frame::Samples(s) = codec::decode(&payload)? {
+            samples.push(s.seq);
+        }
+    }
+    assert_eq!(samples, (1..=SAMPLES).collect::<Vec<_>>());
+    broker.shutdown().await?;
+    Ok(())
+}

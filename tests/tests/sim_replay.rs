@@ -60,6 +60,7 @@ async fn a_recorded_session_replays_through_a_gateway_sample_for_sample() -> any
         session::record(
             "127.0.0.1",
             lab_port,
+            None,
             RecordLimits {
                 duration: None,
                 frames: Some(FRAMES),
@@ -103,13 +104,20 @@ async fn a_recorded_session_replays_through_a_gateway_sample_for_sample() -> any
     let options = ReplayOptions {
         speed: 20.0,
         fresh_boot: true,
+        login: None,
     };
     let twins = hub.twins().clone();
     let key = TwinKey::parse("lab-r/mill-rec").context("key")?;
     let expected = samples.len() as u64;
     for round in 1..=2u64 {
-        let stats =
-            session::replay(&loaded, "127.0.0.1", port, options, replay_cancel.clone()).await?;
+        let stats = session::replay(
+            &loaded,
+            "127.0.0.1",
+            port,
+            options.clone(),
+            replay_cancel.clone(),
+        )
+        .await?;
         assert_eq!(stats.published + stats.skipped_before_hello, FRAMES);
         wait_until(Duration::from_secs(10), "every replayed sample", || {
             twins

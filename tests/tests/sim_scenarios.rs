@@ -68,7 +68,7 @@ async fn run_through_hub(
         &cancel,
     )
     .await?;
-    let mut nodes = scenario.spawn(7, speed, "127.0.0.1", hub.mqtt_addr().port(), &cancel);
+    let mut nodes = scenario.spawn(7, speed, "127.0.0.1", hub.mqtt_addr().port(), None, &cancel);
     let key = TwinKey {
         lab: lab.parse()?,
         machine: machine.parse()?,

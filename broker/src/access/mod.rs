@@ -56,7 +56,7 @@ pub struct UserEntry {
     pub name: String,
     /// An argon2 PHC string (`$argon2id$v=19$m=...`). Never the password itself.
     pub password_hash: String,
-    /// `gateway`, `hub`, `student`, `node` or `viewer`.
+    /// `gateway`, `hub`, `student`, `node`, `simulator` or `viewer`.
     pub role: String,
     /// A gateway's lab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +136,10 @@ pub enum Role {
         /// Its hardware id.
         node: NodeId,
     },
+    /// A development fleet of simulated sensor nodes (`demolab-sim run`, `fleet`, `replay`):
+    /// sends any node's frames and reads any node's commands. Never generated: grant it on a
+    /// development lab broker only, where a fake node is the point.
+    Simulator,
     /// Staff or a newcomer watching the traffic: reads the Sparkplug and JSON topics of every
     /// lab (and node uplinks on a lab broker), publishes nothing.
     Viewer,
@@ -230,6 +234,10 @@ impl User {
             Role::Node { node } => Grants {
                 publish: vec![format!("{}{node}/up", node_topic::PREFIX)],
                 subscribe: vec![format!("{}{node}/down", node_topic::PREFIX)],
+            },
+            Role::Simulator => Grants {
+                publish: vec![format!("{}+/up", node_topic::PREFIX)],
+                subscribe: vec![format!("{}+/down", node_topic::PREFIX)],
             },
             Role::Viewer => Grants {
                 publish: Vec::new(),
@@ -427,18 +435,25 @@ fn validate_user(index: usize, entry: &UserEntry) -> Result<User, AccessError> {
             };
             Role::Node { node }
         }
-        "viewer" => {
-            unused("lab", entry.lab.is_some(), "viewer")?;
-            unused("labs", !entry.labs.is_empty(), "viewer")?;
-            unused("host", entry.host.is_some(), "viewer")?;
-            unused("node", entry.node.is_some(), "viewer")?;
-            unused("nodes", !entry.nodes.is_empty(), "viewer")?;
-            Role::Viewer
+        "simulator" | "viewer" => {
+            let role = entry.role.as_str();
+            unused("lab", entry.lab.is_some(), role)?;
+            unused("labs", !entry.labs.is_empty(), role)?;
+            unused("host", entry.host.is_some(), role)?;
+            unused("node", entry.node.is_some(), role)?;
+            unused("nodes", !entry.nodes.is_empty(), role)?;
+            if role == "viewer" {
+                Role::Viewer
+            } else {
+                Role::Simulator
+            }
         }
         other => {
             return Err(invalid(
                 key("role"),
-                format!("unknown role {other:?}; expected gateway, hub, student, node or viewer"),
+                format!(
+                    "unknown role {other:?}; expected gateway, hub, student, node, simulator or viewer"
+                ),
             ));
         }
     };
@@ -579,6 +594,21 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("users[0].lab"), "{err}");
+    }
+
+    #[test]
+    fn a_simulator_poses_as_any_node_and_nothing_else() {
+        let hash = hash_password("pw").unwrap();
+        let access = config(&format!(
+            "[[users]]\nname = \"sim\"\npassword_hash = \"{hash}\"\nrole = \"simulator\"\n"
+        ))
+        .unwrap();
+        let sim = access.user("sim").unwrap();
+        assert!(sim.may_publish("demolab/v1/node/00000000000000a1/up"));
+        assert!(sim.may_subscribe("demolab/v1/node/+/down"));
+        assert!(!sim.may_publish("demolab/v1/node/00000000000000a1/down"));
+        assert!(!sim.may_publish("spBv1.0/lab/DDATA/gw/m"));
+        assert!(!sim.may_subscribe("demolab/#"));
     }
 
     #[test]

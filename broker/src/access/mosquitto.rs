@@ -85,6 +85,7 @@ fn role_name(role: &super::Role) -> &'static str {
         super::Role::Hub { .. } => "hub",
         super::Role::Student { .. } => "student",
         super::Role::Node { .. } => "node",
+        super::Role::Simulator => "simulator",
         super::Role::Viewer => "viewer",
     }
 }

@@ -10,6 +10,9 @@
 //! demolab-sim replay monday.jsonl --mqtt 127.0.0.1:1883 --speed 10
 //! ```
 //!
+//! Against a broker that wants a login (every Demolab broker), add
+//! `--username NAME --password-env VARIABLE`.
+//!
 //! Progress goes to stdout, one line at a time; logs go to stderr (`RUST_LOG`).
 
 use std::io::Write;
@@ -20,6 +23,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use demolab_simulators::fleet::FleetConfig;
 use demolab_simulators::machines::MachineKind;
+use demolab_simulators::node::NodeLogin;
 use demolab_simulators::plc::{COUNT_REGISTER, Plc, STATE_REGISTER};
 use demolab_simulators::scenario::{self, Scenario};
 use demolab_simulators::session;
@@ -32,6 +36,26 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     #[command(subcommand)]
     command: Command,
+    /// MQTT user name for brokers that want a login (every Demolab broker does: a
+    /// `simulator` account for run/fleet/replay, `viewer` for record).
+    #[arg(long, global = true, requires = "password_env")]
+    username: Option<String>,
+    /// The environment variable holding that user's password.
+    #[arg(long, global = true, requires = "username", value_name = "VARIABLE")]
+    password_env: Option<String>,
+}
+
+/// The login from `--username` and `--password-env`.
+fn login(args: &Args) -> anyhow::Result<Option<NodeLogin>> {
+    let (Some(username), Some(var)) = (&args.username, &args.password_env) else {
+        return Ok(None);
+    };
+    let password = std::env::var(var)
+        .with_context(|| format!("--password-env: the environment variable {var:?}"))?;
+    Ok(Some(NodeLogin {
+        username: username.clone(),
+        password,
+    }))
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +183,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let login = login(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let cancel = CancellationToken::new();
@@ -175,20 +200,31 @@ fn main() -> anyhow::Result<()> {
                 out,
                 seconds,
                 frames,
-            } => record(&mqtt, &out, seconds, frames, cancel).await,
+            } => record(&mqtt, login.as_ref(), &out, seconds, frames, cancel).await,
             Command::Replay {
                 session,
                 mqtt,
                 speed,
                 keep_boot,
-            } => replay(&session, &mqtt, speed, !keep_boot, cancel).await,
+            } => replay(&session, &mqtt, login, speed, !keep_boot, cancel).await,
             Command::Run {
                 scenario,
                 mqtt,
                 seed,
                 speed,
                 plc_port,
-            } => run(&scenario, &mqtt, seed, speed, plc_port, cancel).await,
+            } => {
+                run(
+                    &scenario,
+                    &mqtt,
+                    login.as_ref(),
+                    seed,
+                    speed,
+                    plc_port,
+                    cancel,
+                )
+                .await
+            }
             Command::Fleet {
                 mqtt,
                 nodes,
@@ -208,6 +244,7 @@ fn main() -> anyhow::Result<()> {
                     connect_rate,
                     broker_host: host,
                     broker_port: port,
+                    login,
                 };
                 fleet(config, cancel).await
             }
@@ -256,6 +293,7 @@ fn list() -> anyhow::Result<()> {
 
 async fn record(
     mqtt: &str,
+    login: Option<&NodeLogin>,
     out: &std::path::Path,
     seconds: Option<u64>,
     frames: Option<usize>,
@@ -267,7 +305,7 @@ async fn record(
         duration: seconds.map(Duration::from_secs),
         frames,
     };
-    let recorded = session::record(&host, port, limits, cancel).await?;
+    let recorded = session::record(&host, port, login, limits, cancel).await?;
     recorded.save(out)?;
     println!(
         "recorded {} frames of {} nodes over {:.1} s to {}",
@@ -282,6 +320,7 @@ async fn record(
 async fn replay(
     path: &std::path::Path,
     mqtt: &str,
+    login: Option<NodeLogin>,
     speed: f64,
     fresh_boot: bool,
     cancel: CancellationToken,
@@ -297,7 +336,11 @@ async fn replay(
         recorded.nodes().len(),
         path.display()
     );
-    let options = session::ReplayOptions { speed, fresh_boot };
+    let options = session::ReplayOptions {
+        speed,
+        fresh_boot,
+        login,
+    };
     let stats = session::replay(&recorded, &host, port, options, cancel).await?;
     println!(
         "replayed {} frames ({} before a node's Hello skipped)",
@@ -318,6 +361,7 @@ fn broker(addr: &str) -> anyhow::Result<(String, u16)> {
 async fn run(
     name: &str,
     mqtt: &str,
+    login: Option<&NodeLogin>,
     seed: u64,
     speed: f64,
     plc_port: u16,
@@ -340,7 +384,7 @@ async fn run(
             speed.to_string()
         },
     );
-    let mut nodes = s.spawn(seed, speed, &host, port, &cancel);
+    let mut nodes = s.spawn(seed, speed, &host, port, login, &cancel);
     let total = nodes.len();
     // Machines on a Modbus link get a PLC each, on consecutive ports from `plc_port`.
     let mut plcs = tokio::task::JoinSet::new();
