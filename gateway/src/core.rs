@@ -43,6 +43,8 @@ pub(crate) const SEND_WINDOW: usize = 256;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most inbound frames handled per group commit.
 const BATCH: usize = 256;
+/// Retries of a failing disk at shutdown (backing off from 50 ms: about 1.5 s in all).
+const SHUTDOWN_RETRIES: usize = 5;
 /// At most one line per this for disk errors outside the append/flush path (reads, acks).
 const IO_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -177,7 +179,21 @@ impl Core {
             self.pump().await;
             self.publish_buffer_gauges();
         }
+        // Stopping. What the serial and Modbus sources already handed over exists nowhere else:
+        // store it too. (Unacknowledged MQTT messages the broker keeps for the next run.)
+        for _ in 0..others.len() {
+            let Ok(item) = others.try_recv() else { break };
+            self.handle(Input::Other(Box::new(item))).await;
+        }
         self.commit().await;
+        // A disk error at this moment gets a few quick retries before anything is given up.
+        for _ in 0..SHUTDOWN_RETRIES {
+            let Some(retry_at) = self.storage.retry_at() else {
+                break;
+            };
+            tokio::time::sleep_until(retry_at.into()).await;
+            self.commit().await;
+        }
         self.give_up_held();
         if let Some(generation) = self.session {
             let death = self.edge.death(now_ms());
@@ -300,10 +316,14 @@ impl Core {
             Some(SourceId::Mqtt) | None => match codec::encode_to_vec(&frame) {
                 Ok(bytes) => {
                     let topic = node_topic::format(node, Direction::Down);
-                    let _ = self
-                        .south
-                        .publish(topic.as_str(), QoS::AtLeastOnce, false, bytes)
-                        .await;
+                    // `try_`: waiting for room could deadlock with a southbound loop that waits
+                    // for the core (see `commit`). A refused command times out like a lost one.
+                    if let Err(err) =
+                        self.south
+                            .try_publish(topic.as_str(), QoS::AtLeastOnce, false, bytes)
+                    {
+                        warn!(%node, %err, "cannot queue a command for an MQTT node");
+                    }
                 }
                 Err(err) => error!(%err, "cannot encode a node command"),
             },
@@ -392,9 +412,14 @@ impl Core {
             self.stats.set_storage_error(None);
             self.stats.set_storage_held(0);
         }
-        for publish in self.to_ack.drain(..) {
-            let _ = self.south.ack(&publish).await;
-        }
+        // Never wait for room in the client's queue here: after a long hold the southbound loop
+        // may itself be waiting for the core to take frames. What does not fit goes next time.
+        let queued = self
+            .to_ack
+            .iter()
+            .take_while(|publish| self.south.try_ack(publish).is_ok())
+            .count();
+        self.to_ack.drain(..queued);
     }
 
     /// At shutdown with the disk still failing: MQTT samples stay unacknowledged, so the lab

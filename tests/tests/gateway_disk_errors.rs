@@ -4,6 +4,9 @@
 //! once and in order, or is counted as dropped; while the disk fails the gateway says so on
 //! `/metrics` and `/readyz`, and it recovers on its own.
 
+use std::io::Write;
+
+use serialport::SerialPort;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,6 +17,8 @@ use demolab_tests::{
 use futures_util::StreamExt;
 use gateway::DropReason;
 use gateway::buffer::{Fault, FaultSwitch, FaultyFs, FsFactory, RealFs};
+use gateway::source::serial::SerialConfig;
+use protocol::{Frame, Reading, golden};
 use simulators::node::run_mqtt_node;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +59,36 @@ fn metric(text: &str, metric: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// A gateway on the hub's broker whose disk buffer fails when `switch` says.
+fn faulty_gateway_config(
+    port: u16,
+    lab: &str,
+    gw: &str,
+    dir: &std::path::Path,
+    switch: &FaultSwitch,
+) -> anyhow::Result<gateway::GatewayConfig> {
+    let mut config = gateway_config(port, lab, gw, &dir.join("buffer"))?;
+    let faults = switch.clone();
+    config.buffer_fs =
+        FsFactory::new(move || Box::new(FaultyFs::new(RealFs::new(), faults.clone())));
+    // Small segments, so the stream rolls to new files (what EMFILE stops) during the fault.
+    config.buffer.segment_bytes = 16 << 10;
+    Ok(config)
+}
+
+/// Waits until the gateway has found the disk failing and retried it a few times.
+async fn wait_for_failing_storage(stats: &gateway::GatewayStats) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(20),
+        "the gateway to find the disk failing and retry",
+        || {
+            let now = stats.snapshot();
+            now.storage_failing == 1 && now.storage_errors >= FAILURES
+        },
+    )
+    .await
+}
+
 async fn a_disk_error_mid_stream_loses_nothing_silently(
     fault: Fault,
     lab: &str,
@@ -65,12 +100,7 @@ async fn a_disk_error_mid_stream_loses_nothing_silently(
     let cancel = CancellationToken::new();
     let gw = "gw-disk";
     let switch = FaultSwitch::new();
-    let mut config = gateway_config(port, lab, gw, &data.path().join("buffer"))?;
-    let faults = switch.clone();
-    config.buffer_fs =
-        FsFactory::new(move || Box::new(FaultyFs::new(RealFs::new(), faults.clone())));
-    // Small segments, so the stream rolls to new files (what EMFILE stops) during the fault.
-    config.buffer.segment_bytes = 16 << 10;
+    let config = faulty_gateway_config(port, lab, gw, data.path(), &switch)?;
     let gateway = start_gateway_with(config, &cancel).await?;
     let stats = gateway.stats().clone();
     let ops = serve_ops(lab, gw, stats.clone(), &cancel).await?;
@@ -94,15 +124,7 @@ async fn a_disk_error_mid_stream_loses_nothing_silently(
     .await?;
 
     switch.set(Some(fault));
-    wait_until(
-        Duration::from_secs(20),
-        "the gateway to find the disk failing and retry",
-        || {
-            let now = stats.snapshot();
-            now.storage_failing == 1 && now.storage_errors >= FAILURES
-        },
-    )
-    .await?;
+    wait_for_failing_storage(&stats).await?;
     let (status, body) = http_get(ops, "/readyz").await?;
     assert_eq!(status, 503, "not ready while the disk fails: {body}");
     let (_, text) = http_get(ops, "/metrics").await?;
@@ -219,4 +241,112 @@ async fn a_full_disk_mid_stream_loses_nothing() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_mid_stream_loses_nothing() -> anyhow::Result<()> {
     a_disk_error_mid_stream_loses_nothing_silently(Fault::TooManyFiles, "lab-emfile", 0xd15c3).await
+}
+
+fn framed(frame: &Frame) -> Vec<u8> {
+    let mut buf = [0u8; protocol::cobs::MAX_WIRE_LEN];
+    protocol::cobs::encode_framed(frame, &mut buf)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
+fn serial_samples(seqs: std::ops::RangeInclusive<u32>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for seq in seqs {
+        let mut frame = golden::samples();
+        if let Frame::Samples(s) = &mut frame {
+            s.seq = seq;
+            s.readings[0] = Reading {
+                index: 0,
+                value: seq as f32,
+            };
+        }
+        bytes.extend(framed(&frame));
+    }
+    bytes
+}
+
+/// A serial line has no redelivery: the samples the gateway read while the disk was full live
+/// only in its memory, and must still all arrive once the disk has room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_samples_read_while_the_disk_is_full_are_kept_and_arrive_in_order()
+-> anyhow::Result<()> {
+    const SERIAL: u32 = 400;
+    const BEFORE: u32 = 100;
+    let lab = "lab-serial-disk";
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let (mut master, slave) = serialport::TTYPort::pair()?;
+    let slave_path = slave
+        .name()
+        .ok_or_else(|| anyhow::anyhow!("pty without a name"))?;
+    let switch = FaultSwitch::new();
+    let port = hub.mqtt_addr().port();
+    let mut config = faulty_gateway_config(port, lab, "gw-serial-disk", data.path(), &switch)?;
+    config.serial = Some(SerialConfig {
+        ports: vec![slave_path.into()],
+        ..SerialConfig::default()
+    });
+    config.nodes.insert(golden::NODE, "serial-disk".parse()?);
+    let cancel = CancellationToken::new();
+    // Serial readers run on blocking threads: stop them even when the test fails early.
+    let _stop_on_failure = cancel.clone().drop_guard();
+    let gateway = start_gateway_with(config, &cancel).await?;
+    let stats = gateway.stats().clone();
+    let (mut stream, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/api/v1/stream?lab={lab}",
+        hub.http_addr()
+    ))
+    .await?;
+    let twins = hub.twins().clone();
+    let key = hub::twin::TwinKey {
+        lab: lab.parse()?,
+        machine: "serial-disk".parse()?,
+    };
+
+    let mut first = framed(&golden::hello());
+    first.extend(serial_samples(1..=BEFORE));
+    master.write_all(&first)?;
+    wait_until(
+        Duration::from_secs(20),
+        "serial samples before the fault",
+        || {
+            twins
+                .get(&key)
+                .is_some_and(|t| t.samples == u64::from(BEFORE))
+        },
+    )
+    .await?;
+
+    switch.set(Some(Fault::NoSpace));
+    master.write_all(&serial_samples(BEFORE + 1..=SERIAL))?;
+    wait_for_failing_storage(&stats).await?;
+    assert!(
+        stats.snapshot().storage_held >= 1,
+        "a serial sample waits in memory"
+    );
+    switch.set(None);
+
+    wait_until(
+        Duration::from_secs(30),
+        "every serial sample at the hub",
+        || twins.get(&key).is_some_and(|t| t.last_seq == SERIAL),
+    )
+    .await?;
+    let seqs = collect_seqs(&mut stream, SERIAL as usize).await?;
+    assert_eq!(
+        seqs,
+        (1..=SERIAL).collect::<Vec<_>>(),
+        "every sample once, in order"
+    );
+    let snapshot = stats.snapshot();
+    for reason in DropReason::ALL {
+        assert_eq!(snapshot.dropped(reason), 0, "gateway drops for {reason:?}");
+    }
+    assert_eq!((snapshot.storage_failing, snapshot.storage_held), (0, 0));
+
+    cancel.cancel();
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
 }
