@@ -132,8 +132,7 @@ impl Core {
                 Some(item) = others.recv(), if self.storage.is_healthy() => {
                     Input::Other(Box::new(item))
                 }
-                () = tokio::time::sleep_until(self.storage.retry_at().unwrap_or_else(Instant::now).into()),
-                    if !self.storage.is_healthy() => {
+                () = retry_sleep(self.storage.retry_at()), if !self.storage.is_healthy() => {
                     self.commit().await;
                     self.pump().await;
                     self.publish_buffer_gauges();
@@ -677,6 +676,11 @@ impl Core {
             }
         }
     }
+}
+
+/// Sleeps until the storage retry is due (at once if none is scheduled).
+async fn retry_sleep(at: Option<Instant>) {
+    tokio::time::sleep_until(at.unwrap_or_else(Instant::now).into()).await;
 }
 
 /// Disk errors pass; a record the buffer refuses by its size or config never will.
