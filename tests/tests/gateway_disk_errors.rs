@@ -350,3 +350,73 @@ async fn serial_samples_read_while_the_disk_is_full_are_kept_and_arrive_in_order
     hub.shutdown().await?;
     Ok(())
 }
+
+/// Stopped while the disk still fails, the gateway counts exactly the serial samples it read and
+/// could not store: they exist nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_samples_held_when_the_gateway_stops_on_a_failing_disk_are_counted_lost()
+-> anyhow::Result<()> {
+    const BEFORE: u32 = 50;
+    const DURING: u32 = 40;
+    let lab = "lab-serial-stop";
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let (mut master, slave) = serialport::TTYPort::pair()?;
+    let slave_path = slave
+        .name()
+        .ok_or_else(|| anyhow::anyhow!("pty without a name"))?;
+    let switch = FaultSwitch::new();
+    let port = hub.mqtt_addr().port();
+    let mut config = faulty_gateway_config(port, lab, "gw-serial-stop", data.path(), &switch)?;
+    config.serial = Some(SerialConfig {
+        ports: vec![slave_path.into()],
+        ..SerialConfig::default()
+    });
+    config.nodes.insert(golden::NODE, "serial-stop".parse()?);
+    let cancel = CancellationToken::new();
+    let _stop_on_failure = cancel.clone().drop_guard();
+    let gateway = start_gateway_with(config, &cancel).await?;
+    let stats = gateway.stats().clone();
+    let twins = hub.twins().clone();
+    let key = hub::twin::TwinKey {
+        lab: lab.parse()?,
+        machine: "serial-stop".parse()?,
+    };
+
+    let mut first = framed(&golden::hello());
+    first.extend(serial_samples(1..=BEFORE));
+    master.write_all(&first)?;
+    wait_until(
+        Duration::from_secs(20),
+        "serial samples before the fault",
+        || {
+            twins
+                .get(&key)
+                .is_some_and(|t| t.samples == u64::from(BEFORE))
+        },
+    )
+    .await?;
+
+    switch.set(Some(Fault::Io));
+    master.write_all(&serial_samples(BEFORE + 1..=BEFORE + DURING))?;
+    wait_for_failing_storage(&stats).await?;
+    // The gateway has read every byte off the line (into its memory or its frame channel).
+    wait_until(Duration::from_secs(10), "the serial line drained", || {
+        master.bytes_to_write().is_ok_and(|n| n == 0)
+    })
+    .await?;
+    cancel.cancel();
+    gateway.shutdown().await?;
+
+    let snapshot = stats.snapshot();
+    let delivered = twins.get(&key).context("twin")?.samples;
+    let lost = snapshot.dropped(DropReason::StorageFailed);
+    assert_eq!(
+        (delivered, lost),
+        (u64::from(BEFORE), u64::from(DURING)),
+        "delivered + counted lost = sent, every loss under storage_failed: {:?}",
+        snapshot.drops
+    );
+    hub.shutdown().await?;
+    Ok(())
+}
