@@ -93,7 +93,7 @@ impl FaultSwitch {
     }
 }
 
-/// An [`Fs`] that fails as its [`FaultSwitch`] says; see the [module docs](self).
+/// An [`Fs`] that fails as its [`FaultSwitch`] says; [`Fault`] lists what each fault fails.
 pub struct FaultyFs<F> {
     inner: F,
     switch: FaultSwitch,
