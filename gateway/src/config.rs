@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use protocol::{GatewayId, HostId, LabId, MachineId, NodeId};
 
-use crate::buffer::{BufferConfig, FsyncPolicy};
+use crate::buffer::{BufferConfig, FsFactory, FsyncPolicy};
 use crate::source::modbus::ModbusDevice;
 use crate::source::serial::SerialConfig;
 
@@ -68,6 +68,9 @@ pub struct GatewayConfig {
     pub modbus: Vec<ModbusDevice>,
     /// The store-and-forward disk buffer.
     pub buffer: BufferConfig,
+    /// The filesystem the buffer runs on: the real one unless a test injects disk errors with
+    /// a [`FaultyFs`](crate::buffer::FaultyFs).
+    pub buffer_fs: FsFactory,
     /// How long a machine may stay silent before its data is marked stale (DDEATH).
     pub liveness_timeout: Duration,
 }
@@ -94,6 +97,7 @@ impl GatewayConfig {
                 segment_bytes: 8 << 20,
                 fsync: FsyncPolicy::EveryBatch,
             },
+            buffer_fs: FsFactory::default(),
             liveness_timeout: Duration::from_secs(10),
         }
     }

@@ -6,8 +6,13 @@
 //! survives a crash. The sender turns buffered records into DDATA while the uplink session is up
 //! and the primary host online, and a record is deleted when the hub's broker acknowledged it.
 //! Samples taken while the hub was unreachable are sent with `is_historical`.
+//!
+//! A disk error never makes the core forget what it took in: see [`storage`] for why it holds
+//! samples and acknowledgements, pauses its sources and retries until the disk works again.
 
-use std::collections::HashMap;
+mod storage;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::buffer::{DiskBuffer, RecordId};
+use crate::buffer::{BufferError, DiskBuffer, DynFs, RecordId};
 use crate::command::{self, PendingCommands, PlannedCommand};
 use crate::edge::{EdgeNode, Outgoing, Value};
 use crate::pipeline::{Action, Pipeline};
@@ -30,6 +35,7 @@ use crate::source::serial::SerialHandle;
 use crate::source::{Inbound, SourceId};
 use crate::stats::{DropReason, GatewayStats};
 use crate::uplink::{UplinkCommand, UplinkEvent};
+use storage::{LogLimit, StorageHealth};
 
 /// Most records sent and not yet acknowledged.
 pub(crate) const SEND_WINDOW: usize = 256;
@@ -37,11 +43,15 @@ pub(crate) const SEND_WINDOW: usize = 256;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most inbound frames handled per group commit.
 const BATCH: usize = 256;
+/// Retries of a failing disk at shutdown (backing off from 50 ms: about 1.5 s in all).
+const SHUTDOWN_RETRIES: usize = 5;
+/// At most one line per this for disk errors outside the append/flush path (reads, acks).
+const IO_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct Core {
     pub pipeline: Pipeline,
     pub edge: EdgeNode,
-    pub buffer: DiskBuffer,
+    pub buffer: DiskBuffer<DynFs>,
     pub registry: NodeRegistry,
     pub stats: Arc<GatewayStats>,
     pub uplink: mpsc::Sender<UplinkCommand>,
@@ -63,6 +73,30 @@ pub(crate) struct Core {
     pub pending: PendingCommands,
     /// MQTT nodes in a burst of bad frames, with the count so far.
     pub bad_bursts: HashMap<protocol::NodeId, u64>,
+    /// Samples taken in but not yet appended, oldest first: non-empty only while the disk
+    /// buffer fails (then every new sample queues behind them, to keep order).
+    pub held: VecDeque<Held>,
+    pub storage: StorageHealth,
+    /// Rate limits for buffer reads and acks failing.
+    pub read_log: LogLimit,
+    pub ack_log: LogLimit,
+}
+
+/// A sample waiting for the disk buffer.
+pub(crate) struct Held {
+    record: Vec<u8>,
+    machine: MachineId,
+    /// An MQTT sample: its message stays unacknowledged until the sample is stored, so the lab
+    /// broker delivers it again if the gateway stops first. Serial and Modbus ones have no
+    /// second copy anywhere.
+    redeliverable: bool,
+}
+
+impl Core {
+    /// The limits on how often read and ack failures are logged.
+    pub(crate) fn io_log_limits() -> (LogLimit, LogLimit) {
+        (LogLimit::new(IO_LOG_EVERY), LogLimit::new(IO_LOG_EVERY))
+    }
 }
 
 enum Input {
@@ -93,18 +127,30 @@ impl Core {
                     self.on_uplink(event).await;
                     continue;
                 }
-                Some(item) = mqtt.recv() => Input::Mqtt(item),
-                Some(item) = others.recv() => Input::Other(Box::new(item)),
-                                                _ = liveness.tick() => {
+                // While the disk fails nothing new is taken in: the sources back up instead.
+                Some(item) = mqtt.recv(), if self.storage.is_healthy() => Input::Mqtt(item),
+                Some(item) = others.recv(), if self.storage.is_healthy() => {
+                    Input::Other(Box::new(item))
+                }
+                () = retry_sleep(self.storage.retry_at()), if !self.storage.is_healthy() => {
+                    self.commit().await;
+                    self.pump().await;
+                    self.publish_buffer_gauges();
+                    continue;
+                }
+                _ = liveness.tick() => {
                     self.check_liveness().await;
                     for (machine, command) in self.pending.expired(COMMAND_TIMEOUT) {
                         warn!(%machine, metric = %command.metric, "no node answered a DCMD");
                         self.report_command(&machine, &command, None).await;
                     }
                     // Acknowledgements reach the ledger on flush; keep it fresh while idle.
-                    if let Err(err) = self.buffer.flush() {
-                        error!(%err, "cannot flush the disk buffer");
+                    // (While failing, the retry above flushes.)
+                    if self.storage.is_healthy() {
+                        self.commit().await;
                     }
+                    // A read that failed is tried again here even if no ack comes to pump.
+                    self.pump().await;
                     let mut sources: Vec<(String, u64)> =
                         self.per_source.iter().map(|(source, n)| (source.to_string(), *n)).collect();
                     sources.sort();
@@ -115,6 +161,10 @@ impl Core {
             self.handle(first).await;
             // Group commit: take what else is already waiting, then one flush for all of it.
             for _ in 1..BATCH {
+                if !self.storage.is_healthy() {
+                    // Take no more: what is taken now would only wait in memory.
+                    break;
+                }
                 let next = match mqtt.try_recv() {
                     Ok(item) => Input::Mqtt(item),
                     Err(_) => match others.try_recv() {
@@ -128,7 +178,22 @@ impl Core {
             self.pump().await;
             self.publish_buffer_gauges();
         }
+        // Stopping. What the serial and Modbus sources already handed over exists nowhere else:
+        // store it too. (Unacknowledged MQTT messages the broker keeps for the next run.)
+        for _ in 0..others.len() {
+            let Ok(item) = others.try_recv() else { break };
+            self.handle(Input::Other(Box::new(item))).await;
+        }
         self.commit().await;
+        // A disk error at this moment gets a few quick retries before anything is given up.
+        for _ in 0..SHUTDOWN_RETRIES {
+            let Some(retry_at) = self.storage.retry_at() else {
+                break;
+            };
+            tokio::time::sleep_until(retry_at.into()).await;
+            self.commit().await;
+        }
+        self.give_up_held();
         if let Some(generation) = self.session {
             let death = self.edge.death(now_ms());
             self.send(generation, death, None).await;
@@ -165,7 +230,7 @@ impl Core {
                     info!(%node, errors, "node frames decode again");
                 }
                 for action in actions {
-                    self.act(action).await;
+                    self.act(action, mqtt_node.is_some()).await;
                 }
             }
             Err(err) => match mqtt_node {
@@ -182,7 +247,8 @@ impl Core {
         }
     }
 
-    async fn act(&mut self, action: Action) {
+    /// Carries out one pipeline action; `redeliverable` when it came in an MQTT message.
+    async fn act(&mut self, action: Action, redeliverable: bool) {
         match action {
             Action::BirthMachine {
                 node,
@@ -203,22 +269,12 @@ impl Core {
                 self.last_seen
                     .insert(sample.machine.clone(), Instant::now());
                 sample.historical = !self.online();
-                match self.buffer.append(&sample.encode()) {
-                    Ok(outcome) if outcome.dropped_oldest > 0 => {
-                        for _ in 0..outcome.dropped_oldest {
-                            self.stats.dropped(DropReason::BufferFull);
-                        }
-                        // Those records can no longer be acknowledged.
-                        self.inflight = self
-                            .inflight
-                            .saturating_sub(outcome.dropped_oldest as usize);
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        self.stats.dropped(DropReason::BufferFull);
-                        error!(%err, machine = %sample.machine, "cannot buffer a sample: it is lost");
-                    }
-                }
+                let held = Held {
+                    record: sample.encode(),
+                    machine: sample.machine,
+                    redeliverable,
+                };
+                self.store(held);
             }
             Action::Command(command) => self.send_command(command).await,
             Action::CommandResult {
@@ -259,26 +315,134 @@ impl Core {
             Some(SourceId::Mqtt) | None => match codec::encode_to_vec(&frame) {
                 Ok(bytes) => {
                     let topic = node_topic::format(node, Direction::Down);
-                    let _ = self
-                        .south
-                        .publish(topic.as_str(), QoS::AtLeastOnce, false, bytes)
-                        .await;
+                    // `try_`: waiting for room could deadlock with a southbound loop that waits
+                    // for the core (see `commit`). A refused command times out like a lost one.
+                    if let Err(err) =
+                        self.south
+                            .try_publish(topic.as_str(), QoS::AtLeastOnce, false, bytes)
+                    {
+                        warn!(%node, %err, "cannot queue a command for an MQTT node");
+                    }
                 }
                 Err(err) => error!(%err, "cannot encode a node command"),
             },
         }
     }
 
-    /// Makes the batch durable, then acknowledges its MQTT messages to the lab broker.
-    async fn commit(&mut self) {
-        if let Err(err) = self.buffer.flush() {
-            // Not acknowledging makes the broker deliver the messages again.
-            error!(%err, "cannot flush the disk buffer; node messages stay unacknowledged");
-            self.to_ack.clear();
+    /// Appends a sample to the disk buffer, or holds it in memory while the buffer fails (and
+    /// behind samples already held, so order is kept).
+    fn store(&mut self, sample: Held) {
+        if !self.held.is_empty() {
+            self.held.push_back(sample);
             return;
         }
-        for publish in self.to_ack.drain(..) {
-            let _ = self.south.ack(&publish).await;
+        match self.buffer.append(&sample.record) {
+            Ok(outcome) => self.appended(outcome.dropped_oldest),
+            Err(err) if is_transient(&err) => {
+                self.held.push_back(sample);
+                self.storage_failed(&err);
+            }
+            Err(err) => self.unstorable(&sample, &err),
+        }
+    }
+
+    /// Appends the held samples in order; stops at the first disk error.
+    fn store_held(&mut self) -> Result<(), BufferError> {
+        while let Some(sample) = self.held.front() {
+            match self.buffer.append(&sample.record) {
+                Ok(outcome) => {
+                    self.held.pop_front();
+                    self.appended(outcome.dropped_oldest);
+                }
+                Err(err) if is_transient(&err) => return Err(err),
+                Err(err) => {
+                    if let Some(sample) = self.held.pop_front() {
+                        self.unstorable(&sample, &err);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn appended(&mut self, dropped_oldest: u64) {
+        if dropped_oldest > 0 {
+            self.stats
+                .dropped_many(DropReason::BufferFull, dropped_oldest);
+            // Those records can no longer be acknowledged.
+            self.inflight = self.inflight.saturating_sub(dropped_oldest as usize);
+        }
+    }
+
+    /// A sample the buffer refuses whatever the disk does (larger than a segment): holding it
+    /// would stall the gateway for good.
+    fn unstorable(&mut self, sample: &Held, err: &BufferError) {
+        self.stats.dropped(DropReason::StorageFailed);
+        error!(%err, machine = %sample.machine, "the disk buffer refuses a sample: it is lost");
+    }
+
+    fn storage_failed(&mut self, err: &BufferError) {
+        self.stats.storage_error();
+        let now = Instant::now();
+        if let Some(suppressed) = self.storage.failed(now) {
+            let failing_for = self.storage.failing_for(now).unwrap_or_default();
+            // ERROR: an operator must act (free space, raise the file limit, replace a disk).
+            error!(%err, held = self.held.len(), unacknowledged = self.to_ack.len(),
+                failing_for = ?failing_for, suppressed,
+                "disk buffer failing: sources paused, their samples held and retried");
+        }
+        self.stats.set_storage_error(Some(err.to_string()));
+        self.stats.set_storage_held(self.held.len() as u64);
+    }
+
+    /// Stores what is held, makes the batch durable, then acknowledges its MQTT messages to
+    /// the lab broker. On a disk error the acknowledgements wait for a retry that succeeds:
+    /// dropping them would leave the broker's in-flight window for this session full for good.
+    async fn commit(&mut self) {
+        let stored = self.store_held().and_then(|()| self.buffer.flush());
+        if let Err(err) = stored {
+            self.storage_failed(&err);
+            return;
+        }
+        if let Some(outage) = self.storage.recovered(Instant::now()) {
+            self.stats.storage_recovered();
+            warn!(outage = ?outage, acknowledged = self.to_ack.len(),
+                "disk buffer works again: held samples stored, sources resumed");
+            self.stats.set_storage_error(None);
+            self.stats.set_storage_held(0);
+        }
+        // Never wait for room in the client's queue here: after a long hold the southbound loop
+        // may itself be waiting for the core to take frames. What does not fit goes next time.
+        let queued = self
+            .to_ack
+            .iter()
+            .take_while(|publish| self.south.try_ack(publish).is_ok())
+            .count();
+        self.to_ack.drain(..queued);
+    }
+
+    /// At shutdown with the disk still failing: MQTT samples stay unacknowledged, so the lab
+    /// broker redelivers them to the next run; the rest exist nowhere else and are lost.
+    fn give_up_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let lost = self.held.iter().filter(|h| !h.redeliverable).count() as u64;
+        let redelivered = self.held.len() as u64 - lost;
+        self.held.clear();
+        self.stats.dropped_many(DropReason::StorageFailed, lost);
+        self.stats.set_storage_held(0);
+        if lost > 0 {
+            error!(
+                lost,
+                redelivered,
+                "stopping with the disk buffer failing: serial and Modbus samples held in memory are lost"
+            );
+        } else {
+            warn!(
+                redelivered,
+                "stopping with the disk buffer failing: held MQTT samples stay unacknowledged for redelivery"
+            );
         }
     }
 
@@ -318,7 +482,12 @@ impl Core {
             UplinkEvent::Acked(record) => {
                 self.inflight = self.inflight.saturating_sub(1);
                 if let Err(err) = self.buffer.ack(record) {
-                    error!(%err, "cannot record an acknowledgement in the disk buffer");
+                    // The ledger stays dirty and the next flush writes it; at worst a crash
+                    // before then redelivers.
+                    self.stats.storage_error();
+                    if let Some(suppressed) = self.ack_log.allow(Instant::now()) {
+                        warn!(%err, suppressed, "cannot record an acknowledgement in the disk buffer yet");
+                    }
                 }
                 self.stats.sample_forwarded();
                 self.pump().await;
@@ -365,7 +534,11 @@ impl Core {
                 Ok(Some(next)) => next,
                 Ok(None) => return,
                 Err(err) => {
-                    error!(%err, "cannot read the disk buffer");
+                    // Nothing is lost: the cursor stays, and the liveness tick tries again.
+                    self.stats.storage_error();
+                    if let Some(suppressed) = self.read_log.allow(Instant::now()) {
+                        warn!(%err, suppressed, "cannot read the disk buffer; retrying");
+                    }
                     return;
                 }
             };
@@ -476,6 +649,7 @@ impl Core {
     }
 
     fn publish_buffer_gauges(&self) {
+        self.stats.set_storage_held(self.held.len() as u64);
         self.stats.set_buffer(
             self.buffer.len(),
             self.buffer.unsent(),
@@ -502,4 +676,14 @@ impl Core {
             }
         }
     }
+}
+
+/// Sleeps until the storage retry is due (at once if none is scheduled).
+async fn retry_sleep(at: Option<Instant>) {
+    tokio::time::sleep_until(at.unwrap_or_else(Instant::now).into()).await;
+}
+
+/// Disk errors pass; a record the buffer refuses by its size or config never will.
+fn is_transient(err: &BufferError) -> bool {
+    matches!(err, BufferError::Io { .. })
 }

@@ -222,7 +222,7 @@ fn default_fsync() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpsSection {
-    /// Where `/metrics` and `/healthz` listen.
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
     #[serde(default = "default_ops_listen")]
     pub listen: String,
 }

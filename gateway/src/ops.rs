@@ -1,9 +1,11 @@
-//! The operations endpoint of a standalone gateway: `/metrics` (Prometheus) and `/healthz`.
+//! The operations endpoint of a standalone gateway: `/metrics` (Prometheus), `/healthz` (the
+//! process answers) and `/readyz` (503 naming the disk error while the disk buffer fails, so an
+//! orchestrator or operator sees that the gateway holds its sources back).
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use protocol::{GatewayId, LabId};
@@ -22,6 +24,14 @@ pub fn router(lab: LabId, gateway: GatewayId, stats: Arc<GatewayStats>) -> Route
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
+            "/readyz",
+            get(
+                |axum::extract::State(state): axum::extract::State<OpsState>| async move {
+                    readiness(&state.stats)
+                },
+            ),
+        )
+        .route(
             "/metrics",
             get(
                 |axum::extract::State(state): axum::extract::State<OpsState>| async move {
@@ -36,4 +46,32 @@ pub fn router(lab: LabId, gateway: GatewayId, stats: Arc<GatewayStats>) -> Route
             gateway,
             stats,
         })
+}
+
+/// Ready unless the disk buffer is failing; the body says why.
+fn readiness(stats: &GatewayStats) -> (StatusCode, String) {
+    match stats.snapshot().storage_error {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: disk buffer failing, sources paused: {error}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_the_disk_error_while_storage_fails_and_recovers_with_it() {
+        let stats = GatewayStats::default();
+        assert_eq!(readiness(&stats), (StatusCode::OK, "ready\n".to_owned()));
+        stats.set_storage_error(Some("No space left on device (os error 28)".into()));
+        let (status, body) = readiness(&stats);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("No space left on device"), "{body}");
+        stats.set_storage_error(None);
+        assert_eq!(readiness(&stats).0, StatusCode::OK);
+    }
 }

@@ -123,7 +123,7 @@ pub fn start(
     let span = tracing::info_span!("gateway", %lab, %gateway);
     let _entered = span.enter();
 
-    let (buffer, report) = DiskBuffer::open(config.buffer.clone())?;
+    let (buffer, report) = DiskBuffer::open_with(config.buffer_fs.make(), config.buffer.clone())?;
     if report.recovered > 0 || !report.quarantined.is_empty() {
         info!(
             recovered = report.recovered,
@@ -233,6 +233,7 @@ pub fn start(
             }
         }
     }
+    let (read_log, ack_log) = Core::io_log_limits();
     let core = Core {
         pipeline,
         registry,
@@ -253,6 +254,10 @@ pub fn start(
         per_source: Default::default(),
         pending: Default::default(),
         bad_bursts: Default::default(),
+        held: Default::default(),
+        storage: Default::default(),
+        read_log,
+        ack_log,
     };
     tasks.spawn(
         core.run(mqtt_rx, others_rx, uplink_events_rx, cancel.clone())

@@ -35,11 +35,15 @@ pub enum DropReason {
     BufferCorrupt,
     /// Samples a node dropped from its own ring while its link was down (it reports the count).
     NodeBufferOverflow,
+    /// Samples the disk buffer could not store that no source will deliver again: serial and
+    /// Modbus samples still held in memory when the gateway stopped while the disk was failing,
+    /// or a record the buffer refuses outright (larger than a segment).
+    StorageFailed,
 }
 
 impl DropReason {
     /// Every reason, for exposition.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::BadFrame,
         DropReason::NodeMismatch,
         DropReason::UnconfiguredNode,
@@ -55,6 +59,7 @@ impl DropReason {
         DropReason::BufferFull,
         DropReason::BufferCorrupt,
         DropReason::NodeBufferOverflow,
+        DropReason::StorageFailed,
     ];
 
     /// Stable label for metrics.
@@ -75,6 +80,7 @@ impl DropReason {
             DropReason::BufferFull => "buffer_full",
             DropReason::BufferCorrupt => "buffer_corrupt",
             DropReason::NodeBufferOverflow => "node_buffer_overflow",
+            DropReason::StorageFailed => "storage_failed",
         }
     }
 }
@@ -104,6 +110,12 @@ pub struct GatewayStats {
     buffer_depth: AtomicU64,
     buffer_unsent: AtomicU64,
     buffer_bytes: AtomicU64,
+    storage_failing: AtomicU64,
+    storage_held: AtomicU64,
+    storage_errors: AtomicU64,
+    storage_recoveries: AtomicU64,
+    /// The last disk error while storage is failing, for the readiness probe.
+    storage_error: std::sync::Mutex<Option<String>>,
     /// Frames per source, published by the core once a second (never locked per frame).
     sources: std::sync::Mutex<Vec<(String, u64)>>,
 }
@@ -129,6 +141,17 @@ pub struct StatsSnapshot {
     pub buffer_unsent: u64,
     /// Bytes the disk buffer occupies.
     pub buffer_bytes: u64,
+    /// 1 while the disk buffer cannot store or flush (the gateway holds its sources' samples
+    /// unacknowledged and retries), else 0.
+    pub storage_failing: u64,
+    /// Samples held in memory until the disk buffer takes them again.
+    pub storage_held: u64,
+    /// Disk buffer operations that failed (append, flush, read, acknowledgement).
+    pub storage_errors: u64,
+    /// Times storage worked again after failing.
+    pub storage_recoveries: u64,
+    /// The disk error while storage is failing.
+    pub storage_error: Option<String>,
     /// Frames received per source (`mqtt`, `serial:/dev/ttyUSB0`, `modbus:press-plc`).
     pub sources: Vec<(String, u64)>,
 }
@@ -165,6 +188,30 @@ impl GatewayStats {
         self.buffer_depth.store(depth, Ordering::Relaxed);
         self.buffer_unsent.store(unsent, Ordering::Relaxed);
         self.buffer_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Publishes whether storage is failing, with the error.
+    pub(crate) fn set_storage_error(&self, error: Option<String>) {
+        self.storage_failing
+            .store(u64::from(error.is_some()), Ordering::Relaxed);
+        if let Ok(mut slot) = self.storage_error.lock() {
+            *slot = error;
+        }
+    }
+
+    /// Publishes how many samples wait in memory for the disk buffer.
+    pub(crate) fn set_storage_held(&self, held: u64) {
+        self.storage_held.store(held, Ordering::Relaxed);
+    }
+
+    /// Counts a failed disk buffer operation.
+    pub(crate) fn storage_error(&self) {
+        self.storage_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts storage working again after failing.
+    pub(crate) fn storage_recovered(&self) {
+        self.storage_recoveries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Publishes the per-source frame counts.
@@ -210,6 +257,11 @@ impl GatewayStats {
             buffer_depth: self.buffer_depth.load(Ordering::Relaxed),
             buffer_unsent: self.buffer_unsent.load(Ordering::Relaxed),
             buffer_bytes: self.buffer_bytes.load(Ordering::Relaxed),
+            storage_failing: self.storage_failing.load(Ordering::Relaxed),
+            storage_held: self.storage_held.load(Ordering::Relaxed),
+            storage_errors: self.storage_errors.load(Ordering::Relaxed),
+            storage_recoveries: self.storage_recoveries.load(Ordering::Relaxed),
+            storage_error: self.storage_error.lock().ok().and_then(|e| e.clone()),
             sources: self.sources.lock().map(|s| s.clone()).unwrap_or_default(),
             drops: DropReason::ALL
                 .iter()
@@ -231,7 +283,7 @@ pub fn render_prometheus(
 ) -> String {
     use std::fmt::Write;
     type Field = fn(&StatsSnapshot) -> u64;
-    let families: [(&str, &str, Field); 4] = [
+    let families: [(&str, &str, Field); 6] = [
         (
             "demolab_gateway_frames_received_total",
             "Node frames received.",
@@ -252,6 +304,16 @@ pub fn render_prometheus(
             "Uplink MQTT sessions established.",
             |s| s.uplink_sessions,
         ),
+        (
+            "demolab_gateway_storage_errors_total",
+            "Disk buffer operations that failed (append, flush, read, acknowledgement).",
+            |s| s.storage_errors,
+        ),
+        (
+            "demolab_gateway_storage_recoveries_total",
+            "Times the disk buffer worked again after failing.",
+            |s| s.storage_recoveries,
+        ),
     ];
     let mut out = String::new();
     for (name, help, field) in families {
@@ -264,7 +326,7 @@ pub fn render_prometheus(
             );
         }
     }
-    let gauges: [(&str, &str, Field); 3] = [
+    let gauges: [(&str, &str, Field); 5] = [
         (
             "demolab_gateway_buffer_depth",
             "Samples on disk not yet acknowledged by the hub's broker.",
@@ -279,6 +341,16 @@ pub fn render_prometheus(
             "demolab_gateway_buffer_bytes",
             "Bytes the disk buffer occupies.",
             |s| s.buffer_bytes,
+        ),
+        (
+            "demolab_gateway_storage_failing",
+            "1 while the disk buffer fails: sources are paused and their samples held unacknowledged.",
+            |s| s.storage_failing,
+        ),
+        (
+            "demolab_gateway_storage_held",
+            "Samples held in memory until the disk buffer takes them again.",
+            |s| s.storage_held,
         ),
     ];
     for (name, help, field) in gauges {

@@ -35,6 +35,79 @@ pub trait Fs {
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
 }
 
+/// The filesystem a gateway's buffer runs on, chosen at start.
+pub type DynFs = Box<dyn Fs + Send>;
+
+/// Makes the filesystem a gateway's buffer runs on: [`RealFs`] by default. The one other use is
+/// a test that runs a whole gateway on a [`FaultyFs`](super::FaultyFs) to inject disk errors.
+#[derive(Clone)]
+pub struct FsFactory(Arc<dyn Fn() -> DynFs + Send + Sync>);
+
+impl FsFactory {
+    /// A factory calling `make` once per buffer opened.
+    pub fn new(make: impl Fn() -> DynFs + Send + Sync + 'static) -> Self {
+        Self(Arc::new(make))
+    }
+
+    /// A new filesystem.
+    pub fn make(&self) -> DynFs {
+        (self.0)()
+    }
+}
+
+impl Default for FsFactory {
+    fn default() -> Self {
+        Self::new(|| Box::new(RealFs::new()))
+    }
+}
+
+impl std::fmt::Debug for FsFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FsFactory")
+    }
+}
+
+/// A boxed filesystem is one, so the gateway can run its buffer on whichever [`Fs`] its
+/// configuration names ([`RealFs`] unless a test plugs in a [`FaultyFs`](super::FaultyFs)).
+impl<T: Fs + ?Sized> Fs for Box<T> {
+    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+        (**self).create_dir_all(dir)
+    }
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        (**self).list(dir)
+    }
+    fn read(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+        (**self).read(path)
+    }
+    fn read_at(&mut self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at(path, offset, buf)
+    }
+    fn append(&mut self, path: &Path, data: &[u8]) -> io::Result<()> {
+        (**self).append(path, data)
+    }
+    fn write(&mut self, path: &Path, data: &[u8]) -> io::Result<()> {
+        (**self).write(path, data)
+    }
+    fn truncate(&mut self, path: &Path, len: u64) -> io::Result<()> {
+        (**self).truncate(path, len)
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        (**self).rename(from, to)
+    }
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        (**self).remove(path)
+    }
+    fn file_len(&mut self, path: &Path) -> io::Result<u64> {
+        (**self).file_len(path)
+    }
+    fn sync(&mut self, path: &Path) -> io::Result<()> {
+        (**self).sync(path)
+    }
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        (**self).sync_dir(dir)
+    }
+}
+
 /// [`Fs`] on `std::fs`. Keeps the last appended-to and the last read file open, because the
 /// buffer appends to one segment and reads one segment at a time.
 #[derive(Debug, Default)]

@@ -44,6 +44,7 @@
 //! Damage found later, while reading, is handled the same way. No file content makes the buffer
 //! panic or refuse to open.
 
+mod faulty;
 mod fs;
 mod ledger;
 mod read;
@@ -51,6 +52,8 @@ mod recover;
 mod segment;
 mod write;
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
@@ -63,7 +66,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-pub use fs::{Fs, MemFs, RealFs};
+pub use faulty::{Fault, FaultSwitch, FaultyFs};
+pub use fs::{DynFs, Fs, FsFactory, MemFs, RealFs};
 use segment::{HEADER, ReadCache, Segment};
 
 /// Default cap on the bytes of all segments.
@@ -303,6 +307,15 @@ pub struct DiskBuffer<F: Fs = RealFs> {
     unsynced: Option<u64>,
     /// Files were created or removed since the directory was fsynced.
     dir_unsynced: bool,
+    /// Segment files holding the bytes of a failed append past their known length, newest last.
+    torn: Vec<TornTail>,
+}
+
+/// The bytes a failed append left after `len` in `path`, to cut off.
+#[derive(Debug)]
+struct TornTail {
+    path: PathBuf,
+    len: u64,
 }
 
 impl DiskBuffer<RealFs> {
@@ -432,7 +445,12 @@ impl<F: Fs> DiskBuffer<F> {
         let newest_goes = self.segments.back().is_none_or(|s| s.end() <= self.floor);
         let next_id_unrecorded = newest_goes && self.stored_next_id < self.next_id;
         if self.config.fsync == FsyncPolicy::EveryRecord || next_id_unrecorded {
-            self.store_ledger(self.stored_next_id)?;
+            if let Err(err) = self.store_ledger(self.stored_next_id) {
+                // Keep the segments (the newest may be the only record of the next id) until a
+                // flush gets the ledger written.
+                self.ledger_dirty = true;
+                return Err(err);
+            }
         } else {
             self.ledger_dirty = true;
         }

@@ -66,6 +66,7 @@ impl<F: Fs> DiskBuffer<F> {
             ledger_dirty: false,
             unsynced: None,
             dir_unsynced: false,
+            torn: Vec::new(),
         };
         if buffer.config.fsync == FsyncPolicy::EveryBatch {
             // A crashed process may have left appends the OS has not written back yet.

@@ -51,33 +51,65 @@ impl<F: Fs> DiskBuffer<F> {
     }
 
     /// Writes the acknowledged position to the ledger and, under [`FsyncPolicy::EveryBatch`],
-    /// makes everything appended and acknowledged so far durable. Call it periodically.
+    /// makes everything appended and acknowledged so far durable. Call it periodically, and
+    /// again after it failed: what it could not do stays to do (an unsynced segment, a dirty
+    /// ledger, the torn bytes of a failed append still to cut off), so a retry after a
+    /// transient disk error completes it.
     pub fn flush(&mut self) -> Result<(), BufferError> {
-        match self.config.fsync {
-            FsyncPolicy::EveryRecord => return Ok(()),
-            FsyncPolicy::Never if self.ledger_dirty => {
-                return self.store_ledger(self.stored_next_id);
+        self.cut_torn()?;
+        if self.config.fsync == FsyncPolicy::EveryBatch {
+            if let Some(first_id) = self.unsynced {
+                if let Some(segment) = self.segments.iter().find(|s| s.first_id == first_id) {
+                    self.fs
+                        .sync(&segment.path)
+                        .map_err(|e| io_err("sync segment", &segment.path, e))?;
+                }
+                self.unsynced = None;
             }
-            FsyncPolicy::Never => return Ok(()),
-            FsyncPolicy::EveryBatch => {}
-        }
-        if let Some(first_id) = self.unsynced {
-            if let Some(segment) = self.segments.iter().find(|s| s.first_id == first_id) {
+            if self.dir_unsynced {
+                let dir = &self.config.dir;
                 self.fs
-                    .sync(&segment.path)
-                    .map_err(|e| io_err("sync segment", &segment.path, e))?;
+                    .sync_dir(dir)
+                    .map_err(|e| io_err("sync directory", dir, e))?;
+                self.dir_unsynced = false;
             }
-            self.unsynced = None;
-        }
-        if self.dir_unsynced {
-            let dir = &self.config.dir;
-            self.fs
-                .sync_dir(dir)
-                .map_err(|e| io_err("sync directory", dir, e))?;
-            self.dir_unsynced = false;
         }
         if self.ledger_dirty {
             self.store_ledger(self.stored_next_id)?;
+            // Segments whose deletion waited for this ledger (see `floor_advanced`).
+            self.remove_acked_segments();
+        }
+        Ok(())
+    }
+
+    /// Whether a failed append left bytes that [`flush`](Self::flush) has yet to cut off.
+    pub fn has_torn_tail(&self) -> bool {
+        !self.torn.is_empty()
+    }
+
+    /// Cuts the bytes of failed appends off their (sealed) segments. Until then those bytes are
+    /// invisible to reads (a segment is read only up to its known length), but a reopen would
+    /// take them for damage.
+    fn cut_torn(&mut self) -> Result<(), BufferError> {
+        while let Some(torn) = self.torn.last() {
+            let (path, len) = (torn.path.clone(), torn.len);
+            let cut = match len {
+                0 => self.fs.remove(&path),
+                len => self.fs.truncate(&path, len).and_then(|()| {
+                    if self.config.fsync == FsyncPolicy::Never {
+                        Ok(())
+                    } else {
+                        self.fs.sync(&path)
+                    }
+                }),
+            };
+            match cut {
+                // Deleted meanwhile: every record in it was acknowledged.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("cut a failed append off", &path, e)),
+                Ok(()) => {}
+            }
+            self.torn.pop();
         }
         Ok(())
     }
@@ -212,7 +244,8 @@ impl<F: Fs> DiskBuffer<F> {
     }
 
     /// Cuts the newest segment back to what the buffer knows it holds. If even that fails, the
-    /// segment is sealed and an id burnt, so no later segment reuses its name or its ids.
+    /// segment is sealed and an id burnt, so no later segment reuses its name or its ids, and
+    /// the cut is left to [`flush`](Self::flush).
     fn undo_append(&mut self) {
         let Some(segment) = self.segments.back_mut() else {
             return;
@@ -229,6 +262,11 @@ impl<F: Fs> DiskBuffer<F> {
                 "disk buffer: cannot undo a failed append; sealing the segment");
             segment.sealed = true;
             self.next_id = self.next_id.saturating_add(1);
+            self.cache.forget(segment.first_id);
+            self.torn.push(super::TornTail {
+                path: segment.path.clone(),
+                len: segment.bytes,
+            });
         }
         if segment.records == 0 {
             self.segments.pop_back();
