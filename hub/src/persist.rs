@@ -45,6 +45,14 @@ pub async fn run(
         for commit in batch {
             merged.applied.extend(commit.applied);
             merged.acks.extend(commit.acks);
+            // A retirement voids earlier copies of the twin; a later copy (born again) is
+            // written after the deletion, so it stays.
+            if !commit.retired.is_empty() {
+                merged
+                    .twins
+                    .retain(|(twin, _)| !commit.retired.iter().any(|k| k.to_string() == twin.id));
+                merged.retired.extend(commit.retired);
+            }
             // Later copies of a twin supersede earlier ones.
             merged.twins.extend(commit.twins);
             if commit.host.is_some() {
@@ -69,12 +77,19 @@ pub async fn run(
         );
         let twins = Arc::new(dedup_latest(merged.twins));
         let host = Arc::new(merged.host);
+        let retired: Arc<Vec<String>> =
+            Arc::new(merged.retired.iter().map(ToString::to_string).collect());
         let mut committed = false;
         loop {
-            let (store, rows, twins, host) =
-                (store.clone(), rows.clone(), twins.clone(), host.clone());
+            let (store, rows, twins, host, retired) = (
+                store.clone(),
+                rows.clone(),
+                twins.clone(),
+                host.clone(),
+                retired.clone(),
+            );
             let result = tokio::task::spawn_blocking(move || {
-                write(&store, &rows, &twins, host.as_ref().as_ref())
+                write(&store, &rows, &twins, host.as_ref().as_ref(), &retired)
             })
             .await;
             match result {
@@ -132,9 +147,12 @@ fn write(
     rows: &[HistoryRow],
     twins: &[Persisted],
     host: Option<&crate::host::HostSnapshot>,
+    retired: &[String],
 ) -> Result<(), StoreError> {
     let txn = store.database().begin_write().map_err(|e| store.error(e))?;
     history::append(&txn, rows).map_err(|e| StoreError::History(e.to_string()))?;
+    // Before the twins: one born again after its retirement is written back.
+    store.remove_in(&txn, retired)?;
 
     let (twins, alarms): (Vec<_>, Vec<_>) = twins
         .iter()
