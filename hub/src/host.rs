@@ -1115,7 +1115,7 @@ mod tests {
         let mut metrics: Vec<Metric> = (0..10)
             .map(|i| {
                 Metric::new(DataType::Float, MetricValue::Float(0.0))
-                    .named(&format!("f.m{i}"))
+                    .named(format!("f.m{i}"))
                     .aliased(10 + i)
             })
             .collect();
@@ -1145,7 +1145,7 @@ mod tests {
             metrics: (0..5)
                 .map(|i| {
                     Metric::new(DataType::Double, MetricValue::Double(1.0))
-                        .named(&format!("g.n{i}"))
+                        .named(format!("g.n{i}"))
                 })
                 .collect(),
             ..Default::default()
