@@ -1235,4 +1235,48 @@ mod tests {
         host.on_message(&format!("{T}/NBIRTH/gw-a"), &nbirth(5), 0, &stats);
         assert_eq!(host.seq_jump(&lab, &gw, 0, &stats).len(), 1);
     }
+
+    /// A log sink the test can read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut bytes) = self.0.lock() {
+                bytes.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flood_of_oversized_and_invalid_topics_writes_one_short_line_per_reason() {
+        let stats = HubStats::with_log_interval(10_000);
+        let mut host = open_host();
+        let log = Captured::default();
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let oversized = format!("{T}/NBIRTH/{}", "g".repeat(60_000));
+        let invalid = format!("spBv1.0/{}/NBIRTH/gw-a", "X".repeat(200));
+        tracing::subscriber::with_default(subscriber, || {
+            for n in 0..500 {
+                host.on_message(&oversized, &nbirth(1), n, &stats);
+                host.on_message(&invalid, &nbirth(1), n, &stats);
+            }
+        });
+        assert_eq!(stats.dropped(IngestDrop::TopicTooLong), 500);
+        assert_eq!(stats.dropped(IngestDrop::BadTopic), 500);
+        let text = String::from_utf8(log.0.lock().expect("log").clone()).expect("UTF-8");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        // 500 × 60 KB of topics echoed whole used to be 30 MB of log.
+        assert!(text.len() < 1_200, "{} bytes: {text}", text.len());
+        let cut = format!("… ({} bytes)", oversized.len());
+        assert!(text.contains(&cut), "{text}");
+    }
 }
