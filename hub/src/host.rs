@@ -1144,8 +1144,7 @@ mod tests {
             seq: Some(2),
             metrics: (0..5)
                 .map(|i| {
-                    Metric::new(DataType::Double, MetricValue::Double(1.0))
-                        .named(format!("g.n{i}"))
+                    Metric::new(DataType::Double, MetricValue::Double(1.0)).named(format!("g.n{i}"))
                 })
                 .collect(),
             ..Default::default()
