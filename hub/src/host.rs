@@ -66,6 +66,10 @@ struct EdgeSession {
     devices: HashMap<MachineId, Device>,
     /// A seq gap seen at this time whose missing messages have not turned up.
     gap_since: Option<u64>,
+    /// The seq of a message that did not follow `last_seq`, and whether it opened the gap: the
+    /// sequence moves there only when the next message follows it (a real loss), so one forged
+    /// message cannot shift it.
+    seq_candidate: Option<(u64, bool)>,
 }
 
 /// How long a Sparkplug seq gap may stay open before the host asks for a rebirth. One MQTT
@@ -284,6 +288,7 @@ impl PrimaryHost {
                     rebirth_requested: false,
                     devices,
                     gap_since: None,
+                    seq_candidate: None,
                 },
             );
         }
@@ -421,19 +426,35 @@ impl PrimaryHost {
         }
         let edge = self.edges.entry(edge_key).or_default();
 
-        if let (Some(previous), Some(seq)) = (edge.last_seq, payload.seq)
-            && edge.born
-            && !matches!(kind, MessageType::NBirth)
-            && seq_gap(previous, seq).is_some_and(|gap| gap > 0)
-        {
-            stats.seq_gap();
-            if let Some(suppressed) = stats.may_log(WireEvent::SeqGap, now_ms) {
-                warn!(%lab, %gateway, previous, seq, suppressed, "Sparkplug seq gap");
+        match (edge.last_seq, payload.seq) {
+            (Some(previous), Some(seq)) if edge.born && !matches!(kind, MessageType::NBirth) => {
+                let follows = |base: u64| seq_gap(base, seq) == Some(0);
+                if follows(previous) {
+                    // The stream goes on where it was: the odd message was not a loss.
+                    edge.last_seq = Some(seq);
+                    if let Some((_, true)) = edge.seq_candidate.take() {
+                        edge.gap_since = None;
+                    }
+                } else if edge.seq_candidate.is_some_and(|(c, _)| follows(c)) {
+                    // Two messages in a row agree: messages were lost, resynchronise (the
+                    // open gap still asks for a rebirth).
+                    edge.last_seq = Some(seq);
+                    edge.seq_candidate = None;
+                } else {
+                    stats.seq_gap();
+                    if let Some(suppressed) = stats.may_log(WireEvent::SeqGap, now_ms) {
+                        warn!(%lab, %gateway, previous, seq, suppressed, "Sparkplug seq gap");
+                    }
+                    let opened = edge.gap_since.is_none();
+                    edge.gap_since.get_or_insert(now_ms);
+                    edge.seq_candidate = Some((seq, opened));
+                }
             }
-            edge.gap_since.get_or_insert(now_ms);
-        }
-        if payload.seq.is_some() {
-            edge.last_seq = payload.seq;
+            (_, Some(seq)) => {
+                edge.last_seq = Some(seq);
+                edge.seq_candidate = None;
+            }
+            (_, None) => {}
         }
         let timestamp = payload.timestamp.unwrap_or(now_ms);
         match (kind, machine) {
@@ -1277,5 +1298,26 @@ mod tests {
         assert!(text.len() < 1_200, "{} bytes: {text}", text.len());
         let cut = format!("… ({} bytes)", oversized.len());
         assert!(text.contains(&cut), "{text}");
+    }
+
+    #[test]
+    fn a_single_forged_sparkplug_seq_neither_moves_the_sequence_nor_asks_for_a_rebirth() {
+        let stats = HubStats::default();
+        let mut host = born_host(&stats);
+        let topic = format!("{T}/DDATA/gw-a/mill-1");
+        host.on_message(&topic, &ddata(2, 1, 1.0), 0, &stats);
+        host.on_message(&topic, &ddata(200, 2, 1.0), 0, &stats);
+        // The real edge node goes on from 2.
+        host.on_message(&topic, &ddata(3, 3, 1.0), 0, &stats);
+        host.on_message(&topic, &ddata(4, 4, 1.0), 0, &stats);
+        assert_eq!(stats.seq_gaps(), 1, "the forged message only");
+        assert!(host.tick(REORDER_TIMEOUT_MS * 10, &stats).is_empty());
+        // A real loss: 6 and 7 follow each other after 5 went missing.
+        host.on_message(&topic, &ddata(6, 5, 1.0), 0, &stats);
+        host.on_message(&topic, &ddata(7, 6, 1.0), 0, &stats);
+        host.on_message(&topic, &ddata(8, 7, 1.0), 0, &stats);
+        assert_eq!(stats.seq_gaps(), 2);
+        let actions = host.tick(REORDER_TIMEOUT_MS, &stats);
+        assert!(matches!(&actions[..], [HostAction::RequestRebirth { .. }]));
     }
 }
