@@ -43,7 +43,7 @@ use protocol::HostId;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::{Auth, AuthConfig, AuthError};
 use crate::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
@@ -225,6 +225,14 @@ impl Hub {
             let snapshot = alarms.remove(&twin.id);
             (twin, snapshot)
         }));
+        let unlisted = twins.unlisted();
+        if !config.accept_unknown && !unlisted.is_empty() {
+            warn!(
+                count = unlisted.len(),
+                first = %unlisted[0],
+                "restored twins that no lab lists; retire them with DELETE /api/v1/twins/{{lab}}/{{machine}}"
+            );
+        }
         let mut host = PrimaryHost::new(HostPolicy {
             directory: config.directory.clone(),
             accept_unknown: config.accept_unknown,

@@ -618,6 +618,20 @@ impl TwinRegistry {
         &self.directory
     }
 
+    /// Stored twins the directory does not list, so no birth would create them today (they
+    /// came from before the lab list was enforced, or from `accept_unknown`): candidates for
+    /// retirement.
+    pub fn unlisted(&self) -> Vec<TwinKey> {
+        let mut keys: Vec<TwinKey> = self
+            .twins
+            .iter()
+            .map(|e| e.key().clone())
+            .filter(|key| self.directory.admit_machine(key, false).is_err())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Restores twins and their alarm state loaded from storage; twins stay offline until their
     /// gateway births them.
     pub fn restore(&self, twins: impl IntoIterator<Item = (Twin, Option<MachineSnapshot>)>) {
@@ -1688,5 +1702,30 @@ mod tests {
         assert_eq!(stats.twins_retired(), 1);
         assert!(registry.apply_at(sample(1, 1.0), 7).applied().is_none());
         assert_eq!(stats.dropped(IngestDrop::UnknownTwin), 1);
+    }
+
+    #[test]
+    fn twins_no_lab_lists_are_named_as_candidates_for_retirement() {
+        let lab = crate::directory::LabConfig {
+            id: "lab-a".parse().expect("valid"),
+            name: String::new(),
+            location: String::new(),
+            gateways: vec![],
+            machines: vec![crate::directory::MachineConfig {
+                id: "mill-1".parse().expect("valid"),
+                kind: None,
+                name: None,
+                line: None,
+                attributes: BTreeMap::new(),
+            }],
+            accept_new_machines: false,
+        };
+        let directory = Directory::new(crate::catalogue::Catalogue::builtin(), vec![lab], vec![])
+            .expect("valid");
+        let registry = TwinRegistry::new(Arc::default(), Arc::new(directory));
+        let stray = TwinKey::parse("lab-b/m-9").expect("key");
+        registry.apply(birth_of(key(), None, &[]));
+        registry.apply(birth_of(stray.clone(), None, &[]));
+        assert_eq!(registry.unlisted(), vec![stray]);
     }
 }
