@@ -95,6 +95,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             ..BrokerConfig::default()
         }),
         data_dir: data.path().join("hub"),
+        // The lab is not configured: this is not about admission.
+        accept_unknown: true,
         ..HubConfig::default()
     })
     .await?;

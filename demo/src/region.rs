@@ -164,6 +164,7 @@ pub fn directory(machines_per_lab: u16) -> anyhow::Result<Directory> {
             location: location.into(),
             gateways: vec![gateway.parse()?],
             machines,
+            accept_new_machines: false,
         });
     }
     let links = vec![LinkConfig {

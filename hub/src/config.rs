@@ -18,6 +18,7 @@ use crate::catalogue::Catalogue;
 use crate::directory::{Directory, LabConfig, LinkConfig};
 use crate::history::Retention;
 use crate::history::influx::InfluxConfig;
+use crate::limits::Limits;
 use crate::{BrokerSetting, HubConfig, MqttLogin};
 
 /// The file, as written.
@@ -45,6 +46,9 @@ pub struct HubFile {
     /// `[influx]`: the long-term history sink (off when absent).
     #[serde(default)]
     pub influx: Option<InfluxConfig>,
+    /// `[limits]`: what the hub accepts from the wire.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// `[hub]`.
@@ -63,6 +67,11 @@ pub struct HubSection {
     pub commit_interval_ms: u64,
     /// Publish retained JSON values on `demolab/{lab}/{machine}/{metric}`.
     pub json_topics: bool,
+    /// Take births of labs and machines `[[labs]]` does not list (still capped by `[limits]`).
+    /// Off: only configured labs, their listed gateways and machines get twins.
+    pub accept_unknown: bool,
+    /// An online twin that accepts no sample for this long is marked stale.
+    pub stale_after_ms: u64,
 }
 
 impl Default for HubSection {
@@ -74,6 +83,8 @@ impl Default for HubSection {
             catalogue_dir: None,
             commit_interval_ms: 100,
             json_topics: true,
+            accept_unknown: false,
+            stale_after_ms: crate::DEFAULT_STALE_AFTER.as_millis() as u64,
         }
     }
 }
@@ -180,6 +191,18 @@ impl HubFile {
                 "must be between 1 and 10000".into(),
             ));
         }
+        if !(1_000..=86_400_000).contains(&self.hub.stale_after_ms) {
+            return Err(invalid(
+                "hub.stale_after_ms",
+                format!(
+                    "must be between 1000 and 86400000, got {}",
+                    self.hub.stale_after_ms
+                ),
+            ));
+        }
+        self.limits
+            .validate()
+            .map_err(|err| invalid(&format!("limits.{}", err.key), err.problem))?;
         self.history
             .validate()
             .map_err(|err| invalid("history", err.to_string()))?;
@@ -269,6 +292,9 @@ impl HubFile {
             retention: self.history,
             influx: self.influx,
             scenarios: None,
+            accept_unknown: self.hub.accept_unknown,
+            limits: self.limits,
+            stale_after: Duration::from_millis(self.hub.stale_after_ms),
         })
     }
 }
@@ -287,6 +313,8 @@ mod tests {
         let config = load("").expect("defaults");
         assert_eq!(config.http_bind.port(), 8080);
         assert!(matches!(config.broker, BrokerSetting::Embedded(_)));
+        assert!(!config.accept_unknown, "only configured labs by default");
+        assert_eq!(config.limits, Limits::default());
     }
 
     #[test]
@@ -296,6 +324,13 @@ mod tests {
         let file = HubFile::parse(path, text).expect("parses");
         assert!(!file.labs.is_empty());
         assert!(!file.auth.users.is_empty());
+        assert_eq!(
+            file.limits,
+            Limits::default(),
+            "the example documents the defaults"
+        );
+        assert!(!file.hub.accept_unknown);
+        file.limits.validate().expect("valid limits");
     }
 
     #[test]
@@ -317,5 +352,11 @@ mod tests {
         assert!(err.to_string().contains("broker.password_env"), "{err}");
         let err = load("[auth]\nanonymous_read = \"yes\"\n").expect_err("bad type");
         assert!(err.to_string().contains("anonymous_read"), "{err}");
+        let err = load("[limits]\nmax_topic_len = 10\n").expect_err("too small");
+        assert!(err.to_string().contains("limits.max_topic_len"), "{err}");
+        let err = load("[limits]\nmax_topics = 10\n").expect_err("unknown key");
+        assert!(err.to_string().contains("max_topics"), "{err}");
+        let err = load("[hub]\nstale_after_ms = 5\n").expect_err("too short");
+        assert!(err.to_string().contains("hub.stale_after_ms"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use protocol::{GatewayId, LabId, MachineId};
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Catalogue, MachineKind};
+use crate::stats::IngestDrop;
 use crate::twin::TwinKey;
 
 /// A lab as configured.
@@ -30,9 +31,13 @@ pub struct LabConfig {
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub gateways: Vec<GatewayId>,
-    /// Machines known in advance (others appear when they are born).
+    /// Machines known in advance. Births of others are refused unless this lab sets
+    /// `accept_new_machines` or the hub sets `[hub] accept_unknown`.
     #[serde(default)]
     pub machines: Vec<MachineConfig>,
+    /// Let machines the list does not name be born (still capped by `limits.max_twins_per_lab`).
+    #[serde(default)]
+    pub accept_new_machines: bool,
 }
 
 /// A machine as configured.
@@ -161,6 +166,39 @@ impl Directory {
             .collect()
     }
 
+    /// Whether messages of this edge node are taken: its lab is listed (or `accept_unknown`),
+    /// and the lab lists it among its gateways (or lists none).
+    pub fn admit_edge(
+        &self,
+        lab: &LabId,
+        gateway: &GatewayId,
+        accept_unknown: bool,
+    ) -> Result<(), IngestDrop> {
+        match self.labs.get(lab) {
+            Some(config) if config.gateways.is_empty() || config.gateways.contains(gateway) => {
+                Ok(())
+            }
+            Some(_) => Err(IngestDrop::UnregisteredGateway),
+            None if accept_unknown => Ok(()),
+            None => Err(IngestDrop::UnknownLab),
+        }
+    }
+
+    /// Whether a machine may be born: listed in its lab, or its lab (`accept_new_machines`)
+    /// or the hub (`accept_unknown`) takes new ones.
+    pub fn admit_machine(&self, key: &TwinKey, accept_unknown: bool) -> Result<(), IngestDrop> {
+        let listed = self.machines.contains_key(key);
+        let lab_takes_new = self
+            .labs
+            .get(&key.lab)
+            .is_some_and(|l| l.accept_new_machines);
+        if listed || lab_takes_new || accept_unknown {
+            Ok(())
+        } else {
+            Err(IngestDrop::UnknownMachine)
+        }
+    }
+
     /// The catalogue.
     pub fn catalogue(&self) -> &Catalogue {
         &self.catalogue
@@ -239,7 +277,7 @@ mod tests {
             name: id.into(),
             location: String::new(),
             gateways: Vec::new(),
-
+            accept_new_machines: false,
             machines: machines
                 .iter()
                 .map(|(m, kind)| MachineConfig {
@@ -282,6 +320,46 @@ mod tests {
         );
         assert_eq!(directory.relations(&other)[0].direction, "upstream");
         assert_eq!(directory.relations(&key)[0].twin, "lab-b/m-9");
+    }
+
+    #[test]
+    fn only_listed_labs_gateways_and_machines_are_admitted_unless_configured_otherwise() {
+        let mut open = lab("lab-b", &[]);
+        open.accept_new_machines = true;
+        let mut listed = lab("lab-a", &[("m-1", None)]);
+        listed.gateways = vec!["gw-a".parse().expect("valid")];
+        let directory =
+            Directory::new(Catalogue::builtin(), vec![listed, open], vec![]).expect("valid");
+        fn lab_id(s: &str) -> LabId {
+            s.parse().expect("valid")
+        }
+        fn id(s: &str) -> GatewayId {
+            s.parse().expect("valid")
+        }
+        let gw = id("gw-a");
+        assert_eq!(directory.admit_edge(&lab_id("lab-a"), &gw, false), Ok(()));
+        assert_eq!(
+            directory.admit_edge(&lab_id("lab-a"), &id("gw-x"), true),
+            Err(IngestDrop::UnregisteredGateway),
+            "accepting unknown labs does not open a listed lab's gateways"
+        );
+        assert_eq!(
+            directory.admit_edge(&lab_id("lab-b"), &id("gw-x"), false),
+            Ok(())
+        );
+        assert_eq!(
+            directory.admit_edge(&lab_id("lab-z"), &gw, false),
+            Err(IngestDrop::UnknownLab)
+        );
+        assert_eq!(directory.admit_edge(&lab_id("lab-z"), &gw, true), Ok(()));
+        let key = |s| TwinKey::parse(s).expect("key");
+        assert_eq!(directory.admit_machine(&key("lab-a/m-1"), false), Ok(()));
+        assert_eq!(
+            directory.admit_machine(&key("lab-a/m-2"), false),
+            Err(IngestDrop::UnknownMachine)
+        );
+        assert_eq!(directory.admit_machine(&key("lab-a/m-2"), true), Ok(()));
+        assert_eq!(directory.admit_machine(&key("lab-b/m-9"), false), Ok(()));
     }
 
     #[test]

@@ -15,11 +15,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::limits::{LOG_ECHO_BYTES, truncated};
+
 use crate::MqttLogin;
 use crate::alarm::MachineSnapshot;
 use crate::host::{HostAction, HostSnapshot, PrimaryHost};
-use crate::stats::HubStats;
-use crate::twin::{Applied, Twin, TwinRegistry};
+use crate::stats::{HubStats, IngestDrop};
+use crate::twin::{Applied, Outcome, Twin, TwinKey, TwinRegistry};
 
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -50,7 +52,12 @@ pub struct IngestConfig {
     pub share_group: Option<String>,
     /// How often accepted messages are handed to storage (and then acknowledged).
     pub commit_interval: Duration,
+    /// An online twin that accepts no sample for this long is marked stale.
+    pub stale_after: Duration,
 }
+
+/// How often twins are checked for silence.
+const SILENCE_CHECK_EVERY_MS: u64 = 1_000;
 
 /// What one commit writes: accepted values for history, the twins they changed, the host's
 /// sessions, and the broker messages to acknowledge once it is on disk.
@@ -64,6 +71,8 @@ pub struct Commit {
     pub host: Option<HostSnapshot>,
     /// QoS 1 messages to acknowledge after the commit.
     pub acks: Vec<Publish>,
+    /// Twins retired since the last commit, to delete from the store.
+    pub retired: Vec<TwinKey>,
     /// Told when this commit (and every one before it) is done.
     pub done: Option<oneshot::Sender<()>>,
 }
@@ -125,12 +134,19 @@ pub async fn run(
     let mut host_changed = false;
     let mut ticker = tokio::time::interval(config.commit_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stale_after_ms = config.stale_after.as_millis() as u64;
+    let mut last_silence_check = 0;
     loop {
         let event = tokio::select! {
             event = events.poll() => event,
             _ = ticker.tick() => {
-                let actions = host.tick(now_ms(), &stats);
-                perform(actions, &client, &twins, &mut pending);
+                let now = now_ms();
+                let actions = host.tick(now, &stats);
+                perform(actions, now, &mut host, &client, &twins, &stats, &mut pending);
+                if now.saturating_sub(last_silence_check) >= SILENCE_CHECK_EVERY_MS {
+                    last_silence_check = now;
+                    twins.mark_silent(now, stale_after_ms);
+                }
                 hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
                 continue;
             }
@@ -166,7 +182,15 @@ pub async fn run(
                     twins.record_path(path, received_ms);
                 }
                 host_changed = true;
-                perform(actions, &client, &twins, &mut pending);
+                perform(
+                    actions,
+                    received_ms,
+                    &mut host,
+                    &client,
+                    &twins,
+                    &stats,
+                    &mut pending,
+                );
                 if publish.qos != QoS::AtMostOnce {
                     pending.acks.push(publish);
                 }
@@ -226,18 +250,53 @@ pub async fn run(
     .await;
 }
 
-/// Applies twin updates and sends rebirth requests.
+/// Applies twin updates and sends rebirth requests; a sample the registry refuses as a
+/// `node.seq` jump asks its edge node for a rebirth.
 fn perform(
     actions: Vec<HostAction>,
+    now: u64,
+    host: &mut PrimaryHost,
     client: &AsyncClient,
     twins: &TwinRegistry,
+    stats: &HubStats,
     pending: &mut Commit,
 ) {
-    for action in actions {
+    let mut queue = std::collections::VecDeque::from(actions);
+    while let Some(action) = queue.pop_front() {
         match action {
             HostAction::Twin(update) => {
-                if let Some(applied) = twins.apply(update) {
-                    pending.applied.push(applied);
+                let key = match &update {
+                    crate::twin::TwinUpdate::Sample { key, .. }
+                    | crate::twin::TwinUpdate::Birth { key, .. } => Some(key.clone()),
+                    _ => None,
+                };
+                match twins.apply_at(update, now) {
+                    Outcome::Taken(Some(applied)) => pending.applied.push(applied),
+                    Outcome::Taken(None) => {}
+                    Outcome::Dropped(IngestDrop::TooManyTwins) => {
+                        if let (Some(suppressed), Some(key)) =
+                            (stats.may_log_drop(IngestDrop::TooManyTwins, now), key)
+                        {
+                            let twin = truncated(&key.to_string(), LOG_ECHO_BYTES);
+                            warn!(%twin, suppressed, "refused a new twin: its lab is at limits.max_twins_per_lab");
+                        }
+                    }
+                    Outcome::Dropped(_) => {}
+                    Outcome::SeqJump {
+                        gateway,
+                        seq,
+                        last_seq,
+                    } => {
+                        if let (Some(suppressed), Some(key)) =
+                            (stats.may_log_drop(IngestDrop::SeqJump, now), &key)
+                        {
+                            warn!(lab = %key.lab, machine = %key.machine, seq, last_seq, suppressed,
+                                "refused a sample whose node.seq jumped past the window");
+                        }
+                        if let (Some(gateway), Some(key)) = (gateway, key) {
+                            queue.extend(host.seq_jump(&key.lab, &gateway, now, stats));
+                        }
+                    }
                 }
             }
             HostAction::RequestRebirth { lab, gateway } => {
@@ -271,10 +330,16 @@ fn hand_over(
     commits: &mpsc::UnboundedSender<Commit>,
 ) {
     let dirty = twins.take_dirty();
-    if pending.acks.is_empty() && pending.applied.is_empty() && dirty.is_empty() {
+    let retired = twins.take_retired();
+    if pending.acks.is_empty()
+        && pending.applied.is_empty()
+        && dirty.is_empty()
+        && retired.is_empty()
+    {
         return;
     }
     let mut commit = std::mem::take(pending);
+    commit.retired = retired;
     commit.twins = dirty
         .iter()
         .filter_map(|key| twins.persisted(key))

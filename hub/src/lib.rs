@@ -26,6 +26,7 @@ pub use ::broker;
 pub mod host;
 pub mod ingest;
 pub mod kpi;
+pub mod limits;
 pub mod mqtt_accounts;
 pub mod outputs;
 pub mod persist;
@@ -43,15 +44,16 @@ use protocol::HostId;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::{Auth, AuthConfig, AuthError};
 use crate::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
 use crate::directory::Directory;
 use crate::history::Retention;
 use crate::history::influx::{InfluxConfig, InfluxSink};
-use crate::host::PrimaryHost;
+use crate::host::{HostPolicy, PrimaryHost};
 use crate::ingest::IngestConfig;
+use crate::limits::Limits;
 use crate::stats::HubStats;
 use crate::store::{StoreError, TwinStore};
 use crate::twin::TwinRegistry;
@@ -127,6 +129,12 @@ pub struct HubConfig {
     pub influx: Option<InfluxConfig>,
     /// Simulator scenarios on simulated machines (the demo region), for the demo mode.
     pub scenarios: Option<Arc<dyn scenarios::ScenarioControl>>,
+    /// Take births of labs and machines the directory does not list (still capped).
+    pub accept_unknown: bool,
+    /// What the hub accepts from the wire.
+    pub limits: Limits,
+    /// An online twin that accepts no sample for this long is marked stale.
+    pub stale_after: Duration,
 }
 
 impl Default for HubConfig {
@@ -146,9 +154,17 @@ impl Default for HubConfig {
             retention: Retention::default(),
             influx: None,
             scenarios: None,
+            accept_unknown: false,
+            limits: Limits::default(),
+            stale_after: DEFAULT_STALE_AFTER,
         }
     }
 }
+
+/// How long an online twin may go without an accepted sample before it is marked stale: well
+/// above any sample period the demo and the gateways use, and above the gateway's own
+/// liveness timeout (10 s), which normally reports a silent node first.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Why the hub failed.
 #[derive(Debug, thiserror::Error)]
@@ -197,8 +213,12 @@ impl Hub {
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
         let auth = Arc::new(Auth::new(config.auth.clone())?);
         let store = Arc::new(TwinStore::open(&config.data_dir)?);
-        let stats = Arc::new(HubStats::default());
-        let twins = Arc::new(TwinRegistry::new(stats.clone(), config.directory.clone()));
+        let stats = Arc::new(HubStats::with_log_interval(config.limits.log_interval_ms));
+        let twins = Arc::new(TwinRegistry::with_limits(
+            stats.clone(),
+            config.directory.clone(),
+            config.limits.clone(),
+        ));
         let restored = store.load()?;
         info!(twins = restored.len(), dir = %config.data_dir.display(), "twins restored from storage");
         let mut alarms = store.load_alarms()?;
@@ -206,7 +226,19 @@ impl Hub {
             let snapshot = alarms.remove(&twin.id);
             (twin, snapshot)
         }));
-        let mut host = PrimaryHost::with_registrations(config.directory.registrations());
+        let unlisted = twins.unlisted();
+        if !config.accept_unknown && !unlisted.is_empty() {
+            warn!(
+                count = unlisted.len(),
+                first = %unlisted[0],
+                "restored twins that no lab lists; retire them with DELETE /api/v1/twins/{{lab}}/{{machine}}"
+            );
+        }
+        let mut host = PrimaryHost::new(HostPolicy {
+            directory: config.directory.clone(),
+            accept_unknown: config.accept_unknown,
+            limits: config.limits.clone(),
+        });
         if let Some(snapshot) = store.document(persist::HOST_DOCUMENT)? {
             host.restore(snapshot);
         }
@@ -249,6 +281,7 @@ impl Hub {
             login: config.mqtt_login.clone(),
             share_group: config.share_group.clone(),
             commit_interval: config.flush_interval,
+            stale_after: config.stale_after,
         };
         let (client, events) = ingest::connect(&ingest_config);
         let influx = match config.influx.clone() {

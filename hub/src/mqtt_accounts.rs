@@ -134,6 +134,7 @@ mod tests {
             location: "here".into(),
             gateways: vec!["gw-a".parse().unwrap()],
             machines: Vec::new(),
+            accept_new_machines: false,
         }];
         let mut config = HubConfig {
             data_dir,

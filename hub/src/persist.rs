@@ -40,18 +40,7 @@ pub async fn run(
         while let Ok(more) = commits.try_recv() {
             batch.push(more);
         }
-        let mut merged = Commit::default();
-        let mut done = Vec::new();
-        for commit in batch {
-            merged.applied.extend(commit.applied);
-            merged.acks.extend(commit.acks);
-            // Later copies of a twin supersede earlier ones.
-            merged.twins.extend(commit.twins);
-            if commit.host.is_some() {
-                merged.host = commit.host;
-            }
-            done.extend(commit.done);
-        }
+        let (merged, done) = merge(batch);
         let rows: Arc<Vec<HistoryRow>> = Arc::new(
             merged
                 .applied
@@ -69,12 +58,19 @@ pub async fn run(
         );
         let twins = Arc::new(dedup_latest(merged.twins));
         let host = Arc::new(merged.host);
+        let retired: Arc<Vec<String>> =
+            Arc::new(merged.retired.iter().map(ToString::to_string).collect());
         let mut committed = false;
         loop {
-            let (store, rows, twins, host) =
-                (store.clone(), rows.clone(), twins.clone(), host.clone());
+            let (store, rows, twins, host, retired) = (
+                store.clone(),
+                rows.clone(),
+                twins.clone(),
+                host.clone(),
+                retired.clone(),
+            );
             let result = tokio::task::spawn_blocking(move || {
-                write(&store, &rows, &twins, host.as_ref().as_ref())
+                write(&store, &rows, &twins, host.as_ref().as_ref(), &retired)
             })
             .await;
             match result {
@@ -117,6 +113,32 @@ pub async fn run(
     }
 }
 
+/// Merges commits in the order ingest sent them into one, and the senders to tell when it is
+/// done.
+fn merge(batch: Vec<Commit>) -> (Commit, Vec<tokio::sync::oneshot::Sender<()>>) {
+    let mut merged = Commit::default();
+    let mut done = Vec::new();
+    for commit in batch {
+        merged.applied.extend(commit.applied);
+        merged.acks.extend(commit.acks);
+        // A retirement voids earlier copies of the twin; a later copy (born again) is
+        // written after the deletion, so it stays.
+        if !commit.retired.is_empty() {
+            merged
+                .twins
+                .retain(|(twin, _)| !commit.retired.iter().any(|k| k.to_string() == twin.id));
+            merged.retired.extend(commit.retired);
+        }
+        // Later copies of a twin supersede earlier ones.
+        merged.twins.extend(commit.twins);
+        if commit.host.is_some() {
+            merged.host = commit.host;
+        }
+        done.extend(commit.done);
+    }
+    (merged, done)
+}
+
 type Persisted = (crate::twin::Twin, MachineSnapshot);
 
 fn dedup_latest(twins: Vec<Persisted>) -> Vec<Persisted> {
@@ -132,9 +154,12 @@ fn write(
     rows: &[HistoryRow],
     twins: &[Persisted],
     host: Option<&crate::host::HostSnapshot>,
+    retired: &[String],
 ) -> Result<(), StoreError> {
     let txn = store.database().begin_write().map_err(|e| store.error(e))?;
     history::append(&txn, rows).map_err(|e| StoreError::History(e.to_string()))?;
+    // Before the twins: one born again after its retirement is written back.
+    store.remove_in(&txn, retired)?;
 
     let (twins, alarms): (Vec<_>, Vec<_>) = twins
         .iter()
@@ -146,4 +171,59 @@ fn write(
         store.put_document(&txn, HOST_DOCUMENT, host)?;
     }
     txn.commit().map_err(|e| store.error(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twin::{TwinKey, TwinRegistry, TwinUpdate};
+
+    fn copy_of(registry: &TwinRegistry, key: &TwinKey) -> Persisted {
+        registry.persisted(key).expect("a twin")
+    }
+
+    #[test]
+    fn a_retirement_drops_earlier_copies_and_a_later_birth_is_written_after_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = TwinStore::open(dir.path()).expect("store");
+        let registry = TwinRegistry::new(Arc::default(), Arc::default());
+        let key = TwinKey::parse("lab-a/m-1").expect("key");
+        let birth = || TwinUpdate::Birth {
+            key: key.clone(),
+            gateway: "gw".parse().expect("valid"),
+            boot: None,
+            node_seq: None,
+            metrics: vec![],
+            timestamp: 1,
+        };
+        registry.apply(birth());
+        let saved = Commit {
+            twins: vec![copy_of(&registry, &key)],
+            ..Commit::default()
+        };
+        let retired = Commit {
+            retired: vec![key.clone()],
+            ..Commit::default()
+        };
+        let (merged, _) = merge(vec![saved, retired]);
+        assert!(merged.twins.is_empty(), "the earlier copy is void");
+        let ids: Vec<String> = merged.retired.iter().map(ToString::to_string).collect();
+        write(&store, &[], &merged.twins, None, &ids).expect("commit");
+        assert!(store.load().expect("load").is_empty());
+
+        // Retired, then born again before the next commit: the new twin stays.
+        registry.apply(birth());
+        let reborn = Commit {
+            twins: vec![copy_of(&registry, &key)],
+            ..Commit::default()
+        };
+        let retired = Commit {
+            retired: vec![key.clone()],
+            ..Commit::default()
+        };
+        let (merged, _) = merge(vec![retired, reborn]);
+        let ids: Vec<String> = merged.retired.iter().map(ToString::to_string).collect();
+        write(&store, &[], &merged.twins, None, &ids).expect("commit");
+        assert_eq!(store.load().expect("load").len(), 1);
+    }
 }

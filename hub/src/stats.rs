@@ -30,10 +30,41 @@ pub enum IngestDrop {
     StaleSequence,
     /// A stream client fell too far behind and skipped changes.
     StreamLagged,
+    /// A topic longer than `limits.max_topic_len` (not parsed).
+    TopicTooLong,
+    /// A payload larger than `limits.max_payload_bytes` (not decoded).
+    PayloadTooLarge,
+    /// A message for a lab the directory does not list (`[hub] accept_unknown` is off).
+    UnknownLab,
+    /// A DBIRTH of a machine the lab does not list (neither `accept_unknown` nor the lab's
+    /// `accept_new_machines` is on), or data of such a machine.
+    UnknownMachine,
+    /// A message of a new edge node while `limits.max_edge_nodes` sessions are tracked.
+    TooManyEdgeNodes,
+    /// A DBIRTH (or its data) past `limits.max_devices_per_edge` devices of its edge node.
+    TooManyDevices,
+    /// A birth of a new twin past `limits.max_twins_per_lab` in its lab.
+    TooManyTwins,
+    /// A metric past `limits.max_metrics_per_device` of its device (one count per metric).
+    TooManyMetrics,
+    /// A metric name longer than `limits.max_metric_name_len` (one count per metric).
+    MetricNameTooLong,
+    /// A metric name that is not `feature.property` (one count per metric).
+    InvalidMetricName,
+    /// A string longer than `limits.max_string_len` (one count per metric).
+    StringTooLong,
+    /// A sample whose `node.seq` ran further than `limits.seq_window` ahead of its twin (a
+    /// rebirth is requested; the twin keeps following the real sequence).
+    SeqJump,
+    /// An NDEATH whose `bdSeq` is not that of the edge node's current session (an old Will, or
+    /// a forged death).
+    BdSeqMismatch,
+    /// An NBIRTH without a `bdSeq` metric, which its NDEATH could never be matched with.
+    MissingBdSeq,
 }
 
 impl IngestDrop {
-    const ALL: [IngestDrop; 12] = [
+    const ALL: [IngestDrop; 26] = [
         IngestDrop::StaleAlarmSample,
         IngestDrop::UnregisteredGateway,
         IngestDrop::JsonTopicBackpressure,
@@ -46,6 +77,20 @@ impl IngestDrop {
         IngestDrop::UnknownTwin,
         IngestDrop::StaleSequence,
         IngestDrop::StreamLagged,
+        IngestDrop::TopicTooLong,
+        IngestDrop::PayloadTooLarge,
+        IngestDrop::UnknownLab,
+        IngestDrop::UnknownMachine,
+        IngestDrop::TooManyEdgeNodes,
+        IngestDrop::TooManyDevices,
+        IngestDrop::TooManyTwins,
+        IngestDrop::TooManyMetrics,
+        IngestDrop::MetricNameTooLong,
+        IngestDrop::InvalidMetricName,
+        IngestDrop::StringTooLong,
+        IngestDrop::SeqJump,
+        IngestDrop::BdSeqMismatch,
+        IngestDrop::MissingBdSeq,
     ];
 
     /// Stable label.
@@ -61,15 +106,36 @@ impl IngestDrop {
             IngestDrop::UnregisteredGateway => "unregistered_gateway",
             IngestDrop::JsonTopicBackpressure => "json_topic_backpressure",
             IngestDrop::StaleAlarmSample => "stale_alarm_sample",
-
             IngestDrop::StaleSequence => "stale_sequence",
             IngestDrop::StreamLagged => "stream_lagged",
+            IngestDrop::TopicTooLong => "topic_too_long",
+            IngestDrop::PayloadTooLarge => "payload_too_large",
+            IngestDrop::UnknownLab => "unknown_lab",
+            IngestDrop::UnknownMachine => "unknown_machine",
+            IngestDrop::TooManyEdgeNodes => "too_many_edge_nodes",
+            IngestDrop::TooManyDevices => "too_many_devices",
+            IngestDrop::TooManyTwins => "too_many_twins",
+            IngestDrop::TooManyMetrics => "too_many_metrics",
+            IngestDrop::MetricNameTooLong => "metric_name_too_long",
+            IngestDrop::InvalidMetricName => "invalid_metric_name",
+            IngestDrop::StringTooLong => "string_too_long",
+            IngestDrop::SeqJump => "seq_jump",
+            IngestDrop::BdSeqMismatch => "bd_seq_mismatch",
+            IngestDrop::MissingBdSeq => "missing_bd_seq",
         }
     }
 
     fn slot(self) -> usize {
         Self::ALL.iter().position(|d| *d == self).unwrap_or(0)
     }
+}
+
+/// Rate limit of the log line of one drop reason: when the next line may be written, and how
+/// many were suppressed since the last one.
+#[derive(Debug, Default)]
+struct LogSlot {
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 /// The hub's counters.
@@ -85,10 +151,107 @@ pub struct HubStats {
     commits: AtomicU64,
     commit_failures: AtomicU64,
     history_rows: AtomicU64,
+    twins_retired: AtomicU64,
+    twins_silenced: AtomicU64,
     drops: [AtomicU64; IngestDrop::ALL.len()],
+    /// At most one log line per drop reason per this many ms (0 = every one).
+    log_interval_ms: u64,
+    log_slots: [LogSlot; IngestDrop::ALL.len()],
+    event_slots: [LogSlot; WireEvent::ALL.len()],
+}
+
+/// Events on the ingest path that are not drops but that anyone able to publish can repeat at
+/// will, so their log lines are rate-limited like those of drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireEvent {
+    /// An edge node was born.
+    EdgeBirth,
+    /// An edge node died.
+    EdgeDeath,
+    /// A Sparkplug seq gap.
+    SeqGap,
+    /// A rebirth was requested.
+    Rebirth,
+}
+
+impl WireEvent {
+    const ALL: [WireEvent; 4] = [
+        WireEvent::EdgeBirth,
+        WireEvent::EdgeDeath,
+        WireEvent::SeqGap,
+        WireEvent::Rebirth,
+    ];
+
+    fn slot(self) -> usize {
+        Self::ALL.iter().position(|e| *e == self).unwrap_or(0)
+    }
 }
 
 impl HubStats {
+    /// Counters whose drop log lines are rate-limited to one per reason per `log_interval_ms`.
+    pub fn with_log_interval(log_interval_ms: u64) -> Self {
+        Self {
+            log_interval_ms,
+            ..Self::default()
+        }
+    }
+
+    /// Counts `n` drops for `reason` and says whether a log line about them may be written at
+    /// `now_ms`: `Some(suppressed)` with the number of drop events whose line was suppressed
+    /// since the last one, or `None` to stay quiet. Every refusal an attacker can trigger logs
+    /// through this, so a flood costs a counter, not the disk.
+    pub(crate) fn refused(&self, reason: IngestDrop, n: u64, now_ms: u64) -> Option<u64> {
+        self.drops[reason.slot()].fetch_add(n, Ordering::Relaxed);
+        self.permit(&self.log_slots[reason.slot()], now_ms)
+    }
+
+    /// Whether a log line about drops already counted for `reason` may be written at `now_ms`
+    /// (see [`HubStats::refused`]).
+    pub(crate) fn may_log_drop(&self, reason: IngestDrop, now_ms: u64) -> Option<u64> {
+        self.permit(&self.log_slots[reason.slot()], now_ms)
+    }
+
+    /// Whether a log line about `event` may be written at `now_ms` (see [`HubStats::refused`]).
+    pub(crate) fn may_log(&self, event: WireEvent, now_ms: u64) -> Option<u64> {
+        self.permit(&self.event_slots[event.slot()], now_ms)
+    }
+
+    fn permit(&self, slot: &LogSlot, now_ms: u64) -> Option<u64> {
+        let next = slot.next_ms.load(Ordering::Relaxed);
+        if now_ms >= next
+            && slot
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(self.log_interval_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(slot.suppressed.swap(0, Ordering::Relaxed));
+        }
+        slot.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    pub(crate) fn twin_retired(&self) {
+        self.twins_retired.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn twin_silenced(&self) {
+        self.twins_silenced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Twins retired through the API.
+    pub fn twins_retired(&self) -> u64 {
+        self.twins_retired.load(Ordering::Relaxed)
+    }
+
+    /// Twins marked stale because no sample was accepted for the configured silence.
+    pub fn twins_silenced(&self) -> u64 {
+        self.twins_silenced.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn message_received(&self) {
         self.messages.fetch_add(1, Ordering::Relaxed);
     }
@@ -212,6 +375,16 @@ impl HubStats {
             "Values written to the embedded history.",
             load(&self.history_rows),
         );
+        counter(
+            "demolab_hub_twins_retired_total",
+            "Twins retired by an operator (DELETE /api/v1/twins/{lab}/{machine}).",
+            load(&self.twins_retired),
+        );
+        counter(
+            "demolab_hub_twins_silenced_total",
+            "Twins marked stale because no sample was accepted for the configured silence.",
+            load(&self.twins_silenced),
+        );
 
         let _ = writeln!(
             out,
@@ -242,5 +415,33 @@ impl HubStats {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_refusals_is_counted_whole_and_logged_once_per_interval() {
+        let stats = HubStats::with_log_interval(1_000);
+        assert_eq!(stats.refused(IngestDrop::BadTopic, 1, 5_000), Some(0));
+        for _ in 0..499 {
+            assert_eq!(stats.refused(IngestDrop::BadTopic, 1, 5_500), None);
+        }
+        // Another reason has its own budget.
+        assert_eq!(stats.refused(IngestDrop::SeqJump, 3, 5_500), Some(0));
+        assert_eq!(
+            stats.refused(IngestDrop::BadTopic, 1, 6_000),
+            Some(499),
+            "the next line tells how many were suppressed"
+        );
+        assert_eq!(stats.dropped(IngestDrop::BadTopic), 501);
+        assert_eq!(stats.dropped(IngestDrop::SeqJump), 3);
+        assert!(
+            stats
+                .render(0, 0)
+                .contains("demolab_hub_dropped_total{reason=\"seq_jump\"} 3")
+        );
     }
 }

@@ -112,6 +112,29 @@ impl TwinStore {
         Ok(())
     }
 
+    /// Deletes twins and their alarm state inside a caller's transaction (retired twins; their
+    /// history stays until retention ages it out).
+    pub fn remove_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        ids: &[String],
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for definition in [TWINS, ALARMS] {
+            let mut table = txn
+                .open_table(definition)
+                .map_err(|e| db_error(&self.path, e))?;
+            for id in ids {
+                table
+                    .remove(id.as_str())
+                    .map_err(|e| db_error(&self.path, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the alarm state of twins inside a caller's transaction.
     pub fn save_alarms_in(
         &self,
@@ -252,6 +275,7 @@ mod tests {
         registry.apply(TwinUpdate::Birth {
             key: key.clone(),
             boot: Some(1),
+            node_seq: None,
             gateway: "gw".parse().expect("valid"),
             metrics: vec![("a.b".parse().expect("valid"), protocol::Unit::Watt)],
             timestamp: 1,

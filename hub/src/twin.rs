@@ -3,7 +3,10 @@
 //! A twin is a machine: identity, connectivity, state, and features → properties with the last
 //! reported value and its source timestamp. Updates carry the node's sequence number; an update
 //! whose sequence is not newer than the twin's is ignored, so duplicates and late replays never
-//! move a twin backwards. The registry is sharded ([`DashMap`]): no global lock on ingest.
+//! move a twin backwards, and one that runs further ahead than the configured window is refused
+//! (`seq_jump`), so a forged sequence number cannot freeze a twin. A twin that accepts no sample
+//! for the configured silence is marked stale. The registry is sharded ([`DashMap`]): no global
+//! lock on ingest.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use crate::alarm::{Alarm, AlarmError, AlarmEvent, AlarmFilter, MachineAlarms, Ma
 use crate::catalogue::MachineKind;
 use crate::directory::{Directory, Relation};
 use crate::kpi::{KpiSample, Kpis};
+use crate::limits::Limits;
 use crate::stats::{HubStats, IngestDrop};
 
 /// Metric in which the gateway reports a command's outcome (0 ok, 1 invalid argument,
@@ -83,6 +87,10 @@ pub struct Connectivity {
     pub gateway: Option<String>,
     /// Last message about it, ms since the epoch.
     pub last_seen: Option<u64>,
+    /// Online, but no sample was accepted for longer than the hub's configured silence
+    /// (`[hub] stale_after_ms`): its values are the last known, not the current ones.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// The machine's operating state and since when.
@@ -245,6 +253,17 @@ impl Twin {
             .reported
     }
 
+    /// How many properties it has, over all features.
+    pub fn property_count(&self) -> usize {
+        self.features.values().map(|f| f.properties.len()).sum()
+    }
+
+    fn has_property(&self, name: &MetricName) -> bool {
+        self.features
+            .get(name.feature())
+            .is_some_and(|f| f.properties.contains_key(name.property()))
+    }
+
     fn property_mut(&mut self, name: &MetricName) -> &mut Property {
         self.features
             .entry(name.feature().to_owned())
@@ -272,6 +291,10 @@ pub enum TwinUpdate {
         /// The node's boot id, when the gateway knows it. Sample sequence numbers are ordered
         /// within one boot: a new boot restarts them.
         boot: Option<u32>,
+        /// The `node.seq` the birth reports (the last the gateway sent): the sequence window
+        /// re-anchors on it, so a real jump (a node that was cut off for long) is followed after
+        /// the rebirth it causes.
+        node_seq: Option<u32>,
         /// Metrics and units.
         metrics: Vec<(MetricName, Unit)>,
         /// Birth time.
@@ -393,6 +416,11 @@ struct Entry {
     twin: Twin,
     kind: Arc<MachineKind>,
     alarms: MachineAlarms,
+    /// The `node.seq` of the last birth: samples up to `max(last_seq, anchor) + window` are
+    /// taken.
+    anchor: u32,
+    /// Hub time of the last birth or accepted live sample, for the silence check.
+    last_accepted_ms: u64,
 }
 
 impl Entry {
@@ -401,7 +429,13 @@ impl Entry {
         twin.kind = kind.id.clone();
         let mut alarms = MachineAlarms::new(key);
         alarms.set_rules(&kind.rules);
-        Self { twin, kind, alarms }
+        Self {
+            twin,
+            kind,
+            alarms,
+            anchor: 0,
+            last_accepted_ms: 0,
+        }
     }
 
     /// Copies the engine's active alarms onto the twin.
@@ -468,6 +502,11 @@ pub enum DesiredError {
 pub struct TwinRegistry {
     twins: DashMap<TwinKey, Entry>,
     dirty: DashMap<TwinKey, ()>,
+    /// Twins retired since the last commit, to delete from the store.
+    retired: DashMap<TwinKey, ()>,
+    /// Twins per lab, for `limits.max_twins_per_lab` without a scan.
+    per_lab: DashMap<LabId, usize>,
+    limits: Limits,
     changes: broadcast::Sender<Arc<TwinChange>>,
     stats: Arc<HubStats>,
     directory: Arc<Directory>,
@@ -478,6 +517,35 @@ pub struct TwinRegistry {
 
 /// How many changes a slow stream client may fall behind before it is told it lagged.
 const CHANGE_BUFFER: usize = 8192;
+
+/// What the registry did with an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Taken; for samples and property reports, what to keep in history.
+    Taken(Option<Applied>),
+    /// Dropped, and counted under this reason.
+    Dropped(IngestDrop),
+    /// A sample whose `node.seq` ran past the window: dropped and counted (`seq_jump`); its
+    /// gateway should be asked for a rebirth so the twin re-anchors on the real sequence.
+    SeqJump {
+        /// The gateway the twin was last born through.
+        gateway: Option<GatewayId>,
+        /// The sequence number refused.
+        seq: u32,
+        /// The twin's last sequence number.
+        last_seq: u32,
+    },
+}
+
+impl Outcome {
+    /// What to keep in history, if anything.
+    pub fn applied(self) -> Option<Applied> {
+        match self {
+            Outcome::Taken(applied) => applied,
+            Outcome::Dropped(_) | Outcome::SeqJump { .. } => None,
+        }
+    }
+}
 
 /// What an accepted update did, for persistence and the history sinks.
 #[derive(Debug, Clone, PartialEq)]
@@ -497,12 +565,20 @@ pub struct Applied {
 }
 
 impl TwinRegistry {
-    /// An empty registry that enriches twins from `directory`.
+    /// An empty registry that enriches twins from `directory`, with the default limits.
     pub fn new(stats: Arc<HubStats>, directory: Arc<Directory>) -> Self {
+        Self::with_limits(stats, directory, Limits::default())
+    }
+
+    /// An empty registry that enriches twins from `directory` and caps them by `limits`.
+    pub fn with_limits(stats: Arc<HubStats>, directory: Arc<Directory>, limits: Limits) -> Self {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         Self {
             twins: DashMap::new(),
             dirty: DashMap::new(),
+            retired: DashMap::new(),
+            per_lab: DashMap::new(),
+            limits,
             changes,
             stats,
             directory,
@@ -542,6 +618,20 @@ impl TwinRegistry {
         &self.directory
     }
 
+    /// Stored twins the directory does not list, so no birth would create them today (they
+    /// came from before the lab list was enforced, or from `accept_unknown`): candidates for
+    /// retirement.
+    pub fn unlisted(&self) -> Vec<TwinKey> {
+        let mut keys: Vec<TwinKey> = self
+            .twins
+            .iter()
+            .map(|e| e.key().clone())
+            .filter(|key| self.directory.admit_machine(key, false).is_err())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Restores twins and their alarm state loaded from storage; twins stay offline until their
     /// gateway births them.
     pub fn restore(&self, twins: impl IntoIterator<Item = (Twin, Option<MachineSnapshot>)>) {
@@ -561,9 +651,17 @@ impl TwinRegistry {
             let mut alarms =
                 alarms.map_or_else(|| MachineAlarms::new(&key), MachineAlarms::from_snapshot);
             alarms.set_rules(&kind.rules);
-            let mut entry = Entry { twin, kind, alarms };
+            let mut entry = Entry {
+                twin,
+                kind,
+                alarms,
+                anchor: 0,
+                last_accepted_ms: 0,
+            };
             entry.refresh_alarm_summary();
-            self.twins.insert(key, entry);
+            if self.twins.insert(key.clone(), entry).is_none() {
+                *self.per_lab.entry(key.lab).or_default() += 1;
+            }
         }
     }
 
@@ -672,6 +770,90 @@ impl TwinRegistry {
         keys
     }
 
+    /// Takes the keys retired since the last call (for the persistence flusher).
+    pub fn take_retired(&self) -> Vec<TwinKey> {
+        let keys: Vec<TwinKey> = self.retired.iter().map(|e| e.key().clone()).collect();
+        for key in &keys {
+            self.retired.remove(key);
+        }
+        keys
+    }
+
+    /// Retires a twin: it leaves the registry and the protocol view at once, the store with the
+    /// next commit, and the streams get a `retired` change. Its history stays until retention
+    /// ages it out. It comes back only if it is born again and the directory (or
+    /// `accept_unknown`) admits it.
+    pub fn retire(&self, key: &TwinKey, now_ms: u64) -> Option<Twin> {
+        let (_, entry) = self.twins.remove(key)?;
+        if let Some(mut count) = self.per_lab.get_mut(&key.lab) {
+            *count = count.saturating_sub(1);
+        }
+        self.paths.remove(key);
+        self.dirty.remove(key);
+        self.retired.insert(key.clone(), ());
+        self.stats.twin_retired();
+        let mut twin = entry.twin;
+        twin.connectivity.online = false;
+        let change = change("retired", &twin, None, now_ms, BTreeMap::new());
+        // Not `publish`: nothing of it is left to persist.
+        let _ = self.changes.send(Arc::new(change));
+        Some(twin)
+    }
+
+    /// Marks stale every online twin that accepted no sample (nor birth) for `silence_ms`:
+    /// a machine whose real samples are all refused, or whose gateway went quiet without a
+    /// death, shows it. The next accepted sample makes it fresh again.
+    pub fn mark_silent(&self, now_ms: u64, silence_ms: u64) -> usize {
+        let mut silenced = Vec::new();
+        for mut entry in self.twins.iter_mut() {
+            let connectivity = &entry.twin.connectivity;
+            if !connectivity.online
+                || connectivity.stale
+                || now_ms.saturating_sub(entry.last_accepted_ms) < silence_ms
+            {
+                continue;
+            }
+            let key = entry.key().clone();
+            let twin = &mut entry.twin;
+            twin.connectivity.stale = true;
+            for feature in twin.features.values_mut() {
+                for property in feature.properties.values_mut() {
+                    property.stale = true;
+                }
+            }
+            self.stats.twin_silenced();
+            silenced.push((key, change("stale", twin, None, now_ms, BTreeMap::new())));
+        }
+        let count = silenced.len();
+        for (key, change) in silenced {
+            self.publish(key, change);
+        }
+        count
+    }
+
+    /// Keeps the values whose property exists or still fits under
+    /// `limits.max_metrics_per_device`; the rest are counted (`too_many_metrics`).
+    fn within_metric_cap(
+        &self,
+        twin: &Twin,
+        values: Vec<(MetricName, f64)>,
+    ) -> Vec<(MetricName, f64)> {
+        let max = self.limits.max_metrics_per_device;
+        let mut count = twin.property_count();
+        let mut kept = Vec::with_capacity(values.len());
+        for (name, value) in values {
+            if twin.has_property(&name) || kept.iter().any(|(n, _)| n == &name) {
+                kept.push((name, value));
+            } else if count < max {
+                count += 1;
+                kept.push((name, value));
+            } else {
+                self.stats.ingest_dropped(IngestDrop::TooManyMetrics);
+            }
+        }
+        kept
+    }
+
     /// Marks a twin changed and tells the streams.
     fn publish(&self, key: TwinKey, change: TwinChange) {
         self.dirty.insert(key, ());
@@ -738,22 +920,39 @@ impl TwinRegistry {
         }
     }
 
-    /// Applies an update; returns what was accepted, or `None` when nothing changed.
+    /// Applies an update at the hub's wall clock; returns what was accepted, or `None` when
+    /// nothing changed.
     pub fn apply(&self, update: TwinUpdate) -> Option<Applied> {
+        self.apply_at(update, crate::ingest::now_ms()).applied()
+    }
+
+    /// Applies an update received at `now_ms` (hub clock, for the silence check).
+    pub fn apply_at(&self, update: TwinUpdate, now_ms: u64) -> Outcome {
         match update {
             TwinUpdate::Birth {
                 key,
                 gateway,
                 boot,
+                node_seq,
                 metrics,
                 timestamp,
             } => {
                 let hop = self.last_hop(&key);
                 let directory = &self.directory;
-                let mut entry = self.twins.entry(key.clone()).or_insert_with(|| {
-                    let kind = directory.kind_of(&key, metrics.iter().map(|(m, _)| m.as_str()));
-                    Entry::new(&key, kind)
-                });
+                let mut entry = match self.twins.entry(key.clone()) {
+                    dashmap::Entry::Occupied(entry) => entry.into_ref(),
+                    dashmap::Entry::Vacant(vacant) => {
+                        let mut in_lab = self.per_lab.entry(key.lab.clone()).or_default();
+                        if *in_lab >= self.limits.max_twins_per_lab {
+                            self.stats.ingest_dropped(IngestDrop::TooManyTwins);
+                            return Outcome::Dropped(IngestDrop::TooManyTwins);
+                        }
+                        *in_lab += 1;
+                        drop(in_lab);
+                        let kind = directory.kind_of(&key, metrics.iter().map(|(m, _)| m.as_str()));
+                        vacant.insert(Entry::new(&key, kind))
+                    }
+                };
                 if entry.kind.id == crate::catalogue::GENERIC_KIND {
                     // A machine first seen with too few metrics to recognise gets another chance.
                     let kind = directory.kind_of(&key, metrics.iter().map(|(m, _)| m.as_str()));
@@ -775,21 +974,34 @@ impl TwinRegistry {
                     online: true,
                     gateway: Some(gateway.to_string()),
                     last_seen: Some(timestamp),
+                    stale: false,
                 };
                 if boot.is_some() && boot != twin.boot {
                     twin.boot = boot;
                     twin.last_seq = 0;
                 }
+                let max = self.limits.max_metrics_per_device;
+                let mut count = twin.property_count();
                 for (name, unit) in &metrics {
+                    if !twin.has_property(name) {
+                        if count >= max {
+                            self.stats.ingest_dropped(IngestDrop::TooManyMetrics);
+                            continue;
+                        }
+                        count += 1;
+                    }
                     twin.property_mut(name).unit = unit.symbol().to_owned();
                 }
+                entry.anchor = node_seq.unwrap_or(0);
+                entry.last_accepted_ms = now_ms;
+                let twin = &entry.twin;
                 let mut change = change("birth", twin, None, timestamp, BTreeMap::new());
                 (change.received_ms, change.sparkplug) = hop;
                 let alarms = alarm_changes(twin, &alarm_events, timestamp);
                 drop(entry);
                 self.publish(key.clone(), change);
                 self.publish_alarms(&key, alarms);
-                None
+                Outcome::Taken(None)
             }
             TwinUpdate::Sample {
                 key,
@@ -801,14 +1013,34 @@ impl TwinRegistry {
                 let hop = self.last_hop(&key);
                 let Some(mut entry) = self.twins.get_mut(&key) else {
                     self.stats.ingest_dropped(IngestDrop::UnknownTwin);
-                    return None;
+                    return Outcome::Dropped(IngestDrop::UnknownTwin);
                 };
-                let Entry { twin, kind, alarms } = &mut *entry;
+                let values = self.within_metric_cap(&entry.twin, values);
+                let Entry {
+                    twin,
+                    kind,
+                    alarms,
+                    anchor,
+                    last_accepted_ms,
+                } = &mut *entry;
                 let mut alarm_events = Vec::new();
                 let mut values = values;
                 if seq <= twin.last_seq {
                     self.stats.ingest_dropped(IngestDrop::StaleSequence);
-                    return None;
+                    return Outcome::Dropped(IngestDrop::StaleSequence);
+                }
+                let base = twin.last_seq.max(*anchor);
+                if seq > base && seq - base > self.limits.seq_window {
+                    self.stats.ingest_dropped(IngestDrop::SeqJump);
+                    return Outcome::SeqJump {
+                        gateway: twin
+                            .connectivity
+                            .gateway
+                            .as_deref()
+                            .and_then(|g| g.parse().ok()),
+                        seq,
+                        last_seq: twin.last_seq,
+                    };
                 }
                 twin.last_seq = seq;
                 twin.samples += 1;
@@ -822,7 +1054,9 @@ impl TwinRegistry {
                 } else {
                     let was_running = twin.state.value == MachineState::Running.as_str();
                     twin.connectivity.online = true;
+                    twin.connectivity.stale = false;
                     twin.connectivity.last_seen = Some(timestamp);
+                    *last_accepted_ms = now_ms;
                     for (name, value) in &values {
                         if name.as_str() == STATE_METRIC {
                             let state = state_name(*value);
@@ -883,14 +1117,14 @@ impl TwinRegistry {
                 drop(entry);
                 self.publish(key.clone(), change);
                 self.publish_alarms(&key, alarm_changes);
-                Some(Applied {
+                Outcome::Taken(Some(Applied {
                     key,
                     timestamp,
                     seq,
                     values,
                     historical,
                     gateway,
-                })
+                }))
             }
             TwinUpdate::Properties {
                 key,
@@ -900,8 +1134,9 @@ impl TwinRegistry {
                 let hop = self.last_hop(&key);
                 let Some(mut entry) = self.twins.get_mut(&key) else {
                     self.stats.ingest_dropped(IngestDrop::UnknownTwin);
-                    return None;
+                    return Outcome::Dropped(IngestDrop::UnknownTwin);
                 };
+                let values = self.within_metric_cap(&entry.twin, values);
                 let twin = &mut entry.twin;
                 let mut changed = BTreeMap::new();
                 for (name, value) in &values {
@@ -917,17 +1152,19 @@ impl TwinRegistry {
                 let gateway = twin.connectivity.gateway.clone();
                 drop(entry);
                 self.publish(key.clone(), change);
-                Some(Applied {
+                Outcome::Taken(Some(Applied {
                     key,
                     timestamp,
                     seq: 0,
                     values,
                     historical: false,
                     gateway,
-                })
+                }))
             }
             TwinUpdate::Offline { key, timestamp } => {
-                let mut entry = self.twins.get_mut(&key)?;
+                let Some(mut entry) = self.twins.get_mut(&key) else {
+                    return Outcome::Taken(None);
+                };
                 entry.twin.connectivity.online = false;
                 for feature in entry.twin.features.values_mut() {
                     for property in feature.properties.values_mut() {
@@ -942,7 +1179,7 @@ impl TwinRegistry {
                 drop(entry);
                 self.publish(key.clone(), change);
                 self.publish_alarms(&key, alarms);
-                None
+                Outcome::Taken(None)
             }
         }
     }
@@ -1066,6 +1303,7 @@ mod tests {
         registry.apply(TwinUpdate::Birth {
             key: key(),
             boot: Some(1),
+            node_seq: None,
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![
                 (metric("spindle.power_w"), Unit::Watt),
@@ -1133,6 +1371,7 @@ mod tests {
         registry.apply(TwinUpdate::Birth {
             key: key(),
             boot: Some(1),
+            node_seq: None,
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![
                 (metric("spindle.power_w"), Unit::Watt),
@@ -1226,6 +1465,7 @@ mod tests {
         let rebirth = |boot| TwinUpdate::Birth {
             key: key(),
             boot,
+            node_seq: None,
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![],
             timestamp: 2,
@@ -1312,5 +1552,180 @@ mod tests {
             timestamp: 5,
         });
         assert!(!registry.get(&key()).expect("exists").connectivity.online);
+    }
+
+    fn limited(limits: Limits) -> (Arc<HubStats>, TwinRegistry) {
+        let stats = Arc::new(HubStats::default());
+        let registry = TwinRegistry::with_limits(stats.clone(), Arc::default(), limits);
+        (stats, registry)
+    }
+
+    fn birth_of(key: TwinKey, node_seq: Option<u32>, metrics: &[&str]) -> TwinUpdate {
+        TwinUpdate::Birth {
+            key,
+            boot: Some(1),
+            node_seq,
+            gateway: "gw-a".parse().expect("valid"),
+            metrics: metrics.iter().map(|m| (metric(m), Unit::Watt)).collect(),
+            timestamp: 1,
+        }
+    }
+
+    #[test]
+    fn a_forged_jump_of_node_seq_is_refused_and_the_real_samples_keep_applying() {
+        let (stats, registry) = limited(Limits {
+            seq_window: 100,
+            ..Limits::default()
+        });
+        registry.apply_at(birth_of(key(), Some(0), &["spindle.power_w"]), 0);
+        assert!(registry.apply_at(sample(1, 1.0), 0).applied().is_some());
+        let forged = registry.apply_at(sample(u32::MAX, 666.0), 0);
+        assert_eq!(
+            forged,
+            Outcome::SeqJump {
+                gateway: Some("gw-a".parse().expect("valid")),
+                seq: u32::MAX,
+                last_seq: 1
+            }
+        );
+        for seq in 2..=5 {
+            assert!(
+                registry
+                    .apply_at(sample(seq, f64::from(seq)), 0)
+                    .applied()
+                    .is_some()
+            );
+        }
+        // The edge of the window is still taken.
+        assert!(registry.apply_at(sample(105, 105.0), 0).applied().is_some());
+        let twin = registry.get(&key()).expect("exists");
+        assert_eq!((twin.last_seq, twin.samples), (105, 6));
+        assert_eq!(twin.value("spindle.power_w"), Some(105.0));
+        assert_eq!(stats.dropped(IngestDrop::SeqJump), 1);
+    }
+
+    #[test]
+    fn a_birth_re_anchors_the_window_on_the_sequence_its_gateway_reports() {
+        let (stats, registry) = limited(Limits {
+            seq_window: 100,
+            ..Limits::default()
+        });
+        registry.apply_at(birth_of(key(), Some(0), &["spindle.power_w"]), 0);
+        registry.apply_at(sample(1, 1.0), 0);
+        // The node was cut off for long: its sequence really jumped.
+        assert!(matches!(
+            registry.apply_at(sample(5_000, 1.0), 0),
+            Outcome::SeqJump { .. }
+        ));
+        // The rebirth that the jump asked for says where the node is.
+        registry.apply_at(birth_of(key(), Some(5_000), &[]), 0);
+        assert!(registry.apply_at(sample(5_001, 2.0), 0).applied().is_some());
+        assert_eq!(stats.dropped(IngestDrop::SeqJump), 1);
+    }
+
+    #[test]
+    fn a_lab_holds_at_most_its_cap_of_twins_and_a_twin_its_cap_of_metrics() {
+        let (stats, registry) = limited(Limits {
+            max_twins_per_lab: 2,
+            max_metrics_per_device: 2,
+            ..Limits::default()
+        });
+        for machine in ["m-1", "m-2", "m-3"] {
+            let key = TwinKey::parse(&format!("lab-a/{machine}")).expect("key");
+            registry.apply_at(birth_of(key, None, &["a.one", "a.two", "a.three"]), 0);
+        }
+        let other_lab = TwinKey::parse("lab-b/m-1").expect("key");
+        registry.apply_at(birth_of(other_lab, None, &[]), 0);
+        assert_eq!(registry.len(), 3);
+        assert_eq!(stats.dropped(IngestDrop::TooManyTwins), 1);
+        assert_eq!(stats.dropped(IngestDrop::TooManyMetrics), 2);
+        let m1 = TwinKey::parse("lab-a/m-1").expect("key");
+        let applied = registry.apply_at(
+            TwinUpdate::Properties {
+                key: m1.clone(),
+                timestamp: 2,
+                values: vec![(metric("a.one"), 1.0), (metric("b.invented"), 2.0)],
+            },
+            0,
+        );
+        let Outcome::Taken(Some(applied)) = applied else {
+            panic!("taken: {applied:?}")
+        };
+        assert_eq!(applied.values, vec![(metric("a.one"), 1.0)], "history too");
+        assert_eq!(registry.get(&m1).expect("twin").property_count(), 2);
+        assert_eq!(stats.dropped(IngestDrop::TooManyMetrics), 3);
+        // Retiring frees a place in the lab.
+        assert!(registry.retire(&m1, 3).is_some());
+        let m3 = TwinKey::parse("lab-a/m-3").expect("key");
+        registry.apply_at(birth_of(m3.clone(), None, &[]), 0);
+        assert!(registry.get(&m3).is_some());
+    }
+
+    #[test]
+    fn a_twin_without_accepted_samples_for_the_silence_goes_stale_until_the_next_one() {
+        let registry = registry();
+        let mut changes = registry.subscribe();
+        registry.apply_at(sample(1, 1.0), 1_000);
+        assert_eq!(registry.mark_silent(60_999, 60_000), 0);
+        assert_eq!(registry.mark_silent(61_000, 60_000), 1);
+        assert_eq!(registry.mark_silent(62_000, 60_000), 0, "marked once");
+        let twin = registry.get(&key()).expect("exists");
+        assert!(twin.connectivity.online && twin.connectivity.stale);
+        assert!(twin.features["spindle"].properties["power_w"].stale);
+        let kinds: Vec<String> = std::iter::from_fn(|| changes.try_recv().ok())
+            .map(|c| c.kind.clone())
+            .collect();
+        assert_eq!(kinds, ["sample", "stale"]);
+        // Refused samples do not count as life.
+        registry.apply_at(sample(1, 9.0), 63_000);
+        assert!(registry.get(&key()).expect("exists").connectivity.stale);
+        registry.apply_at(sample(2, 2.0), 64_000);
+        let twin = registry.get(&key()).expect("exists");
+        assert!(!twin.connectivity.stale);
+        assert!(!twin.features["spindle"].properties["power_w"].stale);
+    }
+
+    #[test]
+    fn a_retired_twin_leaves_the_registry_and_the_streams_hear_it_once() {
+        let stats = Arc::new(HubStats::default());
+        let registry = TwinRegistry::new(stats.clone(), Arc::default());
+        registry.apply_at(birth_of(key(), None, &["spindle.power_w"]), 0);
+        registry.take_dirty();
+        let mut changes = registry.subscribe();
+        assert!(registry.retire(&key(), 5).is_some());
+        assert!(registry.retire(&key(), 6).is_none(), "gone");
+        assert!(registry.get(&key()).is_none());
+        assert!(registry.sparkplug_path(&key()).is_none());
+        assert_eq!(changes.try_recv().expect("a change").kind, "retired");
+        assert!(registry.take_dirty().is_empty(), "nothing to save");
+        assert_eq!(registry.take_retired(), vec![key()]);
+        assert_eq!(stats.twins_retired(), 1);
+        assert!(registry.apply_at(sample(1, 1.0), 7).applied().is_none());
+        assert_eq!(stats.dropped(IngestDrop::UnknownTwin), 1);
+    }
+
+    #[test]
+    fn twins_no_lab_lists_are_named_as_candidates_for_retirement() {
+        let lab = crate::directory::LabConfig {
+            id: "lab-a".parse().expect("valid"),
+            name: String::new(),
+            location: String::new(),
+            gateways: vec![],
+            machines: vec![crate::directory::MachineConfig {
+                id: "mill-1".parse().expect("valid"),
+                kind: None,
+                name: None,
+                line: None,
+                attributes: BTreeMap::new(),
+            }],
+            accept_new_machines: false,
+        };
+        let directory = Directory::new(crate::catalogue::Catalogue::builtin(), vec![lab], vec![])
+            .expect("valid");
+        let registry = TwinRegistry::new(Arc::default(), Arc::new(directory));
+        let stray = TwinKey::parse("lab-b/m-9").expect("key");
+        registry.apply(birth_of(key(), None, &[]));
+        registry.apply(birth_of(stray.clone(), None, &[]));
+        assert_eq!(registry.unlisted(), vec![stray]);
     }
 }

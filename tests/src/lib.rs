@@ -14,7 +14,9 @@ use hub::{BrokerSetting, Hub, HubConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The configuration of a hub with an embedded broker on ephemeral ports and its data in
-/// `data_dir`, for tests that change it before starting.
+/// `data_dir`, for tests that change it before starting. It takes births of any lab and machine
+/// (`accept_unknown`), so tests about other things need no directory; tests of admission
+/// turn it off.
 pub fn hub_config(data_dir: &std::path::Path) -> HubConfig {
     HubConfig {
         http_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -23,6 +25,7 @@ pub fn hub_config(data_dir: &std::path::Path) -> HubConfig {
             ..BrokerConfig::default()
         }),
         data_dir: data_dir.to_owned(),
+        accept_unknown: true,
         ..HubConfig::default()
     }
 }

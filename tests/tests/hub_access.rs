@@ -41,6 +41,8 @@ async fn a_hub_behind_its_own_access_rules_ingests_and_serves_students() -> anyh
             username: "demolab-hub".into(),
             password: "hub-secret".into(),
         }),
+        // The lab is not configured: this is not about admission.
+        accept_unknown: true,
         ..HubConfig::default()
     })
     .await?;

@@ -217,6 +217,7 @@ async fn a_gateway_the_lab_does_not_list_is_refused() -> anyhow::Result<()> {
         location: String::new(),
         gateways: vec!["gw-ok".parse()?],
         machines: vec![],
+        accept_new_machines: true,
     };
     let hub = hub_with_labs(data.path(), vec![lab]).await?;
     let twins = hub.twins().clone();

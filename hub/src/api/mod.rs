@@ -167,6 +167,11 @@ pub fn routes() -> Vec<Route> {
             get(twins::get_twin),
         ),
         api(
+            Method::DELETE,
+            "/api/v1/twins/{lab}/{machine}",
+            delete(twins::retire_twin),
+        ),
+        api(
             Method::GET,
             "/api/v1/twins/{lab}/{machine}/history",
             get(twins::history),
@@ -253,6 +258,7 @@ mod tests {
                 machine: "mill-1".parse().expect("valid"),
             },
             boot: Some(1),
+            node_seq: None,
             gateway: "gw-a".parse().expect("valid"),
             metrics: vec![],
             timestamp: 1,

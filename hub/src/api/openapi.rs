@@ -24,6 +24,7 @@ use super::{alarms, scenarios, session, stream, twins};
         twins::get_kind,
         twins::list_twins,
         twins::get_twin,
+        twins::retire_twin,
         twins::history,
         twins::sparkplug,
         twins::write_desired,

@@ -179,6 +179,35 @@ pub async fn get_twin(
         .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))
 }
 
+/// Retire a twin (a machine that left the lab, or one born by mistake): it leaves the twin list,
+/// the store and the streams (which get a `retired` change) at once. Its history stays until the
+/// retention ages it out. It comes back only if its gateway births it again and the hub admits
+/// it (listed in the lab, or the lab or hub accepts new machines). Needs the operator role.
+#[utoipa::path(delete, path = "/api/v1/twins/{lab}/{machine}", tag = "twins",
+    params(("lab" = String, Path), ("machine" = String, Path)),
+    responses(
+        (status = 204, description = "Retired"),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `invalid_token`", body = ErrorBody),
+        (status = 403, description = "`forbidden` (needs operator)", body = ErrorBody),
+        (status = 404, description = "`twin_not_found`", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn retire_twin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((lab, machine)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let user = caller.require(Role::Operator)?.user.clone();
+    let key = twin_key(&caller, &lab, &machine)?;
+    state
+        .twins
+        .retire(&key, now_ms())
+        .ok_or_else(|| ApiError::TwinNotFound(key.to_string()))?;
+    tracing::info!(lab = %key.lab, machine = %key.machine, %user, "twin retired");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// How the machine's values reach the hub over Sparkplug: its gateway's session (`bdSeq`), the
 /// metric aliases of its DBIRTH, and the last message with its `seq` and receive time. Empty
 /// until a message about the machine arrives after the hub started.
