@@ -52,6 +52,10 @@ pub struct GatewayConfig {
     pub uplink: MqttEndpoint,
     /// The uplink's login; `None` for a broker that takes anonymous clients (the demo).
     pub uplink_credentials: Option<MqttCredentials>,
+    /// Connect the uplink over TLS (verifying the hub's broker against its CA).
+    pub uplink_tls: Option<broker::tls::ClientTls>,
+    /// Connect to the lab's broker over TLS.
+    pub southbound_tls: Option<broker::tls::ClientTls>,
     /// The hub's Sparkplug host id: when set, data is sent only while its STATE says online.
     pub primary_host: Option<HostId>,
     /// Node → machine assignments that override what nodes announce.
@@ -79,6 +83,8 @@ impl GatewayConfig {
             southbound: Some(broker.clone()),
             uplink: broker,
             uplink_credentials: None,
+            uplink_tls: None,
+            southbound_tls: None,
             primary_host: None,
             nodes: HashMap::new(),
             accept_unconfigured_nodes: true,

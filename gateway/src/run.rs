@@ -150,6 +150,9 @@ pub fn start(
         .clone()
         .unwrap_or_else(|| config.uplink.clone());
     let mut south_options = mqtt_options(format!("{gateway}-south"), &south_endpoint);
+    if let Some(tls) = &config.southbound_tls {
+        use_tls(&mut south_options, tls);
+    }
     south_options.set_clean_session(false);
     south_options.set_manual_acks(true);
     let (south_client, south_loop) = AsyncClient::new(south_options, 256);
@@ -195,6 +198,7 @@ pub fn start(
         client_id: format!("{gateway}-uplink"),
         primary_host: config.primary_host.clone(),
         credentials: config.uplink_credentials.clone(),
+        tls: config.uplink_tls.clone(),
         inflight: SEND_WINDOW as u16,
     };
     // The uplink task outlives the core's cancellation: it must still carry the NDEATH out.
@@ -259,6 +263,13 @@ pub fn start(
         tasks,
         cancel,
     })
+}
+
+/// Makes `options` connect over TLS (rustls on ring, trusting only the configured CA).
+pub(crate) fn use_tls(options: &mut MqttOptions, tls: &broker::tls::ClientTls) {
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls.rustls_config()),
+    ));
 }
 
 fn mqtt_options(client_id: String, endpoint: &MqttEndpoint) -> MqttOptions {

@@ -50,6 +50,8 @@ pub struct IngestConfig {
     pub share_group: Option<String>,
     /// How often accepted messages are handed to storage (and then acknowledged).
     pub commit_interval: Duration,
+    /// Connect over TLS with this client configuration.
+    pub tls: Option<broker::tls::ClientTls>,
 }
 
 /// What one commit writes: accepted values for history, the twins they changed, the host's
@@ -88,6 +90,9 @@ pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
     if let Some(login) = &config.login {
         options.set_credentials(login.username.clone(), login.password.clone());
     }
+    if let Some(tls) = &config.tls {
+        use_tls(&mut options, tls);
+    }
     options.set_last_will(LastWill::new(
         state_topic,
         state_payload(false, now_ms()),
@@ -97,6 +102,13 @@ pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
     // Acknowledgements and publishes of the API share this queue; it is drained by the event
     // loop, which never waits on storage, so a full queue only delays them.
     AsyncClient::new(options, 4096)
+}
+
+/// Makes `options` connect over TLS (rustls on ring, the configured CA only).
+pub(crate) fn use_tls(options: &mut MqttOptions, tls: &broker::tls::ClientTls) {
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls.rustls_config()),
+    ));
 }
 
 /// Runs ingest until `cancel` fires. Sets `ready` once subscribed and STATE is online.

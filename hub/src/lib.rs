@@ -21,6 +21,7 @@ pub mod catalogue;
 pub mod config;
 pub mod directory;
 pub mod history;
+pub mod http;
 /// The embedded MQTT broker (its own crate, so a gateway in a lab without a broker can run one too).
 pub use ::broker;
 pub mod host;
@@ -126,6 +127,13 @@ pub struct HubConfig {
     pub influx: Option<InfluxConfig>,
     /// Simulator scenarios on simulated machines (the demo region), for the demo mode.
     pub scenarios: Option<Arc<dyn scenarios::ScenarioControl>>,
+    /// Connection caps and timeouts of the HTTP server.
+    pub http: http::HttpLimits,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub https: Option<broker::tls::ServerTlsFiles>,
+    /// Connect the hub's own MQTT clients (ingest, JSON topics) over TLS. With the embedded
+    /// broker they then use its TLS listener, which must be configured.
+    pub mqtt_tls: Option<broker::tls::ClientTls>,
 }
 
 impl Default for HubConfig {
@@ -145,6 +153,9 @@ impl Default for HubConfig {
             retention: Retention::default(),
             influx: None,
             scenarios: None,
+            http: http::HttpLimits::default(),
+            https: None,
+            mqtt_tls: None,
         }
     }
 }
@@ -222,11 +233,37 @@ impl Hub {
             source,
         })?;
 
+        let https = match &config.https {
+            Some(files) => {
+                let mut server = files
+                    .load(["hub.tls_cert", "hub.tls_key", "hub.tls_client_ca"])
+                    .map_err(|err| HubError::Config(err.to_string()))?;
+                server.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(Arc::new(server))
+            }
+            None => None,
+        };
+
         let (broker, mqtt_addr, broker_host) = match &config.broker {
             BrokerSetting::Embedded(broker_config) => {
                 let broker = EmbeddedBroker::start(broker_config.clone()).await?;
-                let addr = broker.local_addr();
-                (Some(broker), addr, addr.ip().to_string())
+                let addr = match (&config.mqtt_tls, broker.tls_local_addr()) {
+                    (None, _) => broker.local_addr(),
+                    (Some(_), Some(tls)) => tls,
+                    (Some(_), None) => {
+                        return Err(HubError::Config(
+                            "broker.tls (the hub's own MQTT clients over TLS) needs the embedded broker's TLS listener (broker.tls_listen)".into(),
+                        ));
+                    }
+                };
+                // A wildcard bind is reached on loopback (and that is the name a local
+                // certificate carries).
+                let host = if addr.ip().is_unspecified() {
+                    std::net::Ipv4Addr::LOCALHOST.to_string()
+                } else {
+                    addr.ip().to_string()
+                };
+                (Some(broker), addr, host)
             }
             BrokerSetting::External { host, port } => {
                 let addr = tokio::net::lookup_host((host.as_str(), *port))
@@ -248,6 +285,7 @@ impl Hub {
             login: config.mqtt_login.clone(),
             share_group: config.share_group.clone(),
             commit_interval: config.flush_interval,
+            tls: config.mqtt_tls.clone(),
         };
         let (client, events) = ingest::connect(&ingest_config);
         let influx = match config.influx.clone() {
@@ -268,6 +306,7 @@ impl Hub {
                     mqtt_addr.port(),
                     config.mqtt_login.clone(),
                     format!("{}-json", config.host_id),
+                    config.mqtt_tls.clone(),
                 )
             }),
             influx.clone(),
@@ -313,6 +352,9 @@ impl Hub {
             extra_metrics: Some(more_metrics(
                 config.extra_metrics.clone(),
                 broker.as_ref().map(EmbeddedBroker::denials),
+                broker
+                    .as_ref()
+                    .and_then(|broker| broker.tls_local_addr().map(|_| broker.tls_counters())),
                 influx,
             )),
             auth,
@@ -320,17 +362,16 @@ impl Hub {
             commands: api::Commands::new(client),
             scenarios: config.scenarios.clone(),
         });
-        let http_cancel = cancel.clone();
-        tasks.spawn(async move {
-            let shutdown = async move { http_cancel.cancelled().await };
-            if let Err(err) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                error!(%err, "HTTP server failed");
-            }
-        });
-        info!(%http_addr, %mqtt_addr, "hub started");
+        let tls = https.is_some();
+        tasks.spawn(http::serve(
+            listener,
+            app,
+            https,
+            config.http.clone(),
+            stats.clone(),
+            cancel.clone(),
+        ));
+        info!(%http_addr, %mqtt_addr, https = tls, "hub started");
         Ok(Hub {
             http_addr,
             mqtt_addr,
@@ -394,12 +435,16 @@ impl Hub {
 fn more_metrics(
     extra: Option<MetricsSource>,
     denials: Option<Arc<broker::DenialCounters>>,
+    tls: Option<Arc<broker::TlsCounters>>,
     influx: Option<InfluxSink>,
 ) -> MetricsSource {
     MetricsSource(Arc::new(move || {
         let mut text = String::new();
         if let Some(denials) = &denials {
             text.push_str(&denials.render_prometheus());
+        }
+        if let Some(tls) = &tls {
+            text.push_str(&tls.render_prometheus());
         }
         if let Some(influx) = &influx {
             text.push_str(&influx.render_prometheus());

@@ -90,16 +90,22 @@ impl Outputs {
 
 /// Starts the outputs' tasks.
 pub fn start(
-    broker: Option<(String, u16, Option<MqttLogin>, String)>,
+    broker: Option<(
+        String,
+        u16,
+        Option<MqttLogin>,
+        String,
+        Option<broker::tls::ClientTls>,
+    )>,
     influx: Option<InfluxSink>,
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
     cancel: CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Outputs {
-    let json = broker.map(|(host, port, login, client_id)| {
+    let json = broker.map(|(host, port, login, client_id, tls)| {
         let (tx, rx) = mpsc::channel(8192);
-        tasks.spawn(publish_json(host, port, login, client_id, rx, cancel));
+        tasks.spawn(publish_json(host, port, login, client_id, tls, rx, cancel));
         tx
     });
     Outputs {
@@ -117,6 +123,7 @@ async fn publish_json(
     port: u16,
     login: Option<MqttLogin>,
     client_id: String,
+    tls: Option<broker::tls::ClientTls>,
     mut values: mpsc::Receiver<JsonValue>,
     cancel: CancellationToken,
 ) {
@@ -124,6 +131,9 @@ async fn publish_json(
     options.set_keep_alive(Duration::from_secs(15));
     if let Some(login) = login {
         options.set_credentials(login.username, login.password);
+    }
+    if let Some(tls) = &tls {
+        crate::ingest::use_tls(&mut options, tls);
     }
     let (client, mut events) = AsyncClient::new(options, 1024);
     let publisher = async {
