@@ -192,7 +192,9 @@ pub enum HubError {
 #[derive(Debug)]
 pub struct Hub {
     http_addr: SocketAddr,
+    https: bool,
     mqtt_addr: SocketAddr,
+    mqtt_tls_addr: Option<SocketAddr>,
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
     ready: watch::Receiver<bool>,
@@ -244,10 +246,12 @@ impl Hub {
             None => None,
         };
 
-        let (broker, mqtt_addr, broker_host) = match &config.broker {
+        // `mqtt_addr` is what the hub reports (the broker's plain listener when embedded);
+        // `client_addr` is where its own clients connect (the TLS listener with `mqtt_tls`).
+        let (broker, mqtt_addr, client_addr, broker_host) = match &config.broker {
             BrokerSetting::Embedded(broker_config) => {
                 let broker = EmbeddedBroker::start(broker_config.clone()).await?;
-                let addr = match (&config.mqtt_tls, broker.tls_local_addr()) {
+                let client_addr = match (&config.mqtt_tls, broker.tls_local_addr()) {
                     (None, _) => broker.local_addr(),
                     (Some(_), Some(tls)) => tls,
                     (Some(_), None) => {
@@ -258,12 +262,13 @@ impl Hub {
                 };
                 // A wildcard bind is reached on loopback (and that is the name a local
                 // certificate carries).
-                let host = if addr.ip().is_unspecified() {
+                let host = if client_addr.ip().is_unspecified() {
                     std::net::Ipv4Addr::LOCALHOST.to_string()
                 } else {
-                    addr.ip().to_string()
+                    client_addr.ip().to_string()
                 };
-                (Some(broker), addr, host)
+                let addr = broker.local_addr();
+                (Some(broker), addr, client_addr, host)
             }
             BrokerSetting::External { host, port } => {
                 let addr = tokio::net::lookup_host((host.as_str(), *port))
@@ -271,16 +276,17 @@ impl Hub {
                     .ok()
                     .and_then(|mut addrs| addrs.next())
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], *port)));
-                (None, addr, host.clone())
+                (None, addr, addr, host.clone())
             }
         };
+        let mqtt_tls_addr = broker.as_ref().and_then(EmbeddedBroker::tls_local_addr);
 
         let cancel = CancellationToken::new();
         let (ready_tx, ready) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let ingest_config = IngestConfig {
             host: broker_host.clone(),
-            port: mqtt_addr.port(),
+            port: client_addr.port(),
             host_id: config.host_id.clone(),
             login: config.mqtt_login.clone(),
             share_group: config.share_group.clone(),
@@ -303,7 +309,7 @@ impl Hub {
             config.json_topics.then(|| {
                 (
                     broker_host.clone(),
-                    mqtt_addr.port(),
+                    client_addr.port(),
                     config.mqtt_login.clone(),
                     format!("{}-json", config.host_id),
                     config.mqtt_tls.clone(),
@@ -374,7 +380,9 @@ impl Hub {
         info!(%http_addr, %mqtt_addr, https = tls, "hub started");
         Ok(Hub {
             http_addr,
+            https: tls,
             mqtt_addr,
+            mqtt_tls_addr,
             twins,
             stats,
             ready,
@@ -390,9 +398,27 @@ impl Hub {
         self.http_addr
     }
 
-    /// The MQTT broker address (embedded or external).
+    /// The MQTT broker address (embedded: its plain listener; or the external broker).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// The embedded broker's TLS listener, when it has one.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls_addr
+    }
+
+    /// The embedded broker's TLS listener counters, when it has one.
+    pub fn tls_counters(&self) -> Option<Arc<broker::TlsCounters>> {
+        self.broker
+            .as_ref()
+            .filter(|broker| broker.tls_local_addr().is_some())
+            .map(EmbeddedBroker::tls_counters)
+    }
+
+    /// Whether the web server speaks HTTPS.
+    pub fn https(&self) -> bool {
+        self.https
     }
 
     /// The twin registry.

@@ -203,6 +203,11 @@ impl HubStats {
         self.http_open.load(Ordering::Relaxed)
     }
 
+    /// HTTPS connections whose TLS handshake failed.
+    pub fn http_tls_failures(&self) -> u64 {
+        self.http_tls_failures.load(Ordering::Relaxed)
+    }
+
     /// HTTP connections refused for `reason`.
     pub fn http_refusals(&self, reason: HttpRefusal) -> u64 {
         self.http_refused[reason as usize].load(Ordering::Relaxed)
