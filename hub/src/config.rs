@@ -520,6 +520,8 @@ mod tests {
         let file = HubFile::parse(path, text).expect("parses");
         assert!(!file.labs.is_empty());
         assert!(!file.auth.users.is_empty());
+        // The example spells out the defaults, so the two cannot drift apart.
+        assert_eq!(file.http.limits(), Ok(HttpLimits::default()));
     }
 
     #[test]

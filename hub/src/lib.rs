@@ -306,14 +306,12 @@ impl Hub {
             None => None,
         };
         let outputs = outputs::start(
-            config.json_topics.then(|| {
-                (
-                    broker_host.clone(),
-                    client_addr.port(),
-                    config.mqtt_login.clone(),
-                    format!("{}-json", config.host_id),
-                    config.mqtt_tls.clone(),
-                )
+            config.json_topics.then(|| outputs::JsonTopicsBroker {
+                host: broker_host.clone(),
+                port: client_addr.port(),
+                login: config.mqtt_login.clone(),
+                client_id: format!("{}-json", config.host_id),
+                tls: config.mqtt_tls.clone(),
             }),
             influx.clone(),
             twins.clone(),
