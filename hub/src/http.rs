@@ -81,7 +81,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What a refused client reads before the socket closes.
-const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 75\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections\"}}";
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 74\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections\"}}";
 
 /// Serves `app` on `listener` until `cancel` fires, then drains.
 pub async fn serve(
