@@ -137,9 +137,13 @@ pub async fn run(
     let mut host_changed = false;
     let mut ticker = tokio::time::interval(config.commit_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One poll future lives across ticks: rumqttc's `poll` connects (TCP, TLS, CONNECT) inside
+    // it, so dropping it for a tick would abandon a connection attempt that takes longer than
+    // the commit interval (a TLS handshake, a distant broker) and start it again, forever.
+    let mut poll = Box::pin(events.poll());
     loop {
         let event = tokio::select! {
-            event = events.poll() => event,
+            event = &mut poll => event,
             _ = ticker.tick() => {
                 let actions = host.tick(now_ms(), &stats);
                 perform(actions, &client, &twins, &mut pending);
@@ -148,6 +152,8 @@ pub async fn run(
             }
             () = cancel.cancelled() => break,
         };
+        drop(poll);
+        poll = Box::pin(events.poll());
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // Subscribing again on a resumed session is harmless and covers a broker that
@@ -198,6 +204,7 @@ pub async fn run(
             }
         }
     }
+    drop(poll);
     hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
     // Let storage commit the last batch and send its acknowledgements before leaving, so a
     // clean restart is not redelivered what is already on disk.

@@ -181,8 +181,14 @@ async fn samples_cross_tls_to_the_hub_exactly_and_are_served_over_https() -> any
     assert_eq!(twin["samples"], u64::from(SAMPLES), "{twin}");
     let (status, metrics) = https_get(http, &pki.client_files(), "/metrics").await?;
     assert_eq!(status, 200);
+    // One TLS session each for the gateway's uplink and the hub's ingest and JSON-topic
+    // clients: none was abandoned mid-handshake and retried.
     assert!(
-        metrics.contains("demolab_broker_tls_connections_total "),
+        metrics.contains("demolab_broker_tls_connections_total 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("demolab_broker_tls_refused_total{reason=\"handshake_failed\"} 0\n"),
         "{metrics}"
     );
 
