@@ -40,6 +40,11 @@ async fn start_tls_hub(data: &std::path::Path, pki: &TestPki) -> anyhow::Result<
         }),
         data_dir: data.to_owned(),
         https: Some(pki.server_files()),
+        http: hub::http::HttpLimits {
+            // Short, so the refusal test sees a silent client cut off quickly.
+            tls_handshake_timeout: Duration::from_millis(300),
+            ..hub::http::HttpLimits::default()
+        },
         mqtt_tls: Some(pki.client_files().load("broker.tls")?),
         ..HubConfig::default()
     })
@@ -208,10 +213,10 @@ async fn clients_that_trust_another_ca_or_speak_plain_tcp_are_refused() -> anyho
     // A broker of its own for the MQTT half, so that only this test's clients reach it.
     let broker = broker::EmbeddedBroker::start(BrokerConfig {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: Some(BrokerTls::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            pki.server_files(),
-        )),
+        tls: Some(BrokerTls {
+            handshake_timeout: Duration::from_millis(300),
+            ..BrokerTls::new(SocketAddr::from(([127, 0, 0, 1], 0)), pki.server_files())
+        }),
         ..BrokerConfig::default()
     })
     .await?;
@@ -281,6 +286,29 @@ async fn clients_that_trust_another_ca_or_speak_plain_tcp_are_refused() -> anyho
         !answer.starts_with(b"HTTP/"),
         "plain HTTP answered: {answer:?}"
     );
+
+    // A client that opens the TLS ports and says nothing is cut off at the handshake deadline.
+    for port in [tls_mqtt, http] {
+        let mut silent = TcpStream::connect(port).await?;
+        let mut answer = Vec::new();
+        within(
+            Duration::from_secs(10),
+            "the silent client cut off",
+            silent.read_to_end(&mut answer),
+        )
+        .await??;
+        assert!(answer.is_empty(), "{answer:?}");
+    }
+    let (broker_counters, hub_stats) = (broker.tls_counters(), hub.stats().clone());
+    wait_until(
+        Duration::from_secs(10),
+        "both handshake timeouts counted",
+        || {
+            broker_counters.handshake_timeouts() == 1
+                && hub_stats.http_timeouts(hub::stats::HttpTimeout::TlsHandshake) == 1
+        },
+    )
+    .await?;
 
     let counters = broker.tls_counters();
     wait_until(
