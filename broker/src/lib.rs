@@ -41,6 +41,10 @@
 pub mod access;
 mod enforce;
 pub mod throttle;
+pub mod tls;
+mod tls_front;
+
+pub use tls_front::TlsCounters;
 
 pub use enforce::{DenialCounters, Denials};
 
@@ -90,6 +94,35 @@ pub struct BrokerConfig {
     /// open to anonymous clients on every topic (the demo); `Some` refuses
     /// anonymous clients.
     pub access: Option<access::AccessConfig>,
+    /// A TLS listener beside the plain one. To serve the network over TLS only, bind the plain
+    /// listener to loopback (the hub's own clients use it) and this one to the network.
+    pub tls: Option<BrokerTls>,
+}
+
+/// The embedded broker's TLS listener (MQTT over TLS, usually port 8883). It terminates TLS
+/// and forwards to the plain listener on loopback (see `tls_front.rs` for why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerTls {
+    /// Where to listen; port 0 picks a free port (see [`EmbeddedBroker::tls_local_addr`]).
+    pub bind: SocketAddr,
+    /// Certificate chain, key and optional client CA (mutual TLS).
+    pub files: tls::ServerTlsFiles,
+    /// Time a client has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// TLS connections open at most; more are closed at once and counted.
+    pub max_connections: usize,
+}
+
+impl BrokerTls {
+    /// A listener on `bind` with the default handshake timeout (10 s) and cap (4096).
+    pub fn new(bind: SocketAddr, files: tls::ServerTlsFiles) -> Self {
+        Self {
+            bind,
+            files,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +138,7 @@ impl Default for BrokerConfig {
             max_queued_messages_per_client: 100_000,
             max_queued_bytes_per_client: 64 * 1024 * 1024,
             access: None,
+            tls: None,
         }
     }
 }
@@ -125,6 +159,18 @@ pub enum BrokerError {
     /// The broker implementation refused to start for another reason.
     #[error("the MQTT broker failed to start: {0}")]
     Start(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The TLS listener's certificate, key or client CA cannot be used.
+    #[error("the MQTT broker's TLS listener: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The TLS listener could not be bound.
+    #[error("cannot bind the MQTT broker's TLS listener to {addr}")]
+    TlsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The broker did not stop cleanly (it failed, panicked or hung).
     #[error("the MQTT broker did not stop cleanly: {0}")]
     Stop(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -136,6 +182,8 @@ pub enum BrokerError {
 /// stop, but nobody waits for the port to be released.
 pub struct EmbeddedBroker {
     local_addr: SocketAddr,
+    tls: Option<tls_front::TlsFront>,
+    tls_counters: Arc<TlsCounters>,
     shutdown: BrokerShutdownHandle,
     denials: Arc<DenialCounters>,
     /// `None` only once `shutdown` has taken it.
@@ -158,6 +206,16 @@ impl EmbeddedBroker {
     /// Binds the listener and starts serving; returns once clients can connect.
     pub async fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
         let bind = config.bind;
+        let tls_server = match &config.tls {
+            Some(tls) => {
+                let mut server =
+                    tls.files
+                        .load(["tls.cert_file", "tls.key_file", "tls.client_ca_file"])?;
+                server.alpn_protocols = vec![b"mqtt".to_vec()];
+                Some(Arc::new(server))
+            }
+            None => None,
+        };
         let mut broker = MqttBroker::with_config(mqtt5_config(&config)?)
             .await
             .map_err(|e| start_error(bind, e))?;
@@ -176,6 +234,26 @@ impl EmbeddedBroker {
         let local_addr = broker.local_addr().ok_or_else(|| {
             BrokerError::Start("mqtt5 reports no TCP listener after binding".into())
         })?;
+        let tls_counters = Arc::new(TlsCounters::default());
+        let tls = match (&config.tls, tls_server) {
+            (Some(tls), Some(server)) => Some(
+                tls_front::TlsFront::start(
+                    tls.bind,
+                    server,
+                    local_addr,
+                    tls.handshake_timeout,
+                    tls.max_connections,
+                    tls_counters.clone(),
+                )
+                .await
+                .map_err(|source| BrokerError::TlsBind {
+                    addr: tls.bind,
+                    source,
+                })?,
+            ),
+            _ => None,
+        };
+        let tls_local_addr = tls.as_ref().map(|front| front.local_addr);
         let shutdown = broker.shutdown_handle();
         let mut ready = broker.ready_receiver();
         let mut task = tokio::spawn(async move { broker.run().await });
@@ -193,9 +271,11 @@ impl EmbeddedBroker {
                 Err(join) => Box::new(join),
             }));
         }
-        tracing::info!(%local_addr, "embedded MQTT broker listening");
+        tracing::info!(%local_addr, tls = ?tls_local_addr, "embedded MQTT broker listening");
         Ok(Self {
             local_addr,
+            tls,
+            tls_counters,
             shutdown,
             denials,
             task: Some(task),
@@ -207,6 +287,16 @@ impl EmbeddedBroker {
         self.local_addr
     }
 
+    /// The TLS listener's address (the real port when bound to port 0), if it has one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|front| front.local_addr)
+    }
+
+    /// What the TLS listener refused so far (all zero without one).
+    pub fn tls_counters(&self) -> Arc<TlsCounters> {
+        Arc::clone(&self.tls_counters)
+    }
+
     /// What the broker refused so far (all zero without an access configuration);
     /// the counters stay live, so keep the `Arc` to render them later.
     pub fn denials(&self) -> Arc<DenialCounters> {
@@ -216,6 +306,9 @@ impl EmbeddedBroker {
     /// Disconnects all clients, stops every broker task and releases the port
     /// before returning.
     pub async fn shutdown(mut self) -> Result<(), BrokerError> {
+        if let Some(front) = self.tls.take() {
+            front.shutdown().await;
+        }
         let Some(mut task) = self.task.take() else {
             return Ok(());
         };
@@ -617,5 +710,138 @@ mod tests {
         .await
         .expect_err("one over the MQTT maximum");
         assert!(matches!(error, BrokerError::InvalidConfig(_)), "{error}");
+    }
+
+    /// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`.
+    fn test_pki(dir: &std::path::Path, name: &str) -> (tls::ServerTlsFiles, std::path::PathBuf) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let path = |file: &str| dir.join(format!("{name}-{file}"));
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(path("server.pem"), server.pem()).unwrap();
+        std::fs::write(path("server.key"), server_key.serialize_pem()).unwrap();
+        (
+            tls::ServerTlsFiles {
+                cert_file: path("server.pem"),
+                key_file: path("server.key"),
+                client_ca_file: None,
+                require_client_cert: false,
+            },
+            path("ca.pem"),
+        )
+    }
+
+    /// Connects over TLS trusting `ca`; the first CONNACK or the connection error.
+    async fn tls_connect(addr: SocketAddr, id: &str, ca: &std::path::Path) -> Result<(), String> {
+        let config = tls::ClientTlsFiles {
+            ca_file: ca.to_owned(),
+            ..tls::ClientTlsFiles::default()
+        }
+        .load("tls")
+        .unwrap();
+        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(config.rustls_config()),
+        ));
+        let (_client, mut event_loop) = AsyncClient::new(options, 8);
+        timeout(DEADLINE, async {
+            loop {
+                match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()))
+    }
+
+    #[tokio::test]
+    async fn serves_mqtt_over_tls_only_to_clients_that_trust_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, ca) = test_pki(dir.path(), "good");
+        let (_, other_ca) = test_pki(dir.path(), "other");
+        let broker = EmbeddedBroker::start(BrokerConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tls: Some(BrokerTls::new(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                files,
+            )),
+            ..BrokerConfig::default()
+        })
+        .await
+        .expect("broker with a TLS listener");
+        let tls_addr = broker.tls_local_addr().expect("TLS listener");
+        assert_ne!(tls_addr.port(), 0);
+        assert_ne!(tls_addr, broker.local_addr());
+
+        tls_connect(tls_addr, "t-tls-ok", &ca)
+            .await
+            .expect("trusted CA connects");
+        let refused = tls_connect(tls_addr, "t-tls-bad", &other_ca)
+            .await
+            .expect_err("unknown CA");
+        assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+        // A plain MQTT client on the TLS port never gets a CONNACK.
+        let mut plain = Client::connect(tls_addr, "t-tls-plain", None, 8);
+        match timeout(DEADLINE, plain.incoming.recv())
+            .await
+            .expect("an outcome")
+        {
+            Some(Err(_)) | None => {}
+            Some(Ok(packet)) => panic!("plain client got {packet:?} from the TLS port"),
+        }
+        broker.shutdown().await.expect("clean shutdown");
+    }
+
+    #[tokio::test]
+    async fn refuses_to_start_with_an_unreadable_tls_certificate() {
+        let error = EmbeddedBroker::start(BrokerConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tls: Some(BrokerTls::new(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                tls::ServerTlsFiles {
+                    cert_file: "/nonexistent/broker.pem".into(),
+                    key_file: "/nonexistent/broker.key".into(),
+                    client_ca_file: None,
+                    require_client_cert: false,
+                },
+            )),
+            ..BrokerConfig::default()
+        })
+        .await
+        .expect_err("no certificate");
+        let text = error.to_string();
+        assert!(text.contains("/nonexistent/broker.pem"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_tcp_connection_to_the_tls_port_does_not_hold_up_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, ca) = test_pki(dir.path(), "stall");
+        let broker = EmbeddedBroker::start(BrokerConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tls: Some(BrokerTls::new(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                files,
+            )),
+            ..BrokerConfig::default()
+        })
+        .await
+        .unwrap();
+        let tls_addr = broker.tls_local_addr().unwrap();
+        let _silent = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+        tls_connect(tls_addr, "t-after-silent", &ca)
+            .await
+            .expect("connects despite a silent peer");
+        broker.shutdown().await.unwrap();
     }
 }

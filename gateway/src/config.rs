@@ -55,6 +55,10 @@ pub struct GatewayConfig {
     /// The lab broker's login (the gateway reads its nodes' uplinks and commands them);
     /// `None` for a broker that takes anonymous clients.
     pub southbound_credentials: Option<MqttCredentials>,
+    /// Connect the uplink over TLS (verifying the hub's broker against its CA).
+    pub uplink_tls: Option<broker::tls::ClientTls>,
+    /// Connect to the lab's broker over TLS.
+    pub southbound_tls: Option<broker::tls::ClientTls>,
     /// The hub's Sparkplug host id: when set, data is sent only while its STATE says online.
     pub primary_host: Option<HostId>,
     /// Node → machine assignments that override what nodes announce.
@@ -86,6 +90,8 @@ impl GatewayConfig {
             uplink: broker,
             uplink_credentials: None,
             southbound_credentials: None,
+            uplink_tls: None,
+            southbound_tls: None,
             primary_host: None,
             nodes: HashMap::new(),
             accept_unconfigured_nodes: true,

@@ -11,6 +11,8 @@ use std::time::Duration;
 use protocol::{GatewayId, HostId, LabId, MachineId, NodeId};
 use serde::Deserialize;
 
+use broker::tls::ClientTlsFiles;
+
 use crate::buffer::{BufferConfig, FsyncPolicy};
 use crate::config::{GatewayConfig, MqttEndpoint};
 use crate::source::modbus::ModbusDevice;
@@ -103,6 +105,9 @@ pub struct Broker {
     /// is world-readable on most edge boxes).
     #[serde(default)]
     pub password_env: Option<String>,
+    /// `[uplink.tls]`: connect over TLS, verifying the broker against `ca_file`.
+    #[serde(default)]
+    pub tls: Option<ClientTlsFiles>,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -131,6 +136,9 @@ pub struct Southbound {
     /// The environment variable holding that password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// `[southbound.tls]`: connect to the lab's broker over TLS.
+    #[serde(default)]
+    pub tls: Option<ClientTlsFiles>,
 }
 
 /// A login from `{section}.username` and the variable `{section}.password_env` names; both or
@@ -382,6 +390,35 @@ impl GatewayFile {
             self.uplink.username,
             self.uplink.password_env.as_deref(),
         )?;
+        let load_tls = |files: &Option<ClientTlsFiles>, prefix: &str| {
+            files
+                .as_ref()
+                .map(|files| {
+                    // Like the buffer directory, relative paths are taken from the file's
+                    // directory.
+                    let resolved = ClientTlsFiles {
+                        ca_file: base.join(&files.ca_file),
+                        cert_file: files.cert_file.as_ref().map(|p| base.join(p)),
+                        key_file: files.key_file.as_ref().map(|p| base.join(p)),
+                        server_name: files.server_name.clone(),
+                    };
+                    resolved.load(prefix)
+                })
+                .transpose()
+                .map_err(|err| {
+                    let text = err.to_string();
+                    let message = text
+                        .strip_prefix(&format!("{}: ", err.key()))
+                        .map(str::to_owned)
+                        .unwrap_or(text);
+                    invalid(err.key(), message)
+                })
+        };
+        let uplink_tls = load_tls(&self.uplink.tls, "uplink.tls")?;
+        let southbound_tls = match &self.southbound {
+            Some(s) => load_tls(&s.tls, "southbound.tls")?,
+            None => None,
+        };
         let uplink = MqttEndpoint {
             host: self.uplink.host,
             port: self.uplink.port,
@@ -427,6 +464,8 @@ impl GatewayFile {
         let mut config = GatewayConfig::new(lab, gateway, uplink, base.join(&self.buffer.dir));
         config.uplink_credentials = uplink_credentials;
         config.southbound_credentials = southbound_credentials;
+        config.uplink_tls = uplink_tls;
+        config.southbound_tls = southbound_tls;
         config.southbound = southbound;
         config.accept_unconfigured_nodes = accept_unconfigured_nodes;
         config.primary_host = primary_host;
@@ -542,6 +581,14 @@ host = "127.0.0.1"
                 "`ops.listen`",
             ),
             (format!("{MINIMAL}colour = \"red\"\n"), "colour"),
+            (
+                format!("{MINIMAL}[uplink.tls]\nca_file = \"/nonexistent/hub-ca.pem\"\n"),
+                "`uplink.tls.ca_file`: cannot read /nonexistent/hub-ca.pem",
+            ),
+            (
+                format!("{MINIMAL}[uplink.tls]\nca_file = \"ca.pem\"\nsecret = 1\n"),
+                "secret",
+            ),
             (
                 MINIMAL.replace("[uplink]\nhost = \"127.0.0.1\"", "[uplink]\nport = \"x\""),
                 "port = \"x\"",

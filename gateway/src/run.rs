@@ -150,12 +150,22 @@ pub fn start(
         .clone()
         .unwrap_or_else(|| config.uplink.clone());
     let mut south_options = mqtt_options(format!("{gateway}-south"), &south_endpoint);
-    let south_login = match config.southbound {
-        Some(_) => config.southbound_credentials.as_ref(),
-        None => config.uplink_credentials.as_ref(),
+    // Without a lab broker the south client talks to the hub's broker, as the uplink does.
+    let (south_login, south_tls) = match config.southbound {
+        Some(_) => (
+            config.southbound_credentials.as_ref(),
+            config.southbound_tls.as_ref(),
+        ),
+        None => (
+            config.uplink_credentials.as_ref(),
+            config.uplink_tls.as_ref(),
+        ),
     };
     if let Some(login) = south_login {
         south_options.set_credentials(login.username.clone(), login.password.clone());
+    }
+    if let Some(tls) = south_tls {
+        use_tls(&mut south_options, tls);
     }
     south_options.set_clean_session(false);
     south_options.set_manual_acks(true);
@@ -202,6 +212,7 @@ pub fn start(
         client_id: format!("{gateway}-uplink"),
         primary_host: config.primary_host.clone(),
         credentials: config.uplink_credentials.clone(),
+        tls: config.uplink_tls.clone(),
         inflight: SEND_WINDOW as u16,
     };
     // The uplink task outlives the core's cancellation: it must still carry the NDEATH out.
@@ -271,6 +282,13 @@ pub fn start(
         tasks,
         cancel,
     })
+}
+
+/// Makes `options` connect over TLS (rustls on ring, trusting only the configured CA).
+pub(crate) fn use_tls(options: &mut MqttOptions, tls: &broker::tls::ClientTls) {
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls.rustls_config()),
+    ));
 }
 
 fn mqtt_options(client_id: String, endpoint: &MqttEndpoint) -> MqttOptions {

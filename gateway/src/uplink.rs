@@ -65,6 +65,7 @@ pub(crate) struct UplinkSettings {
     pub client_id: String,
     pub primary_host: Option<HostId>,
     pub credentials: Option<crate::config::MqttCredentials>,
+    pub tls: Option<broker::tls::ClientTls>,
     /// Most unacknowledged publishes in flight.
     pub inflight: u16,
 }
@@ -112,6 +113,9 @@ pub(crate) async fn run(
     options.set_last_will(will_of(&edge));
     if let Some(credentials) = &settings.credentials {
         options.set_credentials(credentials.username.clone(), credentials.password.clone());
+    }
+    if let Some(tls) = &settings.tls {
+        crate::run::use_tls(&mut options, tls);
     }
     // Room for a full window of data plus births, so `try_publish` never finds the queue full.
     let (client, mut events) = AsyncClient::new(options, usize::from(settings.inflight) * 4 + 256);

@@ -12,12 +12,14 @@ use protocol::HostId;
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
-use crate::broker::BrokerConfig;
 use crate::broker::access::AccessConfig;
+use crate::broker::tls::{ClientTlsFiles, ServerTlsFiles};
+use crate::broker::{BrokerConfig, BrokerTls};
 use crate::catalogue::Catalogue;
 use crate::directory::{Directory, LabConfig, LinkConfig};
 use crate::history::Retention;
 use crate::history::influx::InfluxConfig;
+use crate::http::HttpLimits;
 use crate::limits::Limits;
 use crate::{BrokerSetting, HubConfig, MqttLogin};
 
@@ -49,6 +51,84 @@ pub struct HubFile {
     /// `[limits]`: what the hub accepts from the wire.
     #[serde(default)]
     pub limits: Limits,
+    /// `[http]`: connection caps and timeouts of the web server.
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// `[http]`: transport limits of the web server (API, web platform, streams).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Open connections at most (streams included); more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Open connections from one client address at most.
+    pub max_connections_per_client: usize,
+    /// Time a client has to send a complete request header (against slowloris).
+    pub header_timeout_ms: u64,
+    /// Seconds without a byte either way before a connection is closed.
+    pub idle_timeout_s: u64,
+    /// Time a client has to complete the TLS handshake (with `hub.tls_cert`).
+    pub tls_handshake_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let limits = HttpLimits::default();
+        Self {
+            max_connections: limits.max_connections,
+            max_connections_per_client: limits.max_connections_per_client,
+            header_timeout_ms: millis(limits.header_timeout),
+            idle_timeout_s: limits.idle_timeout.as_secs(),
+            tls_handshake_timeout_ms: millis(limits.tls_handshake_timeout),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl HttpSection {
+    fn limits(&self) -> Result<HttpLimits, (&'static str, String)> {
+        if self.max_connections == 0 {
+            return Err(("http.max_connections", "must be at least 1".into()));
+        }
+        if self.max_connections_per_client == 0
+            || self.max_connections_per_client > self.max_connections
+        {
+            return Err((
+                "http.max_connections_per_client",
+                "must be between 1 and http.max_connections".into(),
+            ));
+        }
+        let checked = |key: &'static str, value: u64, max: u64| {
+            if value == 0 || value > max {
+                Err((key, format!("must be between 1 and {max}")))
+            } else {
+                Ok(value)
+            }
+        };
+        Ok(HttpLimits {
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            header_timeout: Duration::from_millis(checked(
+                "http.header_timeout_ms",
+                self.header_timeout_ms,
+                600_000,
+            )?),
+            idle_timeout: Duration::from_secs(checked(
+                "http.idle_timeout_s",
+                self.idle_timeout_s,
+                86_400,
+            )?),
+            tls_handshake_timeout: Duration::from_millis(checked(
+                "http.tls_handshake_timeout_ms",
+                self.tls_handshake_timeout_ms,
+                600_000,
+            )?),
+        })
+    }
 }
 
 /// `[hub]`.
@@ -72,6 +152,12 @@ pub struct HubSection {
     pub accept_unknown: bool,
     /// An online twin that accepts no sample for this long is marked stale.
     pub stale_after_ms: u64,
+    /// Serve HTTPS: PEM certificate chain (leaf first). Plain HTTP when absent.
+    pub tls_cert: Option<PathBuf>,
+    /// Serve HTTPS: PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// HTTPS: PEM CA that client certificates must chain to (optional; asked, not required).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for HubSection {
@@ -85,6 +171,9 @@ impl Default for HubSection {
             json_topics: true,
             accept_unknown: false,
             stale_after_ms: crate::DEFAULT_STALE_AFTER.as_millis() as u64,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -110,6 +199,19 @@ pub struct BrokerSection {
     /// Embedded: per-client credentials and topic ACL (see deploy/access.toml); without it the
     /// embedded broker admits anyone.
     pub access_file: Option<PathBuf>,
+    /// Embedded: also listen for MQTT over TLS here (usually port 8883).
+    pub tls_listen: Option<SocketAddr>,
+    /// Embedded, with `tls_listen`: PEM certificate chain of the broker.
+    pub tls_cert: Option<PathBuf>,
+    /// Embedded, with `tls_listen`: PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Embedded, with `tls_listen`: PEM CA for client certificates (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Embedded, with `tls_client_ca`: refuse TLS clients without a certificate.
+    pub tls_require_client_cert: bool,
+    /// `[broker.tls]`: the hub's own MQTT clients connect over TLS (to an external broker, or
+    /// to the embedded broker's TLS listener).
+    pub tls: Option<ClientTlsFiles>,
 }
 
 impl Default for BrokerSection {
@@ -123,6 +225,12 @@ impl Default for BrokerSection {
             password_env: None,
             share_group: None,
             access_file: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_require_client_cert: false,
+            tls: None,
         }
     }
 }
@@ -251,6 +359,98 @@ impl HubFile {
                 ));
             }
         };
+        let http = self
+            .http
+            .limits()
+            .map_err(|(key, problem)| invalid(key, problem))?;
+        let https = match (&self.hub.tls_cert, &self.hub.tls_key) {
+            (None, None) => {
+                if self.hub.tls_client_ca.is_some() {
+                    return Err(invalid(
+                        "hub.tls_client_ca",
+                        "needs hub.tls_cert and hub.tls_key".into(),
+                    ));
+                }
+                None
+            }
+            (Some(cert_file), Some(key_file)) => {
+                let files = ServerTlsFiles {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                    client_ca_file: self.hub.tls_client_ca.clone(),
+                    require_client_cert: false,
+                };
+                files
+                    .load(["hub.tls_cert", "hub.tls_key", "hub.tls_client_ca"])
+                    .map_err(|err| invalid(err.key(), tls_problem(&err)))?;
+                Some(files)
+            }
+            (Some(_), None) => {
+                return Err(invalid("hub.tls_key", "needed with hub.tls_cert".into()));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("hub.tls_cert", "needed with hub.tls_key".into()));
+            }
+        };
+        let mqtt_tls = match &self.broker.tls {
+            Some(files) => Some(
+                files
+                    .load("broker.tls")
+                    .map_err(|err| invalid(err.key(), tls_problem(&err)))?,
+            ),
+            None => None,
+        };
+        let broker_tls = match (
+            &self.broker.tls_listen,
+            &self.broker.tls_cert,
+            &self.broker.tls_key,
+        ) {
+            (None, None, None) => {
+                if self.broker.tls_client_ca.is_some() {
+                    return Err(invalid(
+                        "broker.tls_client_ca",
+                        "needs broker.tls_listen".into(),
+                    ));
+                }
+                None
+            }
+            (Some(bind), Some(cert_file), Some(key_file)) => {
+                let files = ServerTlsFiles {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                    client_ca_file: self.broker.tls_client_ca.clone(),
+                    require_client_cert: self.broker.tls_require_client_cert,
+                };
+                files
+                    .load(["broker.tls_cert", "broker.tls_key", "broker.tls_client_ca"])
+                    .map_err(|err| invalid(err.key(), tls_problem(&err)))?;
+                Some(BrokerTls::new(*bind, files))
+            }
+            (None, _, _) => {
+                return Err(invalid(
+                    "broker.tls_listen",
+                    "needed with broker.tls_cert and broker.tls_key".into(),
+                ));
+            }
+            (Some(_), None, _) => {
+                return Err(invalid(
+                    "broker.tls_cert",
+                    "needed with broker.tls_listen".into(),
+                ));
+            }
+            (Some(_), Some(_), None) => {
+                return Err(invalid(
+                    "broker.tls_key",
+                    "needed with broker.tls_listen".into(),
+                ));
+            }
+        };
+        if self.broker.tls_require_client_cert && self.broker.tls_client_ca.is_none() {
+            return Err(invalid(
+                "broker.tls_require_client_cert",
+                "needs broker.tls_client_ca".into(),
+            ));
+        }
         let broker = match self.broker.mode.as_str() {
             "embedded" => {
                 let access = match &self.broker.access_file {
@@ -260,11 +460,24 @@ impl HubFile {
                     ),
                     None => None,
                 };
+                if mqtt_tls.is_some() && broker_tls.is_none() {
+                    return Err(invalid(
+                        "broker.tls",
+                        "the embedded broker has no TLS listener to connect to (set broker.tls_listen)".into(),
+                    ));
+                }
                 BrokerSetting::Embedded(BrokerConfig {
                     bind: self.broker.listen,
                     access,
+                    tls: broker_tls,
                     ..BrokerConfig::default()
                 })
+            }
+            "external" if broker_tls.is_some() => {
+                return Err(invalid(
+                    "broker.tls_listen",
+                    "only the embedded broker listens; an external broker's TLS is its own configuration".into(),
+                ));
             }
             "external" => BrokerSetting::External {
                 host: self.broker.host.clone(),
@@ -295,8 +508,19 @@ impl HubFile {
             accept_unknown: self.hub.accept_unknown,
             limits: self.limits,
             stale_after: Duration::from_millis(self.hub.stale_after_ms),
+            http,
+            https,
+            mqtt_tls,
         })
     }
+}
+
+/// The TLS error without its key, which [`ConfigError::Invalid`] prints on its own.
+fn tls_problem(err: &crate::broker::tls::TlsError) -> String {
+    let text = err.to_string();
+    text.strip_prefix(&format!("{}: ", err.key()))
+        .map(str::to_owned)
+        .unwrap_or(text)
 }
 
 #[cfg(test)]
@@ -331,6 +555,8 @@ mod tests {
         );
         assert!(!file.hub.accept_unknown);
         file.limits.validate().expect("valid limits");
+        // The example spells out the defaults, so the two cannot drift apart.
+        assert_eq!(file.http.limits(), Ok(HttpLimits::default()));
     }
 
     #[test]
@@ -358,5 +584,38 @@ mod tests {
         assert!(err.to_string().contains("max_topics"), "{err}");
         let err = load("[hub]\nstale_after_ms = 5\n").expect_err("too short");
         assert!(err.to_string().contains("hub.stale_after_ms"), "{err}");
+    }
+
+    #[test]
+    fn http_limits_and_tls_files_are_checked_by_key() {
+        let config = load("[http]\nmax_connections = 10\nmax_connections_per_client = 2\nheader_timeout_ms = 500\n")
+            .expect("valid limits");
+        assert_eq!(config.http.max_connections, 10);
+        assert_eq!(config.http.header_timeout, Duration::from_millis(500));
+        assert_eq!(config.http.idle_timeout, HttpLimits::default().idle_timeout);
+        let err = load("[http]\nmax_connections = 0\n").expect_err("no connections");
+        assert!(err.to_string().contains("http.max_connections"), "{err}");
+        let err = load("[http]\nheader_timeout_ms = 0\n").expect_err("zero timeout");
+        assert!(err.to_string().contains("http.header_timeout_ms"), "{err}");
+        let err = load("[hub]\ntls_cert = \"/nonexistent/hub.pem\"\n").expect_err("no key");
+        assert!(err.to_string().contains("hub.tls_key"), "{err}");
+        let err = load(
+            "[hub]\ntls_cert = \"/nonexistent/hub.pem\"\ntls_key = \"/nonexistent/hub.key\"\n",
+        )
+        .expect_err("missing file");
+        let text = err.to_string();
+        assert!(
+            text.contains("hub.tls_cert") && text.contains("/nonexistent/hub.pem"),
+            "{text}"
+        );
+        let err =
+            load("[broker.tls]\nca_file = \"/nonexistent/ca.pem\"\n").expect_err("missing CA");
+        let text = err.to_string();
+        assert!(
+            text.contains("broker.tls.ca_file") && text.contains("/nonexistent/ca.pem"),
+            "{text}"
+        );
+        let err = load("[broker]\ntls_listen = \"127.0.0.1:8883\"\n").expect_err("no certificate");
+        assert!(err.to_string().contains("broker.tls_cert"), "{err}");
     }
 }

@@ -54,6 +54,8 @@ pub struct IngestConfig {
     pub commit_interval: Duration,
     /// An online twin that accepts no sample for this long is marked stale.
     pub stale_after: Duration,
+    /// Connect over TLS with this client configuration.
+    pub tls: Option<broker::tls::ClientTls>,
 }
 
 /// How often twins are checked for silence.
@@ -97,6 +99,9 @@ pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
     if let Some(login) = &config.login {
         options.set_credentials(login.username.clone(), login.password.clone());
     }
+    if let Some(tls) = &config.tls {
+        use_tls(&mut options, tls);
+    }
     options.set_last_will(LastWill::new(
         state_topic,
         state_payload(false, now_ms()),
@@ -106,6 +111,13 @@ pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
     // Acknowledgements and publishes of the API share this queue; it is drained by the event
     // loop, which never waits on storage, so a full queue only delays them.
     AsyncClient::new(options, 4096)
+}
+
+/// Makes `options` connect over TLS (rustls on ring, the configured CA only).
+pub(crate) fn use_tls(options: &mut MqttOptions, tls: &broker::tls::ClientTls) {
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls.rustls_config()),
+    ));
 }
 
 /// Runs ingest until `cancel` fires. Sets `ready` once subscribed and STATE is online.
@@ -136,9 +148,13 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stale_after_ms = config.stale_after.as_millis() as u64;
     let mut last_silence_check = 0;
+    // One poll future lives across ticks: rumqttc's `poll` connects (TCP, TLS, CONNECT) inside
+    // it, so dropping it for a tick would abandon a connection attempt that takes longer than
+    // the commit interval (a TLS handshake, a distant broker) and start it again, forever.
+    let mut poll = Box::pin(events.poll());
     loop {
         let event = tokio::select! {
-            event = events.poll() => event,
+            event = &mut poll => event,
             _ = ticker.tick() => {
                 let now = now_ms();
                 let actions = host.tick(now, &stats);
@@ -152,6 +168,8 @@ pub async fn run(
             }
             () = cancel.cancelled() => break,
         };
+        drop(poll);
+        poll = Box::pin(events.poll());
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // Subscribing again on a resumed session is harmless and covers a broker that
@@ -210,6 +228,7 @@ pub async fn run(
             }
         }
     }
+    drop(poll);
     hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
     // Let storage commit the last batch and send its acknowledgements before leaving, so a
     // clean restart is not redelivered what is already on disk.

@@ -21,6 +21,7 @@ pub mod catalogue;
 pub mod config;
 pub mod directory;
 pub mod history;
+pub mod http;
 /// The embedded MQTT broker (its own crate, so a gateway in a lab without a broker can run one too).
 pub use ::broker;
 pub mod host;
@@ -135,6 +136,13 @@ pub struct HubConfig {
     pub limits: Limits,
     /// An online twin that accepts no sample for this long is marked stale.
     pub stale_after: Duration,
+    /// Connection caps and timeouts of the HTTP server.
+    pub http: http::HttpLimits,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub https: Option<broker::tls::ServerTlsFiles>,
+    /// Connect the hub's own MQTT clients (ingest, JSON topics) over TLS. With the embedded
+    /// broker they then use its TLS listener, which must be configured.
+    pub mqtt_tls: Option<broker::tls::ClientTls>,
 }
 
 impl Default for HubConfig {
@@ -157,6 +165,9 @@ impl Default for HubConfig {
             accept_unknown: false,
             limits: Limits::default(),
             stale_after: DEFAULT_STALE_AFTER,
+            http: http::HttpLimits::default(),
+            https: None,
+            mqtt_tls: None,
         }
     }
 }
@@ -198,7 +209,9 @@ pub enum HubError {
 #[derive(Debug)]
 pub struct Hub {
     http_addr: SocketAddr,
+    https: bool,
     mqtt_addr: SocketAddr,
+    mqtt_tls_addr: Option<SocketAddr>,
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
     ready: watch::Receiver<bool>,
@@ -255,11 +268,40 @@ impl Hub {
             source,
         })?;
 
-        let (broker, mqtt_addr, broker_host) = match &config.broker {
+        let https = match &config.https {
+            Some(files) => {
+                let mut server = files
+                    .load(["hub.tls_cert", "hub.tls_key", "hub.tls_client_ca"])
+                    .map_err(|err| HubError::Config(err.to_string()))?;
+                server.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(Arc::new(server))
+            }
+            None => None,
+        };
+
+        // `mqtt_addr` is what the hub reports (the broker's plain listener when embedded);
+        // `client_addr` is where its own clients connect (the TLS listener with `mqtt_tls`).
+        let (broker, mqtt_addr, client_addr, broker_host) = match &config.broker {
             BrokerSetting::Embedded(broker_config) => {
                 let broker = EmbeddedBroker::start(broker_config.clone()).await?;
+                let client_addr = match (&config.mqtt_tls, broker.tls_local_addr()) {
+                    (None, _) => broker.local_addr(),
+                    (Some(_), Some(tls)) => tls,
+                    (Some(_), None) => {
+                        return Err(HubError::Config(
+                            "broker.tls (the hub's own MQTT clients over TLS) needs the embedded broker's TLS listener (broker.tls_listen)".into(),
+                        ));
+                    }
+                };
+                // A wildcard bind is reached on loopback (and that is the name a local
+                // certificate carries).
+                let host = if client_addr.ip().is_unspecified() {
+                    std::net::Ipv4Addr::LOCALHOST.to_string()
+                } else {
+                    client_addr.ip().to_string()
+                };
                 let addr = broker.local_addr();
-                (Some(broker), addr, addr.ip().to_string())
+                (Some(broker), addr, client_addr, host)
             }
             BrokerSetting::External { host, port } => {
                 let addr = tokio::net::lookup_host((host.as_str(), *port))
@@ -267,21 +309,23 @@ impl Hub {
                     .ok()
                     .and_then(|mut addrs| addrs.next())
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], *port)));
-                (None, addr, host.clone())
+                (None, addr, addr, host.clone())
             }
         };
+        let mqtt_tls_addr = broker.as_ref().and_then(EmbeddedBroker::tls_local_addr);
 
         let cancel = CancellationToken::new();
         let (ready_tx, ready) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let ingest_config = IngestConfig {
             host: broker_host.clone(),
-            port: mqtt_addr.port(),
+            port: client_addr.port(),
             host_id: config.host_id.clone(),
             login: config.mqtt_login.clone(),
             share_group: config.share_group.clone(),
             commit_interval: config.flush_interval,
             stale_after: config.stale_after,
+            tls: config.mqtt_tls.clone(),
         };
         let (client, events) = ingest::connect(&ingest_config);
         let influx = match config.influx.clone() {
@@ -296,13 +340,12 @@ impl Hub {
             None => None,
         };
         let outputs = outputs::start(
-            config.json_topics.then(|| {
-                (
-                    broker_host.clone(),
-                    mqtt_addr.port(),
-                    config.mqtt_login.clone(),
-                    format!("{}-json", config.host_id),
-                )
+            config.json_topics.then(|| outputs::JsonTopicsBroker {
+                host: broker_host.clone(),
+                port: client_addr.port(),
+                login: config.mqtt_login.clone(),
+                client_id: format!("{}-json", config.host_id),
+                tls: config.mqtt_tls.clone(),
             }),
             influx.clone(),
             twins.clone(),
@@ -347,6 +390,9 @@ impl Hub {
             extra_metrics: Some(more_metrics(
                 config.extra_metrics.clone(),
                 broker.as_ref().map(EmbeddedBroker::denials),
+                broker
+                    .as_ref()
+                    .and_then(|broker| broker.tls_local_addr().map(|_| broker.tls_counters())),
                 influx,
             )),
             auth,
@@ -354,20 +400,21 @@ impl Hub {
             commands: api::Commands::new(client),
             scenarios: config.scenarios.clone(),
         });
-        let http_cancel = cancel.clone();
-        tasks.spawn(async move {
-            let shutdown = async move { http_cancel.cancelled().await };
-            if let Err(err) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                error!(%err, "HTTP server failed");
-            }
-        });
-        info!(%http_addr, %mqtt_addr, "hub started");
+        let tls = https.is_some();
+        tasks.spawn(http::serve(
+            listener,
+            app,
+            https,
+            config.http.clone(),
+            stats.clone(),
+            cancel.clone(),
+        ));
+        info!(%http_addr, %mqtt_addr, https = tls, "hub started");
         Ok(Hub {
             http_addr,
+            https: tls,
             mqtt_addr,
+            mqtt_tls_addr,
             twins,
             stats,
             ready,
@@ -383,9 +430,27 @@ impl Hub {
         self.http_addr
     }
 
-    /// The MQTT broker address (embedded or external).
+    /// The MQTT broker address (embedded: its plain listener; or the external broker).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// The embedded broker's TLS listener, when it has one.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls_addr
+    }
+
+    /// The embedded broker's TLS listener counters, when it has one.
+    pub fn tls_counters(&self) -> Option<Arc<broker::TlsCounters>> {
+        self.broker
+            .as_ref()
+            .filter(|broker| broker.tls_local_addr().is_some())
+            .map(EmbeddedBroker::tls_counters)
+    }
+
+    /// Whether the web server speaks HTTPS.
+    pub fn https(&self) -> bool {
+        self.https
     }
 
     /// The twin registry.
@@ -428,12 +493,16 @@ impl Hub {
 fn more_metrics(
     extra: Option<MetricsSource>,
     denials: Option<Arc<broker::DenialCounters>>,
+    tls: Option<Arc<broker::TlsCounters>>,
     influx: Option<InfluxSink>,
 ) -> MetricsSource {
     MetricsSource(Arc::new(move || {
         let mut text = String::new();
         if let Some(denials) = &denials {
             text.push_str(&denials.render_prometheus());
+        }
+        if let Some(tls) = &tls {
+            text.push_str(&tls.render_prometheus());
         }
         if let Some(influx) = &influx {
             text.push_str(&influx.render_prometheus());

@@ -109,8 +109,13 @@ async fn main() -> anyhow::Result<()> {
             demolab_hub::mqtt_accounts::VIEWER,
         )
     });
+    let scheme = if hub.https() { "https" } else { "http" };
+    let mqtt_tls = hub
+        .mqtt_tls_addr()
+        .map(|addr| format!("\nmqtts:   {addr} (TLS listener)"))
+        .unwrap_or_default();
     println!(
-        "demolab-hub is running\nweb:     http://{host}/\napi:     http://{host}/api/docs\nmqtt:    {broker} (hub connects to {})\n{logins}data:    {}\nlabs:    {labs} configured\nPress Ctrl-C to stop.",
+        "demolab-hub is running\nweb:     {scheme}://{host}/\napi:     {scheme}://{host}/api/docs\nmqtt:    {broker} (hub connects to {}){mqtt_tls}\n{logins}data:    {}\nlabs:    {labs} configured\nPress Ctrl-C to stop.",
         hub.mqtt_addr(),
         data_dir.display()
     );

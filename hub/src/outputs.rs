@@ -88,18 +88,33 @@ impl Outputs {
     }
 }
 
+/// Where and how the JSON-topic publisher connects.
+#[derive(Debug, Clone)]
+pub struct JsonTopicsBroker {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// The hub's login.
+    pub login: Option<MqttLogin>,
+    /// Its client id.
+    pub client_id: String,
+    /// TLS, when the hub's clients use it.
+    pub tls: Option<broker::tls::ClientTls>,
+}
+
 /// Starts the outputs' tasks.
 pub fn start(
-    broker: Option<(String, u16, Option<MqttLogin>, String)>,
+    broker: Option<JsonTopicsBroker>,
     influx: Option<InfluxSink>,
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
     cancel: CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Outputs {
-    let json = broker.map(|(host, port, login, client_id)| {
+    let json = broker.map(|broker| {
         let (tx, rx) = mpsc::channel(8192);
-        tasks.spawn(publish_json(host, port, login, client_id, rx, cancel));
+        tasks.spawn(publish_json(broker, rx, cancel));
         tx
     });
     Outputs {
@@ -113,10 +128,13 @@ pub fn start(
 /// Publishes JSON values retained at QoS 0 on its own connection, so a slow broker never holds
 /// up ingest's acknowledgements.
 async fn publish_json(
-    host: String,
-    port: u16,
-    login: Option<MqttLogin>,
-    client_id: String,
+    JsonTopicsBroker {
+        host,
+        port,
+        login,
+        client_id,
+        tls,
+    }: JsonTopicsBroker,
     mut values: mpsc::Receiver<JsonValue>,
     cancel: CancellationToken,
 ) {
@@ -124,6 +142,9 @@ async fn publish_json(
     options.set_keep_alive(Duration::from_secs(15));
     if let Some(login) = login {
         options.set_credentials(login.username, login.password);
+    }
+    if let Some(tls) = &tls {
+        crate::ingest::use_tls(&mut options, tls);
     }
     let (client, mut events) = AsyncClient::new(options, 1024);
     let publisher = async {
