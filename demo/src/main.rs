@@ -202,7 +202,8 @@ async fn main() -> anyhow::Result<()> {
         extra_metrics: Some(extra_metrics),
         directory: Arc::new(region(args.machines_per_lab)?),
         auth: AuthConfig {
-            anonymous_read: true,
+            // The demo's labs are simulated and shown to anyone on purpose (the big screen).
+            public_labs: LABS.iter().map(|(lab, _)| (*lab).to_owned()).collect(),
             token_ttl_s: 12 * 3600,
             users: vec![
                 UserConfig {
@@ -223,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
                 name: "Find the energy waste".into(),
                 labs: vec![LABS[0].0.parse()?],
             }],
+            ..AuthConfig::default()
         },
         ..HubConfig::default()
     })

@@ -323,6 +323,8 @@ impl Hub {
         let http_cancel = cancel.clone();
         tasks.spawn(async move {
             let shutdown = async move { http_cancel.cancelled().await };
+            // Connection info gives the login rate limiter the client's address.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(err) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
