@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
@@ -161,7 +162,7 @@ pub async fn websocket(
     headers: HeaderMap,
     caller: Caller,
     query: Result<Query<StreamFilter>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let origin = headers
         .get(header::ORIGIN)
@@ -177,6 +178,11 @@ pub async fn websocket(
     }
     let Query(query) = query?;
     let filter = Filter::new(query, caller)?;
+    // Checked after the scope, so that a refused lab says so even without a handshake.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
     Ok(upgrade
         .max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
