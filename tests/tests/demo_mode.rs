@@ -72,7 +72,7 @@ async fn an_operator_runs_a_scenario_on_a_live_simulated_machine() -> anyhow::Re
                 name: "G".into(),
                 labs: vec!["lab-d".parse()?],
             }],
-            ..AuthConfig::default()..AuthConfig::default()
+            ..AuthConfig::default()
         },
         ..hub_config(data.path())
     })

@@ -140,7 +140,7 @@ async fn request(
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     anyhow::ensure!(
-        headers.get("transfer-encoding").is_none(),
+        !headers.contains_key("transfer-encoding"),
         "chunked answers are not expected here: {head}"
     );
     Ok(Answer {
@@ -605,7 +605,7 @@ async fn every_answer_has_security_headers_and_every_error_is_json() -> anyhow::
         "{{\"user\": \"{}\", \"password\": \"x\"}}",
         "u".repeat(20_000)
     );
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Option<&[u8]>, u16, &str)> = vec![
+    let cases: Vec<ErrorCase> = vec![
         ("GET", "/api/v1/nothing", vec![], None, 404, "not_found"),
         ("GET", "/nothing", vec![], None, 404, "not_found"),
         (
@@ -689,6 +689,16 @@ async fn changes_until(socket: &mut Socket, lab: &str) -> anyhow::Result<Vec<ser
     }
     anyhow::bail!("the stream ended")
 }
+
+/// Method, path, headers, body, and the status and code expected.
+type ErrorCase<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Option<&'a [u8]>,
+    u16,
+    &'a str,
+);
 
 /// A lab's gateway with one burst node of `samples` samples; the gateway declares the node dead
 /// a second after it stops (an `offline` alarm).
