@@ -80,7 +80,8 @@ async fn a_killed_hub_comes_back_with_every_twin_alarm_and_sample() -> anyhow::R
         &config,
         format!(
             "[hub]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson_topics = false\n\
-             [broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {port}\n",
+             [broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             [auth]\npublic_labs = [\"*\"]\n",
             data.path().join("hub-data").display()
         ),
     )?;
