@@ -729,7 +729,18 @@ async fn lab_with_node(
 async fn students_and_anonymous_read_only_their_labs_through_every_endpoint() -> anyhow::Result<()>
 {
     let data = tempfile::tempdir()?;
-    let hub = start(data.path(), auth_config()?).await?;
+    // Both mills are simulated (the demo's scenario control), so that scenarios have a scope.
+    let mut simulated = demolab_demo::scenarios::SimulatedScenarios::default();
+    for twin in ["lab-b/mill-1", "lab-p/mill-1"] {
+        let key = TwinKey::parse(twin).context("key")?;
+        simulated.add_machine(&key, simulators::machines::MachineKind::CncMill);
+    }
+    let hub = start_hub_with(HubConfig {
+        auth: auth_config()?,
+        scenarios: Some(std::sync::Arc::new(simulated)),
+        ..hub_config(data.path())
+    })
+    .await?;
     let addr = hub.http_addr();
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
@@ -835,6 +846,46 @@ async fn students_and_anonymous_read_only_their_labs_through_every_endpoint() ->
                 && path["last"]["bd_seq"].is_null(),
             "{who}: {path}"
         );
+    }
+    // Scenarios: a running one on lab-b is the operator's to see.
+    let start = request(
+        ip("127.0.0.1"),
+        addr,
+        "POST",
+        "/api/v1/twins/lab-b/mill-1/scenario",
+        &[("Authorization", &format!("Bearer {olga}"))],
+        Some(br#"{"scenario": "predictive-maintenance"}"#),
+    )
+    .await?;
+    assert_eq!(start.status, 200, "{start:?}");
+    for (who, token) in [
+        ("sam", s),
+        ("anonymous", None),
+        ("olga", Some(olga.as_str())),
+    ] {
+        let doc = get(addr, "/api/v1/scenarios", token).await?.json();
+        let mut machines: Vec<&str> = doc["available"]
+            .as_array()
+            .context("available")?
+            .iter()
+            .flat_map(|a| a["machines"].as_array().into_iter().flatten())
+            .filter_map(|m| m.as_str())
+            .collect();
+        machines.dedup();
+        let running = doc["running"].as_array().map(Vec::len);
+        if who == "olga" {
+            assert_eq!(
+                (machines, running),
+                (vec!["lab-b/mill-1", "lab-p/mill-1"], Some(1)),
+                "{doc}"
+            );
+        } else {
+            assert_eq!(
+                (machines, running),
+                (vec!["lab-p/mill-1"], Some(0)),
+                "{who}: {doc}"
+            );
+        }
     }
     let path = get(addr, "/api/v1/twins/lab-p/mill-1/sparkplug", Some(&olga))
         .await?
