@@ -270,7 +270,8 @@ impl Region {
             extra_metrics: Some(extra_metrics),
             directory: Arc::new(directory(options.machines_per_lab)?),
             auth: AuthConfig {
-                anonymous_read: true,
+                // The demo's labs are simulated and shown to anyone on purpose (the big screen).
+                public_labs: LABS.iter().map(|(lab, _)| (*lab).to_owned()).collect(),
                 token_ttl_s: 12 * 3600,
                 users: vec![
                     UserConfig {
@@ -291,6 +292,7 @@ impl Region {
                     name: "Find the energy waste".into(),
                     labs: vec![LABS[0].0.parse()?],
                 }],
+                ..AuthConfig::default()
             },
             ..HubConfig::default()
         };

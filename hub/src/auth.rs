@@ -1,16 +1,37 @@
 //! Who may do what through the API: users with roles, argon2 password hashes, bearer tokens.
 //!
-//! Roles are ordered: a `student` reads the labs of their game; an `operator` (demo staff) also
-//! writes (desired properties, alarm acknowledgements); an `admin` may do everything. Tokens are
-//! random, held in memory and expire; a hub restart asks everyone to log in again.
+//! Roles are ordered: a `student` reads the labs of their game (and the public labs); an
+//! `operator` (demo staff) also writes (desired properties, alarm acknowledgements); an `admin`
+//! may do everything. Without a token, only the `public_labs` can be read. Tokens are random,
+//! held in memory and expire; a logout or the expiry ends the token's streams too; a hub
+//! restart asks everyone to log in again.
+//!
+//! Logins pass a rate limiter per client address and per address and user name
+//! ([`LoginLimiter`]) before a bounded number of argon2 checks run in preallocated memory
+//! ([`Hasher`]); an unknown name is checked against a dummy hash so that it answers no faster.
+
+mod counters;
+mod limit;
+mod network;
+mod password;
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use broker::access::{is_password_hash, verify_password};
 use dashmap::DashMap;
 use protocol::LabId;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+pub use counters::{AccessCounters, AccessEvent, LogThrottle};
+pub use limit::{Limited, LoginLimiter, LoginLimits, Refusal};
+pub use network::{IpRange, client_address, origin_allowed};
+pub use password::{Busy, Hasher, PasswordCheck};
+
+use crate::ingest::now_ms;
 
 /// A role, from least to most allowed.
 #[derive(
@@ -55,15 +76,25 @@ pub struct GameConfig {
     pub labs: Vec<LabId>,
 }
 
-/// Access settings.
+/// Access settings (`[auth]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Let requests without a token read every lab (a demo on a big screen); writes always need
-    /// an operator token.
-    pub anonymous_read: bool,
-    /// How long a token lives.
+    /// Labs anyone may read without logging in (a big screen, simulated labs shown on purpose);
+    /// students read these besides their game's. `["*"]` makes every lab public and is refused
+    /// while games exist, so a game's labs are never public by accident. Empty by default:
+    /// every read needs a token.
+    pub public_labs: Vec<String>,
+    /// How long a token lives, s.
     pub token_ttl_s: u64,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (addresses or CIDR ranges).
+    /// Nobody else's is believed.
+    pub trusted_proxies: Vec<IpRange>,
+    /// Origins besides the hub's own whose pages may open the WebSocket stream, e.g.
+    /// `https://screen.example.org`.
+    pub allowed_origins: Vec<String>,
+    /// `[auth.login]`: rate limits and the cost of password checks.
+    pub login: LoginLimits,
     /// Users.
     pub users: Vec<UserConfig>,
     /// Games.
@@ -73,8 +104,11 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            anonymous_read: true,
+            public_labs: Vec::new(),
             token_ttl_s: 12 * 3600,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            login: LoginLimits::default(),
             users: Vec::new(),
             games: Vec::new(),
         }
@@ -95,6 +129,12 @@ pub enum AuthError {
     /// Unknown user or wrong password (deliberately not saying which).
     #[error("unknown user or wrong password")]
     BadCredentials,
+    /// Too many attempts; try again later.
+    #[error("too many login attempts; try again in {} s", .0.retry_after_s)]
+    RateLimited(Limited),
+    /// Every password check was busy for too long.
+    #[error("too many logins at once")]
+    Busy,
     /// A password could not be hashed.
     #[error("cannot hash the password: {0}")]
     Hash(String),
@@ -113,12 +153,12 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// A reader without a token.
-    pub fn anonymous() -> Self {
+    /// A reader without a token, who may read `labs` (`None`: all).
+    pub fn anonymous(labs: Option<BTreeSet<LabId>>) -> Self {
         Self {
             user: "anonymous".into(),
             role: None,
-            labs: None,
+            labs,
         }
     }
 
@@ -133,10 +173,48 @@ impl Principal {
     }
 }
 
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Its time ran out.
+    Expired,
+    /// It was logged out.
+    LoggedOut,
+}
+
+impl SessionEnd {
+    /// Stable code, as streams report it.
+    pub const fn code(self) -> &'static str {
+        match self {
+            SessionEnd::Expired => "token_expired",
+            SessionEnd::LoggedOut => "logged_out",
+        }
+    }
+}
+
+/// How long a token lives: what a stream watches to end with it.
+#[derive(Debug, Clone)]
+pub struct Lifetime {
+    /// When it expires, ms since the epoch.
+    pub expires_at: u64,
+    revoked: CancellationToken,
+}
+
+impl Lifetime {
+    /// Resolves when the session ends, saying why.
+    pub async fn ended(&self) -> SessionEnd {
+        let left = self.expires_at.saturating_sub(now_ms());
+        tokio::select! {
+            () = self.revoked.cancelled() => SessionEnd::LoggedOut,
+            () = tokio::time::sleep(Duration::from_millis(left)) => SessionEnd::Expired,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Session {
     principal: Principal,
-    expires_at: u64,
+    lifetime: Lifetime,
 }
 
 /// A successful login.
@@ -150,17 +228,33 @@ pub struct Login {
     pub principal: Principal,
 }
 
-/// Users, games and live tokens.
+#[derive(Debug)]
+struct User {
+    config: UserConfig,
+    check: Arc<PasswordCheck>,
+}
+
+/// Users, games, live tokens, and the limits in front of the password checks.
 #[derive(Debug)]
 pub struct Auth {
     config: AuthConfig,
-    users: HashMap<String, UserConfig>,
+    users: HashMap<String, User>,
+    /// `None`: every lab (`public_labs = ["*"]`).
+    public: Option<BTreeSet<LabId>>,
     sessions: DashMap<String, Session>,
+    limiter: LoginLimiter,
+    hasher: Arc<Hasher>,
+    /// What an unknown user name is checked against.
+    dummy: Arc<PasswordCheck>,
+    counters: AccessCounters,
+    refusal_log: LogThrottle,
 }
 
 impl Auth {
-    /// Checks the configuration: unique names, valid hashes, students in a known game.
+    /// Checks the configuration: unique names, valid hashes within the cost limits, students
+    /// in a known game, public labs that are lab ids.
     pub fn new(config: AuthConfig) -> Result<Self, AuthError> {
+        let limits = &config.login;
         let mut users = HashMap::new();
         for (i, user) in config.users.iter().enumerate() {
             let bad = |field: &str, problem: String| AuthError::Config {
@@ -170,10 +264,30 @@ impl Auth {
             if user.name.is_empty() {
                 return Err(bad("name", "must not be empty".into()));
             }
-            if !is_password_hash(&user.password_hash) {
+            let check = PasswordCheck::parse(&user.password_hash).map_err(|problem| {
+                bad(
+                    "password_hash",
+                    format!("{problem} (make one with `demolab-hub hash-password`)"),
+                )
+            })?;
+            if check.memory_kib() > limits.hash_max_memory_kib {
                 return Err(bad(
                     "password_hash",
-                    "not an argon2 PHC string (make one with `demolab-hub hash-password`)".into(),
+                    format!(
+                        "argon2 memory m={} KiB is over [auth.login] hash_max_memory_kib = {}",
+                        check.memory_kib(),
+                        limits.hash_max_memory_kib
+                    ),
+                ));
+            }
+            if check.passes() > limits.hash_max_passes {
+                return Err(bad(
+                    "password_hash",
+                    format!(
+                        "argon2 passes t={} are over [auth.login] hash_max_passes = {}",
+                        check.passes(),
+                        limits.hash_max_passes
+                    ),
                 ));
             }
             match (&user.game, user.role) {
@@ -185,20 +299,70 @@ impl Auth {
                 }
                 _ => {}
             }
-            if users.insert(user.name.clone(), user.clone()).is_some() {
-                return Err(bad("name", format!("user {:?} is listed twice", user.name)));
+            let user = User {
+                config: user.clone(),
+                check: Arc::new(check),
+            };
+            if let Some(twice) = users.insert(user.config.name.clone(), user) {
+                return Err(bad(
+                    "name",
+                    format!("user {:?} is listed twice", twice.config.name),
+                ));
             }
         }
+        let public = public_labs(&config)?;
+        if config.token_ttl_s == 0 {
+            return Err(AuthError::Config {
+                key: "token_ttl_s".into(),
+                problem: "must be at least 1".into(),
+            });
+        }
+        if limits.hash_concurrency == 0 {
+            return Err(AuthError::Config {
+                key: "login.hash_concurrency".into(),
+                problem: "must be at least 1".into(),
+            });
+        }
+        // Unknown names cost what the most expensive known one does.
+        let dummy = users
+            .values()
+            .max_by_key(|u| (u.check.memory_kib(), u.check.passes()))
+            .map_or_else(PasswordCheck::unmatchable, |u| u.check.dummy_like());
+        let memory = users
+            .values()
+            .map(|u| u.check.memory_kib())
+            .chain([dummy.memory_kib()])
+            .max()
+            .unwrap_or_default();
         Ok(Self {
+            hasher: Arc::new(Hasher::new(
+                limits.hash_concurrency,
+                Duration::from_millis(limits.hash_wait_ms),
+                memory,
+            )),
+            limiter: LoginLimiter::new(limits.clone()),
+            dummy: Arc::new(dummy),
+            public,
             config,
             users,
             sessions: DashMap::new(),
+            counters: AccessCounters::default(),
+            refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL_MS),
         })
     }
 
-    /// Whether requests without a token may read.
-    pub fn anonymous_read(&self) -> bool {
-        self.config.anonymous_read
+    /// Who a request without a token is: an anonymous reader of the public labs, if any.
+    pub fn anonymous(&self) -> Option<Principal> {
+        match &self.public {
+            None => Some(Principal::anonymous(None)),
+            Some(labs) if labs.is_empty() => None,
+            Some(labs) => Some(Principal::anonymous(Some(labs.clone()))),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
     }
 
     /// Games.
@@ -206,12 +370,57 @@ impl Auth {
         &self.config.games
     }
 
-    /// Checks a password and hands out a token.
-    pub fn login(&self, name: &str, password: &str, now_ms: u64) -> Result<Login, AuthError> {
-        let user = self.users.get(name).ok_or(AuthError::BadCredentials)?;
-        if !verify_password(&user.password_hash, password.as_bytes()) {
-            return Err(AuthError::BadCredentials);
+    /// The access counters, for `/metrics`.
+    pub fn counters(&self) -> &AccessCounters {
+        &self.counters
+    }
+
+    /// Checks a password and hands out a token, within the rate limits and the hashing cap.
+    /// Unknown names take as long as wrong passwords.
+    pub async fn login(
+        &self,
+        client: IpAddr,
+        name: &str,
+        password: String,
+        now_ms: u64,
+    ) -> Result<Login, AuthError> {
+        if let Err(limited) = self.limiter.admit(client, name, now_ms) {
+            let event = match limited.reason {
+                Refusal::Address => AccessEvent::RateLimitedAddress,
+                Refusal::User => AccessEvent::RateLimitedUser,
+                Refusal::TableFull => AccessEvent::RateLimitedTableFull,
+            };
+            self.refused(event, client, name, now_ms);
+            return Err(AuthError::RateLimited(limited));
         }
+        let user = self.users.get(name);
+        let check = user.map_or_else(|| self.dummy.clone(), |u| u.check.clone());
+        let matched = match self.hasher.check(check, password).await {
+            Ok(matched) => matched,
+            Err(Busy) => {
+                self.refused(AccessEvent::HashingBusy, client, name, now_ms);
+                return Err(AuthError::Busy);
+            }
+        };
+        let Some(user) = user.filter(|_| matched) else {
+            self.limiter.failed(client, name, now_ms);
+            self.refused(AccessEvent::BadCredentials, client, name, now_ms);
+            return Err(AuthError::BadCredentials);
+        };
+        self.limiter.succeeded(client, name);
+        self.counters.count(AccessEvent::Login);
+        Ok(self.open_session(&user.config, now_ms))
+    }
+
+    fn refused(&self, event: AccessEvent, client: IpAddr, name: &str, now_ms: u64) {
+        self.counters.count(event);
+        if let Some(held_back) = self.refusal_log.admit(now_ms) {
+            let user: String = name.chars().take(64).collect();
+            warn!(%client, %user, ?event, held_back, "login refused");
+        }
+    }
+
+    fn open_session(&self, user: &UserConfig, now_ms: u64) -> Login {
         let labs = match (user.role, &user.game) {
             (Role::Student, Some(game)) => Some(
                 self.config
@@ -219,6 +428,7 @@ impl Auth {
                     .iter()
                     .filter(|g| &g.id == game)
                     .flat_map(|g| g.labs.iter().cloned())
+                    .chain(self.public.iter().flatten().cloned())
                     .collect(),
             ),
             _ => None,
@@ -229,32 +439,69 @@ impl Auth {
             labs,
         };
         let token = new_token();
-        let expires_at = now_ms + Duration::from_secs(self.config.token_ttl_s).as_millis() as u64;
-        self.sessions.retain(|_, s| s.expires_at > now_ms);
+        let expires_at = now_ms.saturating_add(self.config.token_ttl_s.saturating_mul(1000));
+        self.sessions.retain(|_, s| s.lifetime.expires_at > now_ms);
         self.sessions.insert(
             token.clone(),
             Session {
                 principal: principal.clone(),
-                expires_at,
+                lifetime: Lifetime {
+                    expires_at,
+                    revoked: CancellationToken::new(),
+                },
             },
         );
-        Ok(Login {
+        Login {
             token,
             expires_at,
             principal,
-        })
+        }
     }
 
     /// The principal of a live token.
     pub fn session(&self, token: &str, now_ms: u64) -> Option<Principal> {
-        let session = self.sessions.get(token)?;
-        (session.expires_at > now_ms).then(|| session.principal.clone())
+        self.session_with_lifetime(token, now_ms).map(|(p, _)| p)
     }
 
-    /// Ends a session.
-    pub fn logout(&self, token: &str) {
-        self.sessions.remove(token);
+    /// The principal of a live token and its lifetime, for streams that must end with it.
+    pub fn session_with_lifetime(&self, token: &str, now_ms: u64) -> Option<(Principal, Lifetime)> {
+        let session = self.sessions.get(token)?;
+        (session.lifetime.expires_at > now_ms)
+            .then(|| (session.principal.clone(), session.lifetime.clone()))
     }
+
+    /// Ends a session; its streams end at once.
+    pub fn logout(&self, token: &str) {
+        if let Some((_, session)) = self.sessions.remove(token) {
+            session.lifetime.revoked.cancel();
+        }
+    }
+}
+
+/// How often a refused login may be logged (the rest are counted in `held_back`).
+const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+
+fn public_labs(config: &AuthConfig) -> Result<Option<BTreeSet<LabId>>, AuthError> {
+    let mut labs = BTreeSet::new();
+    for (i, lab) in config.public_labs.iter().enumerate() {
+        let bad = |problem: String| AuthError::Config {
+            key: format!("public_labs[{i}]"),
+            problem,
+        };
+        if lab == "*" {
+            if config.public_labs.len() > 1 {
+                return Err(bad("\"*\" (every lab) stands alone".into()));
+            }
+            if !config.games.is_empty() {
+                return Err(bad(
+                    "\"*\" would make the labs of games public too; list the public labs".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        labs.insert(lab.parse().map_err(|err| bad(format!("{err}")))?);
+    }
+    Ok(Some(labs))
 }
 
 /// An argon2id PHC string for a password, for configuration files.
@@ -275,21 +522,32 @@ fn new_token() -> String {
 mod tests {
     use super::*;
 
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn cheap(password: &str) -> String {
+        use argon2::PasswordHasher;
+        let params = argon2::Params::new(64, 1, 1, None).expect("params");
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(password.as_bytes())
+            .expect("hash")
+            .to_string()
+    }
+
     fn config() -> AuthConfig {
         AuthConfig {
-            anonymous_read: false,
+            public_labs: vec!["lab-p".into()],
             token_ttl_s: 60,
             users: vec![
                 UserConfig {
                     name: "olga".into(),
                     role: Role::Operator,
-                    password_hash: hash_password("turning").expect("hash"),
+                    password_hash: cheap("turning"),
                     game: None,
                 },
                 UserConfig {
                     name: "sam".into(),
                     role: Role::Student,
-                    password_hash: hash_password("milling").expect("hash"),
+                    password_hash: cheap("milling"),
                     game: Some("g1".into()),
                 },
             ],
@@ -298,39 +556,96 @@ mod tests {
                 name: "Game one".into(),
                 labs: vec!["lab-a".parse().expect("valid")],
             }],
+            ..AuthConfig::default()
         }
     }
 
-    #[test]
-    fn logins_give_tokens_scoped_by_role_and_game() {
+    fn lab(id: &str) -> LabId {
+        id.parse().expect("valid")
+    }
+
+    #[tokio::test]
+    async fn logins_give_tokens_scoped_by_role_game_and_public_labs() {
         let auth = Auth::new(config()).expect("valid");
-        let operator = auth.login("olga", "turning", 1000).expect("login");
+        let operator = auth
+            .login(HERE, "olga", "turning".into(), 1000)
+            .await
+            .expect("login");
         let principal = auth.session(&operator.token, 2000).expect("live");
         assert!(principal.has(Role::Operator) && !principal.has(Role::Admin));
-        assert!(principal.can_read(&"lab-b".parse().expect("valid")));
+        assert!(principal.can_read(&lab("lab-b")));
 
-        let student = auth.login("sam", "milling", 1000).expect("login");
+        let student = auth
+            .login(HERE, "sam", "milling".into(), 1000)
+            .await
+            .expect("login");
         let principal = auth.session(&student.token, 2000).expect("live");
         assert!(!principal.has(Role::Operator));
-        assert!(principal.can_read(&"lab-a".parse().expect("valid")));
-        assert!(!principal.can_read(&"lab-b".parse().expect("valid")));
+        assert!(principal.can_read(&lab("lab-a")) && principal.can_read(&lab("lab-p")));
+        assert!(!principal.can_read(&lab("lab-b")));
+
+        let anonymous = auth.anonymous().expect("public labs exist");
+        assert!(anonymous.can_read(&lab("lab-p")) && !anonymous.can_read(&lab("lab-a")));
 
         assert_eq!(auth.session(&student.token, 1000 + 61_000), None, "expired");
         auth.logout(&operator.token);
         assert_eq!(auth.session(&operator.token, 2000), None);
+        assert_eq!(auth.counters().get(AccessEvent::Login), 2);
     }
 
-    #[test]
-    fn wrong_passwords_and_unknown_users_look_the_same() {
+    #[tokio::test]
+    async fn a_logout_ends_the_lifetime_streams_watch() {
+        let auth = Auth::new(config()).expect("valid");
+        let login = auth
+            .login(HERE, "olga", "turning".into(), now_ms())
+            .await
+            .expect("login");
+        let (_, lifetime) = auth
+            .session_with_lifetime(&login.token, now_ms())
+            .expect("live");
+        auth.logout(&login.token);
+        assert_eq!(lifetime.ended().await, SessionEnd::LoggedOut);
+    }
+
+    #[tokio::test]
+    async fn wrong_passwords_and_unknown_users_look_the_same() {
         let auth = Auth::new(config()).expect("valid");
         assert_eq!(
-            auth.login("olga", "milling", 0).map(|_| ()),
+            auth.login(HERE, "olga", "milling".into(), 0)
+                .await
+                .map(|_| ()),
             Err(AuthError::BadCredentials)
         );
         assert_eq!(
-            auth.login("nobody", "x", 0).map(|_| ()),
+            auth.login(HERE, "nobody", "x".into(), 0).await.map(|_| ()),
             Err(AuthError::BadCredentials)
         );
+        assert_eq!(auth.counters().get(AccessEvent::BadCredentials), 2);
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_are_rate_limited_for_that_address_only() {
+        let auth = Auth::new(config()).expect("valid");
+        let attacker: IpAddr = "10.0.0.66".parse().expect("ip");
+        for _ in 0..5 {
+            let refused = auth.login(attacker, "olga", "guess".into(), 0).await;
+            assert_eq!(refused.map(|_| ()), Err(AuthError::BadCredentials));
+        }
+        let refused = auth.login(attacker, "olga", "turning".into(), 0).await;
+        assert!(
+            matches!(
+                refused,
+                Err(AuthError::RateLimited(Limited {
+                    reason: Refusal::User,
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        auth.login(HERE, "olga", "turning".into(), 0)
+            .await
+            .expect("the real user");
+        assert_eq!(auth.counters().get(AccessEvent::RateLimitedUser), 1);
     }
 
     #[test]
@@ -345,6 +660,35 @@ mod tests {
         assert!(
             err.to_string().starts_with("users[0].password_hash:"),
             "{err}"
+        );
+        let mut bad = config();
+        bad.login.hash_max_memory_kib = 32;
+        let err = Auth::new(bad).expect_err("too costly");
+        assert!(err.to_string().contains("hash_max_memory_kib"), "{err}");
+        let mut bad = config();
+        bad.public_labs = vec!["*".into()];
+        let err = Auth::new(bad).expect_err("every lab while games exist");
+        assert!(err.to_string().starts_with("public_labs[0]:"), "{err}");
+        let mut bad = config();
+        bad.public_labs = vec!["Lab A".into()];
+        let err = Auth::new(bad).expect_err("not a lab id");
+        assert!(err.to_string().starts_with("public_labs[0]:"), "{err}");
+    }
+
+    #[test]
+    fn without_games_a_star_makes_every_lab_public_and_nothing_is_public_by_default() {
+        let every = AuthConfig {
+            public_labs: vec!["*".into()],
+            ..AuthConfig::default()
+        };
+        let anonymous = Auth::new(every)
+            .expect("valid")
+            .anonymous()
+            .expect("readers");
+        assert!(anonymous.can_read(&lab("any-lab")));
+        assert_eq!(
+            Auth::new(AuthConfig::default()).expect("valid").anonymous(),
+            None
         );
     }
 }

@@ -28,6 +28,11 @@ pub fn hub_config(data_dir: &std::path::Path) -> HubConfig {
         }),
         data_dir: data_dir.to_owned(),
         accept_unknown: true,
+        // These tests read twins without logging in; scopes have tests of their own.
+        auth: hub::auth::AuthConfig {
+            public_labs: vec!["*".into()],
+            ..hub::auth::AuthConfig::default()
+        },
         ..HubConfig::default()
     }
 }

@@ -66,7 +66,6 @@ async fn an_operator_runs_a_scenario_on_a_live_simulated_machine() -> anyhow::Re
     let hub = start_hub_with(hub::HubConfig {
         scenarios: Some(Arc::new(simulated)),
         auth: AuthConfig {
-            anonymous_read: false,
             users: vec![user("olga", Role::Operator)?, user("sam", Role::Student)?],
             games: vec![GameConfig {
                 id: "g".into(),

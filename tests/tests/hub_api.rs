@@ -32,7 +32,6 @@ fn user(name: &str, role: Role, game: Option<&str>) -> anyhow::Result<UserConfig
 async fn start_hub(data: &std::path::Path) -> anyhow::Result<Hub> {
     let config = HubConfig {
         auth: AuthConfig {
-            anonymous_read: false,
             token_ttl_s: 3600,
             users: vec![
                 user("olga", Role::Operator, None)?,
@@ -43,6 +42,7 @@ async fn start_hub(data: &std::path::Path) -> anyhow::Result<Hub> {
                 name: "Game one".into(),
                 labs: vec!["lab-a".parse()?],
             }],
+            ..AuthConfig::default()
         },
         ..hub_config(data)
     };

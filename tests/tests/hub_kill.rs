@@ -82,7 +82,8 @@ async fn a_killed_hub_comes_back_with_every_twin_alarm_and_sample() -> anyhow::R
             "[hub]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson_topics = false\n\
              [broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {port}\n\
              [[labs]]\nid = \"lab-kill\"\ngateways = [\"gw-kill\"]\n\
-             [[labs.machines]]\nid = \"mill-quiet\"\n[[labs.machines]]\nid = \"mill-busy\"\n",
+             [[labs.machines]]\nid = \"mill-quiet\"\n[[labs.machines]]\nid = \"mill-busy\"\n\
+             [auth]\npublic_labs = [\"*\"]\n",
             data.path().join("hub-data").display()
         ),
     )?;

@@ -66,7 +66,7 @@ fn config(data: &std::path::Path) -> anyhow::Result<HubConfig> {
             ..Limits::default()
         },
         auth: AuthConfig {
-            anonymous_read: true,
+            public_labs: vec![LAB.into()],
             token_ttl_s: 600,
             users: vec![
                 user("olga", Role::Operator, None)?,
@@ -77,6 +77,7 @@ fn config(data: &std::path::Path) -> anyhow::Result<HubConfig> {
                 name: "Game one".into(),
                 labs: vec![LAB.parse()?],
             }],
+            ..AuthConfig::default()
         },
         ..hub_config(data)
     })

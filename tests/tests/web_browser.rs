@@ -177,7 +177,6 @@ async fn start_hub(data: &std::path::Path) -> anyhow::Result<(Hub, LiveControl)>
     let hub = start_hub_with(HubConfig {
         scenarios: Some(std::sync::Arc::new(simulated)),
         auth: AuthConfig {
-            anonymous_read: false,
             token_ttl_s: 3600,
             users: vec![
                 user("operator", Role::Operator, None)?,
@@ -188,6 +187,7 @@ async fn start_hub(data: &std::path::Path) -> anyhow::Result<(Hub, LiveControl)>
                 name: "Innovation game".into(),
                 labs: vec!["lab-a".parse()?],
             }],
+            ..AuthConfig::default()
         },
         ..hub_config(data)
     })

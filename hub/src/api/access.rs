@@ -1,18 +1,20 @@
 //! Who is calling: the bearer token (header, or `?token=` for browser streams, which cannot set
-//! headers), checked against the hub's sessions.
+//! headers), checked against the hub's sessions; and from which address.
 
-use axum::extract::FromRequestParts;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use protocol::LabId;
 
 use super::{ApiError, AppState};
-use crate::auth::{Principal, Role};
+use crate::auth::{Lifetime, Principal, Role, client_address};
 use crate::ingest::now_ms;
 
-/// The caller of a request.
+/// The caller of a request, and for a token the lifetime its streams end with.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller(pub Principal, pub Option<Lifetime>);
 
 impl Caller {
     /// Refuses callers below `role`.
@@ -31,6 +33,9 @@ impl Caller {
     pub fn require_lab(&self, lab: &LabId) -> Result<(), ApiError> {
         if self.0.can_read(lab) {
             Ok(())
+        } else if self.0.role.is_none() {
+            // Without a token only public labs are open: logging in may help.
+            Err(ApiError::Unauthenticated)
         } else {
             Err(ApiError::Forbidden(format!(
                 "{} may not read lab {lab}",
@@ -40,13 +45,20 @@ impl Caller {
     }
 }
 
-/// The token of a request, if it has one.
+/// The token of a request, if it has one. The scheme is case-insensitive (RFC 7235); `?token=`
+/// is for the streams only, where browsers cannot set headers, so that tokens do not end up in
+/// the URLs (and logs) of ordinary requests.
 pub fn bearer_token(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        return value
-            .strip_prefix("Bearer ")
-            .map(|token| token.trim().to_owned());
+        let value = value.to_str().ok()?.trim_start();
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+            .filter(|token| !token.is_empty());
+    }
+    if !STREAM_PATHS.contains(&parts.uri.path()) {
+        return None;
     }
     parts.uri.query().and_then(|query| {
         query
@@ -56,6 +68,22 @@ pub fn bearer_token(parts: &Parts) -> Option<String> {
     })
 }
 
+const STREAM_PATHS: [&str; 2] = ["/api/v1/stream", "/api/v1/events"];
+
+/// The client's address: the peer, or behind a trusted proxy the address it forwarded for. A
+/// server run without connection info (tests through `oneshot`) counts as one unknown client.
+pub fn client_of(parts: &Parts, state: &AppState) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    client_address(peer, forwarded, &state.auth.config().trusted_proxies)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -63,14 +91,54 @@ impl FromRequestParts<AppState> for Caller {
         match bearer_token(parts) {
             Some(token) => state
                 .auth
-                .session(&token, now_ms())
-                .map(Caller)
+                .session_with_lifetime(&token, now_ms())
+                .map(|(principal, lifetime)| Caller(principal, Some(lifetime)))
                 .ok_or(ApiError::InvalidToken),
             None if parts.headers.contains_key(header::AUTHORIZATION) => {
                 Err(ApiError::InvalidToken)
             }
-            None if state.auth.anonymous_read() => Ok(Caller(Principal::anonymous())),
-            None => Err(ApiError::Unauthenticated),
+            None => state
+                .auth
+                .anonymous()
+                .map(|principal| Caller(principal, None))
+                .ok_or(ApiError::Unauthenticated),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+
+    use super::*;
+
+    fn parts(uri: &str, authorization: Option<&str>) -> Parts {
+        let mut request = Request::get(uri);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        request.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", "BeArEr abc"] {
+            assert_eq!(
+                bearer_token(&parts("/api/v1/twins", Some(value))).as_deref(),
+                Some("abc"),
+                "{value:?}"
+            );
+        }
+        assert_eq!(bearer_token(&parts("/", Some("Basic abc"))), None);
+        assert_eq!(bearer_token(&parts("/", Some("Bearer "))), None);
+    }
+
+    #[test]
+    fn a_query_token_counts_on_the_streams_only() {
+        assert_eq!(
+            bearer_token(&parts("/api/v1/events?lab=a&token=abc", None)).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(bearer_token(&parts("/api/v1/twins?token=abc", None)), None);
     }
 }

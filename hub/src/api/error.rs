@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::IdError;
 use serde::Serialize;
@@ -32,6 +32,15 @@ pub enum ApiError {
     InvalidToken,
     /// Wrong user name or password.
     BadCredentials,
+    /// Too many login attempts from this client (or for this name from it).
+    RateLimited {
+        /// Seconds until an attempt would pass.
+        retry_after_s: u64,
+    },
+    /// Every password check is busy; try again shortly.
+    LoginBusy,
+    /// A WebSocket upgrade from a page of another origin.
+    ForeignOrigin(String),
     /// The caller's role or game does not allow this.
     Forbidden(String),
     /// No such twin.
@@ -100,6 +109,9 @@ impl ApiError {
             E::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             E::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             E::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            E::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            E::LoginBusy => (StatusCode::SERVICE_UNAVAILABLE, "login_busy"),
+            E::ForeignOrigin(_) => (StatusCode::FORBIDDEN, "forbidden_origin"),
             E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::TwinNotFound(_) => (StatusCode::NOT_FOUND, "twin_not_found"),
             E::AlarmNotFound(_) => (StatusCode::NOT_FOUND, "alarm_not_found"),
@@ -144,6 +156,13 @@ impl ApiError {
             }
             E::InvalidToken => "the token is unknown or expired; log in again".into(),
             E::BadCredentials => "unknown user or wrong password".into(),
+            E::RateLimited { retry_after_s } => {
+                format!("too many login attempts; try again in {retry_after_s} s")
+            }
+            E::LoginBusy => "too many logins at once; try again in a moment".into(),
+            E::ForeignOrigin(origin) => format!(
+                "a page from {origin} may not open this stream (see [auth] allowed_origins)"
+            ),
             E::TwinNotFound(id) => format!("no twin {id}"),
             E::AlarmNotFound(id) => format!("no alarm {id}"),
             E::KindNotFound(id) => format!("no machine kind {id}"),
@@ -182,18 +201,38 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The JSON error response for a status, code and message.
+pub fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
+    let mut response = (
+        status,
+        Json(ErrorBody {
+            error: ErrorDetail { code, message },
+        }),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 7235: a 401 names the scheme that would work.
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        (
-            status,
-            Json(ErrorBody {
-                error: ErrorDetail {
-                    code,
-                    message: self.message(),
-                },
-            }),
-        )
-            .into_response()
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after_s } => Some(*retry_after_s),
+            ApiError::LoginBusy => Some(1),
+            _ => None,
+        };
+        let mut response = error_response(status, code, self.message());
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

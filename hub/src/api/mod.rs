@@ -7,6 +7,7 @@
 mod access;
 mod alarms;
 mod error;
+mod headers;
 pub mod openapi;
 mod ops;
 mod scenarios;
@@ -28,6 +29,8 @@ use tokio::sync::watch;
 
 pub use access::Caller;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use headers::CONTENT_SECURITY_POLICY;
+pub use stream::{CLOSE_SESSION_ENDED, WS_MAX_MESSAGE};
 
 use crate::auth::Auth;
 use crate::stats::HubStats;
@@ -235,6 +238,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(headers::harden))
         .with_state(state)
 }
 
@@ -273,7 +277,13 @@ mod tests {
             stats,
             ready: watch::channel(false).1,
             extra_metrics: None,
-            auth: Arc::new(Auth::new(crate::auth::AuthConfig::default()).expect("auth")),
+            auth: Arc::new(
+                Auth::new(crate::auth::AuthConfig {
+                    public_labs: vec!["*".into()],
+                    ..crate::auth::AuthConfig::default()
+                })
+                .expect("auth"),
+            ),
             store,
             commands: Commands::new(client),
             scenarios: None,

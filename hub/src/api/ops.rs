@@ -22,6 +22,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     let twins = state.twins.list(None);
     let online = twins.iter().filter(|t| t.connectivity.online).count();
     let mut text = state.stats.render(twins.len(), online);
+    text.push_str(&state.auth.counters().render());
     if let Some(extra) = &state.extra_metrics {
         text.push_str(&(extra.0)());
     }

@@ -6,9 +6,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::request::Parts;
 use serde::Deserialize;
 
-use super::access::bearer_token;
+use super::access::{bearer_token, client_of};
 use super::{ApiError, AppState, Caller, ErrorBody};
-use crate::auth::{Login, Principal};
+use crate::auth::{AuthError, Login, Principal};
 use crate::ingest::now_ms;
 
 /// User name and password.
@@ -21,7 +21,8 @@ pub struct Credentials {
     pub password: String,
 }
 
-/// Log in: a bearer token for the user's role.
+/// Log in: a bearer token for the user's role. Attempts are limited per client address and,
+/// for failures, per address and user name; password checks run a few at a time.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     request_body = Credentials,
     responses(
@@ -29,20 +30,29 @@ pub struct Credentials {
         (status = 400, description = "`bad_body`", body = ErrorBody),
         (status = 401, description = "`bad_credentials`", body = ErrorBody),
         (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (see `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`login_busy` (see `Retry-After`)", body = ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
+    parts: Parts,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Json<Login>, ApiError> {
     let Json(credentials) = body?;
-    let auth = state.auth.clone();
-    // Argon2 is deliberately slow: keep it off the async workers.
-    let login = tokio::task::spawn_blocking(move || {
-        auth.login(&credentials.user, &credentials.password, now_ms())
-    })
-    .await
-    .map_err(|err| ApiError::Storage(err.to_string()))?;
-    login.map(Json).map_err(|_| ApiError::BadCredentials)
+    let client = client_of(&parts, &state);
+    state
+        .auth
+        .login(client, &credentials.user, credentials.password, now_ms())
+        .await
+        .map(Json)
+        .map_err(|err| match err {
+            AuthError::RateLimited(limited) => ApiError::RateLimited {
+                retry_after_s: limited.retry_after_s,
+            },
+            AuthError::Busy => ApiError::LoginBusy,
+            _ => ApiError::BadCredentials,
+        })
 }
 
 /// Log out: the token stops working.
@@ -60,10 +70,13 @@ pub async fn logout(
     axum::http::StatusCode::NO_CONTENT
 }
 
-/// Who the token belongs to.
+/// Who the token belongs to (`401 unauthenticated` without one).
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
     responses((status = 200, description = "The caller", body = Principal), (status = 401, description = "`unauthenticated`, `invalid_token`", body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn me(caller: Caller) -> Json<Principal> {
-    Json(caller.0)
+pub async fn me(caller: Caller) -> Result<Json<Principal>, ApiError> {
+    if caller.0.role.is_none() {
+        return Err(ApiError::Unauthenticated);
+    }
+    Ok(Json(caller.0))
 }

@@ -4,17 +4,24 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use protocol::{LabId, MachineId, MetricName};
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_tungstenite::tungstenite;
+use tracing::warn;
 
 use super::{ApiError, AppState, Caller, ErrorBody};
-use crate::auth::Principal;
+use crate::auth::{
+    AccessEvent, Lifetime, LogThrottle, Principal, Role, SessionEnd, origin_allowed,
+};
+use crate::ingest::now_ms;
 use crate::stats::IngestDrop;
 use crate::twin::TwinChange;
 
@@ -42,20 +49,30 @@ struct Filter {
     machine: Option<MachineId>,
     metric: Option<MetricName>,
     principal: Principal,
+    /// The token's lifetime; `None` for anonymous readers, whose access does not expire.
+    lifetime: Option<Lifetime>,
 }
 
 impl Filter {
     fn new(query: StreamFilter, caller: Caller) -> Result<Self, ApiError> {
-        let filter = Self {
+        if let Some(lab) = &query.lab {
+            caller.require_lab(&lab.parse()?)?;
+        }
+        Ok(Self {
             lab: query.lab.as_deref().map(str::parse).transpose()?,
             machine: query.machine.as_deref().map(str::parse).transpose()?,
             metric: query.metric.as_deref().map(str::parse).transpose()?,
             principal: caller.0,
-        };
-        if let Some(lab) = &filter.lab {
-            Caller(filter.principal.clone()).require_lab(lab)?;
+            lifetime: caller.1,
+        })
+    }
+
+    /// Resolves when the caller's token ends; never for anonymous readers.
+    async fn ended(&self) -> SessionEnd {
+        match &self.lifetime {
+            Some(lifetime) => lifetime.ended().await,
+            None => std::future::pending().await,
         }
-        Ok(filter)
     }
 
     /// The change as this client should see it, if at all.
@@ -72,15 +89,22 @@ impl Filter {
         {
             return None;
         }
-        match &self.metric {
-            None => Some(change.clone()),
+        let mut change = match &self.metric {
+            None => change.clone(),
             Some(metric) => {
                 let value = *change.values.get(metric.as_str())?;
                 let mut change = change.clone();
                 change.values = [(metric.to_string(), value)].into();
-                Some(change)
+                change
             }
+        };
+        // The bdSeq would let a reader forge the gateway's NDEATH: operators only.
+        if !self.principal.has(Role::Operator)
+            && let Some(hop) = &mut change.sparkplug
+        {
+            hop.bd_seq = None;
         }
+        Some(change)
     }
 }
 
@@ -112,55 +136,128 @@ fn lagged(missed: u64) -> String {
     format!("{{\"kind\":\"lagged\",\"missed\":{missed}}}")
 }
 
+/// Largest message or frame a WebSocket client may send, bytes. Clients only listen; this
+/// leaves room for pings and close frames (at most 125 bytes each) and little else.
+pub const WS_MAX_MESSAGE: usize = 1024;
+
+/// Close code when the token ended (logout or expiry): a private-use code (4000–4999), with
+/// the reason `token_expired` or `logged_out`.
+pub const CLOSE_SESSION_ENDED: u16 = 4001;
+
 /// Twin changes as WebSocket text messages (one JSON `TwinChange` each, in order). A client that
-/// falls too far behind gets `{"kind":"lagged","missed":N}` and continues.
+/// falls too far behind gets `{"kind":"lagged","missed":N}` and continues. When the token ends
+/// the socket closes with code 4001 and reason `token_expired` or `logged_out`. Browsers may
+/// connect from the hub's own pages or `[auth] allowed_origins` only; clients send nothing but
+/// pings and close frames (a message over 1 KiB closes the socket with 1009).
 #[utoipa::path(get, path = "/api/v1/stream", tag = "streams",
     params(StreamFilter),
     responses(
         (status = 101, description = "WebSocket of TwinChange messages", body = TwinChange),
-        (status = 400, description = "`invalid_id`, `bad_query`", body = ErrorBody),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 400, description = "`invalid_id`, `bad_query`, `bad_request` (not a WebSocket handshake)", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `invalid_token`", body = ErrorBody),
+        (status = 403, description = "`forbidden`, `forbidden_origin`", body = ErrorBody),
     ))]
 pub async fn websocket(
     State(state): State<AppState>,
+    headers: HeaderMap,
     caller: Caller,
     query: Result<Query<StreamFilter>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("?"));
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, &state.auth.config().allowed_origins) {
+        state.auth.counters().count(AccessEvent::ForeignOrigin);
+        let origin: String = origin.unwrap_or_default().chars().take(100).collect();
+        if let Some(held_back) = ORIGIN_LOG.admit(now_ms()) {
+            warn!(%origin, held_back, "WebSocket from a foreign origin refused");
+        }
+        return Err(ApiError::ForeignOrigin(origin));
+    }
     let Query(query) = query?;
     let filter = Filter::new(query, caller)?;
-    Ok(upgrade.on_upgrade(move |socket| forward(socket, state, filter)))
+    // Checked after the scope, so that a refused lab says so even without a handshake.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    Ok(upgrade
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| forward(socket, state, filter)))
 }
+
+static ORIGIN_LOG: LogThrottle = LogThrottle::new(10_000);
 
 async fn forward(mut socket: WebSocket, state: AppState, filter: Filter) {
     let mut changes = state.twins.subscribe();
     state.stats.stream_client(1);
-    loop {
+    let close = loop {
         let text = tokio::select! {
             change = next(&mut changes, &filter, &state) => match change {
                 Some(Ok(change)) => serde_json::to_string(&change).unwrap_or_default(),
                 Some(Err(missed)) => lagged(missed),
-                None => break,
+                None => break None,
             },
+            end = filter.ended() => {
+                state.auth.counters().count(end_event(end));
+                break Some((CLOSE_SESSION_ENDED, end.code()));
+            }
             incoming = socket.recv() => match incoming {
+                Some(Err(err)) if is_too_big(&err) => {
+                    state.auth.counters().count(AccessEvent::MessageTooBig);
+                    break Some((close_code::SIZE, "message_too_big"));
+                }
                 // Clients only listen; anything but a close is ignored.
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
                 Some(Ok(_)) => continue,
             },
         };
         if socket.send(Message::Text(text.into())).await.is_err() {
-            break;
+            break None;
         }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
     }
     state.stats.stream_client(-1);
 }
 
-/// Twin changes as Server-Sent Events (`event: change`, or `event: lagged`).
+fn end_event(end: SessionEnd) -> AccessEvent {
+    match end {
+        SessionEnd::Expired => AccessEvent::StreamTokenExpired,
+        SessionEnd::LoggedOut => AccessEvent::StreamLoggedOut,
+    }
+}
+
+/// Whether the client's message broke the size limit (tungstenite's capacity error).
+fn is_too_big(err: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = cause.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Twin changes as Server-Sent Events (`event: change`, or `event: lagged`). When the token
+/// ends, a last `event: end` with `{"kind":"end","reason":"token_expired"|"logged_out"}` closes
+/// the stream.
 #[utoipa::path(get, path = "/api/v1/events", tag = "streams",
     params(StreamFilter),
     responses(
         (status = 200, description = "text/event-stream of TwinChange", body = TwinChange, content_type = "text/event-stream"),
         (status = 400, description = "`invalid_id`, `bad_query`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `invalid_token`", body = ErrorBody),
         (status = 403, description = "`forbidden`", body = ErrorBody),
     ))]
 pub async fn server_sent_events(
@@ -179,18 +276,27 @@ fn events(state: AppState, filter: Filter) -> impl Stream<Item = Result<Event, I
     let changes = state.twins.subscribe();
     state.stats.stream_client(1);
     let guard = StreamGuard(state.clone());
-    futures_util::stream::unfold(
-        (changes, filter, state, guard),
-        |(mut changes, filter, state, guard)| async move {
-            let event = match next(&mut changes, &filter, &state).await? {
+    futures_util::stream::unfold(Some((changes, filter, state, guard)), |open| async move {
+        let (mut changes, filter, state, guard) = open?;
+        let event = tokio::select! {
+            next = next(&mut changes, &filter, &state) => match next? {
                 Ok(change) => Event::default()
                     .event("change")
                     .data(serde_json::to_string(&change).unwrap_or_default()),
                 Err(missed) => Event::default().event("lagged").data(lagged(missed)),
-            };
-            Some((Ok(event), (changes, filter, state, guard)))
-        },
-    )
+            },
+            end = filter.ended() => {
+                state.auth.counters().count(end_event(end));
+                let last = Event::default().event("end").data(format!(
+                    "{{\"kind\":\"end\",\"reason\":\"{}\"}}",
+                    end.code()
+                ));
+                // The stream ends after this event (the guard counts the client out).
+                return Some((Ok(last), None));
+            }
+        };
+        Some((Ok(event), Some((changes, filter, state, guard))))
+    })
 }
 
 /// Counts an SSE client down when its stream is dropped (the client went away).

@@ -208,9 +208,9 @@ pub async fn retire_twin(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// How the machine's values reach the hub over Sparkplug: its gateway's session (`bdSeq`), the
-/// metric aliases of its DBIRTH, and the last message with its `seq` and receive time. Empty
-/// until a message about the machine arrives after the hub started.
+/// How the machine's values reach the hub over Sparkplug: its gateway's session (`bdSeq`, for
+/// operators only), the metric aliases of its DBIRTH, and the last message with its `seq` and
+/// receive time. Empty until a message about the machine arrives after the hub started.
 #[utoipa::path(get, path = "/api/v1/twins/{lab}/{machine}/sparkplug", tag = "twins",
     params(("lab" = String, Path), ("machine" = String, Path)),
     responses(
@@ -228,7 +228,16 @@ pub async fn sparkplug(
     if state.twins.get(&key).is_none() {
         return Err(ApiError::TwinNotFound(key.to_string()));
     }
-    Ok(Json(state.twins.sparkplug_path(&key).unwrap_or_default()))
+    let mut path = state.twins.sparkplug_path(&key).unwrap_or_default();
+    // With the bdSeq anyone on the broker could forge the gateway's NDEATH and take the lab
+    // offline: operators only.
+    if !caller.0.has(Role::Operator) {
+        path.bd_seq = None;
+        if let Some(last) = &mut path.last {
+            last.bd_seq = None;
+        }
+    }
+    Ok(Json(path))
 }
 
 /// Parameters of a history query.

@@ -59,6 +59,13 @@ export async function me() {
   try {
     return await api("/api/v1/auth/me");
   } catch (error) {
+    if (error.status !== 401) throw error;
+  }
+  // No token: the hub may still show its public labs to anyone.
+  try {
+    await api("/api/v1/labs");
+    return { user: "anonymous", role: null, labs: null };
+  } catch (error) {
     if (error.status === 401) return null;
     throw error;
   }
@@ -97,8 +104,10 @@ export function stream({ onChange, onStatus, onResync, filter = {} }) {
       if (change.kind === "lagged") onResync?.();
       else onChange(change, arrived);
     };
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       if (closed) return;
+      // 4001: the token expired or was logged out elsewhere; go on without it.
+      if (event.code === 4001) sessionStorage.removeItem(TOKEN);
       onStatus?.("reconnecting");
       setTimeout(open, pause);
       pause = Math.min(pause * 2, 10_000);
