@@ -319,19 +319,21 @@ async fn an_unknown_name_answers_as_slowly_as_a_wrong_password() -> anyhow::Resu
     };
     let hub = start(data.path(), auth).await?;
     let addr = hub.http_addr();
-    let median = |name: &'static str, from: &'static str| async move {
-        let mut times = Vec::new();
-        for _ in 0..4 {
+    // Interleaved, and the fastest of each kept: other work on a shared machine only ever adds
+    // time, so the minimum is the cost of the check itself.
+    let mut known = Duration::MAX;
+    let mut unknown = Duration::MAX;
+    for _ in 0..5 {
+        for (name, from, fastest) in [
+            ("olga", "127.0.0.21", &mut known),
+            ("nobody", "127.0.0.22", &mut unknown),
+        ] {
             let started = Instant::now();
             let answer = login_from(ip(from), addr, name, "wrong", &[]).await?;
-            times.push(started.elapsed());
+            *fastest = (*fastest).min(started.elapsed());
             anyhow::ensure!(answer.code() == "bad_credentials", "{answer:?}");
         }
-        times.sort();
-        anyhow::Ok(times[times.len() / 2])
-    };
-    let known = median("olga", "127.0.0.21").await?;
-    let unknown = median("nobody", "127.0.0.22").await?;
+    }
     let ratio = unknown.as_secs_f64() / known.as_secs_f64();
     assert!(
         (0.5..2.0).contains(&ratio),

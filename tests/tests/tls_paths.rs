@@ -46,8 +46,12 @@ async fn start_tls_hub(data: &std::path::Path, pki: &TestPki) -> anyhow::Result<
             ..hub::http::HttpLimits::default()
         },
         mqtt_tls: Some(pki.client_files().load("broker.tls")?),
-        // The test's gateway births a lab no directory lists.
+        // The test's gateway births a lab no directory lists, which it reads without a login.
         accept_unknown: true,
+        auth: hub::auth::AuthConfig {
+            public_labs: vec!["*".into()],
+            ..hub::auth::AuthConfig::default()
+        },
         ..HubConfig::default()
     })
     .await?;
