@@ -4,6 +4,8 @@
 //! The tests run every part through real sockets: the embedded MQTT broker, the gateway's MQTT
 //! sessions, the hub's HTTP server and WebSocket stream.
 
+pub mod fuzz;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
