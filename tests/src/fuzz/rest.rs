@@ -163,6 +163,8 @@ fn live_tokens(fixture: &Fixture) -> Vec<String> {
 }
 
 async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    // A HEAD response has the GET's headers and no body.
+    let head = request.method() == axum::http::Method::HEAD;
     let response = router(state.clone())
         .oneshot(request)
         .await
@@ -177,7 +179,9 @@ async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, serde_js
     let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
         .await
         .expect("a finite body");
-    let json = if content_type.starts_with("application/json") {
+    let json = if head {
+        serde_json::Value::Null
+    } else if content_type.starts_with("application/json") {
         serde_json::from_slice(&bytes).expect("a JSON content type has a JSON body")
     } else {
         serde_json::Value::Null
@@ -307,10 +311,15 @@ pub fn rest_api(data: &[u8]) {
     let Ok(Some(request)) = request(&mut u, &tokens) else {
         return;
     };
+    let path = request.uri().path();
+    if path.contains("/api/v1/events") || path.contains("/api/v1/stream") {
+        // Live streams never end; their handshake is not a body parser.
+        return;
+    }
     let what = format!("{} {}", request.method(), request.uri());
     let (status, json) = fixture.runtime.block_on(send(&fixture.state, request));
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{what}: {json}");
-    if status.is_client_error() || status.is_server_error() {
+    if (status.is_client_error() || status.is_server_error()) && !what.starts_with("HEAD ") {
         assert!(
             json["error"]["code"].is_string(),
             "{what}: {status} without a JSON error code: {json}"
