@@ -1,9 +1,10 @@
 //! The hub's Sparkplug primary host fed sequences of (topic, payload) from anyone on the broker.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Result, Unstructured};
+use hub::directory::Directory;
 use hub::host::{HostAction, HostSnapshot, PrimaryHost};
 use hub::stats::HubStats;
 use hub::twin::TwinRegistry;
@@ -142,8 +143,10 @@ fn canonical(snapshot: &HostSnapshot) -> serde_json::Value {
 }
 
 fn run(u: &mut Unstructured<'_>) -> Result<()> {
+    // Parsing the built-in catalogue per input would cost more than the host itself.
+    static DIRECTORY: OnceLock<Arc<Directory>> = OnceLock::new();
     let stats = Arc::new(HubStats::default());
-    let twins = TwinRegistry::new(stats.clone(), Arc::default());
+    let twins = TwinRegistry::new(stats.clone(), DIRECTORY.get_or_init(Arc::default).clone());
     let mut host = if u.arbitrary()? {
         // lab-a admits only gw-a; other labs admit any gateway.
         let admitted = HashSet::from(["gw-a".parse().expect("valid gateway id")]);

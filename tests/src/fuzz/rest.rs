@@ -28,6 +28,8 @@ const PASSWORD: &str = "fuzz-password";
 struct Fixture {
     runtime: tokio::runtime::Runtime,
     state: AppState,
+    /// The router over `state`, built once (building it per request would dominate a run).
+    router: axum::Router,
     /// admin, operator, student; a fuzzed logout revokes one, so each is renewed when dead.
     tokens: std::sync::Mutex<Vec<String>>,
     /// Keeps the command channel open (nothing drains it: once full, writes answer 503).
@@ -122,13 +124,15 @@ fn fixture() -> &'static Fixture {
             commands: Commands::new(client),
             scenarios: Some(Arc::new(scenarios)),
         };
+        let router = router(state.clone());
         let tokens = USERS
             .iter()
-            .map(|user| runtime.block_on(login(&state, user)))
+            .map(|user| runtime.block_on(login(&router, user)))
             .collect();
         Fixture {
             runtime,
             state,
+            router,
             tokens: std::sync::Mutex::new(tokens),
             _events: std::sync::Mutex::new(events),
             _data: data,
@@ -139,13 +143,13 @@ fn fixture() -> &'static Fixture {
 const USERS: [&str; 3] = ["admin", "operator", "student"];
 
 /// A token for `user`, through the login route.
-async fn login(state: &AppState, user: &str) -> String {
+async fn login(router: &axum::Router, user: &str) -> String {
     let body = serde_json::json!({ "user": user, "password": PASSWORD }).to_string();
     let request = Request::post("/api/v1/auth/login")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
         .expect("a request");
-    let (status, json) = send(state, request).await;
+    let (status, json) = send(router, request).await;
     assert_eq!(status, StatusCode::OK, "login of {user}: {json}");
     json["token"].as_str().expect("a token").to_owned()
 }
@@ -156,16 +160,17 @@ fn live_tokens(fixture: &Fixture) -> Vec<String> {
     let now = hub::ingest::now_ms();
     for (token, user) in tokens.iter_mut().zip(USERS) {
         if fixture.state.auth.session(token, now).is_none() {
-            *token = fixture.runtime.block_on(login(&fixture.state, user));
+            *token = fixture.runtime.block_on(login(&fixture.router, user));
         }
     }
     tokens.clone()
 }
 
-async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+async fn send(router: &axum::Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
     // A HEAD response has the GET's headers and no body.
     let head = request.method() == axum::http::Method::HEAD;
-    let response = router(state.clone())
+    let response = router
+        .clone()
         .oneshot(request)
         .await
         .expect("the router is infallible");
@@ -317,7 +322,7 @@ pub fn rest_api(data: &[u8]) {
         return;
     }
     let what = format!("{} {}", request.method(), request.uri());
-    let (status, json) = fixture.runtime.block_on(send(&fixture.state, request));
+    let (status, json) = fixture.runtime.block_on(send(&fixture.router, request));
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{what}: {json}");
     if (status.is_client_error() || status.is_server_error()) && !what.starts_with("HEAD ") {
         assert!(
