@@ -4,6 +4,7 @@
 //! The tests run every part through real sockets: the embedded MQTT broker, the gateway's MQTT
 //! sessions, the hub's HTTP server and WebSocket stream.
 
+pub mod fuzz;
 pub mod pki;
 
 use std::future::Future;

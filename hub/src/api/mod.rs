@@ -318,6 +318,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_alarm_number_that_is_not_a_number_is_a_json_not_found() {
+        // Found by the rest_api fuzz target: axum's u64 path rejection answered in plain text.
+        for uri in [
+            "/api/v1/alarms/lab-a/mill-1/overheat/abc",
+            "/api/v1/alarms/lab-a/mill-1/overheat/18446744073709551616",
+        ] {
+            let (status, body) = get(uri).await;
+            assert_eq!(
+                (status, &body["error"]["code"]),
+                (StatusCode::NOT_FOUND, &"alarm_not_found".into()),
+                "{uri}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn bad_ids_and_missing_twins_are_json_errors_with_stable_codes() {
         let (status, body) = get("/api/v1/twins/Lab-A/mill-1").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
