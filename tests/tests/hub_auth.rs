@@ -631,8 +631,8 @@ async fn every_answer_has_security_headers_and_every_error_is_json() -> anyhow::
             "/api/v1/alarms/lab-p/m-1/offline/seven",
             vec![],
             None,
-            400,
-            "bad_request",
+            404,
+            "alarm_not_found",
         ),
         ("GET", "/api/v1/stream", vec![], None, 400, "bad_request"),
         (
