@@ -74,6 +74,10 @@ pub struct WritableSpec {
     pub min: f64,
     /// Largest accepted value.
     pub max: f64,
+    /// An action rather than a setting (blink the LED for a while): a node's reboot does not
+    /// undo it, so the hub does not send it again when the node comes back with a new boot.
+    #[serde(default)]
+    pub momentary: bool,
 }
 
 /// A machine kind.

@@ -789,6 +789,35 @@ fn data_update(
     })
 }
 
+/// The topic and encoded payload of a DCMD asking `key`'s machine, through `gateway`, to take
+/// these metric values: the one place the hub writes a device command, for operators' requests
+/// and for desired values sent again after a node rebooted.
+pub fn device_command(
+    key: &TwinKey,
+    gateway: &GatewayId,
+    values: &[(String, f64)],
+    now_ms: u64,
+) -> (String, Vec<u8>) {
+    let topic = Topic::Message {
+        lab: key.lab.clone(),
+        kind: MessageType::DCmd,
+        gateway: gateway.clone(),
+        machine: Some(key.machine.clone()),
+    }
+    .to_string();
+    let payload = Payload {
+        timestamp: Some(now_ms),
+        metrics: values
+            .iter()
+            .map(|(name, value)| {
+                Metric::new(DataType::Double, MetricValue::Double(*value)).named(name)
+            })
+            .collect(),
+        ..Default::default()
+    };
+    (topic, payload.encode_to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use protocol::sparkplug::{PropertySet, PropertyValue};

@@ -270,7 +270,8 @@ pub async fn run(
 }
 
 /// Applies twin updates and sends rebirth requests; a sample the registry refuses as a
-/// `node.seq` jump asks its edge node for a rebirth.
+/// `node.seq` jump asks its edge node for a rebirth, and a birth with a new node boot sends the
+/// twin's desired values again.
 fn perform(
     actions: Vec<HostAction>,
     now: u64,
@@ -301,6 +302,27 @@ fn perform(
                         }
                     }
                     Outcome::Dropped(_) => {}
+                    Outcome::Resend {
+                        key,
+                        gateway,
+                        values,
+                    } => {
+                        let metrics: Vec<&str> = values.iter().map(|(m, _)| m.as_str()).collect();
+                        let (topic, payload) =
+                            crate::host::device_command(&key, &gateway, &values, now);
+                        match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                            Ok(()) => {
+                                info!(lab = %key.lab, machine = %key.machine, %gateway, ?metrics,
+                                    "node rebooted: desired values sent again")
+                            }
+                            // They stay pending and turn `no_answer` at the timeout, which
+                            // tells the operator to set them again.
+                            Err(err) => {
+                                warn!(lab = %key.lab, machine = %key.machine, %gateway, %err,
+                                    "node rebooted: cannot send its desired values again")
+                            }
+                        }
+                    }
                     Outcome::SeqJump {
                         gateway,
                         seq,

@@ -145,6 +145,59 @@ pub struct Desired {
     pub requested_at: u64,
     /// When the result came, ms since the epoch.
     pub completed_at: Option<u64>,
+    /// When the hub last sent it again because the node came back with a new boot (and its
+    /// defaults), ms since the epoch; the value is `pending` until the node reports it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resent_at: Option<u64>,
+}
+
+impl Desired {
+    /// When the command now awaited went out: the answer is due from then.
+    fn sent_at(&self) -> u64 {
+        self.resent_at.unwrap_or(self.requested_at)
+    }
+
+    /// Whether a rebooted node needs it again: it was (or may have been) applied to the boot
+    /// that ended, or the node never answered. A value the node refused would only be refused
+    /// again.
+    fn survives_reboot(&self) -> bool {
+        matches!(
+            self.status,
+            DesiredStatus::Applied
+                | DesiredStatus::Pending
+                | DesiredStatus::NoAnswer
+                | DesiredStatus::Failed
+        )
+    }
+}
+
+/// Marks the desired values a node lost in a reboot `pending` again and returns them, to be sent
+/// as a DCMD. Values the kind no longer lists as writable, and momentary ones (an action such as
+/// blinking the LED, which a reboot does not undo), are left as they are. The reported value of
+/// each re-sent property is marked stale: it describes the boot that ended.
+pub fn resync_desired(twin: &mut Twin, kind: &MachineKind, now: u64) -> Vec<(String, f64)> {
+    let mut resend = Vec::new();
+    for (metric, desired) in &mut twin.desired {
+        let setting = kind.writable(metric).is_some_and(|spec| !spec.momentary);
+        if !(setting && desired.survives_reboot()) {
+            continue;
+        }
+        desired.status = DesiredStatus::Pending;
+        desired.resent_at = Some(now);
+        desired.completed_at = None;
+        resend.push((metric.clone(), desired.value));
+    }
+    for (metric, _) in &resend {
+        if let Some((feature, property)) = metric.split_once('.')
+            && let Some(property) = twin
+                .features
+                .get_mut(feature)
+                .and_then(|f| f.properties.get_mut(property))
+        {
+            property.stale = true;
+        }
+    }
+    resend
 }
 
 /// An active alarm, as shown on its twin.
@@ -355,6 +408,10 @@ pub struct TwinChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub alarm: Option<serde_json::Value>,
+    /// For `kind: "desired"`: the twin's desired values after the change (requested, answered,
+    /// expired, or sent again after the node rebooted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<BTreeMap<String, Desired>>,
     /// When the hub received the Sparkplug message behind this change, hub wall clock in ms since
     /// the epoch (births, samples and property reports that came through ingest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -535,6 +592,16 @@ pub enum Outcome {
         /// The twin's last sequence number.
         last_seq: u32,
     },
+    /// A birth with a new node boot: taken, and these desired values are `pending` again and
+    /// must go to the machine as a DCMD through `gateway` (see [`resync_desired`]).
+    Resend {
+        /// The twin.
+        key: TwinKey,
+        /// The gateway it was born through.
+        gateway: GatewayId,
+        /// Metric → desired value.
+        values: Vec<(String, f64)>,
+    },
 }
 
 impl Outcome {
@@ -542,7 +609,7 @@ impl Outcome {
     pub fn applied(self) -> Option<Applied> {
         match self {
             Outcome::Taken(applied) => applied,
-            Outcome::Dropped(_) | Outcome::SeqJump { .. } => None,
+            Outcome::Dropped(_) | Outcome::SeqJump { .. } | Outcome::Resend { .. } => None,
         }
     }
 }
@@ -886,9 +953,10 @@ impl TwinRegistry {
                 requested_by: user.to_owned(),
                 requested_at: now,
                 completed_at: None,
+                resent_at: None,
             },
         );
-        let change = change("desired", &entry.twin, None, now, BTreeMap::new());
+        let change = desired_change(&entry.twin, now);
         drop(entry);
         self.publish(key.clone(), change);
         Ok(())
@@ -901,7 +969,7 @@ impl TwinRegistry {
             let mut any = false;
             for desired in entry.twin.desired.values_mut() {
                 if desired.status == DesiredStatus::Pending
-                    && now.saturating_sub(desired.requested_at) > timeout_ms
+                    && now.saturating_sub(desired.sent_at()) > timeout_ms
                 {
                     desired.status = DesiredStatus::NoAnswer;
                     desired.completed_at = Some(now);
@@ -909,10 +977,7 @@ impl TwinRegistry {
                 }
             }
             if any {
-                expired.push((
-                    entry.key().clone(),
-                    change("desired", &entry.twin, None, now, BTreeMap::new()),
-                ));
+                expired.push((entry.key().clone(), desired_change(&entry.twin, now)));
             }
         }
         for (key, change) in expired {
@@ -961,6 +1026,7 @@ impl TwinRegistry {
                 }
                 let alarm_events = entry.alarms.on_online(timestamp);
                 entry.refresh_alarm_summary();
+                let entry_kind = entry.kind.clone();
                 let kind_id = entry.kind.id.clone();
                 let twin = &mut entry.twin;
                 twin.kind = kind_id;
@@ -976,10 +1042,14 @@ impl TwinRegistry {
                     last_seen: Some(timestamp),
                     stale: false,
                 };
-                if boot.is_some() && boot != twin.boot {
+                // A new boot runs the firmware's defaults: what the twin wants must go again.
+                let resend = if boot.is_some() && boot != twin.boot {
                     twin.boot = boot;
                     twin.last_seq = 0;
-                }
+                    resync_desired(twin, &entry_kind, now_ms)
+                } else {
+                    Vec::new()
+                };
                 let max = self.limits.max_metrics_per_device;
                 let mut count = twin.property_count();
                 for (name, unit) in &metrics {
@@ -998,10 +1068,21 @@ impl TwinRegistry {
                 let mut change = change("birth", twin, None, timestamp, BTreeMap::new());
                 (change.received_ms, change.sparkplug) = hop;
                 let alarms = alarm_changes(twin, &alarm_events, timestamp);
+                let resynced = (!resend.is_empty()).then(|| desired_change(twin, now_ms));
                 drop(entry);
                 self.publish(key.clone(), change);
                 self.publish_alarms(&key, alarms);
-                Outcome::Taken(None)
+                match resynced {
+                    Some(resynced) => {
+                        self.publish(key.clone(), resynced);
+                        Outcome::Resend {
+                            key,
+                            gateway,
+                            values: resend,
+                        }
+                    }
+                    None => Outcome::Taken(None),
+                }
             }
             TwinUpdate::Sample {
                 key,
@@ -1146,12 +1227,16 @@ impl TwinRegistry {
                     property.stale = false;
                     changed.insert(name.to_string(), *value);
                 }
-                settle_desired(twin, &values, timestamp);
+                let settled = settle_desired(twin, &values, timestamp)
+                    .then(|| desired_change(twin, timestamp));
                 let mut change = change("properties", twin, None, timestamp, changed);
                 (change.received_ms, change.sparkplug) = hop;
                 let gateway = twin.connectivity.gateway.clone();
                 drop(entry);
                 self.publish(key.clone(), change);
+                if let Some(settled) = settled {
+                    self.publish(key.clone(), settled);
+                }
                 Outcome::Taken(Some(Applied {
                     key,
                     timestamp,
@@ -1210,13 +1295,14 @@ const ENERGY_METRIC: &str = protocol::metric_names::ENERGY_TOTAL_WH;
 /// Matches a command result to the desired value it answers. Gateways handle one machine's
 /// commands in order, so a result belongs to the oldest pending request; the applied value, when
 /// reported, names its metric directly.
-fn settle_desired(twin: &mut Twin, values: &[(MetricName, f64)], timestamp: u64) {
+/// Returns whether a desired value changed.
+fn settle_desired(twin: &mut Twin, values: &[(MetricName, f64)], timestamp: u64) -> bool {
     let Some(code) = values
         .iter()
         .find(|(name, _)| name.as_str() == COMMAND_RESULT_METRIC)
         .map(|(_, v)| *v)
     else {
-        return;
+        return false;
     };
     let named = values
         .iter()
@@ -1230,7 +1316,7 @@ fn settle_desired(twin: &mut Twin, values: &[(MetricName, f64)], timestamp: u64)
         twin.desired
             .iter()
             .filter(|(_, d)| d.status == DesiredStatus::Pending)
-            .min_by_key(|(_, d)| d.requested_at)
+            .min_by_key(|(_, d)| d.sent_at())
             .map(|(name, _)| name.clone())
     };
     if let Some(metric) = named.or_else(oldest)
@@ -1238,7 +1324,9 @@ fn settle_desired(twin: &mut Twin, values: &[(MetricName, f64)], timestamp: u64)
     {
         desired.status = DesiredStatus::from_result_code(code);
         desired.completed_at = Some(timestamp);
+        return true;
     }
+    false
 }
 
 fn alarm_change(twin: &Twin, event: &AlarmEvent, timestamp: u64) -> TwinChange {
@@ -1278,9 +1366,16 @@ fn change(
         state: twin.state.value.clone(),
         online: twin.connectivity.online,
         alarm: None,
+        desired: None,
         received_ms: None,
         sparkplug: None,
     }
+}
+
+fn desired_change(twin: &Twin, timestamp: u64) -> TwinChange {
+    let mut change = change("desired", twin, None, timestamp, BTreeMap::new());
+    change.desired = Some(twin.desired.clone());
+    change
 }
 
 #[cfg(test)]
@@ -1429,6 +1524,158 @@ mod tests {
             twin.desired["node.period_ms"].status,
             DesiredStatus::NoAnswer
         );
+    }
+
+    /// A cnc-mill twin born with `boot`, whose operator asked for a period, an LED blink and
+    /// (refused) an out-of-catalogue value, all answered.
+    fn mill_with_applied_settings() -> TwinRegistry {
+        let registry = TwinRegistry::new(Arc::new(HubStats::default()), Arc::default());
+        registry.apply(mill_birth(Some(1)));
+        for (metric_name, value, at) in
+            [("node.period_ms", 500.0, 2), ("node.identify_ms", 900.0, 3)]
+        {
+            registry
+                .request_desired(&key(), metric_name, value, "olga", at)
+                .expect("accepted");
+            registry.apply(TwinUpdate::Properties {
+                key: key(),
+                timestamp: at,
+                values: vec![
+                    (metric(metric_name), value),
+                    (metric(COMMAND_RESULT_METRIC), 0.0),
+                ],
+            });
+        }
+        registry
+    }
+
+    fn mill_birth(boot: Option<u32>) -> TwinUpdate {
+        TwinUpdate::Birth {
+            key: key(),
+            boot,
+            node_seq: None,
+            gateway: "gw-a".parse().expect("valid"),
+            metrics: vec![
+                (metric("spindle.power_w"), Unit::Watt),
+                (metric("spindle.vibration_rms"), Unit::MillimetrePerSecond),
+                (metric("production.parts"), Unit::Count),
+            ],
+            timestamp: 1,
+        }
+    }
+
+    fn status(registry: &TwinRegistry, metric: &str) -> DesiredStatus {
+        registry.get(&key()).expect("twin").desired[metric].status
+    }
+
+    #[test]
+    fn a_new_boot_makes_applied_settings_pending_and_asks_for_them_again() {
+        let registry = mill_with_applied_settings();
+        assert_eq!(status(&registry, "node.period_ms"), DesiredStatus::Applied);
+        let mut changes = registry.subscribe();
+
+        let outcome = registry.apply_at(mill_birth(Some(2)), 50);
+
+        let Outcome::Resend {
+            key: resent_key,
+            gateway,
+            values,
+        } = outcome
+        else {
+            panic!("expected a resend, got {outcome:?}");
+        };
+        assert_eq!((resent_key, gateway.as_str()), (key(), "gw-a"));
+        assert_eq!(
+            values,
+            vec![("node.period_ms".to_owned(), 500.0)],
+            "the LED blink is momentary: a reboot does not undo it"
+        );
+        let twin = registry.get(&key()).expect("twin");
+        let period = &twin.desired["node.period_ms"];
+        assert_eq!(
+            (period.status, period.resent_at, period.completed_at),
+            (DesiredStatus::Pending, Some(50), None)
+        );
+        assert_eq!(period.requested_at, 2, "who asked and when stays as it was");
+        assert!(
+            twin.features["node"].properties["period_ms"].stale,
+            "the reported 500 ms belongs to the boot that ended"
+        );
+        assert_eq!(
+            twin.desired["node.identify_ms"].status,
+            DesiredStatus::Applied
+        );
+        let kinds: Vec<String> = std::iter::from_fn(|| changes.try_recv().ok())
+            .map(|c| c.kind.clone())
+            .collect();
+        assert_eq!(kinds, ["birth", "desired"]);
+
+        // Applied again only when the node reports the value.
+        registry.apply(TwinUpdate::Properties {
+            key: key(),
+            timestamp: 60,
+            values: vec![
+                (metric("node.period_ms"), 500.0),
+                (metric(COMMAND_RESULT_METRIC), 0.0),
+            ],
+        });
+        let twin = registry.get(&key()).expect("twin");
+        assert_eq!(
+            twin.desired["node.period_ms"].status,
+            DesiredStatus::Applied
+        );
+        assert_eq!(twin.desired["node.period_ms"].completed_at, Some(60));
+        assert!(!twin.features["node"].properties["period_ms"].stale);
+    }
+
+    #[test]
+    fn a_rebirth_of_the_same_boot_or_an_unknown_boot_sends_nothing_again() {
+        let registry = mill_with_applied_settings();
+        assert_eq!(
+            registry.apply_at(mill_birth(Some(1)), 50),
+            Outcome::Taken(None),
+            "a gateway reconnect: the node kept its settings"
+        );
+        assert_eq!(
+            registry.apply_at(mill_birth(None), 51),
+            Outcome::Taken(None)
+        );
+        assert_eq!(status(&registry, "node.period_ms"), DesiredStatus::Applied);
+    }
+
+    #[test]
+    fn a_value_the_node_refused_is_not_sent_again_after_a_reboot() {
+        let registry = mill_with_applied_settings();
+        registry
+            .request_desired(&key(), "node.period_ms", 700.0, "olga", 5)
+            .expect("accepted");
+        registry.apply(TwinUpdate::Properties {
+            key: key(),
+            timestamp: 6,
+            values: vec![(metric(COMMAND_RESULT_METRIC), 1.0)],
+        });
+        assert_eq!(status(&registry, "node.period_ms"), DesiredStatus::Invalid);
+        assert_eq!(
+            registry.apply_at(mill_birth(Some(2)), 50),
+            Outcome::Taken(None)
+        );
+        assert_eq!(status(&registry, "node.period_ms"), DesiredStatus::Invalid);
+    }
+
+    #[test]
+    fn a_resent_value_times_out_from_when_it_was_sent_again() {
+        let registry = mill_with_applied_settings();
+        registry.apply_at(mill_birth(Some(2)), 100_000);
+        registry.expire_desired(100_000 + 10_000, 15_000);
+        assert_eq!(status(&registry, "node.period_ms"), DesiredStatus::Pending);
+        registry.expire_desired(100_000 + 20_000, 15_000);
+        assert_eq!(status(&registry, "node.period_ms"), DesiredStatus::NoAnswer);
+        // The node never answered: after its next boot it is asked again.
+        assert!(matches!(
+            registry.apply_at(mill_birth(Some(3)), 200_000),
+            Outcome::Resend { .. }
+        ));
+        assert_eq!(status(&registry, "node.period_ms"), DesiredStatus::Pending);
     }
 
     #[test]

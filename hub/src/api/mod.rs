@@ -22,8 +22,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, patch, post};
-use prost::Message as _;
-use protocol::sparkplug::{DataType, MessageType, Metric, MetricValue, Payload, Topic};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::watch;
 
@@ -60,25 +58,9 @@ impl Commands {
         values: &[(String, f64)],
         now_ms: u64,
     ) -> Result<(), ApiError> {
-        let topic = Topic::Message {
-            lab: key.lab.clone(),
-            kind: MessageType::DCmd,
-            gateway: gateway.clone(),
-            machine: Some(key.machine.clone()),
-        }
-        .to_string();
-        let payload = Payload {
-            timestamp: Some(now_ms),
-            metrics: values
-                .iter()
-                .map(|(name, value)| {
-                    Metric::new(DataType::Double, MetricValue::Double(*value)).named(name)
-                })
-                .collect(),
-            ..Default::default()
-        };
+        let (topic, payload) = crate::host::device_command(key, gateway, values, now_ms);
         self.client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload.encode_to_vec())
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
             .map_err(|err| ApiError::CommandNotSent(format!("cannot send the DCMD: {err}")))
     }
 }
