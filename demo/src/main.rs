@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{ArgAction, Parser};
 use demolab_demo::region::{Region, RegionOptions};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -43,7 +43,44 @@ struct Args {
     /// Password of the `operator` user (default: a new random one, printed at start).
     #[arg(long, env = "DEMOLAB_OPERATOR_PASSWORD")]
     operator_password: Option<String>,
+    /// More log lines on stderr: `-v` what each part does (connections, births, nodes), `-vv`
+    /// also debug detail. Without it only warnings and errors. `RUST_LOG`, when set, decides
+    /// instead.
+    #[arg(short, long, action = ArgAction::Count)]
+    verbose: u8,
 }
+
+/// Our crates, whose lifecycle lines `-v` shows.
+const OUR_CRATES: [&str; 6] = [
+    "demolab",
+    "demolab_demo",
+    "demolab_hub",
+    "demolab_gateway",
+    "demolab_broker",
+    "demolab_simulators",
+];
+
+/// The log filter for `-v` given `verbose` times. A newcomer's terminal shows the banner and
+/// anything that went wrong; the steady INFO lines of a dozen nodes and gateways starting would
+/// bury it, so they wait for `-v`.
+fn log_filter(verbose: u8) -> String {
+    let (ours, others) = match verbose {
+        0 => return "warn".to_owned(),
+        1 => ("info", "warn"),
+        _ => ("debug", "info"),
+    };
+    let mut filter = others.to_owned();
+    for name in OUR_CRATES {
+        filter.push_str(&format!(",{name}={ours}"));
+    }
+    filter
+}
+
+/// Sets the banner apart from anything else in the terminal.
+const RULE: &str = "════════════════════════════════════════════════════════════════════════";
+
+/// How long start-up may take before the banner is printed anyway, naming what is missing.
+const START_DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -51,9 +88,10 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            EnvFilter::new("warn,demolab=info,demolab_hub=info,demolab_gateway=info")
-        }))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(log_filter(args.verbose))),
+        )
         .init();
 
     let mut region = Region::start(RegionOptions {
@@ -67,9 +105,22 @@ async fn main() -> anyhow::Result<()> {
         operator_password: args.operator_password.clone(),
     })
     .await?;
+    // The banner promises a running region: every URL answers and every machine is live.
+    let missing = region.until_running(START_DEADLINE).await;
+    if !missing.is_empty() {
+        let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        warn!(
+            ?missing,
+            "not every machine is online after {START_DEADLINE:?}; they may still join"
+        );
+    }
     println!();
-    println!("{}", region.banner());
-    println!("Press Ctrl-C to stop.");
+    println!("{RULE}");
+    for line in region.banner().lines() {
+        println!("  {line}");
+    }
+    println!("{RULE}");
+    println!("Press Ctrl-C to stop. Logs: warnings only; -v or -vv for more.");
     println!();
 
     tokio::select! {
@@ -86,4 +137,36 @@ async fn main() -> anyhow::Result<()> {
         args.data_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_by_default_and_each_v_shows_more_of_our_crates() {
+        assert_eq!(log_filter(0), "warn");
+        let one = log_filter(1);
+        assert!(
+            one.starts_with("warn,") && one.contains("demolab_hub=info"),
+            "{one}"
+        );
+        let two = log_filter(2);
+        assert!(
+            two.starts_with("info,") && two.contains("demolab_gateway=debug"),
+            "{two}"
+        );
+        assert_eq!(log_filter(5), two);
+        for filter in [log_filter(0), one, two] {
+            assert!(EnvFilter::try_new(&filter).is_ok(), "{filter}");
+        }
+    }
+
+    #[test]
+    fn verbosity_counts_repeated_flags() {
+        let args = Args::try_parse_from(["demolab", "-vv"]).expect("parses");
+        assert_eq!(args.verbose, 2);
+        let args = Args::try_parse_from(["demolab"]).expect("parses");
+        assert_eq!(args.verbose, 0);
+    }
 }

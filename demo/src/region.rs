@@ -110,6 +110,7 @@ pub struct Region {
     accounts: GeneratedCredentials,
     logins: WebLogins,
     lab_lines: Vec<String>,
+    machines: Vec<TwinKey>,
     data_dir: PathBuf,
 }
 
@@ -316,6 +317,7 @@ impl Region {
             accounts,
             logins,
             lab_lines: Vec::new(),
+            machines: Vec::new(),
             data_dir: options.data_dir.clone(),
         };
         let mut counters = Vec::new();
@@ -446,6 +448,12 @@ impl Region {
                 master,
             ),
         ));
+        for (machine, _) in simulated_machines(options.machines_per_lab) {
+            self.machines
+                .extend(TwinKey::parse(&format!("{lab}/{machine}")));
+        }
+        self.machines
+            .extend(TwinKey::parse(&format!("{lab}/lathe-1")));
         self.lab_lines.push(format!(
             "lab: {lab} (gateway {gateway}, {} CNC mills, compressor-1 and printer-1 over MQTT, lathe-1 on serial {tty})",
             options.machines_per_lab
@@ -473,6 +481,40 @@ impl Region {
     /// The web logins.
     pub fn logins(&self) -> &WebLogins {
         &self.logins
+    }
+
+    /// Every machine of the region (MQTT nodes and serial kits), as twins.
+    pub fn machines(&self) -> &[TwinKey] {
+        &self.machines
+    }
+
+    /// Waits until every machine of the region has an online twin (its node connected, its
+    /// gateway born it on the hub), or `deadline` passes; returns the machines still missing,
+    /// none when the region is fully running. It wakes on the hub's twin changes, so it returns
+    /// as soon as the last machine is born.
+    pub async fn until_running(&self, deadline: Duration) -> Vec<TwinKey> {
+        let twins = self.hub.twins();
+        // Subscribed before the first look, so a birth between the two is not missed.
+        let mut changes = twins.subscribe();
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let missing: Vec<TwinKey> = self
+                .machines
+                .iter()
+                .filter(|key| !twins.get(key).is_some_and(|t| t.connectivity.online))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                return missing;
+            }
+            match tokio::time::timeout_at(until, changes.recv()).await {
+                // A change, or several missed while lagging: look again either way.
+                Ok(Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => {
+                    return missing;
+                }
+            }
+        }
     }
 
     /// What the demo prints once everything runs: where each part is and how to log in.
