@@ -41,8 +41,14 @@ fn node(port: u16, boot: u32) -> anyhow::Result<MqttNodeConfig> {
 /// What the spy saw on the node's up topic, in order.
 #[derive(Debug)]
 enum Seen {
-    Hello { boot: u32 },
-    Sample { uptime_ms: u64 },
+    /// A boot, with the shortest sample period the node announced for it.
+    Hello {
+        boot: u32,
+        period_ms: Option<u32>,
+    },
+    Sample {
+        uptime_ms: u64,
+    },
 }
 
 /// Subscribes to the node's up topic and decodes every frame, as a second listener beside the
@@ -73,7 +79,10 @@ async fn spy(
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let seen = match protocol::codec::decode(&publish.payload) {
-                        Ok(Frame::Hello(hello)) => Seen::Hello { boot: hello.boot },
+                        Ok(Frame::Hello(hello)) => Seen::Hello {
+                            boot: hello.boot,
+                            period_ms: hello.metrics.iter().map(|m| m.period_ms).min(),
+                        },
                         Ok(Frame::Samples(samples)) => Seen::Sample {
                             uptime_ms: samples.uptime_ms,
                         },
@@ -212,46 +221,48 @@ async fn a_rebooted_node_gets_its_desired_period_again_and_the_twin_is_pending_u
     assert_eq!(twin.value("node.period_ms"), Some(500.0));
     assert!(!twin.features["node"].properties["period_ms"].stale);
 
-    // The node itself: after the second Hello it first samples at its default period (at least
-    // the sample that made the gateway's DBIRTH), and once the DCMD is through, at 500 ms.
-    let mut uptimes = Vec::new();
-    within(
+    // The node itself: its second Hello announces the default period (the reboot lost the
+    // setting); it samples at that period at first (at least the sample that made the gateway's
+    // DBIRTH), and once the DCMD is through, every 500 ms.
+    let (announced, deltas) = within(
         Duration::from_secs(20),
         "the node to sample every 500 ms",
         async {
-            let mut second_boot = false;
+            let mut announced = None;
+            let mut uptimes: Vec<u64> = Vec::new();
             loop {
-                let deltas: Vec<u64> = uptimes.windows(2).map(|w: &[u64]| w[1] - w[0]).collect();
+                let deltas: Vec<u64> = uptimes.windows(2).map(|w| w[1] - w[0]).collect();
                 if deltas.len() >= 5
                     && deltas[deltas.len() - 5..]
                         .iter()
                         .all(|d| *d == DESIRED_PERIOD_MS)
                 {
-                    return anyhow::Ok(deltas);
+                    return anyhow::Ok((announced, deltas));
                 }
                 match seen.recv().await.context("the spy stopped")? {
-                    Seen::Hello { boot } => second_boot = boot == SECOND_BOOT,
-                    Seen::Sample { uptime_ms } if second_boot => uptimes.push(uptime_ms),
-                    Seen::Sample { .. } => {}
+                    Seen::Hello { boot, period_ms } if boot == SECOND_BOOT => {
+                        announced = period_ms.map(u64::from);
+                    }
+                    Seen::Sample { uptime_ms } if announced.is_some() => uptimes.push(uptime_ms),
+                    Seen::Hello { .. } | Seen::Sample { .. } => {}
                 }
             }
         },
     )
-    .await?
-    .map(|deltas| {
-        assert!(
-            deltas
-                .iter()
-                .all(|d| *d == DEFAULT_PERIOD_MS || *d == DESIRED_PERIOD_MS),
-            "{deltas:?}"
-        );
-        // Once changed, the period never goes back to the default.
-        let first_desired = deltas.iter().position(|d| *d == DESIRED_PERIOD_MS);
-        assert!(
-            first_desired.is_some_and(|i| deltas[i..].iter().all(|d| *d == DESIRED_PERIOD_MS)),
-            "{deltas:?}"
-        );
-    })?;
+    .await??;
+    assert_eq!(announced, Some(DEFAULT_PERIOD_MS));
+    assert!(
+        deltas
+            .iter()
+            .all(|d| *d == DEFAULT_PERIOD_MS || *d == DESIRED_PERIOD_MS),
+        "{deltas:?}"
+    );
+    // Once changed, the period never goes back to the default.
+    let first_desired = deltas.iter().position(|d| *d == DESIRED_PERIOD_MS);
+    assert!(
+        first_desired.is_some_and(|i| deltas[i..].iter().all(|d| *d == DESIRED_PERIOD_MS)),
+        "{deltas:?}"
+    );
 
     // The API tells the same story.
     let (code, body) = http(
