@@ -213,7 +213,7 @@ impl Element {
         match self {
             Element::Property {
                 value_type, value, ..
-            } => match (value_type.as_ref(), value) {
+            } => match (*value_type, value) {
                 (_, None) => Value::Null,
                 ("xs:double", Some(v)) => v
                     .parse::<f64>()
