@@ -8,10 +8,10 @@
 //! `hub::api::aas`.
 //!
 //! ```
-//! use hub::aas::{Part, decode_identifier, encode_identifier, shell_id, parse_submodel_id};
-//! let key = hub::twin::TwinKey::parse("lab-a/mill-1").unwrap();
+//! use demolab_hub::aas::{Part, decode_identifier, encode_identifier, shell_id, parse_submodel_id};
+//! let key = demolab_hub::twin::TwinKey::parse("lab-a/mill-1").unwrap();
 //! assert_eq!(shell_id(&key), "urn:demolab:aas:lab-a:mill-1");
-//! let encoded = encode_identifier(&hub::aas::submodel_id(&key, Part::Nameplate));
+//! let encoded = encode_identifier(&demolab_hub::aas::submodel_id(&key, Part::Nameplate));
 //! let id = decode_identifier("submodelIdentifier", &encoded).unwrap();
 //! assert_eq!(parse_submodel_id(&id), Some((key, Part::Nameplate)));
 //! ```
