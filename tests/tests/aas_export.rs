@@ -120,6 +120,21 @@ async fn export(region: &Region) -> anyhow::Result<()> {
         let refs = get_ok(addr, &format!("/api/v1/aas/shells/{encoded}/submodel-refs")).await?;
         let refs = refs["result"].as_array().context("refs")?.clone();
         ensure!(refs.len() == 4, "{refs:?}");
+        let refs_path = format!("/api/v1/aas/shells/{encoded}/submodel-refs?limit=3");
+        let first = get_ok(addr, &refs_path).await?;
+        let cursor = first["paging_metadata"]["cursor"]
+            .as_str()
+            .context("a cursor")?;
+        let rest = get_ok(addr, &format!("{refs_path}&cursor={cursor}")).await?;
+        ensure!(
+            [&first["result"], &rest["result"]]
+                .iter()
+                .filter_map(|page| page.as_array())
+                .flatten()
+                .eq(refs.iter()),
+            "paged references {first} {rest} differ from {refs:?}"
+        );
+        ensure!(rest["paging_metadata"].get("cursor").is_none(), "{rest}");
         let mut submodels = Vec::new();
         for reference in &refs {
             ensure!(reference["type"] == "ModelReference", "{reference}");

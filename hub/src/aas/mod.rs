@@ -108,6 +108,11 @@ pub fn submodel_id(key: &TwinKey, part: Part) -> String {
     )
 }
 
+/// The shell's idShort (also the `.aasx` file name): `lab__machine` in the idShort alphabet.
+pub fn shell_id_short(key: &TwinKey) -> String {
+    model::id_short(&format!("{}__{}", key.lab, key.machine))
+}
+
 /// The twin of a shell identifier, if it is one of ours.
 pub fn parse_shell_id(id: &str) -> Option<TwinKey> {
     let rest = id.strip_prefix(ID_PREFIX)?.strip_prefix("aas:")?;
@@ -163,7 +168,7 @@ pub fn shell(twin: &Twin, key: &TwinKey, kind: &MachineKind) -> Shell {
     Shell {
         model_type: "AssetAdministrationShell",
         id: shell_id(key),
-        id_short: model::id_short(&format!("{}__{}", key.lab, key.machine)),
+        id_short: shell_id_short(key),
         display_name: twin
             .name
             .iter()

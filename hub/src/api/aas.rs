@@ -130,6 +130,25 @@ fn check_modifiers(level: Option<&str>, extent: Option<&str>) -> Result<(), ApiE
     Ok(())
 }
 
+/// One page of `items` in their own order (a shell's submodels, a submodel's elements): the
+/// cursor is a position, as the order carries meaning and is not that of a key.
+fn page_in_order<T>(
+    items: Vec<T>,
+    limit: Option<usize>,
+    cursor: Option<&str>,
+) -> Result<Paged<T>, ApiError> {
+    let numbered: Vec<(String, T)> = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| (format!("{i:06}"), item))
+        .collect();
+    let page = page(numbered, |(i, _)| i.clone(), limit, cursor)?;
+    Ok(Paged {
+        paging_metadata: page.paging_metadata,
+        result: page.result.into_iter().map(|(_, item)| item).collect(),
+    })
+}
+
 /// The twins the caller may read, with their kinds, sorted by shell id.
 fn readable(state: &AppState, caller: &Caller) -> Vec<(TwinKey, Twin, Arc<MachineKind>)> {
     let mut twins: Vec<_> = state
@@ -254,13 +273,7 @@ pub async fn submodel_refs(
     let Query(paging) = query?;
     check_modifiers(paging.level.as_deref(), paging.extent.as_deref())?;
     let refs = aas::shell(&twin, &key, &kind).submodels;
-    let page = page(
-        refs,
-        |r: &model::Reference| r.keys.first().map(|k| k.value.clone()).unwrap_or_default(),
-        paging.limit,
-        paging.cursor.as_deref(),
-    )?;
-    Ok(Json(page))
+    page_in_order(refs, paging.limit, paging.cursor.as_deref()).map(Json)
 }
 
 /// The shell and its submodels as an AASX package (AAS Part 5): an OPC zip whose `aasx-origin`
@@ -280,7 +293,9 @@ pub async fn aasx(
 ) -> Result<Response, ApiError> {
     let (key, twin, kind) = shell_target(&state, &caller, &encoded)?;
     let environment = aas::environment(&twin, &key, &kind);
-    let name = environment.asset_administration_shells[0].id_short.clone();
+    let name = aas::shell_id_short(&key);
+    // Serialising these types cannot fail (string keys, no maps of other keys); were it to,
+    // it is the hub's fault, a 500.
     let json = serde_json::to_vec(&environment).map_err(|e| ApiError::Storage(e.to_string()))?;
     let package = aas::package::aasx(&name, &json);
     let mut response = package.into_response();
@@ -397,23 +412,12 @@ pub async fn submodel_elements(
     let submodel = submodel_target(&state, &caller, &encoded)?;
     let Query(paging) = query?;
     check_modifiers(paging.level.as_deref(), paging.extent.as_deref())?;
-    // Elements keep the submodel's order, so the cursor is a position, not an idShort.
-    let indexed: Vec<(String, model::Element)> = submodel
-        .submodel_elements
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| (format!("{i:06}"), e))
-        .collect();
-    let page = page(
-        indexed,
-        |(i, _): &(String, model::Element)| i.clone(),
+    page_in_order(
+        submodel.submodel_elements,
         paging.limit,
         paging.cursor.as_deref(),
-    )?;
-    Ok(Json(Paged {
-        paging_metadata: page.paging_metadata,
-        result: page.result.into_iter().map(|(_, e)| e).collect(),
-    }))
+    )
+    .map(Json)
 }
 
 #[cfg(test)]
@@ -433,6 +437,20 @@ mod tests {
         assert_eq!(
             (last.result, last.paging_metadata.cursor),
             (vec!["e".to_owned()], None)
+        );
+    }
+
+    #[test]
+    fn items_in_their_own_order_page_by_position() {
+        // Not sorted: a cursor by key would repeat "b" on the second page.
+        let items = vec!["c", "a", "d", "b"];
+        let first = page_in_order(items.clone(), Some(3), None).expect("page");
+        assert_eq!(first.result, ["c", "a", "d"]);
+        let cursor = first.paging_metadata.cursor.expect("more");
+        let rest = page_in_order(items, Some(3), Some(&cursor)).expect("page");
+        assert_eq!(
+            (rest.result, rest.paging_metadata.cursor),
+            (vec!["b"], None)
         );
     }
 
