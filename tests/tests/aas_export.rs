@@ -8,7 +8,8 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -16,6 +17,8 @@ use demolab_demo::region::{Region, RegionOptions};
 use demolab_tests::{http, http_get_bytes, hub_config, start_hub_with, wait_until};
 use hub::aas::{encode_identifier, package};
 use hub::auth::{AuthConfig, GameConfig, Role, UserConfig, hash_password};
+use hub::catalogue::Catalogue;
+use hub::directory::{Directory, LabConfig, MachineConfig};
 use hub::twin::{TwinKey, TwinUpdate};
 use serde_json::{Value, json};
 
@@ -105,7 +108,7 @@ async fn export(region: &Region) -> anyhow::Result<()> {
         .collect();
     ensure!(ids == wanted, "shells {ids:?}, twins {wanted:?}");
 
-    let dump = std::env::var_os("DEMOLAB_AAS_EXPORT_DIR").map(PathBuf::from);
+    let dump_dir = std::env::var_os("DEMOLAB_AAS_EXPORT_DIR").map(PathBuf::from);
     for shell in &shells {
         let id = shell["id"].as_str().context("id")?;
         let encoded = encode_identifier(id);
@@ -176,16 +179,11 @@ async fn export(region: &Region) -> anyhow::Result<()> {
         );
         check_package(&aasx, id_short, id)?;
 
-        if let Some(dir) = &dump {
-            std::fs::create_dir_all(dir)?;
-            std::fs::write(
-                dir.join(format!("{id_short}.json")),
-                serde_json::to_vec_pretty(&environment)?,
-            )?;
-            std::fs::write(dir.join(format!("{id_short}.aasx")), &aasx)?;
+        if let Some(dir) = &dump_dir {
+            dump(dir, id_short, &environment, &aasx)?;
         }
     }
-    if let Some(dir) = &dump {
+    if let Some(dir) = &dump_dir {
         // The checker compares its count with this, so a shell left out cannot pass unseen.
         std::fs::write(dir.join("expected-shells"), shells.len().to_string())?;
     }
@@ -207,6 +205,17 @@ async fn export(region: &Region) -> anyhow::Result<()> {
         ),
         "{nameplates}"
     );
+    Ok(())
+}
+
+/// Writes a shell's environment (as assembled from the API) and its package for the checker.
+fn dump(dir: &Path, id_short: &str, environment: &Value, aasx: &[u8]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(format!("{id_short}.json")),
+        serde_json::to_vec_pretty(environment)?,
+    )?;
+    std::fs::write(dir.join(format!("{id_short}.aasx")), aasx)?;
     Ok(())
 }
 
@@ -331,7 +340,42 @@ async fn a_student_sees_only_the_shells_of_his_labs_and_bad_identifiers_are_name
             game: (role == Role::Student).then(|| "g".to_owned()),
         })
     };
+    // Attributes as a hand-written lab file may have them: empty, with control characters,
+    // too long for an AAS text, keys that are no idShort. The export must stay valid.
+    let odd = MachineConfig {
+        id: "mill-1".parse()?,
+        kind: Some("cnc-mill".into()),
+        name: Some("Mill\u{7} with a name far longer than an AAS name may be ".repeat(4)),
+        line: None,
+        attributes: [
+            ("manufacturer", String::new()),
+            ("model", "X\u{1}Y".to_owned()),
+            ("serial", "S".repeat(3000)),
+            ("weird key!", "v".to_owned()),
+            ("weird-key?", "w".to_owned()),
+            ("", "nameless".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+    };
+    let lab = |id: &str, machines| -> anyhow::Result<LabConfig> {
+        Ok(LabConfig {
+            id: id.parse()?,
+            name: id.into(),
+            location: String::new(),
+            gateways: vec!["gw".parse()?],
+            machines,
+            accept_new_machines: true,
+        })
+    };
+    let directory = Directory::new(
+        Catalogue::builtin(),
+        vec![lab("lab-a", vec![odd])?, lab("lab-b", vec![])?],
+        vec![],
+    )?;
     let hub = start_hub_with(hub::HubConfig {
+        directory: Arc::new(directory),
         auth: AuthConfig {
             users: vec![user("olga", Role::Operator)?, user("sam", Role::Student)?],
             games: vec![GameConfig {
@@ -353,6 +397,46 @@ async fn a_student_sees_only_the_shells_of_his_labs_and_bad_identifiers_are_name
     let submodel = |lab: &str, machine: &str| {
         encode_identifier(&format!("urn:demolab:sm:{lab}:{machine}:OperationalData"))
     };
+
+    // The odd attributes' shell, for the independent check beside the demo's.
+    let (status, odd_shell) = get(
+        addr,
+        &format!("/api/v1/aas/shells/{}", shell("lab-a", "mill-1")),
+        Some(&olga),
+    )
+    .await?;
+    ensure!(status == 200, "{odd_shell}");
+    let (_, nameplate) = get(
+        addr,
+        &format!(
+            "/api/v1/aas/submodels/{}",
+            encode_identifier("urn:demolab:sm:lab-a:mill-1:Nameplate")
+        ),
+        Some(&olga),
+    )
+    .await?;
+    let mut submodels = vec![nameplate];
+    for part in ["TechnicalData", "OperationalData", "TimeSeries"] {
+        let id = encode_identifier(&format!("urn:demolab:sm:lab-a:mill-1:{part}"));
+        submodels.push(
+            get(addr, &format!("/api/v1/aas/submodels/{id}"), Some(&olga))
+                .await?
+                .1,
+        );
+    }
+    let environment = json!({"assetAdministrationShells": [odd_shell], "submodels": submodels});
+    let (status, _, aasx) = http_get_bytes(
+        addr,
+        &format!("/api/v1/aas/shells/{}/aasx", shell("lab-a", "mill-1")),
+        Some(&olga),
+    )
+    .await?;
+    ensure!(status == 200);
+    if let Some(dir) = std::env::var_os("DEMOLAB_AAS_EXPORT_DIR").map(PathBuf::from) {
+        let dir = dir.join("edge-cases");
+        dump(&dir, "lab_a__mill_1", &environment, &aasx)?;
+        std::fs::write(dir.join("expected-shells"), "1")?;
+    }
 
     let code = |doc: &Value| doc["error"]["code"].as_str().unwrap_or_default().to_owned();
     let (status, anonymous) = get(addr, "/api/v1/aas/shells", None).await?;

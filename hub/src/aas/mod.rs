@@ -172,7 +172,8 @@ pub fn shell(twin: &Twin, key: &TwinKey, kind: &MachineKind) -> Shell {
         display_name: twin
             .name
             .iter()
-            .map(|name| LangString::en(name.chars().take(128).collect::<String>()))
+            .map(|name| LangString::en(name).as_name())
+            .filter(|name| !name.text.is_empty())
             .collect(),
         description: vec![LangString::en(format!(
             "Digital twin {} ({}) on the Demolab hub",

@@ -20,18 +20,27 @@ pub struct LangString {
 impl LangString {
     /// English text.
     pub fn en(text: impl Into<String>) -> Self {
-        Self {
-            language: "en",
-            text: xml_safe(&text.into()),
-        }
+        Self::new("en", &text.into())
     }
 
     /// Danish text.
     pub fn da(text: impl Into<String>) -> Self {
+        Self::new("da", &text.into())
+    }
+
+    /// AAS texts hold at most 1023 characters (`LangStringTextType`); longer configuration
+    /// values are cut rather than made invalid.
+    fn new(language: &'static str, text: &str) -> Self {
         Self {
-            language: "da",
-            text: xml_safe(&text.into()),
+            language,
+            text: xml_safe(text).chars().take(1023).collect(),
         }
+    }
+
+    /// The same text cut to a name's 128 characters (`LangStringNameType`).
+    pub fn as_name(mut self) -> Self {
+        self.text = self.text.chars().take(128).collect();
+        self
     }
 }
 
@@ -284,11 +293,11 @@ pub fn boolean(id_short: impl Into<String>, value: bool) -> Element {
     property(id_short, "xs:boolean", Some(value.to_string()))
 }
 
-/// A multi-language property.
+/// A multi-language property; empty texts are left out, as AAS allows none.
 pub fn multi_language(id_short: impl Into<String>, value: Vec<LangString>) -> Element {
     Element::MultiLanguageProperty {
         common: common(id_short),
-        value,
+        value: value.into_iter().filter(|l| !l.text.is_empty()).collect(),
     }
 }
 
@@ -393,11 +402,12 @@ pub fn id_short(name: &str) -> String {
     out
 }
 
-/// Strings in AAS must be representable in XML 1.0: control characters other than tab, line
-/// feed and carriage return are dropped (attribute values come from configuration files).
+/// Strings in AAS must be representable in XML 1.0 (constraint AASd-130): control characters
+/// below U+0020 other than tab, line feed and carriage return, and U+FFFE/U+FFFF, are dropped
+/// (attribute values come from configuration files).
 pub fn xml_safe(text: &str) -> String {
     text.chars()
-        .filter(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r'))
+        .filter(|c| *c >= ' ' || matches!(c, '\t' | '\n' | '\r'))
         .filter(|c| !matches!(c, '\u{FFFE}' | '\u{FFFF}'))
         .collect()
 }
@@ -470,6 +480,16 @@ mod tests {
 
     #[test]
     fn control_characters_are_dropped_from_texts() {
-        assert_eq!(xml_safe("a\u{0}b\tc\u{1b}"), "ab\tc");
+        assert_eq!(xml_safe("a\u{0}b\tc\u{1b}\u{FFFF}"), "ab\tc");
+    }
+
+    #[test]
+    fn texts_stay_within_the_aas_lengths_and_empty_ones_are_left_out() {
+        let long = "x".repeat(5000);
+        assert_eq!(LangString::en(&long).text.len(), 1023);
+        assert_eq!(LangString::en(&long).as_name().text.len(), 128);
+        let json = serde_json::to_value(multi_language("Maker", vec![LangString::en("")]))
+            .expect("serialises");
+        assert!(json.get("value").is_none(), "{json}");
     }
 }

@@ -55,7 +55,7 @@ fn designation(kind: &MachineKind) -> Vec<LangString> {
 fn manufacturer(twin: &Twin) -> Option<&str> {
     twin.attributes
         .iter()
-        .find(|(key, _)| nameplate_field(key) == Some("ManufacturerName"))
+        .find(|(key, value)| nameplate_field(key) == Some("ManufacturerName") && !value.is_empty())
         .map(|(_, value)| value.as_str())
 }
 
@@ -77,7 +77,7 @@ pub(super) fn nameplate(twin: &Twin, kind: &MachineKind) -> Built {
     let field = |name: &str| {
         twin.attributes
             .iter()
-            .find(|(key, _)| nameplate_field(key) == Some(name))
+            .find(|(key, value)| nameplate_field(key) == Some(name) && !value.is_empty())
             .map(|(_, value)| value.clone())
     };
     if let Some(model) = field("ManufacturerProductType") {
