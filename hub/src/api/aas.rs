@@ -1,7 +1,8 @@
 //! The AAS read operations of Part 2 (IDTA-01002-3-0) over live twins: shells, their submodel
 //! references, submodels, their elements and `$value`, and an `.aasx` per shell. Identifiers
 //! in paths are base64url-encoded; lists are paged with `limit` and an opaque `cursor`. Access
-//! is that of the twin routes: only the labs the caller may read exist for them.
+//! is that of the twin routes: a shell or submodel of a lab the caller may not read is refused
+//! (`403`, or `401` without a token) and left out of every list.
 
 use std::sync::Arc;
 
