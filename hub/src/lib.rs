@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+pub mod aas;
 pub mod alarm;
 pub mod api;
 pub mod auth;

@@ -159,6 +159,40 @@ fn dechunk(mut body: &str) -> anyhow::Result<String> {
     }
 }
 
+/// A minimal HTTP/1.1 GET for binary answers; returns the status, the header block (lower
+/// case) and the body bytes. The hub sends such answers with a `Content-Length`.
+pub async fn http_get_bytes(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String, Vec<u8>)> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no header end")?;
+    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        bail!("a chunked answer to GET {path}: use `http` for text");
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, head, response[end + 4..].to_vec()))
+}
+
 /// GETs `path` and parses the body as JSON, failing unless the status is 200.
 pub async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     let (status, body) = http_get(addr, path).await?;

@@ -685,7 +685,15 @@ async fn the_openapi_document_matches_the_server() -> anyhow::Result<()> {
                 .replace("{machine}", "m-1")
                 .replace("{kind}", "cnc-mill")
                 .replace("{rule}", "offline")
-                .replace("{n}", "1");
+                .replace("{n}", "1")
+                .replace(
+                    "{aasIdentifier}",
+                    &hub::aas::encode_identifier("urn:demolab:aas:lab-x:m-1"),
+                )
+                .replace(
+                    "{submodelIdentifier}",
+                    &hub::aas::encode_identifier("urn:demolab:sm:lab-x:m-1:Nameplate"),
+                );
             if concrete.ends_with("/stream") || concrete.ends_with("/events") {
                 continue; // never-ending responses; the stream tests cover them
             }

@@ -45,6 +45,12 @@ pub enum ApiError {
     Forbidden(String),
     /// No such twin.
     TwinNotFound(String),
+    /// An AAS identifier in the path that cannot be decoded.
+    BadIdentifier(String),
+    /// No such AAS shell.
+    ShellNotFound(String),
+    /// No such AAS submodel.
+    SubmodelNotFound(String),
     /// No such alarm.
     AlarmNotFound(String),
     /// No such machine kind.
@@ -114,6 +120,9 @@ impl ApiError {
             E::ForeignOrigin(_) => (StatusCode::FORBIDDEN, "forbidden_origin"),
             E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::TwinNotFound(_) => (StatusCode::NOT_FOUND, "twin_not_found"),
+            E::BadIdentifier(_) => (StatusCode::BAD_REQUEST, "bad_identifier"),
+            E::ShellNotFound(_) => (StatusCode::NOT_FOUND, "shell_not_found"),
+            E::SubmodelNotFound(_) => (StatusCode::NOT_FOUND, "submodel_not_found"),
             E::AlarmNotFound(_) => (StatusCode::NOT_FOUND, "alarm_not_found"),
             E::KindNotFound(_) => (StatusCode::NOT_FOUND, "kind_not_found"),
             E::ScenarioNotFound(_) => (StatusCode::NOT_FOUND, "scenario_not_found"),
@@ -146,6 +155,7 @@ impl ApiError {
             | E::ScenarioNotFound(m)
             | E::ScenarioNotRunning(m)
             | E::NotSimulated(m)
+            | E::BadIdentifier(m)
             | E::Storage(m) => m.clone(),
             E::MissingParameter(name) => format!("query parameter `{name}` is required"),
             E::BodyTooLarge => format!("the body is larger than {} bytes", super::BODY_LIMIT),
@@ -164,6 +174,8 @@ impl ApiError {
                 "a page from {origin} may not open this stream (see [auth] allowed_origins)"
             ),
             E::TwinNotFound(id) => format!("no twin {id}"),
+            E::ShellNotFound(id) => format!("no asset administration shell {id:?}"),
+            E::SubmodelNotFound(id) => format!("no submodel {id:?}"),
             E::AlarmNotFound(id) => format!("no alarm {id}"),
             E::KindNotFound(id) => format!("no machine kind {id}"),
             E::AlarmAlreadyAcknowledged(id) => format!("alarm {id} is already acknowledged"),

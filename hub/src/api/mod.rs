@@ -4,6 +4,7 @@
 //! OpenAPI document ([`openapi`]) is checked against it by a test. Errors are JSON
 //! `{ "error": { "code", "message" } }` with stable codes ([`ApiError`]).
 
+mod aas;
 mod access;
 mod alarms;
 mod error;
@@ -192,6 +193,42 @@ pub fn routes() -> Vec<Route> {
             Method::DELETE,
             "/api/v1/twins/{lab}/{machine}/scenario",
             delete(scenarios::stop),
+        ),
+        api(Method::GET, "/api/v1/aas/shells", get(aas::list_shells)),
+        api(
+            Method::GET,
+            "/api/v1/aas/shells/{aasIdentifier}",
+            get(aas::get_shell),
+        ),
+        api(
+            Method::GET,
+            "/api/v1/aas/shells/{aasIdentifier}/submodel-refs",
+            get(aas::submodel_refs),
+        ),
+        api(
+            Method::GET,
+            "/api/v1/aas/shells/{aasIdentifier}/aasx",
+            get(aas::aasx),
+        ),
+        api(
+            Method::GET,
+            "/api/v1/aas/submodels",
+            get(aas::list_submodels),
+        ),
+        api(
+            Method::GET,
+            "/api/v1/aas/submodels/{submodelIdentifier}",
+            get(aas::get_submodel),
+        ),
+        api(
+            Method::GET,
+            "/api/v1/aas/submodels/{submodelIdentifier}/$value",
+            get(aas::submodel_value),
+        ),
+        api(
+            Method::GET,
+            "/api/v1/aas/submodels/{submodelIdentifier}/submodel-elements",
+            get(aas::submodel_elements),
         ),
         api(Method::GET, "/api/v1/stream", get(stream::websocket)),
         api(

@@ -6,7 +6,7 @@ use axum::response::Html;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{alarms, scenarios, session, stream, twins};
+use super::{aas, alarms, scenarios, session, stream, twins};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -36,6 +36,14 @@ use super::{alarms, scenarios, session, stream, twins};
         scenarios::stop,
         stream::websocket,
         stream::server_sent_events,
+        aas::list_shells,
+        aas::get_shell,
+        aas::submodel_refs,
+        aas::aasx,
+        aas::list_submodels,
+        aas::get_submodel,
+        aas::submodel_value,
+        aas::submodel_elements,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -45,6 +53,7 @@ use super::{alarms, scenarios, session, stream, twins};
         (name = "demo", description = "Simulator scenarios on simulated machines (demo mode)"),
         (name = "streams", description = "Live changes over WebSocket and Server-Sent Events"),
         (name = "auth", description = "Log in for a bearer token"),
+        (name = "aas", description = "Asset Administration Shell (AAS v3.0) export of the twins: the read operations of AAS Part 2, identifiers base64url-encoded"),
     )
 )]
 struct ApiDoc;
