@@ -110,9 +110,12 @@ impl Directory {
         labs: Vec<LabConfig>,
         links: Vec<LinkConfig>,
     ) -> Result<Self, DirectoryError> {
+        // Not `..Self::default()`: that would parse the built-in catalogue only to drop it.
         let mut directory = Self {
             catalogue,
-            ..Self::default()
+            labs: BTreeMap::new(),
+            machines: HashMap::new(),
+            links: Vec::new(),
         };
         for (l, lab) in labs.into_iter().enumerate() {
             if directory.labs.contains_key(&lab.id) {

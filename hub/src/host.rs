@@ -165,9 +165,12 @@ fn refuse(
 impl PrimaryHost {
     /// A host that admits what `policy` allows.
     pub fn new(policy: HostPolicy) -> Self {
+        // Spelled out, not `..Self::default()`: a default policy builds a default directory,
+        // which parses the whole built-in catalogue only to drop it.
         Self {
+            edges: HashMap::new(),
             policy,
-            ..Self::default()
+            path: None,
         }
     }
 
