@@ -148,6 +148,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_path_segment_that_is_not_utf8_is_a_json_error() {
+        // The twin routes take `Path<(String, String)>`; axum refuses a percent-escape that
+        // decodes to invalid UTF-8 before the handler runs, in plain text.
+        let router = Router::new().route(
+            "/api/v1/twins/{lab}/{machine}",
+            get(
+                |axum::extract::Path((lab, machine)): axum::extract::Path<(String, String)>| async move {
+                    format!("{lab}/{machine}")
+                },
+            ),
+        );
+        let response = call(router, "/api/v1/twins/%FF%FE/mill-1").await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let doc: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(doc["error"]["code"], "bad_request", "{doc}");
+    }
+
+    #[tokio::test]
     async fn pages_get_the_security_headers_and_keep_their_caching() {
         let router = Router::new().route("/", get(|| async { "page" }));
         let response = call(router, "/").await;
