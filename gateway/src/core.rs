@@ -256,7 +256,13 @@ impl Core {
                 boot,
                 metrics,
             } => {
-                info!(%machine, %node, boot, metrics = metrics.len(), "machine announced");
+                match self.pipeline.source_of(node) {
+                    // The operator's proof that a plugged-in node was taken without any
+                    // configuration: which port now feeds which twin.
+                    Some(SourceId::Serial(port)) => info!(lab = %self.edge.lab(), %machine,
+                        %node, %port, boot, metrics = metrics.len(), "serial node adopted"),
+                    _ => info!(%machine, %node, boot, metrics = metrics.len(), "machine announced"),
+                }
                 if let Some(hello) = self.pipeline.hello(node)
                     && let Err(err) = self.registry.remember(hello)
                 {
