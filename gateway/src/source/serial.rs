@@ -104,10 +104,15 @@ impl SerialError {
 /// Command queues of the open ports, by path.
 type Writers = Arc<Mutex<BTreeMap<String, mpsc::Sender<Vec<u8>>>>>;
 
-/// Sends commands to serial nodes and tells which ports are open. Cheap to clone.
+/// Sends commands to serial nodes, tells which ports are open and which were lost. Cheap to
+/// clone.
 #[derive(Debug, Clone, Default)]
 pub struct SerialHandle {
     writers: Writers,
+    /// Ports lost since the last [`SerialHandle::lost_ports`]; a set, so it stays as small as
+    /// the number of ports however often they flap.
+    lost: Arc<Mutex<BTreeSet<String>>>,
+    lost_notify: Arc<tokio::sync::Notify>,
 }
 
 impl SerialHandle {
@@ -128,6 +133,23 @@ impl SerialHandle {
     /// Paths of the ports open right now, sorted.
     pub fn open_ports(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
+    }
+
+    /// Waits until at least one open port was lost (unplugged, hung up) and returns the lost
+    /// ports' paths; may return none when another call took them first.
+    pub async fn lost_ports(&self) -> Vec<String> {
+        self.lost_notify.notified().await;
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *lost).into_iter().collect()
+    }
+
+    fn port_lost(&self, path: &str) {
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path.to_owned());
+        // A stored permit if nobody waits yet, so no loss goes unnoticed.
+        self.lost_notify.notify_one();
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, mpsc::Sender<Vec<u8>>>> {
@@ -207,6 +229,7 @@ async fn supervise(
                         // after the liveness timeout meanwhile.
                         warn!(port = %path, error = %e, retry = ?interval,
                             "serial port lost (unplugged?); waiting for it to return");
+                        handle.port_lost(&path);
                     }
                     Some(PortEnd::Stopped) => debug!(port = %path, "serial port closed"),
                     None => {
@@ -685,6 +708,10 @@ mod tests {
         // Unplug: the master closing hangs up the slave under the gateway.
         drop(master);
         drop(slave);
+        let lost = tokio::time::timeout(DEADLINE, handle.lost_ports())
+            .await
+            .unwrap();
+        assert_eq!(lost, vec![link_name.clone()], "the unplug is reported");
         // Plug back in: a new device behind the same path, swapped atomically.
         let (master, _slave, target) = pty();
         let fresh = dir.path().join("node.new");
