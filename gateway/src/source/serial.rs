@@ -3,7 +3,9 @@
 //! One supervisor task opens the configured ports (and, with scanning, every device matching a
 //! pattern), and retries missing or unplugged ones every [`SerialConfig::reopen_interval`]. Each
 //! open port gets a blocking reader that turns bytes into [`Inbound`] frames through its own
-//! [`FrameDecoder`], and a blocking writer that sends queued commands to the node.
+//! [`FrameDecoder`], and a blocking writer that sends queued commands to the node. A port that
+//! fails (unplugged) is reported through [`SerialHandle::lost_ports`], so its machines can be
+//! marked offline at once; opened, failed and lost ports are counted in [`GatewayStats`].
 //!
 //! ```no_run
 //! # async fn demo() {
