@@ -119,6 +119,7 @@ impl Core {
     ) {
         let mut liveness = tokio::time::interval(Duration::from_secs(1));
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let serial = self.serial.clone();
         loop {
             let first = tokio::select! {
                 biased;
@@ -131,6 +132,11 @@ impl Core {
                 Some(item) = mqtt.recv(), if self.storage.is_healthy() => Input::Mqtt(item),
                 Some(item) = others.recv(), if self.storage.is_healthy() => {
                     Input::Other(Box::new(item))
+                }
+                // After the frame arms: a port's last frames are handled before its loss.
+                lost = lost_ports(serial.as_ref()), if self.storage.is_healthy() => {
+                    self.on_ports_lost(lost).await;
+                    continue;
                 }
                 () = retry_sleep(self.storage.retry_at()), if !self.storage.is_healthy() => {
                     self.commit().await;
@@ -256,7 +262,13 @@ impl Core {
                 boot,
                 metrics,
             } => {
-                info!(%machine, %node, boot, metrics = metrics.len(), "machine announced");
+                match self.pipeline.source_of(node) {
+                    // The operator's proof that a plugged-in node was taken without any
+                    // configuration: which port now feeds which twin.
+                    Some(SourceId::Serial(port)) => info!(lab = %self.edge.lab(), %machine,
+                        %node, %port, boot, metrics = metrics.len(), "serial node adopted"),
+                    _ => info!(%machine, %node, boot, metrics = metrics.len(), "machine announced"),
+                }
                 if let Some(hello) = self.pipeline.hello(node)
                     && let Err(err) = self.registry.remember(hello)
                 {
@@ -657,6 +669,32 @@ impl Core {
         );
     }
 
+    /// Machines fed by a serial port that was unplugged are offline now, not after the
+    /// liveness timeout: the operator sees the unplug on the platform at once.
+    async fn on_ports_lost(&mut self, ports: Vec<String>) {
+        for port in ports {
+            let source = SourceId::Serial(port.clone());
+            let machines = self.pipeline.machines_on(&source);
+            for machine in machines {
+                let pending = self.buffer.unsent();
+                if pending > 0 {
+                    // A DDEATH now would overtake them and the twin come back online with
+                    // them; the liveness check declares the machine dead after they are out.
+                    info!(lab = %self.edge.lab(), %machine, %port, pending,
+                        "serial node unplugged; offline once its buffered samples are sent");
+                    continue;
+                }
+                self.last_seen.remove(&machine);
+                warn!(lab = %self.edge.lab(), %machine, %port, "serial node unplugged: machine offline");
+                if let (Some(generation), true) = (self.session, self.online())
+                    && let Some(death) = self.edge.device_death(&machine, now_ms())
+                {
+                    self.send(generation, death, None).await;
+                }
+            }
+        }
+    }
+
     /// DDEATH for machines whose sources went silent.
     async fn check_liveness(&mut self) {
         let now = Instant::now();
@@ -675,6 +713,14 @@ impl Core {
                 self.send(generation, death, None).await;
             }
         }
+    }
+}
+
+/// The serial ports lost since last asked; never ready without a serial source.
+async fn lost_ports(serial: Option<&SerialHandle>) -> Vec<String> {
+    match serial {
+        Some(serial) => serial.lost_ports().await,
+        None => std::future::pending().await,
     }
 }
 

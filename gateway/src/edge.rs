@@ -94,6 +94,11 @@ impl EdgeNode {
         }
     }
 
+    /// The lab (Sparkplug group) this edge node belongs to.
+    pub fn lab(&self) -> &LabId {
+        &self.lab
+    }
+
     /// The current `bdSeq`.
     pub fn bd_seq(&self) -> BdSeq {
         self.bd_seq

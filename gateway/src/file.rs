@@ -77,7 +77,8 @@ pub struct GatewayFile {
     /// Node → machine assignments.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
-    /// Serial ports.
+    /// Serial ports. Absent, the gateway still scans the default patterns: on an edge box a
+    /// node plugged into USB is meant to be taken (`[serial] scan = false` opts out).
     #[serde(default)]
     pub serial: Option<SerialSection>,
     /// Modbus TCP machines.
@@ -264,8 +265,8 @@ pub struct SerialSection {
     /// Ports that are always wanted.
     #[serde(default)]
     pub ports: Vec<PathBuf>,
-    /// Also use every port matching `scan_patterns`.
-    #[serde(default)]
+    /// Also use every port matching `scan_patterns` (plug-and-play); on unless set to false.
+    #[serde(default = "default_true")]
     pub scan: bool,
     /// Patterns with one `*` in the file name.
     #[serde(default)]
@@ -277,6 +278,38 @@ pub struct SerialSection {
 
 fn default_baud() -> u32 {
     115_200
+}
+
+impl Default for SerialSection {
+    fn default() -> Self {
+        Self {
+            ports: Vec::new(),
+            scan: true,
+            scan_patterns: None,
+            baud: default_baud(),
+        }
+    }
+}
+
+/// Why a scan pattern cannot work, if it cannot: the scan lists one directory and matches file
+/// names with at most one `*`.
+fn pattern_problem(pattern: &str) -> Option<&'static str> {
+    let path = Path::new(pattern);
+    let name = path.file_name().and_then(|n| n.to_str());
+    if pattern.is_empty() || name.is_none() {
+        return Some("must name a device path such as \"/dev/ttyUSB*\"");
+    }
+    let dir = path
+        .parent()
+        .map(|p| p.to_string_lossy())
+        .unwrap_or_default();
+    if dir.contains('*') {
+        return Some("a `*` may only stand in the file name, the directory is literal");
+    }
+    if name.is_some_and(|n| n.matches('*').count() > 1) {
+        return Some("at most one `*`");
+    }
+    None
 }
 
 /// A loaded, validated configuration.
@@ -451,16 +484,7 @@ impl GatewayFile {
             }
             None => (None, true),
         };
-        let serial = self.serial.map(|s| {
-            let defaults = SerialConfig::default();
-            SerialConfig {
-                ports: s.ports,
-                scan: s.scan,
-                scan_patterns: s.scan_patterns.unwrap_or(defaults.scan_patterns),
-                baud: s.baud,
-                reopen_interval: defaults.reopen_interval,
-            }
-        });
+        let serial = serial_config(self.serial.unwrap_or_default(), &invalid)?;
         let mut config = GatewayConfig::new(lab, gateway, uplink, base.join(&self.buffer.dir));
         config.uplink_credentials = uplink_credentials;
         config.southbound_credentials = southbound_credentials;
@@ -489,6 +513,54 @@ impl GatewayFile {
             embedded_broker,
         })
     }
+}
+
+/// The serial source a `[serial]` section asks for; `None` when it has neither ports nor
+/// scanning.
+fn serial_config(
+    s: SerialSection,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<SerialConfig>, ConfigError> {
+    let defaults = SerialConfig::default();
+    if s.baud == 0 {
+        return Err(invalid("serial.baud", "must be at least 1".into()));
+    }
+    for (i, port) in s.ports.iter().enumerate() {
+        if port.as_os_str().is_empty() {
+            return Err(invalid(
+                &format!("serial.ports[{i}]"),
+                "must not be empty".into(),
+            ));
+        }
+    }
+    let scan_patterns = s.scan_patterns.unwrap_or(defaults.scan_patterns);
+    if s.scan {
+        if scan_patterns.is_empty() {
+            return Err(invalid(
+                "serial.scan_patterns",
+                "scanning needs at least one pattern; set `serial.scan = false` to turn it off"
+                    .into(),
+            ));
+        }
+        for (i, pattern) in scan_patterns.iter().enumerate() {
+            if let Some(problem) = pattern_problem(pattern) {
+                return Err(invalid(
+                    &format!("serial.scan_patterns[{i}]"),
+                    format!("{pattern:?}: {problem}"),
+                ));
+            }
+        }
+    }
+    if !s.scan && s.ports.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SerialConfig {
+        ports: s.ports,
+        scan: s.scan,
+        scan_patterns,
+        baud: s.baud,
+        reopen_interval: defaults.reopen_interval,
+    }))
 }
 
 #[cfg(test)]
@@ -520,11 +592,49 @@ host = "127.0.0.1"
     }
 
     #[test]
+    fn serial_nodes_are_scanned_for_unless_turned_off() {
+        let scanning = parse(MINIMAL)
+            .expect("valid")
+            .gateway
+            .serial
+            .expect("a serial source without a [serial] section");
+        assert!(scanning.scan);
+        assert!(scanning.ports.is_empty());
+        assert_eq!(
+            scanning.scan_patterns,
+            SerialConfig::default().scan_patterns
+        );
+
+        let patterns =
+            format!("{MINIMAL}[serial]\nscan_patterns = [\"/dev/serial/by-id/usb-demolab*\"]\n");
+        let own = parse(&patterns)
+            .expect("valid")
+            .gateway
+            .serial
+            .expect("serial");
+        assert!(own.scan);
+        assert_eq!(own.scan_patterns, ["/dev/serial/by-id/usb-demolab*"]);
+
+        let off = format!("{MINIMAL}[serial]\nscan = false\n");
+        assert!(parse(&off).expect("valid").gateway.serial.is_none());
+
+        let fixed = format!("{MINIMAL}[serial]\nscan = false\nports = [\"/dev/ttyS1\"]\n");
+        let fixed = parse(&fixed)
+            .expect("valid")
+            .gateway
+            .serial
+            .expect("serial");
+        assert!(!fixed.scan);
+        assert_eq!(fixed.ports, [PathBuf::from("/dev/ttyS1")]);
+    }
+
+    #[test]
     fn the_shipped_example_loads() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.toml");
         let loaded = GatewayFile::load(Path::new(example)).expect("deploy/gateway.toml is valid");
         assert!(!loaded.gateway.nodes.is_empty());
-        assert!(loaded.gateway.serial.is_some());
+        let serial = loaded.gateway.serial.expect("the example has serial nodes");
+        assert!(serial.scan, "the edge box adopts plugged-in nodes");
         assert_eq!(loaded.gateway.modbus.len(), 1);
     }
 
@@ -581,6 +691,20 @@ host = "127.0.0.1"
                 "`ops.listen`",
             ),
             (format!("{MINIMAL}colour = \"red\"\n"), "colour"),
+            (
+                format!("{MINIMAL}[serial]\nscan_patterns = []\n"),
+                "`serial.scan_patterns`",
+            ),
+            (
+                format!("{MINIMAL}[serial]\nscan_patterns = [\"/dev/ttyUSB*\", \"/dev/*/tty*\"]\n"),
+                "`serial.scan_patterns[1]`",
+            ),
+            (
+                format!("{MINIMAL}[serial]\nscan_patterns = [\"/dev/tty*USB*\"]\n"),
+                "`serial.scan_patterns[0]`",
+            ),
+            (format!("{MINIMAL}[serial]\nbaud = 0\n"), "`serial.baud`"),
+            (format!("{MINIMAL}[serial]\nscan = \"yes\"\n"), "scan"),
             (
                 format!("{MINIMAL}[uplink.tls]\nca_file = \"/nonexistent/hub-ca.pem\"\n"),
                 "`uplink.tls.ca_file`: cannot read /nonexistent/hub-ca.pem",

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|l| l.local_addr().ok())
         .unwrap_or(loaded.ops_listen);
     let summary = format!(
-        "lab: {}\ngateway: {}\nuplink: mqtt://{}:{}\nsouthbound: {}\nserial ports: {}\nmodbus devices: {}\nbuffer: {} (cap {} MiB)\nops: http://{}",
+        "lab: {}\ngateway: {}\nuplink: mqtt://{}:{}\nsouthbound: {}\nserial: {}\nmodbus devices: {}\nbuffer: {} (cap {} MiB)\nops: http://{}",
         config.lab,
         config.gateway,
         config.uplink.host,
@@ -105,7 +105,18 @@ async fn main() -> anyhow::Result<()> {
                     ""
                 }
             )),
-        config.serial.as_ref().map_or(0, |s| s.ports.len()),
+        config.serial.as_ref().map_or("none".to_owned(), |s| {
+            let ports: Vec<String> = s.ports.iter().map(|p| p.display().to_string()).collect();
+            match (s.scan, ports.is_empty()) {
+                (true, true) => format!("scanning {}", s.scan_patterns.join(", ")),
+                (true, false) => format!(
+                    "{} and scanning {}",
+                    ports.join(", "),
+                    s.scan_patterns.join(", ")
+                ),
+                (false, _) => ports.join(", "),
+            }
+        }),
         config.modbus.len(),
         config.buffer.dir.display(),
         config.buffer.max_bytes >> 20,

@@ -96,6 +96,19 @@ impl Pipeline {
         self.nodes.get(&node).and_then(|n| n.source.as_ref())
     }
 
+    /// The machines whose nodes were last heard on `source`, sorted.
+    pub fn machines_on(&self, source: &SourceId) -> Vec<MachineId> {
+        let mut machines: Vec<MachineId> = self
+            .nodes
+            .values()
+            .filter(|n| n.source.as_ref() == Some(source))
+            .filter_map(|n| n.machine.clone())
+            .collect();
+        machines.sort();
+        machines.dedup();
+        machines
+    }
+
     /// Handles the bytes received on node `topic_node`'s MQTT uplink topic.
     pub fn on_frame(
         &mut self,
@@ -341,6 +354,33 @@ mod tests {
             matches!(&actions[..], [Action::Data(BufferedSample { node_seq: 42, received_at_ms: 5, values, .. })]
             if values.len() == 5 && values[0].2 == 5321.5)
         );
+    }
+
+    #[test]
+    fn machines_on_a_port_are_those_of_the_nodes_last_heard_there() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
+        let port = SourceId::Serial("/dev/ttyUSB0".into());
+        assert!(pipeline.machines_on(&port).is_empty());
+        let inbound = Inbound {
+            source: port.clone(),
+            frame: Ok(golden::hello()),
+        };
+        pipeline.on_inbound(inbound, 0, &stats).expect("valid");
+        assert_eq!(
+            pipeline.machines_on(&port),
+            [MachineId::new("mill-1").expect("valid")]
+        );
+        assert!(
+            pipeline
+                .machines_on(&SourceId::Serial("/dev/ttyUSB1".into()))
+                .is_empty()
+        );
+        // The node moved to the lab broker: the port no longer feeds its machine.
+        pipeline
+            .on_frame(golden::NODE, golden::SAMPLES, 5, &stats)
+            .expect("valid");
+        assert!(pipeline.machines_on(&port).is_empty());
     }
 
     #[test]

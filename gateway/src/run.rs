@@ -187,8 +187,12 @@ pub fn start(
 
     let (others_tx, others_rx) = mpsc::channel(FRAME_CHANNEL);
     let serial = config.serial.clone().map(|serial_config| {
-        let (handle, mut serial_tasks) =
-            spawn_serial(serial_config, others_tx.clone(), cancel.clone());
+        let (handle, mut serial_tasks) = spawn_serial(
+            serial_config,
+            others_tx.clone(),
+            stats.clone(),
+            cancel.clone(),
+        );
         tasks.spawn(
             async move { while serial_tasks.join_next().await.is_some() {} }
                 .instrument(span.clone()),

@@ -114,6 +114,10 @@ pub struct GatewayStats {
     storage_held: AtomicU64,
     storage_errors: AtomicU64,
     storage_recoveries: AtomicU64,
+    serial_ports_adopted: AtomicU64,
+    serial_ports_failed: AtomicU64,
+    serial_ports_lost: AtomicU64,
+    serial_ports_open: AtomicU64,
     /// The last disk error while storage is failing, for the readiness probe.
     storage_error: std::sync::Mutex<Option<String>>,
     /// Frames per source, published by the core once a second (never locked per frame).
@@ -152,6 +156,15 @@ pub struct StatsSnapshot {
     pub storage_recoveries: u64,
     /// The disk error while storage is failing.
     pub storage_error: Option<String>,
+    /// Serial ports opened (configured or found by the scan), reopenings after an unplug
+    /// included.
+    pub serial_ports_adopted: u64,
+    /// Serial ports that could not be opened; one per failure, not per retry of it.
+    pub serial_ports_failed: u64,
+    /// Open serial ports that were lost (unplugged, hung up, IO error).
+    pub serial_ports_lost: u64,
+    /// Serial ports open right now.
+    pub serial_ports_open: u64,
     /// Frames received per source (`mqtt`, `serial:/dev/ttyUSB0`, `modbus:press-plc`).
     pub sources: Vec<(String, u64)>,
 }
@@ -181,6 +194,30 @@ impl GatewayStats {
 
     pub(crate) fn uplink_session(&self) {
         self.uplink_sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a serial port opened; it is open until [`GatewayStats::serial_port_closed`].
+    pub(crate) fn serial_port_adopted(&self) {
+        self.serial_ports_adopted.fetch_add(1, Ordering::Relaxed);
+        self.serial_ports_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a serial port that could not be opened.
+    pub(crate) fn serial_port_failed(&self) {
+        self.serial_ports_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an open serial port closing; `lost` when the device went away.
+    pub(crate) fn serial_port_closed(&self, lost: bool) {
+        if lost {
+            self.serial_ports_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        // Saturating: a close is only counted after its open, but a gauge must never wrap.
+        let _ = self
+            .serial_ports_open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 
     /// Publishes the disk buffer's gauges.
@@ -262,6 +299,10 @@ impl GatewayStats {
             storage_errors: self.storage_errors.load(Ordering::Relaxed),
             storage_recoveries: self.storage_recoveries.load(Ordering::Relaxed),
             storage_error: self.storage_error.lock().ok().and_then(|e| e.clone()),
+            serial_ports_adopted: self.serial_ports_adopted.load(Ordering::Relaxed),
+            serial_ports_failed: self.serial_ports_failed.load(Ordering::Relaxed),
+            serial_ports_lost: self.serial_ports_lost.load(Ordering::Relaxed),
+            serial_ports_open: self.serial_ports_open.load(Ordering::Relaxed),
             sources: self.sources.lock().map(|s| s.clone()).unwrap_or_default(),
             drops: DropReason::ALL
                 .iter()
@@ -283,7 +324,7 @@ pub fn render_prometheus(
 ) -> String {
     use std::fmt::Write;
     type Field = fn(&StatsSnapshot) -> u64;
-    let families: [(&str, &str, Field); 6] = [
+    let families: [(&str, &str, Field); 9] = [
         (
             "demolab_gateway_frames_received_total",
             "Node frames received.",
@@ -314,6 +355,21 @@ pub fn render_prometheus(
             "Times the disk buffer worked again after failing.",
             |s| s.storage_recoveries,
         ),
+        (
+            "demolab_gateway_serial_ports_adopted_total",
+            "Serial ports opened, configured or found by the scan (reopened after an unplug included).",
+            |s| s.serial_ports_adopted,
+        ),
+        (
+            "demolab_gateway_serial_ports_failed_total",
+            "Serial ports that could not be opened (once per failure, not per retry).",
+            |s| s.serial_ports_failed,
+        ),
+        (
+            "demolab_gateway_serial_ports_lost_total",
+            "Open serial ports lost: unplugged, hung up or failing.",
+            |s| s.serial_ports_lost,
+        ),
     ];
     let mut out = String::new();
     for (name, help, field) in families {
@@ -326,7 +382,12 @@ pub fn render_prometheus(
             );
         }
     }
-    let gauges: [(&str, &str, Field); 5] = [
+    let gauges: [(&str, &str, Field); 6] = [
+        (
+            "demolab_gateway_serial_ports_open",
+            "Serial ports open now.",
+            |s| s.serial_ports_open,
+        ),
         (
             "demolab_gateway_buffer_depth",
             "Samples on disk not yet acknowledged by the hub's broker.",

@@ -212,7 +212,8 @@ async fn start_lab(
     let mut config = gateway_config(mqtt_port, &lab, &gateway, &data.join(&gateway))?;
     config.liveness_timeout = Duration::from_secs(1);
     config.accept_unconfigured_nodes = false;
-    for machine in 1..=MACHINES_PER_LAB + 2 {
+    // + 3: the newcomer, born while the overview is open.
+    for machine in 1..=MACHINES_PER_LAB + 3 {
         config.nodes.insert(
             protocol::NodeId(node_id(lab_index, machine)),
             format!("mill-{machine}").parse()?,
@@ -325,6 +326,16 @@ async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
             "return [...document.querySelectorAll('.card[data-state=\"running\"], .card[data-state=\"idle\"], .card[data-state=\"warming\"], .card[data-state=\"off\"]')].length >= 4",
             Duration::from_secs(15)).await?;
         screenshot(&client, "overview.png").await?;
+
+        // A machine born after the page loaded (a node plugged in) gets its card from the
+        // stream: same document, no reload.
+        client.execute("window.__sameDocument = true", vec![]).await?;
+        let newcomer = MACHINES_PER_LAB + 3;
+        spawn_live(port, 1, newcomer..=newcomer, None, &cancel)?;
+        until_js(&client, "the newcomer's live card without a reload",
+            &format!("const c = document.querySelector('.card[data-twin=\"lab-b/mill-{newcomer}\"]'); \
+                      return window.__sameDocument === true && c !== null && c.dataset.state !== 'offline'"),
+            Duration::from_secs(20)).await?;
 
         // A machine: a live value changes, charts are drawn.
         client.find(Locator::Css(".card[data-twin=\"lab-a/mill-1\"]")).await?.click().await?;

@@ -3,7 +3,9 @@
 //! One supervisor task opens the configured ports (and, with scanning, every device matching a
 //! pattern), and retries missing or unplugged ones every [`SerialConfig::reopen_interval`]. Each
 //! open port gets a blocking reader that turns bytes into [`Inbound`] frames through its own
-//! [`FrameDecoder`], and a blocking writer that sends queued commands to the node.
+//! [`FrameDecoder`], and a blocking writer that sends queued commands to the node. A port that
+//! fails (unplugged) is reported through [`SerialHandle::lost_ports`], so its machines can be
+//! marked offline at once; opened, failed and lost ports are counted in [`GatewayStats`].
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -11,7 +13,8 @@
 //! let (tx, mut rx) = tokio::sync::mpsc::channel(256);
 //! let cancel = tokio_util::sync::CancellationToken::new();
 //! let config = SerialConfig { scan: true, ..SerialConfig::default() };
-//! let (handle, mut tasks) = spawn_serial(config, tx, cancel.clone());
+//! let stats = std::sync::Arc::new(demolab_gateway::GatewayStats::default());
+//! let (handle, mut tasks) = spawn_serial(config, tx, stats, cancel.clone());
 //! while let Some(inbound) = rx.recv().await {
 //!     println!("{}: {:?}", inbound.source, inbound.frame);
 //! }
@@ -37,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{Inbound, SourceId};
+use crate::stats::GatewayStats;
 
 /// How long one blocking read waits for bytes; bounds how late a reader notices cancellation.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -52,8 +56,10 @@ const MIN_REOPEN_INTERVAL: Duration = Duration::from_millis(10);
 pub struct SerialConfig {
     /// Ports that are always wanted; a missing one is retried until it appears.
     pub ports: Vec<PathBuf>,
-    /// Also pick up every device matching [`SerialConfig::scan_patterns`]. Off by default: the
-    /// ports are opened exclusively, so scanning would grab unrelated adapters on the host.
+    /// Also pick up every device matching [`SerialConfig::scan_patterns`]. Off in this
+    /// library default, because the ports are opened exclusively and a gateway embedded in a
+    /// test or the demo must not grab the host's adapters; `gateway.toml` turns it on, since
+    /// an edge box's USB serial devices are its nodes.
     pub scan: bool,
     /// Device path patterns; the file name may hold one `*` (`/dev/ttyUSB*`), the directory is
     /// literal. A pattern without `*` is a single path.
@@ -100,10 +106,15 @@ impl SerialError {
 /// Command queues of the open ports, by path.
 type Writers = Arc<Mutex<BTreeMap<String, mpsc::Sender<Vec<u8>>>>>;
 
-/// Sends commands to serial nodes and tells which ports are open. Cheap to clone.
+/// Sends commands to serial nodes, tells which ports are open and which were lost. Cheap to
+/// clone.
 #[derive(Debug, Clone, Default)]
 pub struct SerialHandle {
     writers: Writers,
+    /// Ports lost since the last [`SerialHandle::lost_ports`]; a set, so it stays as small as
+    /// the number of ports however often they flap.
+    lost: Arc<Mutex<BTreeSet<String>>>,
+    lost_notify: Arc<tokio::sync::Notify>,
 }
 
 impl SerialHandle {
@@ -126,6 +137,23 @@ impl SerialHandle {
         self.lock().keys().cloned().collect()
     }
 
+    /// Waits until at least one open port was lost (unplugged, hung up) and returns the lost
+    /// ports' paths; may return none when another call took them first.
+    pub async fn lost_ports(&self) -> Vec<String> {
+        self.lost_notify.notified().await;
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *lost).into_iter().collect()
+    }
+
+    fn port_lost(&self, path: &str) {
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path.to_owned());
+        // A stored permit if nobody waits yet, so no loss goes unnoticed.
+        self.lost_notify.notify_one();
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, mpsc::Sender<Vec<u8>>>> {
         // The map stays consistent across a panic (single insert/remove), so poisoning is moot.
         self.writers.lock().unwrap_or_else(PoisonError::into_inner)
@@ -137,9 +165,12 @@ impl SerialHandle {
 ///
 /// Must be called inside a Tokio runtime. On `cancel` every port closes within about a read
 /// timeout (100 ms) and the returned set completes; it also completes if `inbound` is closed.
+///
+/// Opened, failing and lost ports are counted in `stats`.
 pub fn spawn_serial(
     config: SerialConfig,
     inbound: mpsc::Sender<Inbound>,
+    stats: Arc<GatewayStats>,
     cancel: CancellationToken,
 ) -> (SerialHandle, JoinSet<()>) {
     let handle = SerialHandle::default();
@@ -147,6 +178,7 @@ pub fn spawn_serial(
     tasks.spawn(supervise(
         config,
         inbound,
+        stats,
         cancel.child_token(),
         handle.clone(),
     ));
@@ -165,6 +197,7 @@ enum PortEnd {
 async fn supervise(
     config: SerialConfig,
     inbound: mpsc::Sender<Inbound>,
+    stats: Arc<GatewayStats>,
     stop: CancellationToken,
     handle: SerialHandle,
 ) {
@@ -175,6 +208,11 @@ async fn supervise(
     let mut running: HashMap<Id, String> = HashMap::new();
     // Last open error per path, so a port that stays missing is reported once, not every tick.
     let mut failing: HashMap<String, String> = HashMap::new();
+    let configured: BTreeSet<String> = config
+        .ports
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
 
     loop {
         tokio::select! {
@@ -186,9 +224,14 @@ async fn supervise(
                     Err(e) => (e.id(), None),
                 };
                 let path = running.remove(&id).unwrap_or_default();
+                stats.serial_port_closed(!matches!(end, Some(PortEnd::Stopped)));
                 match end {
                     Some(PortEnd::Lost(e)) => {
-                        info!(port = %path, error = %e, retry = ?interval, "serial port lost");
+                        // Recovered on its own when the device returns; its machines go stale
+                        // after the liveness timeout meanwhile.
+                        warn!(port = %path, error = %e, retry = ?interval,
+                            "serial port lost (unplugged?); waiting for it to return");
+                        handle.port_lost(&path);
                     }
                     Some(PortEnd::Stopped) => debug!(port = %path, "serial port closed"),
                     None => {
@@ -224,7 +267,10 @@ async fn supervise(
                     match attempt {
                         Ok((reader, writer)) => {
                             failing.remove(&path);
-                            info!(port = %path, baud, "serial port open");
+                            stats.serial_port_adopted();
+                            let found_by = if configured.contains(&path) { "config" } else { "scan" };
+                            info!(port = %path, baud, found_by,
+                                "serial port adopted; its node names the machine in its Hello");
                             let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE);
                             // Registered before the reader starts, so once a frame has arrived
                             // from a port, commands to it are accepted.
@@ -243,6 +289,7 @@ async fn supervise(
                         Err(e) => {
                             let message = e.to_string();
                             if failing.get(&path) != Some(&message) {
+                                stats.serial_port_failed();
                                 warn!(port = %path, error = %message, retry = ?interval,
                                     "cannot open serial port; retrying");
                                 failing.insert(path, message);
@@ -495,6 +542,10 @@ mod tests {
 
     const DEADLINE: Duration = Duration::from_secs(10);
 
+    fn stats() -> Arc<GatewayStats> {
+        Arc::new(GatewayStats::default())
+    }
+
     fn framed(frame: &Frame) -> Vec<u8> {
         let mut buf = [0u8; MAX_WIRE_LEN];
         encode_framed(frame, &mut buf).unwrap().to_vec()
@@ -559,7 +610,12 @@ mod tests {
         // Small on purpose: the reader must wait for room, never drop.
         let (tx, mut rx) = mpsc::channel(4);
         let cancel = CancellationToken::new();
-        let (handle, tasks) = spawn_serial(config(vec![path.clone().into()]), tx, cancel.clone());
+        let (handle, tasks) = spawn_serial(
+            config(vec![path.clone().into()]),
+            tx,
+            stats(),
+            cancel.clone(),
+        );
 
         let stream: Vec<u8> = (1..=500).flat_map(|seq| framed(&samples(seq))).collect();
         let writer = write_in_thread(master, stream);
@@ -579,7 +635,12 @@ mod tests {
         let (master, _slave, path) = pty();
         let (tx, mut rx) = mpsc::channel(16);
         let cancel = CancellationToken::new();
-        let (_handle, tasks) = spawn_serial(config(vec![path.clone().into()]), tx, cancel.clone());
+        let (_handle, tasks) = spawn_serial(
+            config(vec![path.clone().into()]),
+            tx,
+            stats(),
+            cancel.clone(),
+        );
 
         let mut raw = [0u8; MAX_FRAME_LEN];
         let raw = codec::encode(&golden::samples(), &mut raw)
@@ -636,7 +697,7 @@ mod tests {
         symlink(&target, &link).unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let cancel = CancellationToken::new();
-        let (handle, tasks) = spawn_serial(config(vec![link.clone()]), tx, cancel.clone());
+        let (handle, tasks) = spawn_serial(config(vec![link.clone()]), tx, stats(), cancel.clone());
 
         let before: Vec<u8> = (1..=3).flat_map(|seq| framed(&samples(seq))).collect();
         let master = write_in_thread(master, before).join().unwrap();
@@ -649,6 +710,10 @@ mod tests {
         // Unplug: the master closing hangs up the slave under the gateway.
         drop(master);
         drop(slave);
+        let lost = tokio::time::timeout(DEADLINE, handle.lost_ports())
+            .await
+            .unwrap();
+        assert_eq!(lost, vec![link_name.clone()], "the unplug is reported");
         // Plug back in: a new device behind the same path, swapped atomically.
         let (master, _slave, target) = pty();
         let fresh = dir.path().join("node.new");
@@ -671,7 +736,12 @@ mod tests {
         let (master, _slave, path) = pty();
         let (tx, mut rx) = mpsc::channel(16);
         let cancel = CancellationToken::new();
-        let (handle, tasks) = spawn_serial(config(vec![path.clone().into()]), tx, cancel.clone());
+        let (handle, tasks) = spawn_serial(
+            config(vec![path.clone().into()]),
+            tx,
+            stats(),
+            cancel.clone(),
+        );
 
         // A frame from the node proves the port is open, without polling for it.
         let master = write_in_thread(master, framed(&golden::hello()))
@@ -725,7 +795,7 @@ mod tests {
             scan_patterns: vec![pattern],
             ..config(Vec::new())
         };
-        let (handle, tasks) = spawn_serial(config, tx, cancel.clone());
+        let (handle, tasks) = spawn_serial(config, tx, stats(), cancel.clone());
 
         for master in &mut masters {
             master.write_all(&framed(&golden::hello())).unwrap();

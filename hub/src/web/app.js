@@ -115,12 +115,38 @@ function applyChange(change) {
 }
 
 let stopStream = null;
+/** Twins being fetched because the stream named them first, so a burst fetches each once. */
+const arriving = new Set();
+
+/**
+ * A twin born after the page loaded (a node plugged in, a machine added) is only named by the
+ * stream: fetch it whole, with its lab if that is new too, and let the view add its card.
+ */
+async function adopt(lab, machine) {
+  const id = `${lab}/${machine}`;
+  if (arriving.has(id) || app.twins.has(id)) return;
+  arriving.add(id);
+  try {
+    const twin = await api(`/api/v1/twins/${lab}/${machine}`);
+    if (!app.labs.some((known) => known.id === twin.lab)) app.labs = await api("/api/v1/labs");
+    app.twins.set(twin.id, twin);
+    app.view?.onTwinAdded?.(twin);
+  } catch {
+    // Not readable with this login, or gone again: the next change of it tries once more.
+  } finally {
+    arriving.delete(id);
+  }
+}
 
 function startStream() {
   stopStream?.();
   const live = document.getElementById("live");
   stopStream = stream({
     onChange(change, arrived) {
+      if (!app.twins.has(`${change.lab}/${change.machine}`)) {
+        adopt(change.lab, change.machine);
+        return;
+      }
       applyChange(change);
       app.view?.onChange?.(change, arrived);
     },

@@ -116,6 +116,9 @@ function regionView(main, { big }) {
       }
     },
     refresh: build,
+    // Rare (a twin born after page load), so rebuilding keeps the sorted order and lab counts
+    // simple; the new card starts from the fetched twin, the stream keeps it current.
+    onTwinAdded: build,
   };
 }
 
