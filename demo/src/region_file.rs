@@ -179,8 +179,9 @@ pub struct MachineSection {
 }
 
 /// Where a machine's data comes from. Each variant maps onto one of the gateway's sources; a
-/// new one (`opcua`, `simulated-opcua`) is a variant here and an arm in
-/// [`crate::region`]'s `attach` function.
+/// new one (`opcua`, `simulated-opcua`) is a variant here, its checks in `check_machine`, and
+/// an arm in `LabPlan::start` (`demo/src/lab.rs`) that adds the gateway source (and starts the
+/// simulator).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Source {

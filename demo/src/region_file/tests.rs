@@ -225,3 +225,20 @@ fn a_file_that_is_not_toml_is_an_error_not_a_panic() {
     let summary = RegionFile::builtin().expect("valid").summary();
     assert!(summary.contains("lab aarhus-machining (gateway gw-aarhus, public): 6 machines"));
 }
+
+#[test]
+fn the_lab_in_deploy_readme_joins_the_demo_region_as_written() {
+    let readme = include_str!("../../../deploy/README.md");
+    let section = readme
+        .split_once("## Your own region")
+        .expect("the section")
+        .1;
+    let lab = section
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a toml block")
+        .0;
+    let region = RegionFile::parse(&format!("{BUILTIN}\n{lab}")).expect("valid");
+    let added = region.labs.last().expect("a lab");
+    assert!(matches!(added.machines[0].source, Source::Modbus(_)));
+}
