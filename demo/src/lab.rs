@@ -260,11 +260,17 @@ impl LabPlan {
                     device.poll_interval_ms =
                         u64::try_from(options.sample_period.as_millis()).unwrap_or(u64::MAX);
                     config.modbus.push(device);
-                    plcs.push(Box::pin(plc.run(
-                        listener,
-                        Some(options.sample_period),
-                        cancel.clone(),
-                    )));
+                    let run = plc.run(listener, Some(options.sample_period), cancel.clone());
+                    let (lab, machine) = (self.lab.clone(), id.clone());
+                    plcs.push(Box::pin(async move {
+                        let result = run.await;
+                        // Only cancellation ends a PLC cleanly; otherwise its twin goes quiet,
+                        // which an operator should hear about.
+                        if let Err(error) = &result {
+                            tracing::error!(%lab, %machine, %error, "simulated PLC stopped");
+                        }
+                        result
+                    }));
                     line.push(format!("{id} on a simulated PLC (Modbus TCP {address})"));
                 }
                 (source, _, _) => {

@@ -201,10 +201,6 @@ fn a_region_file_with_a_plc_and_an_mqtt_node_runs_and_both_twins_are_live() {
         assert_eq!(twin["connectivity"]["gateway"], "gw-byo", "{twin}");
         first.push((id, newest_sample(&twin)));
     }
-    let pressure =
-        &twin(&web, "byo-lab/plc-compressor")["features"]["air"]["properties"]["pressure_bar"];
-    assert_eq!(pressure["unit"], "bar", "{pressure}");
-    assert!(pressure["reported"].is_number(), "{pressure}");
 
     // Samples keep arriving: each twin's newest source timestamp moves on. A condition wait
     // with a deadline; the pause only spares the hub a busy loop of requests.
@@ -223,12 +219,26 @@ fn a_region_file_with_a_plc_and_an_mqtt_node_runs_and_both_twins_are_live() {
         }
     }
 
+    // The PLC's registers arrive as the catalogue's metrics with their units.
+    let pressure =
+        &twin(&web, "byo-lab/plc-compressor")["features"]["air"]["properties"]["pressure_bar"];
+    assert_eq!(pressure["unit"], "bar", "{pressure}");
+    assert!(pressure["reported"].is_number(), "{pressure}");
+
+    // Ctrl-C stops it cleanly, within the deadline.
     let mut child = demo.0.take().expect("running");
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let exit = child.wait().expect("waits");
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait());
+    });
+    let exit = done
+        .recv_timeout(DEADLINE)
+        .expect("stops within the deadline")
+        .expect("waits");
     assert!(exit.success(), "{exit:?}");
 }
