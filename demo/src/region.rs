@@ -19,7 +19,6 @@ use hub::auth::{AuthConfig, Role, UserConfig, hash_password};
 use hub::broker::BrokerConfig;
 use hub::broker::access::UserEntry;
 use hub::broker::access::generated::GeneratedCredentials;
-use hub::catalogue::Catalogue;
 use hub::directory::{Directory, LabConfig, MachineConfig};
 use hub::mqtt_accounts::{VIEWER, secure_embedded_broker};
 use hub::twin::TwinKey;
@@ -135,11 +134,7 @@ pub fn directory(file: &RegionFile) -> anyhow::Result<Directory> {
             accept_new_machines: lab.accept_new_machines,
         });
     }
-    Ok(Directory::new(
-        Catalogue::builtin(),
-        labs,
-        file.links.clone(),
-    )?)
+    Ok(Directory::new(file.catalogue()?, labs, file.links.clone())?)
 }
 
 /// The hardware id of the `index`-th simulated retrofit kit of lab `lab_index`.

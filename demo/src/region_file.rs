@@ -112,6 +112,9 @@ pub struct HubSection {
     pub http_port: Option<u16>,
     /// The embedded store, gateway buffers and generated logins.
     pub data_dir: Option<PathBuf>,
+    /// More machine kinds (`*.toml` in the hub's catalogue format), added to the built-in ones
+    /// or replacing them; relative to the region file.
+    pub catalogue_dir: Option<PathBuf>,
 }
 
 /// `[broker]`; flags override each key.
@@ -291,11 +294,35 @@ impl RegionFile {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text)
+        let mut file = Self::parse_unchecked(&text)?;
+        // A lab keeps its catalogue beside its region file, wherever demolab is started.
+        if let (Some(dir), Some(base)) = (&mut file.hub.catalogue_dir, path.parent())
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
+        file.validate()?;
+        Ok(file)
     }
 
-    /// Parses and checks a region file's text.
+    /// The catalogue the file's kinds come from: the built-in kinds plus `[hub] catalogue_dir`.
+    pub fn catalogue(&self) -> Result<Catalogue, RegionFileError> {
+        match &self.hub.catalogue_dir {
+            None => Ok(Catalogue::builtin()),
+            Some(dir) => Catalogue::with_dir(dir)
+                .map_err(|e| RegionFileError::at("hub.catalogue_dir", e.to_string())),
+        }
+    }
+
+    /// Parses and checks a region file's text; a relative `catalogue_dir` is taken from the
+    /// working directory.
     pub fn parse(text: &str) -> Result<Self, RegionFileError> {
+        let file = Self::parse_unchecked(text)?;
+        file.validate()?;
+        Ok(file)
+    }
+
+    fn parse_unchecked(text: &str) -> Result<Self, RegionFileError> {
         let deserializer =
             toml::Deserializer::parse(text).map_err(|e| RegionFileError::at("", e.to_string()))?;
         let file: RegionFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -315,7 +342,6 @@ impl RegionFile {
             };
             RegionFileError::at(key, message)
         })?;
-        file.validate()?;
         Ok(file)
     }
 
@@ -331,10 +357,10 @@ impl RegionFile {
         self.validate()
     }
 
-    /// Checks everything [`Region`](crate::region::Region) relies on, against the built-in
-    /// catalogue; the first problem found is returned.
+    /// Checks everything [`Region`](crate::region::Region) relies on, against
+    /// [`RegionFile::catalogue`]; the first problem found is returned.
     pub fn validate(&self) -> Result<(), RegionFileError> {
-        let catalogue = Catalogue::builtin();
+        let catalogue = self.catalogue()?;
         let mut labs = HashSet::new();
         let mut gateways = HashSet::new();
         let mut twins = HashSet::new();

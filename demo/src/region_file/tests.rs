@@ -242,3 +242,35 @@ fn the_lab_in_deploy_readme_joins_the_demo_region_as_written() {
     let added = region.labs.last().expect("a lab");
     assert!(matches!(added.machines[0].source, Source::Modbus(_)));
 }
+
+#[test]
+fn a_kind_from_the_files_own_catalogue_dir_is_known() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kinds = dir.path().join("kinds");
+    std::fs::create_dir(&kinds).expect("created");
+    let compressor = Catalogue::builtin();
+    let compressor = compressor.get("compressor").expect("built in");
+    // Any valid kind file will do: the compressor's own, renamed.
+    let text = include_str!("../../../hub/catalogue/compressor.toml").replacen(
+        &format!("id = \"{}\"", compressor.id),
+        "id = \"moulder\"",
+        1,
+    );
+    std::fs::write(kinds.join("moulder.toml"), text).expect("written");
+    let region = dir.path().join("region.toml");
+    let machines = "[[labs.machines]]\nid = \"m-1\"\nkind = \"moulder\"\nsource = { type = \"mqtt-node\", node = \"00000000000000aa\" }\n";
+    std::fs::write(
+        &region,
+        format!("[hub]\ncatalogue_dir = \"kinds\"\n{}", lab_with(machines)),
+    )
+    .expect("written");
+    let file = RegionFile::load(&region).expect("the kind is in the lab's catalogue");
+    assert!(file.catalogue().expect("loads").get("moulder").is_some());
+    std::fs::write(&region, lab_with(machines)).expect("written");
+    assert_eq!(
+        RegionFile::load(&region)
+            .err()
+            .and_then(|e| e.key().map(str::to_owned)),
+        Some("labs[0].machines[0].kind".to_owned())
+    );
+}
