@@ -475,7 +475,7 @@ impl RegionFile {
         let users: Vec<String> = self
             .users
             .iter()
-            .map(|u| format!("{} ({:?})", u.name, u.role).to_lowercase())
+            .map(|u| format!("{} ({})", u.name, format!("{:?}", u.role).to_lowercase()))
             .collect();
         lines.push(format!("users: {}", users.join(", ")));
         let games: Vec<&str> = self.games.iter().map(|g| g.id.as_str()).collect();
