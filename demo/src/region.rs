@@ -1,9 +1,10 @@
-//! The demo region as one value: the hub with its embedded broker and store, and per lab a
-//! gateway with simulated sensor nodes (MQTT) and a retrofit kit (serial). `main.rs` starts it
+//! The region as one value: the hub with its embedded broker and store, and per lab a gateway
+//! with the machines a [`RegionFile`] lists — simulated sensor nodes (MQTT), retrofit kits
+//! (serial), PLC simulators (Modbus TCP), or real nodes, ports and devices. `main.rs` starts it
 //! from the command line; end-to-end tests start the very same wiring on port 0.
 //!
 //! The embedded broker takes no anonymous clients here either: the hub, each gateway, each
-//! simulated node and a read-only viewer get their own generated login
+//! MQTT node and a read-only viewer get their own generated login
 //! (`{data_dir}/mqtt/secrets.toml`), each allowed only its own topics.
 
 use std::collections::HashMap;
@@ -13,40 +14,28 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use gateway::source::serial::SerialConfig;
-use gateway::{GatewayConfig, GatewayHandle, MqttCredentials, MqttEndpoint};
-use hub::auth::{AuthConfig, GameConfig, Role, UserConfig, hash_password};
+use gateway::{GatewayHandle, GatewayStats};
+use hub::auth::{AuthConfig, Role, UserConfig, hash_password};
 use hub::broker::BrokerConfig;
 use hub::broker::access::UserEntry;
 use hub::broker::access::generated::GeneratedCredentials;
-use hub::catalogue::Catalogue;
-use hub::directory::{Directory, LabConfig, LinkConfig, MachineConfig};
+use hub::directory::{Directory, LabConfig, MachineConfig};
 use hub::mqtt_accounts::{VIEWER, secure_embedded_broker};
 use hub::twin::TwinKey;
 use hub::{BrokerSetting, Hub, HubConfig, MetricsSource};
 use protocol::{GatewayId, LabId, NodeId};
 use serialport::TTYPort;
-use simulators::kit_node::{KitNodeConfig, KitNodeHandle, spawn_serial_kit_node};
-use simulators::machines::{CncMill, CncParams, Machine, MachineKind};
-use simulators::node::{
-    MqttNodeConfig, NodeLogin, NodeReport, SimError, fresh_boot_id, run_controlled_node,
-};
+use simulators::kit_node::KitNodeHandle;
+use simulators::node::{NodeReport, SimError};
 use simulators::timeline::LiveControl;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::lab::{LabPlan, Started};
+use crate::region_file::{RegionFile, Source, UserSection};
 use crate::scenarios::SimulatedScenarios;
 
-/// The labs of the demo region: (lab, gateway).
-pub const LABS: [(&str, &str); 2] = [
-    ("aarhus-machining", "gw-aarhus"),
-    ("odense-machining", "gw-odense"),
-];
-
-/// The demo's game, which the student login plays.
-pub const GAME: &str = "energy-hunt";
-
-type GatewayCounters = (LabId, GatewayId, Arc<gateway::GatewayStats>);
+type GatewayCounters = (LabId, GatewayId, Arc<GatewayStats>);
 
 /// What the command line (or a test) chooses.
 #[derive(Debug, Clone)]
@@ -59,13 +48,14 @@ pub struct RegionOptions {
     pub mqtt_port: u16,
     /// The embedded store, the gateways' buffers and the generated logins.
     pub data_dir: PathBuf,
-    /// Simulated CNC mills per lab.
+    /// Simulated CNC mills per lab of the built-in region ([`Region::start`]); a region file's
+    /// own `count`s are set with [`RegionFile::set_counts`] instead.
     pub machines_per_lab: u16,
-    /// Time between samples of each node.
+    /// Time between samples of each simulated node, and between polls of simulated PLCs.
     pub sample_period: Duration,
     /// Seed of the machine simulations.
     pub seed: u64,
-    /// The operator's password; a random one when `None`.
+    /// The password of the user named `operator`; else its `password_env`, else a random one.
     pub operator_password: Option<String>,
 }
 
@@ -84,114 +74,75 @@ impl Default for RegionOptions {
     }
 }
 
-/// The web logins the banner shows.
+/// A web login the banner shows.
 #[derive(Clone)]
-pub struct WebLogins {
-    /// The operator's password.
-    pub operator: String,
-    /// The student's password.
-    pub student: String,
+pub struct WebLogin {
+    /// Login name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Password.
+    pub password: String,
+    /// `(game, its labs)` for students.
+    pub game: Option<(String, Vec<LabId>)>,
 }
 
-impl std::fmt::Debug for WebLogins {
+impl std::fmt::Debug for WebLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebLogins(***)")
+        write!(f, "WebLogin({}, ***)", self.name)
     }
 }
 
-/// A running demo region.
+/// A running region.
 #[derive(Debug)]
 pub struct Region {
     hub: Hub,
     gateways: Vec<GatewayHandle>,
     nodes: JoinSet<Result<NodeReport, SimError>>,
+    plcs: JoinSet<std::io::Result<()>>,
     serial_nodes: Vec<(TTYPort, KitNodeHandle)>,
     cancel: CancellationToken,
     accounts: GeneratedCredentials,
-    logins: WebLogins,
+    logins: Vec<WebLogin>,
+    service_logins: String,
     lab_lines: Vec<String>,
     machines: Vec<TwinKey>,
     data_dir: PathBuf,
 }
 
-/// Names, kinds and lines of the demo region's machines, and a virtual production line from
-/// Aarhus to Odense.
-pub fn directory(machines_per_lab: u16) -> anyhow::Result<Directory> {
+/// The hub's directory of `file`'s labs, machines and links.
+pub fn directory(file: &RegionFile) -> anyhow::Result<Directory> {
     let mut labs = Vec::new();
-    for (index, ((lab, gateway), (name, location))) in LABS
-        .into_iter()
-        .zip([
-            ("Aarhus machining lab", "Aarhus"),
-            ("Odense machining lab", "Odense"),
-        ])
-        .enumerate()
-    {
-        let line = format!("line-{}", char::from(b'a' + index as u8));
-        let mut machines: Vec<MachineConfig> = (1..=machines_per_lab)
-            .map(|n| {
-                Ok(MachineConfig {
-                    id: format!("mill-{n}").parse()?,
-                    kind: Some("cnc-mill".into()),
-                    name: Some(format!("CNC mill {n}")),
-                    line: Some(line.clone()),
-                    attributes: [("simulated".to_owned(), "yes".to_owned())].into(),
-                })
+    for lab in &file.labs {
+        let machines = lab
+            .planned()?
+            .into_iter()
+            .map(|m| MachineConfig {
+                id: m.id,
+                kind: Some(m.section.kind.clone()),
+                name: m.name,
+                line: m.section.line.clone(),
+                attributes: m.section.attributes.clone(),
             })
-            .collect::<anyhow::Result<_>>()?;
-        machines.push(MachineConfig {
-            id: "compressor-1".parse()?,
-            kind: Some("compressor".into()),
-            name: Some("Air compressor".into()),
-            line: None,
-            attributes: [("simulated".to_owned(), "yes".to_owned())].into(),
-        });
-        machines.push(MachineConfig {
-            id: "printer-1".parse()?,
-            kind: Some("3d-printer".into()),
-            name: Some("FDM 3D printer".into()),
-            line: Some(line.clone()),
-            attributes: [("simulated".to_owned(), "yes".to_owned())].into(),
-        });
-        machines.push(MachineConfig {
-            id: "lathe-1".parse()?,
-            kind: Some("retrofit-lathe".into()),
-            name: Some("Lathe with retrofit kit".into()),
-            line: Some(line),
-            attributes: [("link".to_owned(), "serial".to_owned())].into(),
-        });
+            .collect();
         labs.push(LabConfig {
-            id: lab.parse()?,
-            name: name.into(),
-            location: location.into(),
-            gateways: vec![gateway.parse()?],
+            id: lab.id.clone(),
+            name: lab.name.clone(),
+            location: lab.location.clone(),
+            gateways: vec![lab.gateway.clone()],
             machines,
-            accept_new_machines: false,
+            accept_new_machines: lab.accept_new_machines,
         });
     }
-    let links = vec![LinkConfig {
-        line: "virtual-line-1".into(),
-        from: format!("{}/mill-1", LABS[0].0),
-        to: format!("{}/lathe-1", LABS[1].0),
-    }];
-    Ok(Directory::new(Catalogue::builtin(), labs, links)?)
+    Ok(Directory::new(file.catalogue()?, labs, file.links.clone())?)
 }
 
-/// The machines of each demo lab whose sensor nodes talk MQTT, with their models.
-pub fn simulated_machines(mills: u16) -> Vec<(String, MachineKind)> {
-    let mut machines: Vec<(String, MachineKind)> = (1..=mills)
-        .map(|n| (format!("mill-{n}"), MachineKind::CncMill))
-        .collect();
-    machines.push(("compressor-1".into(), MachineKind::Compressor));
-    machines.push(("printer-1".into(), MachineKind::Printer3d));
-    machines
+/// The hardware id of the `index`-th simulated retrofit kit of lab `lab_index`.
+pub fn kit_node_id(lab_index: usize, index: usize) -> NodeId {
+    NodeId(0xd3_5e00_0000 | (index as u64) << 16 | lab_index as u64)
 }
 
-/// The hardware id of the retrofit kit on the serial line of lab `lab_index`.
-pub fn kit_node_id(lab_index: usize) -> NodeId {
-    NodeId(0xd3_5e00_0000 | lab_index as u64)
-}
-
-/// The hardware id of the MQTT node on machine number `machine_index` of lab `lab_index`.
+/// The hardware id of the `machine_index`-th simulated MQTT node of lab `lab_index`.
 pub fn mqtt_node_id(lab_index: usize, machine_index: usize) -> NodeId {
     NodeId(0xd3_0000_0000 | (lab_index as u64) << 16 | machine_index as u64)
 }
@@ -205,20 +156,32 @@ fn random_password() -> String {
     })
 }
 
-/// Each demo gateway reads its own lab's nodes, and each node has a login of its own.
-fn demo_accounts(wanted: &mut Vec<UserEntry>, machines_per_lab: u16) {
-    let mills = simulated_machines(machines_per_lab).len();
-    for (lab_index, (_, gateway)) in LABS.into_iter().enumerate() {
-        let nodes: Vec<String> = (0..mills)
-            .map(|m| mqtt_node_id(lab_index, m).to_string())
-            .collect();
-        for entry in wanted.iter_mut().filter(|e| e.name == gateway) {
-            // The gateway listens for every node it is configured with, the serial kit too.
-            entry.nodes = nodes.clone();
-            entry.nodes.push(kit_node_id(lab_index).to_string());
+/// A user's password: the command line's for `operator`, else the named variable, else new.
+fn password_of(user: &UserSection, options: &RegionOptions) -> String {
+    if user.name == "operator"
+        && let Some(password) = &options.operator_password
+    {
+        return password.clone();
+    }
+    user.password_env
+        .as_deref()
+        .and_then(|name| std::env::var(name).ok())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(random_password)
+}
+
+/// Each gateway reads its own lab's nodes, and each MQTT node has a login of its own.
+fn node_accounts(wanted: &mut Vec<UserEntry>, plans: &[LabPlan]) {
+    for plan in plans {
+        for entry in wanted
+            .iter_mut()
+            .filter(|e| e.name == plan.gateway.as_str())
+        {
+            // The gateway listens for every node it is configured with, serial ones too.
+            entry.nodes = plan.nodes().map(|(node, _)| node.to_string()).collect();
         }
-        wanted.extend(nodes.into_iter().map(|node| UserEntry {
-            name: node,
+        wanted.extend(plan.mqtt_nodes().map(|node| UserEntry {
+            name: node.to_string(),
             role: "node".into(),
             ..UserEntry::default()
         }));
@@ -226,8 +189,20 @@ fn demo_accounts(wanted: &mut Vec<UserEntry>, machines_per_lab: u16) {
 }
 
 impl Region {
-    /// Starts the hub, then each lab's gateway and nodes; returns once all are up.
+    /// Starts the built-in demo region (`demo/region.toml`) with `machines_per_lab` mills per
+    /// lab; returns once all parts are up.
     pub async fn start(options: RegionOptions) -> anyhow::Result<Region> {
+        let mut file = RegionFile::builtin().context("the built-in region")?;
+        file.set_counts(options.machines_per_lab)
+            .context("--machines-per-lab")?;
+        Self::start_with(options, file).await
+    }
+
+    /// Starts the hub, then each lab of `file` with its gateway and machines; returns once all
+    /// are up. `options` decide addresses, data dir, clock and seed (the caller merges the
+    /// file's `[hub]`, `[broker]` and `[simulation]` into them).
+    pub async fn start_with(options: RegionOptions, file: RegionFile) -> anyhow::Result<Region> {
+        file.validate()?;
         // The gateways start after the hub; their counters join the hub's /metrics once they
         // exist.
         let gateway_stats: Arc<OnceLock<Vec<GatewayCounters>>> = Arc::default();
@@ -243,22 +218,46 @@ impl Region {
             gateway::render_prometheus(&snapshots)
         }));
 
-        let logins = WebLogins {
-            operator: options
-                .operator_password
-                .clone()
-                .unwrap_or_else(random_password),
-            student: random_password(),
-        };
+        let plans = file
+            .labs
+            .iter()
+            .enumerate()
+            .map(|(index, lab)| LabPlan::new(index, lab))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         // Every simulated machine on MQTT can run a demo scenario: register them before the
         // hub starts, so its API can offer them, and give each node its control.
         let mut simulated = SimulatedScenarios::default();
         let mut controls: HashMap<String, LiveControl> = HashMap::new();
-        for (lab, _) in LABS {
-            for (machine, kind) in simulated_machines(options.machines_per_lab) {
-                let key = TwinKey::parse(&format!("{lab}/{machine}")).context("demo machine id")?;
-                controls.insert(key.to_string(), simulated.add_machine(&key, kind));
+        for plan in &plans {
+            for machine in &plan.machines {
+                if let (Source::SimulatedMqtt { .. }, Some(model)) =
+                    (&machine.planned.section.source, machine.model)
+                {
+                    let key = plan.twin(&machine.planned.id);
+                    controls.insert(key.to_string(), simulated.add_machine(&key, model));
+                }
             }
+        }
+        let mut logins = Vec::new();
+        let mut users = Vec::new();
+        for user in &file.users {
+            let password = password_of(user, &options);
+            users.push(UserConfig {
+                name: user.name.clone(),
+                role: user.role,
+                password_hash: hash_password(&password)?,
+                game: user.game.clone(),
+            });
+            let game = user.game.as_ref().and_then(|id| {
+                let game = file.games.iter().find(|g| &g.id == id)?;
+                Some((game.id.clone(), game.labs.clone()))
+            });
+            logins.push(WebLogin {
+                name: user.name.clone(),
+                role: user.role,
+                password,
+                game,
+            });
         }
         let mut config = HubConfig {
             scenarios: Some(Arc::new(simulated)),
@@ -269,38 +268,23 @@ impl Region {
             }),
             data_dir: options.data_dir.clone(),
             extra_metrics: Some(extra_metrics),
-            directory: Arc::new(directory(options.machines_per_lab)?),
+            directory: Arc::new(directory(&file)?),
             auth: AuthConfig {
-                // The demo's labs are simulated and shown to anyone on purpose (the big screen).
-                public_labs: LABS.iter().map(|(lab, _)| (*lab).to_owned()).collect(),
+                public_labs: file
+                    .labs
+                    .iter()
+                    .filter(|lab| lab.public)
+                    .map(|lab| lab.id.to_string())
+                    .collect(),
                 token_ttl_s: 12 * 3600,
-                users: vec![
-                    UserConfig {
-                        name: "operator".into(),
-                        role: Role::Operator,
-                        password_hash: hash_password(&logins.operator)?,
-                        game: None,
-                    },
-                    UserConfig {
-                        name: "student".into(),
-                        role: Role::Student,
-                        password_hash: hash_password(&logins.student)?,
-                        game: Some(GAME.into()),
-                    },
-                ],
-                games: vec![GameConfig {
-                    id: GAME.into(),
-                    name: "Find the energy waste".into(),
-                    labs: vec![LABS[0].0.parse()?],
-                }],
+                users,
+                games: file.games.clone(),
                 ..AuthConfig::default()
             },
             ..HubConfig::default()
         };
-        let accounts = secure_embedded_broker(&mut config, |wanted| {
-            demo_accounts(wanted, options.machines_per_lab)
-        })?
-        .context("the demo's embedded broker has no accounts")?;
+        let accounts = secure_embedded_broker(&mut config, |wanted| node_accounts(wanted, &plans))?
+            .context("the region's embedded broker has no accounts")?;
         let hub = Hub::start(config)
             .await
             .context("cannot start the hub (choose other ports with --http-port / --mqtt-port)")?;
@@ -308,164 +292,61 @@ impl Region {
             .await
             .context("the hub did not connect to its own broker within 10 s")?;
 
+        let mut service_logins = vec!["hub".to_owned(), "gateways".into(), "nodes".into()];
+        service_logins.extend(file.games.iter().map(|g| format!("game-{}", g.id)));
         let mut region = Region {
             hub,
             gateways: Vec::new(),
             nodes: JoinSet::new(),
+            plcs: JoinSet::new(),
             serial_nodes: Vec::new(),
             cancel: CancellationToken::new(),
             accounts,
             logins,
+            service_logins: service_logins.join(", "),
             lab_lines: Vec::new(),
             machines: Vec::new(),
             data_dir: options.data_dir.clone(),
         };
         let mut counters = Vec::new();
-        for (lab_index, (lab, gateway)) in LABS.into_iter().enumerate() {
-            let stats = region
-                .start_lab(
+        for plan in plans {
+            let broker = region.hub.mqtt_addr();
+            let started = plan
+                .start(
                     &options,
-                    lab_index,
-                    lab.parse()?,
-                    gateway.parse()?,
+                    broker,
+                    &region.accounts,
                     &controls,
+                    &region.cancel,
                 )
                 .await?;
-            counters.push(stats);
+            let Started {
+                gateway,
+                nodes,
+                plcs,
+                serial_nodes,
+                line,
+            } = started;
+            counters.push((
+                plan.lab.clone(),
+                plan.gateway.clone(),
+                gateway.stats().clone(),
+            ));
+            region.gateways.push(gateway);
+            for node in nodes {
+                region.nodes.spawn(node);
+            }
+            for plc in plcs {
+                region.plcs.spawn(plc);
+            }
+            region.serial_nodes.extend(serial_nodes);
+            region.lab_lines.push(line);
+            region
+                .machines
+                .extend(plan.machines.iter().map(|m| plan.twin(&m.planned.id)));
         }
         let _ = gateway_stats.set(counters);
         Ok(region)
-    }
-
-    async fn start_lab(
-        &mut self,
-        options: &RegionOptions,
-        lab_index: usize,
-        lab: LabId,
-        gateway: GatewayId,
-        controls: &HashMap<String, LiveControl>,
-    ) -> anyhow::Result<GatewayCounters> {
-        let broker = MqttEndpoint {
-            host: self.hub.mqtt_addr().ip().to_string(),
-            port: self.hub.mqtt_addr().port(),
-        };
-        let mut node_configs = Vec::new();
-        for (machine_index, (machine, kind)) in simulated_machines(options.machines_per_lab)
-            .into_iter()
-            .enumerate()
-        {
-            let node = mqtt_node_id(lab_index, machine_index);
-            let seed = options
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(node.0 & 0xffff_ffff);
-            let model: Box<dyn Machine> = match kind {
-                // The mill keeps its tuned demo parameters.
-                MachineKind::CncMill => Box::new(CncMill::new(seed, CncParams::default())),
-                other => other.build(seed),
-            };
-            let control = controls
-                .get(&format!("{lab}/{machine}"))
-                .cloned()
-                .unwrap_or_default();
-            node_configs.push((
-                MqttNodeConfig {
-                    node,
-                    machine: machine.parse()?,
-                    boot: fresh_boot_id(node),
-                    seed,
-                    sample_period: options.sample_period,
-                    tick_interval: options.sample_period,
-                    max_samples: None,
-                    broker_host: broker.host.clone(),
-                    broker_port: broker.port,
-                    login: Some(NodeLogin {
-                        username: node.to_string(),
-                        password: self.password(&node.to_string())?,
-                    }),
-                },
-                model,
-                control,
-            ));
-        }
-        // All labs share the hub's broker here, so each gateway takes only its own nodes.
-        let buffer_dir = options.data_dir.join("gateways").join(gateway.as_str());
-        let mut config =
-            GatewayConfig::new(lab.clone(), gateway.clone(), broker.clone(), buffer_dir);
-        let login = MqttCredentials {
-            username: gateway.to_string(),
-            password: self.password(gateway.as_str())?,
-        };
-        config.uplink_credentials = Some(login.clone());
-        config.southbound_credentials = Some(login);
-        config.nodes = node_configs
-            .iter()
-            .map(|(n, _, _)| (n.node, n.machine.clone()))
-            .collect();
-        config.accept_unconfigured_nodes = false;
-        // Each lab also has one retrofit kit on a serial line: the real firmware runtime and
-        // drivers on simulated chips, writing to a real pseudo-terminal the gateway reads.
-        let kit_node = kit_node_id(lab_index);
-        let (master, slave) = TTYPort::pair().context("cannot create a pseudo-terminal")?;
-        let tty = slave.name().context("pseudo-terminal without a name")?;
-        config.serial = Some(SerialConfig {
-            ports: vec![tty.clone().into()],
-            ..SerialConfig::default()
-        });
-        config.nodes.insert(kit_node, "lathe-1".parse()?);
-        let handle = gateway::start(config, self.cancel.clone())
-            .with_context(|| format!("cannot start gateway {gateway}"))?;
-        tokio::time::timeout(Duration::from_secs(10), handle.ready())
-            .await
-            .with_context(|| format!("gateway {gateway} did not come up within 10 s"))?;
-        let counters = (lab.clone(), gateway.clone(), handle.stats().clone());
-        self.gateways.push(handle);
-        for (config, model, control) in node_configs {
-            self.nodes.spawn(run_controlled_node(
-                config,
-                model,
-                control,
-                self.cancel.clone(),
-            ));
-        }
-        let mut master = master;
-        use serialport::SerialPort;
-        master
-            .set_timeout(Duration::from_millis(20))
-            .context("pseudo-terminal timeout")?;
-        self.serial_nodes.push((
-            slave,
-            spawn_serial_kit_node(
-                KitNodeConfig {
-                    node: kit_node,
-                    machine: "lathe-1".parse()?,
-                    boot: fresh_boot_id(kit_node),
-                    seed: options.seed.wrapping_add(0x5e + lab_index as u64),
-                    sample_period: options.sample_period,
-                    tick_interval: options.sample_period,
-                    max_samples: None,
-                },
-                master,
-            ),
-        ));
-        for (machine, _) in simulated_machines(options.machines_per_lab) {
-            self.machines
-                .extend(TwinKey::parse(&format!("{lab}/{machine}")));
-        }
-        self.machines
-            .extend(TwinKey::parse(&format!("{lab}/lathe-1")));
-        self.lab_lines.push(format!(
-            "lab: {lab} (gateway {gateway}, {} CNC mills, compressor-1 and printer-1 over MQTT, lathe-1 on serial {tty})",
-            options.machines_per_lab
-        ));
-        Ok(counters)
-    }
-
-    fn password(&self, user: &str) -> anyhow::Result<String> {
-        self.accounts
-            .password(user)
-            .map(ToOwned::to_owned)
-            .with_context(|| format!("no generated MQTT login for {user}"))
     }
 
     /// The hub.
@@ -479,7 +360,7 @@ impl Region {
     }
 
     /// The web logins.
-    pub fn logins(&self) -> &WebLogins {
+    pub fn logins(&self) -> &[WebLogin] {
         &self.logins
     }
 
@@ -528,14 +409,21 @@ impl Region {
             format!("api: http://{http}/api/docs"),
             format!("stream: ws://{http}/api/v1/stream"),
             format!("data: {}", self.data_dir.display()),
-            format!("operator login: operator / {}", self.logins.operator),
+        ];
+        for login in &self.logins {
+            let role = format!("{:?}", login.role).to_lowercase();
+            let mut line = format!("{role} login: {} / {}", login.name, login.password);
+            if let Some((game, labs)) = &login.game {
+                let labs: Vec<&str> = labs.iter().map(LabId::as_str).collect();
+                line.push_str(&format!(" (game {game}: {})", labs.join(", ")));
+            }
+            lines.push(line);
+        }
+        lines.extend([
             format!(
-                "student login: student / {} (game {GAME}: {})",
-                self.logins.student, LABS[0].0
-            ),
-            format!(
-                "mqtt logins: {} (owner-only; hub, gateways, nodes, game-{GAME})",
-                self.accounts.secrets_path().display()
+                "mqtt logins: {} (owner-only; {})",
+                self.accounts.secrets_path().display(),
+                self.service_logins
             ),
             format!(
                 "watch (read-only): mosquitto_sub -h {} -p {} -u {VIEWER} -P {} -t 'spBv1.0/#' -t 'demolab/#' -v",
@@ -543,7 +431,7 @@ impl Region {
                 mqtt.port(),
                 self.accounts.password(VIEWER).unwrap_or("?"),
             ),
-        ];
+        ]);
         lines.extend(self.lab_lines.iter().cloned());
         lines.join("\n")
     }
@@ -558,6 +446,7 @@ impl Region {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.cancel.cancel();
         while self.nodes.join_next().await.is_some() {}
+        while self.plcs.join_next().await.is_some() {}
         for (_slave, node) in self.serial_nodes {
             // The node thread notices within one sample period.
             let _ = tokio::task::spawn_blocking(move || node.join()).await;

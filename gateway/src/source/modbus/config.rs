@@ -222,6 +222,25 @@ pub enum ModbusConfigError {
 }
 
 impl ModbusDevice {
+    /// A device with the defaults a `[[modbus]]` table gets for the keys it leaves out, for
+    /// callers that build devices from their own configuration (the demo's region file).
+    pub fn with_defaults(
+        name: String,
+        machine: MachineId,
+        address: String,
+        registers: Vec<RegisterMap>,
+    ) -> Self {
+        Self {
+            name,
+            machine,
+            address,
+            unit_id: default_unit_id(),
+            poll_interval_ms: default_poll_interval_ms(),
+            timeout_ms: default_timeout_ms(),
+            registers,
+        }
+    }
+
     /// Checks everything the poller relies on; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ModbusConfigError> {
         let device = || self.name.clone();
