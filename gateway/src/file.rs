@@ -16,6 +16,7 @@ use broker::tls::ClientTlsFiles;
 use crate::buffer::{BufferConfig, FsyncPolicy};
 use crate::config::{GatewayConfig, MqttEndpoint};
 use crate::source::modbus::ModbusDevice;
+use crate::source::opcua::{OpcUaServer, Secret};
 use crate::source::serial::SerialConfig;
 
 /// Why a configuration file was refused.
@@ -83,6 +84,10 @@ pub struct GatewayFile {
     /// Modbus TCP machines.
     #[serde(default)]
     pub modbus: Vec<ModbusDevice>,
+    /// OPC UA servers (`[[opcua]]`, each with `[[opcua.machines]]` and
+    /// `[[opcua.machines.metrics]]`).
+    #[serde(default)]
+    pub opcua: Vec<OpcUaServer>,
 }
 
 fn default_liveness() -> u64 {
@@ -384,6 +389,24 @@ impl GatewayFile {
                 .validate()
                 .map_err(|e| invalid(&format!("modbus[{i}]"), e.to_string()))?;
         }
+        let mut opcua = self.opcua;
+        for (i, server) in opcua.iter_mut().enumerate() {
+            let section = format!("opcua[{i}]");
+            if let Some(var) = &server.password_env {
+                let password = std::env::var(var).map_err(|e| {
+                    invalid(
+                        &format!("{section}.password_env"),
+                        format!("environment variable {var:?}: {e}"),
+                    )
+                })?;
+                server.password = Some(Secret(password));
+            }
+            // Like the buffer directory, relative paths are taken from the file's directory.
+            server.pki_dir = base.join(&server.pki_dir);
+            server
+                .validate()
+                .map_err(|e| invalid(&section, e.to_string()))?;
+        }
         let uplink_credentials = credentials(
             path,
             "uplink",
@@ -473,9 +496,18 @@ impl GatewayFile {
         for device in &self.modbus {
             nodes.insert(device.node_id(), device.machine.clone());
         }
+        for server in &opcua {
+            for machine in &server.machines {
+                nodes.insert(
+                    crate::source::opcua::opcua_node_id(&server.name, &machine.machine),
+                    machine.machine.clone(),
+                );
+            }
+        }
         config.nodes = nodes;
         config.serial = serial;
         config.modbus = self.modbus;
+        config.opcua = opcua;
         config.buffer = BufferConfig {
             dir: base.join(&self.buffer.dir),
             max_bytes: self.buffer.max_mb << 20,
