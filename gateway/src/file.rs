@@ -558,6 +558,58 @@ host = "127.0.0.1"
         assert!(!loaded.gateway.nodes.is_empty());
         assert!(loaded.gateway.serial.is_some());
         assert_eq!(loaded.gateway.modbus.len(), 1);
+        let opcua = &loaded.gateway.opcua;
+        assert_eq!(opcua.len(), 1);
+        assert_eq!(opcua[0].machines[0].metrics.len(), 2);
+        assert!(opcua[0].pki_dir.is_absolute(), "relative to the file");
+        let node = crate::source::opcua::opcua_node_id("cell-a", &opcua[0].machines[0].machine);
+        assert!(loaded.gateway.nodes.contains_key(&node));
+    }
+
+    #[test]
+    fn the_readme_opcua_machine_loads() {
+        let readme = include_str!("../../deploy/README.md");
+        let block = readme
+            .split("**An OPC UA machine**")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("deploy/README.md shows an OPC UA machine");
+        let loaded = parse(&format!("{MINIMAL}{block}")).expect("the README's TOML is valid");
+        assert_eq!(loaded.gateway.opcua[0].machines[0].metrics.len(), 1);
+    }
+
+    #[test]
+    fn an_opcua_login_takes_its_password_from_the_named_variable_and_errors_name_the_server() {
+        let server = r#"
+[[opcua]]
+name = "cell"
+endpoint_url = "opc.tcp://127.0.0.1:4840/"
+username = "op"
+password_env = "CARGO_PKG_NAME"
+[[opcua.machines]]
+machine = "cnc-7"
+[[opcua.machines.metrics]]
+node_id = "ns=2;s=Speed"
+metric = "spindle.speed_rpm"
+unit = "rpm"
+"#;
+        let loaded = parse(&format!("{MINIMAL}{server}")).expect("valid");
+        let password = loaded.gateway.opcua[0].password.clone().expect("read");
+        assert_eq!(password.0, env!("CARGO_PKG_NAME"));
+        assert!(!format!("{:?}", loaded.gateway.opcua).contains(env!("CARGO_PKG_NAME")));
+
+        let unset = server.replace("CARGO_PKG_NAME", "DEMOLAB_TEST_SURELY_UNSET_42");
+        let err = parse(&format!("{MINIMAL}{unset}")).expect_err("unset variable");
+        assert!(err.to_string().contains("`opcua[0].password_env`"), "{err}");
+
+        let bad_node = server.replace("ns=2;s=Speed", "ns=two");
+        let err = parse(&format!("{MINIMAL}{bad_node}")).expect_err("bad node id");
+        assert!(
+            err.to_string()
+                .contains("`opcua[0]`: opcua server `cell`: `machines[0].metrics[0].node_id`"),
+            "{err}"
+        );
     }
 
     #[test]
