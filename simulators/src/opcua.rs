@@ -477,3 +477,50 @@ fn build_address_space(
         metric_nodes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn it_reports_its_real_port_and_counts_on_demand() {
+        let dir = tempfile_dir();
+        let mut config = OpcUaSimConfig::new("cnc-7", dir.clone());
+        config.update_interval = None;
+        config.counter_start = 41;
+        let sim = start_opcua_sim(config, CancellationToken::new())
+            .await
+            .expect("starts");
+        assert!(
+            !sim.endpoint_url().ends_with(":0/"),
+            "{}",
+            sim.endpoint_url()
+        );
+        assert_eq!(
+            sim.node_id("Counter"),
+            format!("ns={};s=cnc-7.Monitoring.Counter", sim.namespace())
+        );
+        assert_eq!(sim.counter(), 41);
+        assert_eq!(sim.step(), 42);
+        assert_eq!(sim.counter(), 42);
+        sim.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn it_refuses_a_server_nobody_can_log_in_to() {
+        let mut config = OpcUaSimConfig::new("cnc-7", tempfile_dir());
+        config.anonymous = false;
+        assert!(matches!(
+            start_opcua_sim(config, CancellationToken::new()).await,
+            Err(OpcUaSimError::Config(_))
+        ));
+    }
+
+    /// A fresh directory under the system's temp dir (no tempfile dependency here).
+    fn tempfile_dir() -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::env::temp_dir().join(format!("demolab-opcua-sim-{}-{n}", std::process::id()))
+    }
+}
