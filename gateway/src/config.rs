@@ -9,6 +9,7 @@ use protocol::{GatewayId, HostId, LabId, MachineId, NodeId};
 
 use crate::buffer::{BufferConfig, FsFactory, FsyncPolicy};
 use crate::source::modbus::ModbusDevice;
+use crate::source::opcua::OpcUaServer;
 use crate::source::serial::SerialConfig;
 
 /// An MQTT broker address.
@@ -70,6 +71,8 @@ pub struct GatewayConfig {
     pub serial: Option<SerialConfig>,
     /// Modbus TCP machines to poll.
     pub modbus: Vec<ModbusDevice>,
+    /// OPC UA servers and the machines subscribed on them.
+    pub opcua: Vec<OpcUaServer>,
     /// The store-and-forward disk buffer.
     pub buffer: BufferConfig,
     /// The filesystem the buffer runs on: the real one unless a test injects disk errors with
@@ -97,6 +100,7 @@ impl GatewayConfig {
             accept_unconfigured_nodes: true,
             serial: None,
             modbus: Vec::new(),
+            opcua: Vec::new(),
             buffer: BufferConfig {
                 dir: buffer_dir,
                 max_bytes: 256 << 20,

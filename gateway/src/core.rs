@@ -324,6 +324,7 @@ impl Core {
                 }
             }
             Some(SourceId::Modbus(_)) => debug!(%node, "Modbus devices take no node commands"),
+            Some(SourceId::OpcUa(_)) => debug!(%node, "OPC UA machines take no node commands"),
             Some(SourceId::Mqtt) | None => match codec::encode_to_vec(&frame) {
                 Ok(bytes) => {
                     let topic = node_topic::format(node, Direction::Down);

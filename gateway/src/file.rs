@@ -16,6 +16,7 @@ use broker::tls::ClientTlsFiles;
 use crate::buffer::{BufferConfig, FsyncPolicy};
 use crate::config::{GatewayConfig, MqttEndpoint};
 use crate::source::modbus::ModbusDevice;
+use crate::source::opcua::{OpcUaServer, Secret};
 use crate::source::serial::SerialConfig;
 
 /// Why a configuration file was refused.
@@ -84,6 +85,10 @@ pub struct GatewayFile {
     /// Modbus TCP machines.
     #[serde(default)]
     pub modbus: Vec<ModbusDevice>,
+    /// OPC UA servers (`[[opcua]]`, each with `[[opcua.machines]]` and
+    /// `[[opcua.machines.metrics]]`).
+    #[serde(default)]
+    pub opcua: Vec<OpcUaServer>,
 }
 
 fn default_liveness() -> u64 {
@@ -417,6 +422,24 @@ impl GatewayFile {
                 .validate()
                 .map_err(|e| invalid(&format!("modbus[{i}]"), e.to_string()))?;
         }
+        let mut opcua = self.opcua;
+        for (i, server) in opcua.iter_mut().enumerate() {
+            let section = format!("opcua[{i}]");
+            if let Some(var) = &server.password_env {
+                let password = std::env::var(var).map_err(|e| {
+                    invalid(
+                        &format!("{section}.password_env"),
+                        format!("environment variable {var:?}: {e}"),
+                    )
+                })?;
+                server.password = Some(Secret(password));
+            }
+            // Like the buffer directory, relative paths are taken from the file's directory.
+            server.pki_dir = base.join(&server.pki_dir);
+            server
+                .validate()
+                .map_err(|e| invalid(&section, e.to_string()))?;
+        }
         let uplink_credentials = credentials(
             path,
             "uplink",
@@ -497,9 +520,18 @@ impl GatewayFile {
         for device in &self.modbus {
             nodes.insert(device.node_id(), device.machine.clone());
         }
+        for server in &opcua {
+            for machine in &server.machines {
+                nodes.insert(
+                    crate::source::opcua::opcua_node_id(&server.name, &machine.machine),
+                    machine.machine.clone(),
+                );
+            }
+        }
         config.nodes = nodes;
         config.serial = serial;
         config.modbus = self.modbus;
+        config.opcua = opcua;
         config.buffer = BufferConfig {
             dir: base.join(&self.buffer.dir),
             max_bytes: self.buffer.max_mb << 20,
@@ -636,6 +668,58 @@ host = "127.0.0.1"
         let serial = loaded.gateway.serial.expect("the example has serial nodes");
         assert!(serial.scan, "the edge box adopts plugged-in nodes");
         assert_eq!(loaded.gateway.modbus.len(), 1);
+        let opcua = &loaded.gateway.opcua;
+        assert_eq!(opcua.len(), 1);
+        assert_eq!(opcua[0].machines[0].metrics.len(), 2);
+        assert!(opcua[0].pki_dir.is_absolute(), "relative to the file");
+        let node = crate::source::opcua::opcua_node_id("cell-a", &opcua[0].machines[0].machine);
+        assert!(loaded.gateway.nodes.contains_key(&node));
+    }
+
+    #[test]
+    fn the_readme_opcua_machine_loads() {
+        let readme = include_str!("../../deploy/README.md");
+        let block = readme
+            .split("**An OPC UA machine**")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("deploy/README.md shows an OPC UA machine");
+        let loaded = parse(&format!("{MINIMAL}{block}")).expect("the README's TOML is valid");
+        assert_eq!(loaded.gateway.opcua[0].machines[0].metrics.len(), 1);
+    }
+
+    #[test]
+    fn an_opcua_login_takes_its_password_from_the_named_variable_and_errors_name_the_server() {
+        let server = r#"
+[[opcua]]
+name = "cell"
+endpoint_url = "opc.tcp://127.0.0.1:4840/"
+username = "op"
+password_env = "CARGO_PKG_NAME"
+[[opcua.machines]]
+machine = "cnc-7"
+[[opcua.machines.metrics]]
+node_id = "ns=2;s=Speed"
+metric = "spindle.speed_rpm"
+unit = "rpm"
+"#;
+        let loaded = parse(&format!("{MINIMAL}{server}")).expect("valid");
+        let password = loaded.gateway.opcua[0].password.clone().expect("read");
+        assert_eq!(password.0, env!("CARGO_PKG_NAME"));
+        assert!(!format!("{:?}", loaded.gateway.opcua).contains(env!("CARGO_PKG_NAME")));
+
+        let unset = server.replace("CARGO_PKG_NAME", "DEMOLAB_TEST_SURELY_UNSET_42");
+        let err = parse(&format!("{MINIMAL}{unset}")).expect_err("unset variable");
+        assert!(err.to_string().contains("`opcua[0].password_env`"), "{err}");
+
+        let bad_node = server.replace("ns=2;s=Speed", "ns=two");
+        let err = parse(&format!("{MINIMAL}{bad_node}")).expect_err("bad node id");
+        assert!(
+            err.to_string()
+                .contains("`opcua[0]`: opcua server `cell`: `machines[0].metrics[0].node_id`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -37,4 +37,4 @@ mod uplink;
 
 pub use config::{GatewayConfig, MqttCredentials, MqttEndpoint};
 pub use run::{GatewayError, GatewayHandle, now_ms, start};
-pub use stats::{DropReason, GatewayStats, StatsSnapshot, render_prometheus};
+pub use stats::{DropReason, GatewayStats, OpcUaLinkEvent, StatsSnapshot, render_prometheus};

@@ -8,8 +8,8 @@ use demolab_gateway::file::GatewayFile;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Run a Demolab lab gateway: sensor nodes (MQTT, serial) and Modbus machines in, Sparkplug B
-/// to the hub out, with a disk buffer that keeps every sample while the hub is away.
+/// Run a Demolab lab gateway: sensor nodes (MQTT, serial), Modbus and OPC UA machines in,
+/// Sparkplug B to the hub out, with a disk buffer that keeps every sample while the hub is away.
 #[derive(Debug, Parser)]
 #[command(name = "demolab-gateway", version, about)]
 struct Args {
@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|l| l.local_addr().ok())
         .unwrap_or(loaded.ops_listen);
     let summary = format!(
-        "lab: {}\ngateway: {}\nuplink: mqtt://{}:{}\nsouthbound: {}\nserial: {}\nmodbus devices: {}\nbuffer: {} (cap {} MiB)\nops: http://{}",
+        "lab: {}\ngateway: {}\nuplink: mqtt://{}:{}\nsouthbound: {}\nserial: {}\nmodbus devices: {}\nopcua servers: {}\nbuffer: {} (cap {} MiB)\nops: http://{}",
         config.lab,
         config.gateway,
         config.uplink.host,
@@ -118,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }),
         config.modbus.len(),
+        config.opcua.len(),
         config.buffer.dir.display(),
         config.buffer.max_bytes >> 20,
         ops_addr,

@@ -1,5 +1,5 @@
-//! The IO shell: starts the sources (MQTT nodes, serial ports, Modbus devices), the uplink
-//! session and the core task, wired by bounded channels only.
+//! The IO shell: starts the sources (MQTT nodes, serial ports, Modbus devices, OPC UA
+//! servers), the uplink session and the core task, wired by bounded channels only.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +20,7 @@ use crate::edge::EdgeNode;
 use crate::pipeline::{Action, Pipeline};
 use crate::registry::NodeRegistry;
 use crate::source::modbus::run_modbus_device;
+use crate::source::opcua::run_opcua_server;
 use crate::source::serial::spawn_serial;
 use crate::stats::{DropReason, GatewayStats};
 use crate::uplink::{self, UplinkSettings};
@@ -202,6 +203,12 @@ pub fn start(
     for device in config.modbus.clone() {
         tasks.spawn(
             run_modbus_device(device, others_tx.clone(), stats.clone(), cancel.clone())
+                .instrument(span.clone()),
+        );
+    }
+    for server in config.opcua.clone() {
+        tasks.spawn(
+            run_opcua_server(server, others_tx.clone(), stats.clone(), cancel.clone())
                 .instrument(span.clone()),
         );
     }

@@ -39,11 +39,20 @@ pub enum DropReason {
     /// Modbus samples still held in memory when the gateway stopped while the disk was failing,
     /// or a record the buffer refuses outright (larger than a segment).
     StorageFailed,
+    /// An OPC UA value with a Bad status code (the server could not read the machine).
+    OpcUaBadStatus,
+    /// An OPC UA value that is not a number or a boolean.
+    OpcUaNotNumeric,
+    /// An OPC UA value not newer (by source timestamp) than the last one taken for its
+    /// variable: reported again after a subscription was recreated.
+    OpcUaDuplicate,
+    /// An OPC UA change that found the source's queue full (the pipeline stalled).
+    OpcUaOverflow,
 }
 
 impl DropReason {
     /// Every reason, for exposition.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::BadFrame,
         DropReason::NodeMismatch,
         DropReason::UnconfiguredNode,
@@ -60,6 +69,10 @@ impl DropReason {
         DropReason::BufferCorrupt,
         DropReason::NodeBufferOverflow,
         DropReason::StorageFailed,
+        DropReason::OpcUaBadStatus,
+        DropReason::OpcUaNotNumeric,
+        DropReason::OpcUaDuplicate,
+        DropReason::OpcUaOverflow,
     ];
 
     /// Stable label for metrics.
@@ -81,6 +94,10 @@ impl DropReason {
             DropReason::BufferCorrupt => "buffer_corrupt",
             DropReason::NodeBufferOverflow => "node_buffer_overflow",
             DropReason::StorageFailed => "storage_failed",
+            DropReason::OpcUaBadStatus => "opcua_bad_status",
+            DropReason::OpcUaNotNumeric => "opcua_not_numeric",
+            DropReason::OpcUaDuplicate => "opcua_duplicate",
+            DropReason::OpcUaOverflow => "opcua_overflow",
         }
     }
 }
@@ -98,6 +115,40 @@ pub const DECODE_REASONS: [&str; 9] = [
     "bad_cobs",
 ];
 
+/// Something that happened to an OPC UA server's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpcUaLinkEvent {
+    /// A connect or reconnect attempt failed.
+    ConnectFailed,
+    /// An established connection broke.
+    ConnectionLost,
+    /// A reconnect reactivated the old session: its subscriptions went on.
+    Resumed,
+    /// A reconnect needed a new session (the server restarted or forgot it); subscriptions
+    /// were transferred or recreated.
+    NewSession,
+}
+
+impl OpcUaLinkEvent {
+    /// Every event, for exposition.
+    pub const ALL: [OpcUaLinkEvent; 4] = [
+        OpcUaLinkEvent::ConnectFailed,
+        OpcUaLinkEvent::ConnectionLost,
+        OpcUaLinkEvent::Resumed,
+        OpcUaLinkEvent::NewSession,
+    ];
+
+    /// Stable label for metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OpcUaLinkEvent::ConnectFailed => "connect_failed",
+            OpcUaLinkEvent::ConnectionLost => "connection_lost",
+            OpcUaLinkEvent::Resumed => "resumed",
+            OpcUaLinkEvent::NewSession => "new_session",
+        }
+    }
+}
+
 /// Lock-free counters shared by the gateway's tasks.
 #[derive(Debug, Default)]
 pub struct GatewayStats {
@@ -107,6 +158,7 @@ pub struct GatewayStats {
     births_published: AtomicU64,
     uplink_sessions: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    opcua_links: [AtomicU64; OpcUaLinkEvent::ALL.len()],
     buffer_depth: AtomicU64,
     buffer_unsent: AtomicU64,
     buffer_bytes: AtomicU64,
@@ -167,6 +219,8 @@ pub struct StatsSnapshot {
     pub serial_ports_open: u64,
     /// Frames received per source (`mqtt`, `serial:/dev/ttyUSB0`, `modbus:press-plc`).
     pub sources: Vec<(String, u64)>,
+    /// OPC UA session events, in [`OpcUaLinkEvent::ALL`] order.
+    pub opcua_links: Vec<(OpcUaLinkEvent, u64)>,
 }
 
 impl StatsSnapshot {
@@ -175,6 +229,14 @@ impl StatsSnapshot {
         self.drops
             .iter()
             .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// The count for one OPC UA session event.
+    pub fn opcua_link(&self, event: OpcUaLinkEvent) -> u64 {
+        self.opcua_links
+            .iter()
+            .find(|(e, _)| *e == event)
             .map_or(0, |(_, n)| *n)
     }
 }
@@ -266,6 +328,13 @@ impl GatewayStats {
         }
     }
 
+    /// Counts one OPC UA session event.
+    pub fn opcua_link(&self, event: OpcUaLinkEvent) {
+        if let Some(slot) = OpcUaLinkEvent::ALL.iter().position(|e| *e == event) {
+            self.opcua_links[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts `count` dropped items.
     pub fn dropped_many(&self, reason: DropReason, count: u64) {
         let slot = DropReason::ALL
@@ -313,6 +382,11 @@ impl GatewayStats {
                 .iter()
                 .zip(&self.decode_failures)
                 .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+                .collect(),
+            opcua_links: OpcUaLinkEvent::ALL
+                .iter()
+                .zip(&self.opcua_links)
+                .map(|(event, n)| (*event, n.load(Ordering::Relaxed)))
                 .collect(),
         }
     }
@@ -451,6 +525,20 @@ pub fn render_prometheus(
             );
         }
     }
+    let name = "demolab_gateway_opcua_link_events_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} OPC UA session events (failed connects, lost connections, resumed or new sessions).\n# TYPE {name} counter"
+    );
+    for (lab, gateway, stats) in gateways {
+        for (event, count) in &stats.opcua_links {
+            let _ = writeln!(
+                out,
+                "{name}{{lab=\"{lab}\",gateway=\"{gateway}\",event=\"{}\"}} {count}",
+                event.as_str()
+            );
+        }
+    }
     let name = "demolab_gateway_bad_frames_total";
     let _ = writeln!(
         out,
@@ -492,5 +580,22 @@ mod tests {
         assert!(
             text.contains("demolab_gateway_frames_received_total{lab=\"lab-b\",gateway=\"gw\"} 0")
         );
+    }
+
+    #[test]
+    fn opcua_session_events_are_counted_by_event() {
+        let lab = "lab-a".parse().expect("valid");
+        let gw = "gw".parse().expect("valid");
+        let stats = GatewayStats::default();
+        stats.opcua_link(OpcUaLinkEvent::ConnectionLost);
+        stats.opcua_link(OpcUaLinkEvent::NewSession);
+        stats.opcua_link(OpcUaLinkEvent::NewSession);
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.opcua_link(OpcUaLinkEvent::NewSession), 2);
+        assert_eq!(snapshot.opcua_link(OpcUaLinkEvent::Resumed), 0);
+        let text = render_prometheus(&[(&lab, &gw, snapshot)]);
+        assert!(text.contains(
+            "demolab_gateway_opcua_link_events_total{lab=\"lab-a\",gateway=\"gw\",event=\"connection_lost\"} 1"
+        ));
     }
 }

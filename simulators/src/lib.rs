@@ -41,6 +41,7 @@ pub mod kit_node;
 pub mod lab;
 pub mod machines;
 pub mod node;
+pub mod opcua;
 pub mod plc;
 pub mod rng;
 pub mod scenario;

@@ -1,8 +1,10 @@
 //! Southbound sources: where node frames come from. MQTT network nodes ([`crate::run`]), serial
-//! nodes ([`serial`]) and Modbus TCP machines ([`modbus`], which poll registers and speak as a
-//! virtual node) all deliver [`Inbound`] frames to the one pipeline task.
+//! nodes ([`serial`]), Modbus TCP machines ([`modbus`], which poll registers and speak as a
+//! virtual node) and OPC UA machines ([`opcua`], subscribed variables, one virtual node per
+//! machine) all deliver [`Inbound`] frames to the one pipeline task.
 
 pub mod modbus;
+pub mod opcua;
 pub mod serial;
 
 use std::fmt;
@@ -18,6 +20,8 @@ pub enum SourceId {
     Serial(String),
     /// A polled Modbus TCP device, by its configured name.
     Modbus(String),
+    /// An OPC UA server, by its configured name.
+    OpcUa(String),
 }
 
 impl fmt::Display for SourceId {
@@ -26,6 +30,7 @@ impl fmt::Display for SourceId {
             SourceId::Mqtt => f.write_str("mqtt"),
             SourceId::Serial(port) => write!(f, "serial:{port}"),
             SourceId::Modbus(name) => write!(f, "modbus:{name}"),
+            SourceId::OpcUa(name) => write!(f, "opcua:{name}"),
         }
     }
 }

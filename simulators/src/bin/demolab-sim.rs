@@ -1,11 +1,12 @@
-//! `demolab-sim` — run a simulated lab from a scenario, a fleet of nodes for load tests, or a
-//! PLC-style Modbus TCP device, with no hardware.
+//! `demolab-sim` — run a simulated lab from a scenario, a fleet of nodes for load tests, a
+//! PLC-style Modbus TCP device or an OPC UA machine tool, with no hardware.
 //!
 //! ```text
 //! demolab-sim list-scenarios
 //! demolab-sim run predictive-maintenance --mqtt 127.0.0.1:1883 --speed 20
 //! demolab-sim fleet --mqtt 127.0.0.1:1883 --nodes 1000 --rate 1 --samples 60
 //! demolab-sim plc --listen 127.0.0.1:5020 --machine compressor
+//! demolab-sim opcua --listen 127.0.0.1:4840 --name cnc-7 --secure --opc-user operator --opc-password-env OPC_PASS
 //! demolab-sim record --mqtt 127.0.0.1:1883 --out monday.jsonl --seconds 600
 //! demolab-sim replay monday.jsonl --mqtt 127.0.0.1:1883 --speed 10
 //! ```
@@ -24,6 +25,7 @@ use clap::{Parser, Subcommand};
 use demolab_simulators::fleet::FleetConfig;
 use demolab_simulators::machines::MachineKind;
 use demolab_simulators::node::NodeLogin;
+use demolab_simulators::opcua::{OpcUaSimConfig, start_opcua_sim};
 use demolab_simulators::plc::{COUNT_REGISTER, Plc, STATE_REGISTER};
 use demolab_simulators::scenario::{self, Scenario};
 use demolab_simulators::session;
@@ -160,6 +162,41 @@ enum Command {
         #[arg(long)]
         hold: bool,
     },
+    /// An OPC UA server exposing one machine tool in the umati / OPC 40501 style
+    /// (`Objects/Machines/<name>/Identification`, `.../Monitoring`; node ids
+    /// `ns=2;s=<name>.Monitoring.<metric>` and a `Counter` that steps once per update).
+    Opcua {
+        /// Address to listen on; port 0 picks a free one (the endpoint URL is printed).
+        #[arg(long, default_value = "127.0.0.1:4840")]
+        listen: SocketAddr,
+        /// The machine's name (its folder and node id prefix).
+        #[arg(long, default_value = "cnc-7")]
+        name: String,
+        /// Machine model: cnc-mill, 3d-printer, compressor, conveyor, lab-climate.
+        #[arg(long, default_value = "cnc-mill")]
+        machine: MachineKind,
+        /// Seed of the model.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Wall time between updates, ms (each advances the model by the same simulated time).
+        #[arg(long, default_value_t = 1000)]
+        period_ms: u64,
+        /// Also offer Basic256Sha256 Sign and SignAndEncrypt endpoints.
+        #[arg(long)]
+        secure: bool,
+        /// Offer only the secure endpoints (implies --secure).
+        #[arg(long)]
+        secure_only: bool,
+        /// Accept this OPC UA user (then anonymous sessions are refused).
+        #[arg(long, requires = "opc_password_env")]
+        opc_user: Option<String>,
+        /// The environment variable holding that user's password.
+        #[arg(long, requires = "opc_user", value_name = "VARIABLE")]
+        opc_password_env: Option<String>,
+        /// Where the server's self-signed certificate is created and kept.
+        #[arg(long, default_value = "opcua-sim-pki")]
+        pki_dir: std::path::PathBuf,
+    },
     /// Write a scenario's node frames, computed offline, one hex line per frame (`node hex`):
     /// a reference recording; two runs with the same seed give identical files.
     Frames {
@@ -256,6 +293,35 @@ fn main() -> anyhow::Result<()> {
                 warmup_s,
                 hold,
             } => plc(listen, machine, seed, period_ms, warmup_s, hold, cancel).await,
+            Command::Opcua {
+                listen,
+                name,
+                machine,
+                seed,
+                period_ms,
+                secure,
+                secure_only,
+                opc_user,
+                opc_password_env,
+                pki_dir,
+            } => {
+                let mut config = OpcUaSimConfig::new(&name, pki_dir);
+                config.listen = listen.to_string();
+                config.kind = machine;
+                config.seed = seed;
+                config.step = Duration::from_millis(period_ms.max(1));
+                config.update_interval = Some(config.step);
+                config.secure = secure || secure_only;
+                config.plain = !secure_only;
+                if let (Some(user), Some(var)) = (opc_user, opc_password_env) {
+                    let password = std::env::var(&var).with_context(|| {
+                        format!("--opc-password-env: the environment variable {var:?}")
+                    })?;
+                    config.user = Some((user, password));
+                    config.anonymous = false;
+                }
+                opcua(config, cancel).await
+            }
             Command::Frames {
                 scenario,
                 seed,
@@ -541,6 +607,24 @@ async fn plc(
     );
     let _ = std::io::stdout().flush();
     plc.run(listener, (!hold).then_some(period), cancel).await?;
+    Ok(())
+}
+
+async fn opcua(config: OpcUaSimConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let secure = config.secure;
+    let plain = config.plain;
+    let user = config.user.as_ref().map(|(u, _)| u.clone());
+    let sim = start_opcua_sim(config, cancel.clone()).await?;
+    println!(
+        "OPCUA LISTENING endpoint={} namespace={} counter={} none={plain} basic256sha256={secure} user={}",
+        sim.endpoint_url(),
+        sim.namespace(),
+        sim.node_id("Counter"),
+        user.as_deref().unwrap_or("(anonymous)")
+    );
+    let _ = std::io::stdout().flush();
+    cancel.cancelled().await;
+    sim.stop().await;
     Ok(())
 }
 
