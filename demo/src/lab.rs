@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gateway::source::modbus::{RegisterMap, RegisterTable, RegisterType, virtual_node_id};
+use gateway::source::opcua::{OpcUaMachine, OpcUaMetric, OpcUaServer, opcua_node_id};
 use gateway::source::serial::SerialConfig;
 use gateway::{GatewayConfig, GatewayHandle, MqttCredentials, MqttEndpoint};
 use hub::broker::access::generated::GeneratedCredentials;
@@ -23,6 +24,7 @@ use simulators::machines::{CncMill, CncParams, Machine, MachineKind};
 use simulators::node::{
     MqttNodeConfig, NodeLogin, NodeReport, SimError, fresh_boot_id, run_controlled_node,
 };
+use simulators::opcua::{OpcUaSimConfig, RunningOpcUaSim, start_opcua_sim};
 use simulators::plc::{Plc, Snapshot};
 use simulators::timeline::{LiveControl, Timeline};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +68,8 @@ pub struct Started {
     pub plcs: Vec<PlcTask>,
     /// Simulated retrofit kits with the pseudo-terminal end that must stay open.
     pub serial_nodes: Vec<(TTYPort, KitNodeHandle)>,
+    /// Simulated OPC UA servers, running.
+    pub opcua_sims: Vec<RunningOpcUaSim>,
     /// The banner's line for the lab.
     pub line: String,
 }
@@ -88,7 +92,10 @@ impl LabPlan {
                     Some(kit_node_id(index, kits - 1))
                 }
                 Source::Serial { node, .. } | Source::MqttNode { node } => Some(node.parse()?),
-                Source::Modbus(_) | Source::SimulatedModbus { .. } => None,
+                Source::Modbus(_)
+                | Source::SimulatedModbus { .. }
+                | Source::OpcUa(_)
+                | Source::SimulatedOpcUa { .. } => None,
             };
             let model = source.model(&planned.section.kind);
             machines.push(MachinePlan {
@@ -170,6 +177,12 @@ impl LabPlan {
 
         let mut nodes: Vec<NodeTask> = Vec::new();
         let mut plcs: Vec<PlcTask> = Vec::new();
+        let mut opcua_sims = Vec::new();
+        let opcua_pki = options
+            .data_dir
+            .join("gateways")
+            .join(self.gateway.as_str())
+            .join("opcua-pki");
         let mut kits = Vec::new();
         let mut ports: Vec<PathBuf> = Vec::new();
         let mut line = Line::default();
@@ -273,6 +286,62 @@ impl LabPlan {
                     }));
                     line.push(format!("{id} on a simulated PLC (Modbus TCP {address})"));
                 }
+                (Source::OpcUa(opcua), _, _) => {
+                    let name = format!("{}/{id}", self.lab);
+                    let server = opcua.server(&name, id.clone(), opcua_pki.clone()).map_err(
+                        |(key, problem)| anyhow::anyhow!("machine {id}: source.{key}: {problem}"),
+                    )?;
+                    config.opcua.push(server);
+                    line.push(format!("{id} over OPC UA {}", opcua.endpoint_url));
+                }
+                (Source::SimulatedOpcUa { .. }, _, Some(kind)) => {
+                    let name = format!("{}/{id}", self.lab);
+                    let seed = seed_of(opcua_node_id(&name, id));
+                    let mut sim = OpcUaSimConfig::new(
+                        id.as_str(),
+                        options
+                            .data_dir
+                            .join("opcua-sims")
+                            .join(self.lab.as_str())
+                            .join(id.as_str()),
+                    );
+                    sim.kind = kind;
+                    sim.seed = seed;
+                    sim.step = options.sample_period;
+                    sim.update_interval = Some(options.sample_period);
+                    let running = start_opcua_sim(sim, cancel.clone())
+                        .await
+                        .with_context(|| format!("cannot start the OPC UA simulator of {id}"))?;
+                    let metrics = kind
+                        .build(seed)
+                        .metrics()
+                        .iter()
+                        .map(|(metric, unit)| {
+                            Ok(OpcUaMetric {
+                                node_id: running.node_id(metric),
+                                metric: metric.parse()?,
+                                unit: unit.symbol().into(),
+                            })
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let mut server = OpcUaServer::new(
+                        &name,
+                        running.endpoint_url(),
+                        vec![OpcUaMachine {
+                            machine: id.clone(),
+                            metrics,
+                        }],
+                    );
+                    server.pki_dir = opcua_pki.clone();
+                    server.publishing_interval_ms =
+                        u64::try_from(options.sample_period.as_millis()).unwrap_or(u64::MAX);
+                    config.opcua.push(server);
+                    line.push(format!(
+                        "{id} on a simulated OPC UA server ({})",
+                        running.endpoint_url()
+                    ));
+                    opcua_sims.push(running);
+                }
                 (source, _, _) => {
                     // `LabPlan::new` and the file's validation make every source above whole.
                     anyhow::bail!("machine {id}: incomplete plan for {}", source.describe());
@@ -285,6 +354,14 @@ impl LabPlan {
             config
                 .nodes
                 .insert(device.node_id(), device.machine.clone());
+        }
+        for server in &config.opcua {
+            for machine in &server.machines {
+                config.nodes.insert(
+                    opcua_node_id(&server.name, &machine.machine),
+                    machine.machine.clone(),
+                );
+            }
         }
         if !ports.is_empty() {
             config.serial = Some(SerialConfig {
@@ -321,6 +398,7 @@ impl LabPlan {
             nodes,
             plcs,
             serial_nodes,
+            opcua_sims,
             line: format!(
                 "lab: {} (gateway {}, {})",
                 self.lab,

@@ -101,6 +101,7 @@ pub struct Region {
     nodes: JoinSet<Result<NodeReport, SimError>>,
     plcs: JoinSet<std::io::Result<()>>,
     serial_nodes: Vec<(TTYPort, KitNodeHandle)>,
+    opcua_sims: Vec<simulators::opcua::RunningOpcUaSim>,
     cancel: CancellationToken,
     accounts: GeneratedCredentials,
     logins: Vec<WebLogin>,
@@ -300,6 +301,7 @@ impl Region {
             nodes: JoinSet::new(),
             plcs: JoinSet::new(),
             serial_nodes: Vec::new(),
+            opcua_sims: Vec::new(),
             cancel: CancellationToken::new(),
             accounts,
             logins,
@@ -325,6 +327,7 @@ impl Region {
                 nodes,
                 plcs,
                 serial_nodes,
+                opcua_sims,
                 line,
             } = started;
             counters.push((
@@ -340,6 +343,7 @@ impl Region {
                 region.plcs.spawn(plc);
             }
             region.serial_nodes.extend(serial_nodes);
+            region.opcua_sims.extend(opcua_sims);
             region.lab_lines.push(line);
             region
                 .machines
@@ -453,6 +457,10 @@ impl Region {
         }
         for gateway in self.gateways {
             gateway.shutdown().await?;
+        }
+        // After the gateways, so none counts a lost connection on the way out.
+        for sim in self.opcua_sims {
+            sim.stop().await;
         }
         self.hub.shutdown().await?;
         Ok(())

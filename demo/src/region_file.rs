@@ -24,6 +24,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use gateway::source::modbus::{ModbusConfigError, ModbusDevice, RegisterMap};
+use gateway::source::opcua::{
+    Mode, OpcUaConfigError, OpcUaMachine, OpcUaMetric, OpcUaServer, Policy, Secret,
+};
 use hub::auth::{GameConfig, Role};
 use hub::catalogue::Catalogue;
 use hub::directory::LinkConfig;
@@ -214,6 +217,97 @@ pub enum Source {
         /// The node's hardware id (16 hex digits).
         node: String,
     },
+    /// A real OPC UA server holding this machine's variables, read by subscription.
+    #[serde(rename = "opcua")]
+    OpcUa(OpcUaSource),
+    /// The simulated OPC 40501-style machine tool (`simulators::opcua`) on an ephemeral
+    /// loopback port, read by subscription like a real one.
+    #[serde(rename = "simulated-opcua")]
+    SimulatedOpcUa {
+        /// The machine model; default: the one for the machine's kind.
+        model: Option<MachineKind>,
+    },
+}
+
+/// An OPC UA server as the gateway's `[[opcua]]` table has it, for one machine: less `name`
+/// and `machine` (the machine entry gives both) and with the machine's metrics directly.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcUaSource {
+    /// `opc.tcp://host:port/path`.
+    pub endpoint_url: String,
+    /// `None` (default), `Basic256Sha256`, `Aes128Sha256RsaOaep` or `Aes256Sha256RsaPss`.
+    #[serde(default)]
+    pub security_policy: Policy,
+    /// `None` (default), `Sign` or `SignAndEncrypt`.
+    #[serde(default)]
+    pub security_mode: Mode,
+    /// User name for a login; anonymous when left out.
+    pub username: Option<String>,
+    /// Environment variable holding the login's password.
+    pub password_env: Option<String>,
+    /// Trust the server's certificate without it being in the gateway's `trusted/` folder.
+    #[serde(default)]
+    pub trust_server_certs: bool,
+    /// The variables to subscribe to, each a metric with its unit.
+    pub metrics: Vec<OpcUaMetric>,
+}
+
+impl OpcUaSource {
+    /// The gateway's server entry for `machine`, the password read from `password_env`.
+    /// Errors name the key inside the source.
+    pub fn server(
+        &self,
+        name: &str,
+        machine: MachineId,
+        pki_dir: PathBuf,
+    ) -> Result<OpcUaServer, (String, String)> {
+        let mut server = OpcUaServer::new(
+            name,
+            &self.endpoint_url,
+            vec![OpcUaMachine {
+                machine,
+                metrics: self.metrics.clone(),
+            }],
+        );
+        server.security_policy = self.security_policy;
+        server.security_mode = self.security_mode;
+        server.username = self.username.clone();
+        server.password_env = self.password_env.clone();
+        server.trust_server_certs = self.trust_server_certs;
+        server.pki_dir = pki_dir;
+        if let Some(var) = &self.password_env {
+            let password = std::env::var(var).map_err(|e| {
+                (
+                    "password_env".to_owned(),
+                    format!("environment variable {var:?}: {e}"),
+                )
+            })?;
+            server.password = Some(Secret(password));
+        }
+        server
+            .validate()
+            .map_err(|e| (opcua_key(&e), e.to_string()))?;
+        Ok(server)
+    }
+}
+
+/// The key inside an `opcua` source that a gateway check refers to: the gateway's file nests
+/// metrics under `machines[0]`, the region file puts them in the source itself.
+fn opcua_key(error: &OpcUaConfigError) -> String {
+    let inner = |key: &str| key.strip_prefix("machines[0].").unwrap_or(key).to_owned();
+    match error {
+        OpcUaConfigError::BadUrl { .. } => "endpoint_url".into(),
+        OpcUaConfigError::SecurityMismatch { .. } => "security_mode".into(),
+        OpcUaConfigError::HalfLogin { key, .. } | OpcUaConfigError::Zero { key, .. } => {
+            (*key).to_owned()
+        }
+        OpcUaConfigError::Empty { key, .. }
+        | OpcUaConfigError::TooManyMetrics { key, .. }
+        | OpcUaConfigError::Duplicate { key, .. }
+        | OpcUaConfigError::BadNodeId { key, .. } => inner(key),
+        _ => "type".into(),
+    }
 }
 
 /// A Modbus TCP device as the gateway's `[[modbus]]` table has it, less `name` and `machine`
@@ -527,13 +621,17 @@ impl Source {
             Source::Modbus(modbus) => format!("Modbus TCP {}", modbus.address),
             Source::SimulatedModbus { .. } => "a simulated PLC over Modbus TCP".into(),
             Source::MqttNode { node } => format!("node {node} over MQTT"),
+            Source::OpcUa(opcua) => format!("OPC UA {}", opcua.endpoint_url),
+            Source::SimulatedOpcUa { .. } => "a simulated machine tool over OPC UA".into(),
         }
     }
 
     /// The model a simulated source runs.
     pub fn model(&self, kind: &str) -> Option<MachineKind> {
         match self {
-            Source::SimulatedMqtt { model } | Source::SimulatedModbus { model } => {
+            Source::SimulatedMqtt { model }
+            | Source::SimulatedModbus { model }
+            | Source::SimulatedOpcUa { model } => {
                 model.or_else(|| MachineKind::ALL.into_iter().find(|m| m.id() == kind))
             }
             _ => None,
@@ -588,7 +686,9 @@ fn check_machine(
         Ok(())
     };
     match &section.source {
-        Source::SimulatedMqtt { .. } | Source::SimulatedModbus { .. } => {
+        Source::SimulatedMqtt { .. }
+        | Source::SimulatedModbus { .. }
+        | Source::SimulatedOpcUa { .. } => {
             if section.source.model(&section.kind).is_none() {
                 let models: Vec<&str> = MachineKind::ALL.iter().map(|m| m.id()).collect();
                 return Err(at(
@@ -626,6 +726,13 @@ fn check_machine(
                 .device(section.id.clone(), machine)
                 .validate()
                 .map_err(|e| at(&format!("source.{}", modbus_key(&e)), e.to_string()))?;
+        }
+        Source::OpcUa(opcua) => {
+            single("opcua")?;
+            let machine: MachineId = section.id.parse().map_err(|e| at("id", format!("{e}")))?;
+            opcua
+                .server(&section.id, machine, PathBuf::from("opcua-pki"))
+                .map_err(|(sub, problem)| at(&format!("source.{sub}"), problem))?;
         }
     }
     Ok(())

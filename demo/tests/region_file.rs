@@ -1,6 +1,7 @@
 //! `demolab --config region.toml` brings a lab the binary was never compiled with: a PLC
-//! simulator read over Modbus TCP and a simulated sensor node over MQTT, both live on the hub's
-//! REST API with samples arriving; and `--check-config` names the key of a broken file.
+//! simulator read over Modbus TCP, a simulated machine tool read over OPC UA and a simulated
+//! sensor node over MQTT, all live on the hub's REST API with samples arriving; and
+//! `--check-config` names the key of a broken file.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -32,6 +33,12 @@ source = { type = "simulated-modbus" }
 id = "mill-1"
 kind = "cnc-mill"
 source = { type = "simulated-mqtt" }
+
+[[labs.machines]]
+id = "cnc-opc"
+kind = "cnc-mill"
+name = "Machine tool speaking OPC UA"
+source = { type = "simulated-opcua" }
 
 [[users]]
 name = "operator"
@@ -125,7 +132,7 @@ fn check_config_summarises_a_good_file_and_names_the_key_of_a_bad_one() {
 }
 
 #[test]
-fn a_region_file_with_a_plc_and_an_mqtt_node_runs_and_both_twins_are_live() {
+fn a_region_file_with_a_plc_an_opcua_machine_and_an_mqtt_node_runs_and_all_twins_are_live() {
     let data = tempfile::tempdir().expect("temp dir");
     let config = data.path().join("region.toml");
     std::fs::write(&config, REGION).expect("written");
@@ -180,6 +187,10 @@ fn a_region_file_with_a_plc_and_an_mqtt_node_runs_and_both_twins_are_live() {
         "{lab}"
     );
     assert!(
+        lab.contains("cnc-opc on a simulated OPC UA server (opc.tcp://127.0.0.1:"),
+        "{lab}"
+    );
+    assert!(
         banner
             .iter()
             .any(|l| l.starts_with("operator login: operator / ")),
@@ -189,11 +200,12 @@ fn a_region_file_with_a_plc_and_an_mqtt_node_runs_and_both_twins_are_live() {
     let (status, body) = get(&web, "/api/v1/twins");
     assert_eq!(status, 200, "{body}");
     let all: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(all.as_array().map(Vec::len), Some(2), "{body}");
+    assert_eq!(all.as_array().map(Vec::len), Some(3), "{body}");
     let mut first = Vec::new();
     for (id, kind) in [
         ("byo-lab/plc-compressor", "compressor"),
         ("byo-lab/mill-1", "cnc-mill"),
+        ("byo-lab/cnc-opc", "cnc-mill"),
     ] {
         let twin = twin(&web, id);
         assert_eq!(twin["connectivity"]["online"], true, "{twin}");
@@ -224,6 +236,10 @@ fn a_region_file_with_a_plc_and_an_mqtt_node_runs_and_both_twins_are_live() {
         &twin(&web, "byo-lab/plc-compressor")["features"]["air"]["properties"]["pressure_bar"];
     assert_eq!(pressure["unit"], "bar", "{pressure}");
     assert!(pressure["reported"].is_number(), "{pressure}");
+    // And the OPC UA server's monitored variables, with their engineering units.
+    let power = &twin(&web, "byo-lab/cnc-opc")["features"]["spindle"]["properties"]["power_w"];
+    assert_eq!(power["unit"], "W", "{power}");
+    assert!(power["reported"].is_number(), "{power}");
 
     // Ctrl-C stops it cleanly, within the deadline.
     let mut child = demo.0.take().expect("running");

@@ -157,7 +157,7 @@ fn an_unknown_source_type_is_named_by_its_key() {
 [[labs.machines]]
 id = "m-1"
 kind = "compressor"
-source = { type = "opcua" }
+source = { type = "profinet" }
 "#,
     );
     assert_eq!(key_of(&text), "labs[0].machines[0].source.type");
@@ -184,6 +184,68 @@ registers = [{ metric = "air.pressure_bar", unit = "bar", table = "holding", add
     };
     let device = modbus.device("d".into(), "press-1".parse().expect("id"));
     assert_eq!((device.unit_id, device.poll_interval_ms), (1, 1000));
+}
+
+#[test]
+fn an_opcua_source_is_checked_by_the_gateways_own_rules_with_its_keys() {
+    let machine = |source: &str| {
+        lab_with(&format!(
+            r#"
+[[labs.machines]]
+id = "cnc-7"
+kind = "cnc-mill"
+[labs.machines.source]
+type = "opcua"
+{source}
+"#
+        ))
+    };
+    let metric = r#"metrics = [{ node_id = "ns=2;s=Spindle.Speed", metric = "spindle.speed_rpm", unit = "rpm" }]"#;
+    let bad_url = machine(&format!("endpoint_url = \"http://cell-a:4840\"\n{metric}"));
+    assert_eq!(key_of(&bad_url), "labs[0].machines[0].source.endpoint_url");
+    let half_login = machine(&format!(
+        "endpoint_url = \"opc.tcp://cell-a:4840/\"\nusername = \"op\"\n{metric}"
+    ));
+    assert_eq!(
+        key_of(&half_login),
+        "labs[0].machines[0].source.password_env"
+    );
+    let bad_node = machine(
+        r#"endpoint_url = "opc.tcp://cell-a:4840/"
+metrics = [{ node_id = "Spindle.Speed", metric = "spindle.speed_rpm", unit = "rpm" }]"#,
+    );
+    assert_eq!(
+        key_of(&bad_node),
+        "labs[0].machines[0].source.metrics[0].node_id"
+    );
+    let good = machine(&format!(
+        "endpoint_url = \"opc.tcp://cell-a:4840/\"\n{metric}"
+    ));
+    let region = RegionFile::parse(&good).expect("valid");
+    let Source::OpcUa(opcua) = &region.labs[0].machines[0].source else {
+        panic!("an opcua source");
+    };
+    let server = opcua
+        .server("lab-a/cnc-7", "cnc-7".parse().expect("id"), "pki".into())
+        .expect("a gateway server entry");
+    assert_eq!(server.machines[0].metrics[0].unit, "rpm");
+    assert_eq!(server.security_mode, Mode::None);
+}
+
+#[test]
+fn a_simulated_opcua_machine_runs_its_kinds_model() {
+    let region = RegionFile::parse(&lab_with(
+        r#"
+[[labs.machines]]
+id = "cnc-opc"
+kind = "cnc-mill"
+source = { type = "simulated-opcua" }
+"#,
+    ))
+    .expect("valid");
+    let source = &region.labs[0].machines[0].source;
+    assert_eq!(source.model("cnc-mill"), Some(MachineKind::CncMill));
+    assert_eq!(source.describe(), "a simulated machine tool over OPC UA");
 }
 
 #[test]
@@ -238,9 +300,16 @@ fn the_lab_in_deploy_readme_joins_the_demo_region_as_written() {
         .and_then(|(_, rest)| rest.split_once("```"))
         .expect("a toml block")
         .0;
-    let region = RegionFile::parse(&format!("{BUILTIN}\n{lab}")).expect("valid");
+    let machine = section
+        .split("```toml\n")
+        .nth(2)
+        .and_then(|rest| rest.split_once("```"))
+        .expect("a second toml block: the OPC UA machine")
+        .0;
+    let region = RegionFile::parse(&format!("{BUILTIN}\n{lab}\n{machine}")).expect("valid");
     let added = region.labs.last().expect("a lab");
     assert!(matches!(added.machines[0].source, Source::Modbus(_)));
+    assert!(matches!(added.machines[1].source, Source::OpcUa(_)));
 }
 
 #[test]
