@@ -135,14 +135,19 @@ impl Pipeline {
     ) -> Result<Vec<Action>, DecodeError> {
         stats.frame_received();
         let frame = inbound.frame.inspect_err(|err| stats.decode_failed(err))?;
-        Ok(self.on_decoded(inbound.source, frame, now_ms, stats))
+        // A source clock ahead of ours would date samples in the future, where the hub would
+        // take them for the newest values until real time caught up: never later than receipt.
+        let sampled_at_ms = inbound
+            .taken_at_ms
+            .map_or(now_ms, |taken| taken.min(now_ms));
+        Ok(self.on_decoded(inbound.source, frame, sampled_at_ms, stats))
     }
 
     fn on_decoded(
         &mut self,
         source: SourceId,
         frame: Frame,
-        now_ms: u64,
+        sampled_at_ms: u64,
         stats: &GatewayStats,
     ) -> Vec<Action> {
         let node = frame.node();
@@ -153,7 +158,7 @@ impl Pipeline {
         self.nodes.entry(node).or_default().source = Some(source);
         match frame {
             Frame::Hello(hello) => self.on_hello(hello),
-            Frame::Samples(samples) => self.on_samples(samples, now_ms, stats),
+            Frame::Samples(samples) => self.on_samples(samples, sampled_at_ms, stats),
             // Events and acks are logged by the caller; they carry no machine data yet.
             Frame::Ack(ack) => vec![Action::CommandResult {
                 node,
@@ -255,7 +260,12 @@ impl Pipeline {
         }]
     }
 
-    fn on_samples(&mut self, samples: Samples, now_ms: u64, stats: &GatewayStats) -> Vec<Action> {
+    fn on_samples(
+        &mut self,
+        samples: Samples,
+        sampled_at_ms: u64,
+        stats: &GatewayStats,
+    ) -> Vec<Action> {
         let node = samples.node;
         let Some(state) = self.nodes.get_mut(&node).filter(|s| s.hello.is_some()) else {
             stats.dropped(DropReason::NoHello);
@@ -295,7 +305,7 @@ impl Pipeline {
             machine: machine.clone(),
             boot: Some(hello.boot),
             node_seq: samples.seq,
-            received_at_ms: now_ms,
+            received_at_ms: sampled_at_ms,
             historical: false,
             values,
         })]
@@ -365,6 +375,7 @@ mod tests {
         let inbound = Inbound {
             source: port.clone(),
             frame: Ok(golden::hello()),
+            taken_at_ms: None,
         };
         pipeline.on_inbound(inbound, 0, &stats).expect("valid");
         assert_eq!(
@@ -381,6 +392,29 @@ mod tests {
             .on_frame(golden::NODE, golden::SAMPLES, 5, &stats)
             .expect("valid");
         assert!(pipeline.machines_on(&port).is_empty());
+    }
+
+    #[test]
+    fn a_source_timestamp_dates_the_sample_but_never_after_receipt() {
+        let stats = GatewayStats::default();
+        let mut pipeline = Pipeline::new(HashMap::new(), true);
+        let source = SourceId::OpcUa("cell".into());
+        let mut feed = |frame: Frame, taken_at_ms: Option<u64>| {
+            let inbound = Inbound {
+                source: source.clone(),
+                frame: Ok(frame),
+                taken_at_ms,
+            };
+            pipeline.on_inbound(inbound, 10_000, &stats).expect("valid")
+        };
+        feed(golden::hello(), None);
+        let dated = |actions: Vec<Action>| match &actions[..] {
+            [Action::Data(sample)] => sample.received_at_ms,
+            other => panic!("one sample expected: {other:?}"),
+        };
+        assert_eq!(dated(feed(samples(1, 1.0), Some(9_250))), 9_250);
+        assert_eq!(dated(feed(samples(2, 1.0), Some(60_000))), 10_000);
+        assert_eq!(dated(feed(samples(3, 1.0), None)), 10_000);
     }
 
     #[test]

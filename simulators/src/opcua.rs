@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use opcua::crypto::SecurityPolicy;
-use opcua::nodes::{ObjectBuilder, VariableBuilder};
+use opcua::nodes::{NodeType, ObjectBuilder, VariableBuilder};
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
 use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerHandle, ServerUserToken};
@@ -70,6 +70,10 @@ pub struct OpcUaSimConfig {
     pub update_interval: Option<Duration>,
     /// The counter's value before the first update (it reads `counter_start` until then).
     pub counter_start: u64,
+    /// How far the machine's clock is off, ms (negative: behind). Every value is stamped with
+    /// it, as a PLC whose clock has drifted stamps its own: a client that dates values by their
+    /// source timestamp shows it, one that dates them on receipt does not.
+    pub clock_offset_ms: i64,
 }
 
 impl OpcUaSimConfig {
@@ -88,6 +92,7 @@ impl OpcUaSimConfig {
             step: Duration::from_secs(1),
             update_interval: Some(Duration::from_secs(1)),
             counter_start: 0,
+            clock_offset_ms: 0,
         }
     }
 }
@@ -119,6 +124,9 @@ struct Model {
     counter: u64,
     counter_node: NodeId,
     metric_nodes: Vec<NodeId>,
+    clock_offset_ms: i64,
+    /// The source timestamp of the values now served, Unix ms.
+    stamped_ms: u64,
 }
 
 impl Model {
@@ -189,6 +197,14 @@ impl RunningOpcUaSim {
         update(&self.model, &self.manager, &self.handle)
     }
 
+    /// The source timestamp of the values now served, Unix ms (by the machine's clock).
+    pub fn stamped_unix_ms(&self) -> u64 {
+        self.model
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stamped_ms
+    }
+
     /// The counter's current value.
     pub fn counter(&self) -> u64 {
         self.model
@@ -206,14 +222,15 @@ impl RunningOpcUaSim {
 }
 
 fn update(model: &Mutex<Model>, manager: &SimpleNodeManager, handle: &ServerHandle) -> u64 {
-    let (counter, values) = {
+    let (counter, values, now) = {
         let mut model = model.lock().unwrap_or_else(PoisonError::into_inner);
         let step = model.step;
         model.machine.step(step);
         model.counter += 1;
-        (model.counter, model.values())
+        let now = machine_clock(model.clock_offset_ms);
+        model.stamped_ms = unix_ms(&now);
+        (model.counter, model.values(), now)
     };
-    let now = DateTime::now();
     let updates: Vec<(NodeId, DataValue)> = values
         .into_iter()
         .map(|(node, v)| (node, DataValue::new_at(v, now)))
@@ -228,6 +245,22 @@ fn update(model: &Mutex<Model>, manager: &SimpleNodeManager, handle: &ServerHand
         tracing::warn!(%status, "opcua simulator could not set its values");
     }
     counter
+}
+
+/// Now by a machine clock that is `offset_ms` off.
+fn machine_clock(offset_ms: i64) -> DateTime {
+    DateTime::from(
+        DateTime::now()
+            .ticks()
+            .saturating_add(offset_ms.saturating_mul(10_000)),
+    )
+}
+
+/// An OPC UA time as Unix ms (0 before 1970).
+fn unix_ms(time: &DateTime) -> u64 {
+    // 100 ns ticks between 1601-01-01 (the OPC UA epoch) and 1970-01-01.
+    const UNIX_EPOCH_TICKS: i64 = 116_444_736_000_000_000;
+    u64::try_from(time.ticks().saturating_sub(UNIX_EPOCH_TICKS) / 10_000).unwrap_or(0)
 }
 
 /// Binds, builds the address space and serves until [`RunningOpcUaSim::stop`] or `cancel`.
@@ -468,14 +501,26 @@ fn build_address_space(
         .component_of(monitoring)
         .has_type_definition(VariableTypeId::BaseDataVariableType)
         .insert(&mut *space);
-    drop(space);
-    Model {
+    let mut model = Model {
         machine,
         step: config.step,
         counter: config.counter_start,
         counter_node,
         metric_nodes,
+        clock_offset_ms: config.clock_offset_ms,
+        stamped_ms: 0,
+    };
+    // The builder stamps initial values with the server's clock; the machine's is the one that
+    // counts, or its first update could look older than the initial value.
+    let now = machine_clock(model.clock_offset_ms);
+    model.stamped_ms = unix_ms(&now);
+    for (node, value) in model.values() {
+        if let Some(NodeType::Variable(variable)) = space.find_mut(&node) {
+            variable.set_data_value(DataValue::new_at(value, now));
+        }
     }
+    drop(space);
+    model
 }
 
 #[cfg(test)]

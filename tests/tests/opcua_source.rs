@@ -8,6 +8,7 @@
 //! once and in order, with its unit; after the cut the first value is the server's current one
 //! (changes made while no server session existed are lost, as OPC UA defines) and every later
 //! change arrives once, in order; nothing arrives twice and nothing goes backwards.
+//! The server's clock runs a minute behind: the twin carries the server's source timestamp.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -28,6 +29,8 @@ const BEFORE: u64 = 20;
 const RESTART_AT: u64 = 25;
 /// The last change after the cut.
 const AFTER: u64 = 40;
+/// How far the simulated machine's clock runs behind the real one.
+const CLOCK_BEHIND_MS: i64 = 60_000;
 
 #[derive(Clone, Copy)]
 enum Security {
@@ -39,6 +42,9 @@ fn sim_config(security: Security, dir: &std::path::Path, listen: &str) -> OpcUaS
     let mut config = OpcUaSimConfig::new(MACHINE, dir.join("server-pki"));
     config.listen = listen.to_owned();
     config.update_interval = None;
+    // A machine clock a minute behind: the twin must carry the machine's time, not the
+    // gateway's time of receipt.
+    config.clock_offset_ms = -CLOCK_BEHIND_MS;
     if let Security::UserSignAndEncrypt = security {
         config.plain = false;
         config.secure = true;
@@ -205,6 +211,23 @@ async fn every_change_arrives_once_in_order_across_a_cut(security: Security) -> 
     let count = &twin.features["process"].properties["count"];
     assert_eq!(count.unit, "count");
     assert_eq!(count.reported, Some(AFTER as f64));
+    assert_eq!(
+        count.timestamp,
+        Some(sim.stamped_unix_ms()),
+        "the server's source timestamp, through the pipeline, Sparkplug and the hub"
+    );
+    let wall_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    assert!(
+        count
+            .timestamp
+            .is_some_and(|t| t + CLOCK_BEHIND_MS as u64 / 2 < wall_ms),
+        "dated by the machine's clock, a minute behind: {:?} vs now {wall_ms}",
+        count.timestamp
+    );
     let (spindle, unit) = MachineKind::CncMill.build(1).metrics()[0];
     let (feature, property) = spindle
         .split_once('.')

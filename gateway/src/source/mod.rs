@@ -42,4 +42,7 @@ pub struct Inbound {
     pub source: SourceId,
     /// The decoded frame, or why the bytes were not one.
     pub frame: Result<Frame, DecodeError>,
+    /// When the source's own clock says the values were taken, Unix ms. Only sources that
+    /// stamp their values (OPC UA source timestamps) set it; the others are stamped on receipt.
+    pub taken_at_ms: Option<u64>,
 }

@@ -469,6 +469,7 @@ impl PortTask {
         let item = Inbound {
             source: SourceId::Serial(self.path.clone()),
             frame,
+            taken_at_ms: None,
         };
         match self.inbound.try_send(item) {
             Ok(()) => true,

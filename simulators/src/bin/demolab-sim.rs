@@ -196,6 +196,14 @@ enum Command {
         /// Where the server's self-signed certificate is created and kept.
         #[arg(long, default_value = "opcua-sim-pki")]
         pki_dir: std::path::PathBuf,
+        /// A machine clock that is this far off, ms (negative: behind); values carry its time.
+        #[arg(
+            long,
+            default_value_t = 0,
+            allow_hyphen_values = true,
+            value_name = "MS"
+        )]
+        clock_offset_ms: i64,
     },
     /// Write a scenario's node frames, computed offline, one hex line per frame (`node hex`):
     /// a reference recording; two runs with the same seed give identical files.
@@ -304,6 +312,7 @@ fn main() -> anyhow::Result<()> {
                 opc_user,
                 opc_password_env,
                 pki_dir,
+                clock_offset_ms,
             } => {
                 let mut config = OpcUaSimConfig::new(&name, pki_dir);
                 config.listen = listen.to_string();
@@ -313,6 +322,7 @@ fn main() -> anyhow::Result<()> {
                 config.update_interval = Some(config.step);
                 config.secure = secure || secure_only;
                 config.plain = !secure_only;
+                config.clock_offset_ms = clock_offset_ms;
                 if let (Some(user), Some(var)) = (opc_user, opc_password_env) {
                     let password = std::env::var(&var).with_context(|| {
                         format!("--opc-password-env: the environment variable {var:?}")

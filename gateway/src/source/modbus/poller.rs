@@ -351,6 +351,7 @@ impl Poller {
         let inbound = Inbound {
             source: self.source.clone(),
             frame: Ok(frame),
+            taken_at_ms: None,
         };
         self.inbound.send(inbound).await.is_ok()
     }

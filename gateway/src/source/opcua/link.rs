@@ -257,11 +257,15 @@ impl Link {
             .translator
             .change(change.machine, change.metric, &change.value, now)
         {
-            Outcome::Frames(frames) => {
+            Outcome::Frames {
+                frames,
+                taken_at_ms,
+            } => {
                 for frame in frames {
                     let inbound = Inbound {
                         source: self.source.clone(),
                         frame: Ok(frame),
+                        taken_at_ms,
                     };
                     if self.inbound.send(inbound).await.is_err() {
                         return false;

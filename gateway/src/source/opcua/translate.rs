@@ -19,7 +19,12 @@ const UNIX_EPOCH_TICKS: i64 = 116_444_736_000_000_000;
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// Frames to hand to the pipeline, in order (a `Hello` first when one is due).
-    Frames(Vec<Frame>),
+    Frames {
+        frames: Vec<Frame>,
+        /// The change's source (else server) timestamp, Unix ms: when the machine measured
+        /// it, which is what history and alarms should see, not when the gateway heard of it.
+        taken_at_ms: Option<u64>,
+    },
     /// Not a sample, for this reason.
     Dropped(DropReason),
 }
@@ -157,7 +162,10 @@ impl Translator {
             value: number as f32,
         });
         frames.push(Frame::Samples(samples));
-        Outcome::Frames(frames)
+        Outcome::Frames {
+            frames,
+            taken_at_ms: ticks.map(ticks_to_unix_ms),
+        }
     }
 }
 
@@ -228,7 +236,7 @@ mod tests {
 
     fn seqs(outcome: &Outcome) -> Vec<(&'static str, u32)> {
         match outcome {
-            Outcome::Frames(frames) => frames
+            Outcome::Frames { frames, .. } => frames
                 .iter()
                 .map(|f| match f {
                     Frame::Hello(_) => ("hello", 0),
@@ -249,9 +257,14 @@ mod tests {
         );
         let outcome = t.change(0, 1, &at(2_500, Variant::UInt32(2)), 0);
         assert_eq!(seqs(&outcome), [("samples", 2)]);
-        let Outcome::Frames(frames) = outcome else {
+        let Outcome::Frames {
+            frames,
+            taken_at_ms,
+        } = outcome
+        else {
             panic!("frames expected");
         };
+        assert_eq!(taken_at_ms, Some(2_500), "the source timestamp, Unix ms");
         let Frame::Samples(s) = &frames[0] else {
             panic!("samples expected");
         };
@@ -269,7 +282,7 @@ mod tests {
     fn a_redelivered_or_older_value_is_a_counted_duplicate() {
         let mut t = Translator::new(&server(), 7, 0);
         let first = at(2_000, Variant::Double(1.0));
-        assert!(matches!(t.change(0, 0, &first, 0), Outcome::Frames(_)));
+        assert!(matches!(t.change(0, 0, &first, 0), Outcome::Frames { .. }));
         assert_eq!(
             t.change(0, 0, &first, 0),
             Outcome::Dropped(DropReason::OpcUaDuplicate)
@@ -281,7 +294,7 @@ mod tests {
         // The other variable has its own history.
         assert!(matches!(
             t.change(0, 1, &at(1_000, Variant::Int64(3)), 0),
-            Outcome::Frames(_)
+            Outcome::Frames { .. }
         ));
     }
 
@@ -305,8 +318,29 @@ mod tests {
         // A bad value does not advance the timestamp: the good one at the same time is taken.
         assert!(matches!(
             t.change(0, 0, &at(2_000, Variant::Boolean(true)), 0),
-            Outcome::Frames(_)
+            Outcome::Frames { .. }
         ));
+    }
+
+    #[test]
+    fn a_value_without_timestamps_is_left_for_the_gateway_to_date() {
+        let mut t = Translator::new(&server(), 7, 0);
+        let undated = DataValue {
+            value: Some(Variant::Double(1.0)),
+            status: Some(StatusCode::Good),
+            ..Default::default()
+        };
+        let outcome = t.change(0, 0, &undated, 42);
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Frames {
+                    taken_at_ms: None,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
     }
 
     #[test]
