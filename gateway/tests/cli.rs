@@ -98,12 +98,14 @@ fn the_binary_runs_a_lab_with_its_own_broker_and_stops_cleanly_on_sigterm() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("gateway.toml");
+    // No serial scan: a node plugged into this machine's USB is none of the test's business.
     std::fs::write(
         &config,
         format!(
             "lab = \"lab-bin\"\ngateway = \"gw-bin\"\n[uplink]\nhost = \"127.0.0.1\"\nport = {hub_port}\n\
              [southbound]\nembedded_listen = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n\
-             [[nodes]]\nnode = \"{}\"\nmachine = \"mill-1\"\n",
+             [[nodes]]\nnode = \"{}\"\nmachine = \"mill-1\"\n\
+             [serial]\nscan = false\n",
             protocol::golden::NODE
         ),
     )

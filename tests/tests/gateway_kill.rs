@@ -45,13 +45,15 @@ async fn a_killed_gateway_loses_nothing_it_acknowledged() -> anyhow::Result<()> 
     let hub = start_hub(data.path()).await?;
     let port = hub.mqtt_addr().port();
     let config = data.path().join("gateway.toml");
+    // No serial scan: a node plugged into this machine's USB is none of the test's business.
     std::fs::write(
         &config,
         format!(
             "lab = \"lab-kill\"\ngateway = \"gw-kill\"\nprimary_host = \"demolab-hub\"\n\
              [uplink]\nhost = \"127.0.0.1\"\nport = {port}\n\
              [southbound]\nhost = \"127.0.0.1\"\nport = {port}\n\
-             [buffer]\ndir = \"gateway-buffer\"\n"
+             [buffer]\ndir = \"gateway-buffer\"\n\
+             [serial]\nscan = false\n"
         ),
     )?;
     let (mut stream, _) = tokio_tungstenite::connect_async(format!(
