@@ -246,6 +246,11 @@ pub struct OpcUaSource {
     pub username: Option<String>,
     /// Environment variable holding the login's password.
     pub password_env: Option<String>,
+    /// A user certificate (DER or PEM) for an X.509 identity instead of a user name; relative
+    /// to the region file.
+    pub user_certificate: Option<PathBuf>,
+    /// Its private key (PEM); relative to the region file.
+    pub user_private_key: Option<PathBuf>,
     /// Trust the server's certificate without it being in the gateway's `trusted/` folder.
     #[serde(default)]
     pub trust_server_certs: bool,
@@ -275,6 +280,8 @@ impl OpcUaSource {
         server.username = self.username.clone();
         server.password_env = self.password_env.clone();
         server.trust_server_certs = self.trust_server_certs;
+        server.user_certificate = self.user_certificate.clone();
+        server.user_private_key = self.user_private_key.clone();
         server.pki_dir = pki_dir;
         if let Some(var) = &self.password_env {
             let password = std::env::var(var).map_err(|e| {
@@ -299,6 +306,7 @@ fn opcua_key(error: &OpcUaConfigError) -> String {
     match error {
         OpcUaConfigError::BadUrl { .. } => "endpoint_url".into(),
         OpcUaConfigError::SecurityMismatch { .. } => "security_mode".into(),
+        OpcUaConfigError::TwoIdentities { .. } => "user_certificate".into(),
         OpcUaConfigError::HalfLogin { key, .. } | OpcUaConfigError::Zero { key, .. } => {
             (*key).to_owned()
         }
@@ -377,6 +385,29 @@ pub struct PlannedMachine {
 }
 
 impl RegionFile {
+    /// Makes the OPC UA sources' user certificate paths absolute from `base`, the file's
+    /// folder: the gateway would otherwise take them from its `opcua-pki` folder.
+    fn resolve_user_certificates(&mut self, base: &Path) {
+        let sources = self
+            .labs
+            .iter_mut()
+            .flat_map(|lab| lab.machines.iter_mut())
+            .filter_map(|machine| match &mut machine.source {
+                Source::OpcUa(opcua) => Some(opcua),
+                _ => None,
+            });
+        for opcua in sources {
+            for path in [&mut opcua.user_certificate, &mut opcua.user_private_key]
+                .into_iter()
+                .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+    }
+
     /// The demo region ([`BUILTIN`]).
     pub fn builtin() -> Result<Self, RegionFileError> {
         Self::parse(BUILTIN)
@@ -394,6 +425,9 @@ impl RegionFile {
             && dir.is_relative()
         {
             *dir = base.join(&*dir);
+        }
+        if let Some(base) = path.parent() {
+            file.resolve_user_certificates(base);
         }
         file.validate()?;
         Ok(file)

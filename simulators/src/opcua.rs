@@ -19,11 +19,11 @@
 //! the simulator trusts every client certificate, which only a simulator may do. It grants a
 //! sampling interval of 0 (every change is reported, none sampled away).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use opcua::crypto::SecurityPolicy;
+use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
 use opcua::nodes::{NodeType, ObjectBuilder, VariableBuilder};
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
@@ -41,6 +41,7 @@ use crate::machines::{Machine, MachineKind};
 pub const NAMESPACE_URI: &str = "urn:demolab:sim:machines";
 /// The user token id of the configured user.
 const USER_TOKEN_ID: &str = "demolab-user";
+const X509_USER_TOKEN_ID: &str = "demolab-x509-user";
 
 /// What to serve.
 #[derive(Debug, Clone)]
@@ -61,6 +62,9 @@ pub struct OpcUaSimConfig {
     pub anonymous: bool,
     /// Accept this user name and password.
     pub user: Option<(String, String)>,
+    /// Accept the holder of this user certificate (DER or PEM) under this user name: an X.509
+    /// identity token, signed with the certificate's private key.
+    pub x509_user: Option<(String, PathBuf)>,
     /// Where the server's certificate and key live (created on first start) and where client
     /// certificates are recorded.
     pub pki_dir: PathBuf,
@@ -88,6 +92,7 @@ impl OpcUaSimConfig {
             secure: false,
             anonymous: true,
             user: None,
+            x509_user: None,
             pki_dir,
             step: Duration::from_secs(1),
             update_interval: Some(Duration::from_secs(1)),
@@ -114,6 +119,38 @@ pub enum OpcUaSimError {
     /// The server library refused the configuration.
     #[error("opcua server: {0}")]
     Server(String),
+    /// A user certificate could not be made or read.
+    #[error("opcua user certificate: {0}")]
+    UserCertificate(String),
+}
+
+/// A user certificate and its private key for an X.509 identity, made in `dir` (as
+/// `<user>.der` and `<user>.pem`) unless both are there already. Returns their paths.
+pub fn user_certificate(dir: &Path, user: &str) -> Result<(PathBuf, PathBuf), OpcUaSimError> {
+    let certificate = dir.join(format!("{user}.der"));
+    let key = dir.join(format!("{user}.pem"));
+    if certificate.is_file() && key.is_file() {
+        return Ok((certificate, key));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| OpcUaSimError::UserCertificate(format!("{}: {e}", dir.display())))?;
+    let mut request = X509Data {
+        key_size: 2048,
+        common_name: user.to_owned(),
+        organization: "Demolab".to_owned(),
+        organizational_unit: "OPC UA users".to_owned(),
+        country: "DK".to_owned(),
+        state: String::new(),
+        // The type of this field is not exported; its `Default` is the empty list.
+        alt_host_names: Default::default(),
+        certificate_duration_days: 365,
+    };
+    request
+        .alt_host_names
+        .add_uri(&format!("urn:demolab:opcua-user:{user}"));
+    CertificateStore::create_certificate_and_key(&request, true, &certificate, &key)
+        .map_err(OpcUaSimError::UserCertificate)?;
+    Ok((certificate, key))
 }
 
 /// The machine model and the node ids its values go to.
@@ -273,7 +310,7 @@ pub async fn start_opcua_sim(
             "offer at least one of plain and secure",
         ));
     }
-    if !config.anonymous && config.user.is_none() {
+    if !config.anonymous && config.user.is_none() && config.x509_user.is_none() {
         return Err(OpcUaSimError::Config("allow anonymous or configure a user"));
     }
     let listener =
@@ -299,6 +336,9 @@ pub async fn start_opcua_sim(
     if config.user.is_some() {
         tokens.push(USER_TOKEN_ID);
     }
+    if config.x509_user.is_some() {
+        tokens.push(X509_USER_TOKEN_ID);
+    }
     let mut builder = ServerBuilder::new()
         .application_name(format!("Demolab simulated {}", config.name))
         .application_uri(format!("urn:demolab-sim:opcua:{}", config.name))
@@ -319,6 +359,18 @@ pub async fn start_opcua_sim(
         ));
     if let Some((user, pass)) = &config.user {
         builder = builder.add_user_token(USER_TOKEN_ID, ServerUserToken::user_pass(user, pass));
+    }
+    if let Some((user, certificate)) = &config.x509_user {
+        if !certificate.is_file() {
+            return Err(OpcUaSimError::UserCertificate(format!(
+                "{} is not a file",
+                certificate.display()
+            )));
+        }
+        builder = builder.add_user_token(
+            X509_USER_TOKEN_ID,
+            ServerUserToken::x509(user.as_str(), certificate),
+        );
     }
     if config.plain {
         builder = builder.add_endpoint(

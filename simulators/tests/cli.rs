@@ -1,5 +1,6 @@
 //! The `demolab-sim` binary as a developer meets it: a PLC on an ephemeral port that says where it
-//! listens and what it holds, and a clear refusal of a machine model that does not exist.
+//! listens and what it holds, an OPC UA machine that makes the user certificate it accepts, and
+//! a clear refusal of a machine model that does not exist.
 //!
 //! These tests are also why `cargo test --workspace` leaves `target/debug/demolab-sim` behind,
 //! built with the workspace's features: CI's pymodbus step runs that binary instead of building
@@ -39,6 +40,18 @@ fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Starts `command` (a `demolab-sim` with its arguments): its stdout lines, and the guard that
+/// kills it.
+fn spawn(command: &mut Command) -> (mpsc::Receiver<String>, Running) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demolab-sim starts");
+    let lines = stdout_lines(&mut child);
+    (lines, Running(child))
+}
+
 fn line_starting_with(lines: &mpsc::Receiver<String>, prefix: &str) -> String {
     loop {
         match lines.recv_timeout(Duration::from_secs(60)) {
@@ -51,15 +64,11 @@ fn line_starting_with(lines: &mpsc::Receiver<String>, prefix: &str) -> String {
 
 #[test]
 fn a_held_plc_on_port_zero_prints_its_port_and_values_and_serves_them() {
-    let mut child = sim()
-        .args(["plc", "--listen", "127.0.0.1:0", "--machine", "compressor"])
-        .args(["--seed", "3", "--hold"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demolab-sim starts");
-    let lines = stdout_lines(&mut child);
-    let _running = Running(child);
+    let (lines, _running) = spawn(
+        sim()
+            .args(["plc", "--listen", "127.0.0.1:0", "--machine", "compressor"])
+            .args(["--seed", "3", "--hold"]),
+    );
 
     let listening = line_starting_with(&lines, "PLC LISTENING ");
     let addr = listening
@@ -125,5 +134,44 @@ fn an_unknown_machine_model_is_refused_with_the_known_ones() {
     assert!(
         stderr.contains("toaster") && stderr.contains("compressor"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn an_opcua_machine_makes_the_user_certificate_it_accepts_and_says_where() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = dir.path().join("pki");
+    let (lines, _running) = spawn(
+        sim()
+            .args([
+                "opcua",
+                "--listen",
+                "127.0.0.1:0",
+                "--secure",
+                "--x509-user",
+                "gw",
+            ])
+            .arg("--pki-dir")
+            .arg(&pki),
+    );
+
+    let user = line_starting_with(&lines, "OPCUA X509 USER ");
+    let field = |name: &str| {
+        user.split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {user}"))
+            .to_owned()
+    };
+    let certificate = std::path::PathBuf::from(field("certificate="));
+    let key = std::path::PathBuf::from(field("private_key="));
+    assert_eq!(certificate, pki.join("users/gw.der"));
+    assert!(std::fs::metadata(&certificate).is_ok_and(|m| m.len() > 0));
+    let pem = std::fs::read_to_string(&key).expect("the key is text");
+    assert!(pem.contains("PRIVATE KEY"), "{pem}");
+
+    let listening = line_starting_with(&lines, "OPCUA LISTENING ");
+    assert!(
+        listening.contains("logins=x509:gw") && listening.contains("basic256sha256=true"),
+        "a certificate login only, on the secure endpoints too: {listening}"
     );
 }

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use demolab_tests::{gateway_config, start_gateway_with, start_hub, wait_until};
-use gateway::OpcUaLinkEvent;
 use gateway::source::opcua::{Mode, OpcUaMachine, OpcUaMetric, OpcUaServer, Policy, Secret};
+use gateway::{GatewayHandle, OpcUaLinkEvent};
+use hub::Hub;
 use simulators::machines::MachineKind;
 use simulators::opcua::{OpcUaSimConfig, RunningOpcUaSim, start_opcua_sim};
 use tokio_util::sync::CancellationToken;
@@ -93,6 +94,18 @@ fn source(
     Ok(server)
 }
 
+/// A gateway of lab `LAB` on `hub` whose only source is the OPC UA `server`.
+async fn start_gateway_on(
+    hub: &Hub,
+    data: &std::path::Path,
+    server: OpcUaServer,
+    cancel: &CancellationToken,
+) -> anyhow::Result<GatewayHandle> {
+    let mut config = gateway_config(hub.mqtt_addr().port(), LAB, "gw-opc", &data.join("buffer"))?;
+    config.opcua = vec![server];
+    start_gateway_with(config, cancel).await
+}
+
 async fn every_change_arrives_once_in_order_across_a_cut(security: Security) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let hub = start_hub(data.path()).await?;
@@ -135,14 +148,13 @@ async fn every_change_arrives_once_in_order_across_a_cut(security: Security) -> 
         }
     };
 
-    let mut config = gateway_config(
-        hub.mqtt_addr().port(),
-        LAB,
-        "gw-opc",
-        &data.path().join("buffer"),
-    )?;
-    config.opcua = vec![source(security, &sim, data.path())?];
-    let gateway = start_gateway_with(config, &cancel).await?;
+    let gateway = start_gateway_on(
+        &hub,
+        data.path(),
+        source(security, &sim, data.path())?,
+        &cancel,
+    )
+    .await?;
     let stats = gateway.stats().clone();
 
     // The subscription's first report is the current value, 0.
@@ -255,4 +267,106 @@ async fn anonymous_over_none_every_change_arrives_once_in_order_across_a_cut() -
 async fn user_over_sign_and_encrypt_every_change_arrives_once_in_order_across_a_cut()
 -> anyhow::Result<()> {
     every_change_arrives_once_in_order_across_a_cut(Security::UserSignAndEncrypt).await
+}
+
+/// How an operator brings in a real machine that checks who logs in: the gateway holds a user
+/// certificate the server knows (an X.509 identity over Basic256Sha256 Sign) and trusts no
+/// server until told. Its first attempt is refused and leaves the server's certificate in
+/// `pki_dir/rejected/`; moved to `pki_dir/trusted/`, the next attempt connects and every change
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_certificate_logs_in_once_the_operator_trusts_the_servers_certificate()
+-> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let cancel = CancellationToken::new();
+    let _stop_on_failure = cancel.clone().drop_guard();
+
+    let (user_certificate, user_key) =
+        simulators::opcua::user_certificate(&data.path().join("users"), "cell-gateway")?;
+    let mut sim_config = sim_config(Security::AnonymousNone, data.path(), "127.0.0.1:0");
+    sim_config.plain = false;
+    sim_config.secure = true;
+    sim_config.anonymous = false;
+    sim_config.x509_user = Some(("cell-gateway".into(), user_certificate.clone()));
+    let sim = start_opcua_sim(sim_config, cancel.clone()).await?;
+
+    let mut server = source(Security::AnonymousNone, &sim, data.path())?;
+    server.security_policy = Policy::Basic256Sha256;
+    server.security_mode = Mode::Sign;
+    server.trust_server_certs = false;
+    // Absolute paths: `pki_dir` is only the base of relative ones.
+    server.user_certificate = Some(user_certificate);
+    server.user_private_key = Some(user_key);
+    let pki = server.pki_dir.clone();
+    let gateway = start_gateway_on(&hub, data.path(), server, &cancel).await?;
+    let stats = gateway.stats().clone();
+
+    let certificates_in = |dir: std::path::PathBuf| {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "der"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the untrusted server's certificate in rejected/",
+        || !certificates_in(pki.join("rejected")).is_empty(),
+    )
+    .await?;
+    assert!(
+        stats.snapshot().opcua_link(OpcUaLinkEvent::ConnectFailed) >= 1,
+        "an untrusted server is not connected to"
+    );
+    let key = hub::twin::TwinKey {
+        lab: LAB.parse()?,
+        machine: MACHINE.parse()?,
+    };
+    assert!(
+        hub.twins().get(&key).is_none(),
+        "no data from a server nobody trusted"
+    );
+
+    std::fs::create_dir_all(pki.join("trusted"))?;
+    for rejected in certificates_in(pki.join("rejected")) {
+        let name = rejected
+            .file_name()
+            .ok_or_else(|| anyhow::anyhow!("a file name"))?;
+        std::fs::rename(&rejected, pki.join("trusted").join(name))?;
+    }
+    let counter = || {
+        hub.twins().get(&key).and_then(|twin| {
+            twin.features
+                .get("process")?
+                .properties
+                .get("count")?
+                .reported
+        })
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the counter's first value once the server is trusted",
+        || counter() == Some(0.0),
+    )
+    .await?;
+    for _ in 0..3 {
+        sim.step();
+    }
+    wait_until(Duration::from_secs(20), "three changes", || {
+        counter() == Some(3.0)
+    })
+    .await?;
+    let snapshot = stats.snapshot();
+    assert_eq!(snapshot.dropped(gateway::DropReason::OpcUaDuplicate), 0);
+
+    cancel.cancel();
+    sim.stop().await;
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
 }

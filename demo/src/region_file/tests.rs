@@ -13,6 +13,30 @@ gateway = "gw-a"
     )
 }
 
+/// A one-lab file whose one machine, `cnc-7`, has an `opcua` source with the keys `source`.
+fn opcua_machine(source: &str) -> String {
+    lab_with(&format!(
+        r#"
+[[labs.machines]]
+id = "cnc-7"
+kind = "cnc-mill"
+[labs.machines.source]
+type = "opcua"
+{source}
+"#
+    ))
+}
+
+/// The gateway's server entry for the first lab's first machine, which must be `opcua`.
+fn opcua_server_of(region: &RegionFile) -> OpcUaServer {
+    let Source::OpcUa(opcua) = &region.labs[0].machines[0].source else {
+        panic!("an opcua source");
+    };
+    opcua
+        .server("lab-a/cnc-7", "cnc-7".parse().expect("id"), "pki".into())
+        .expect("a gateway server entry")
+}
+
 fn key_of(text: &str) -> String {
     match RegionFile::parse(text) {
         Ok(_) => panic!("accepted:\n{text}"),
@@ -188,18 +212,7 @@ registers = [{ metric = "air.pressure_bar", unit = "bar", table = "holding", add
 
 #[test]
 fn an_opcua_source_is_checked_by_the_gateways_own_rules_with_its_keys() {
-    let machine = |source: &str| {
-        lab_with(&format!(
-            r#"
-[[labs.machines]]
-id = "cnc-7"
-kind = "cnc-mill"
-[labs.machines.source]
-type = "opcua"
-{source}
-"#
-        ))
-    };
+    let machine = opcua_machine;
     let metric = r#"metrics = [{ node_id = "ns=2;s=Spindle.Speed", metric = "spindle.speed_rpm", unit = "rpm" }]"#;
     let bad_url = machine(&format!("endpoint_url = \"http://cell-a:4840\"\n{metric}"));
     assert_eq!(key_of(&bad_url), "labs[0].machines[0].source.endpoint_url");
@@ -222,12 +235,7 @@ metrics = [{ node_id = "Spindle.Speed", metric = "spindle.speed_rpm", unit = "rp
         "endpoint_url = \"opc.tcp://cell-a:4840/\"\n{metric}"
     ));
     let region = RegionFile::parse(&good).expect("valid");
-    let Source::OpcUa(opcua) = &region.labs[0].machines[0].source else {
-        panic!("an opcua source");
-    };
-    let server = opcua
-        .server("lab-a/cnc-7", "cnc-7".parse().expect("id"), "pki".into())
-        .expect("a gateway server entry");
+    let server = opcua_server_of(&region);
     assert_eq!(server.machines[0].metrics[0].unit, "rpm");
     assert_eq!(server.security_mode, Mode::None);
 }
@@ -342,4 +350,41 @@ fn a_kind_from_the_files_own_catalogue_dir_is_known() {
             .and_then(|e| e.key().map(str::to_owned)),
         Some("labs[0].machines[0].kind".to_owned())
     );
+}
+
+#[test]
+fn an_opcua_user_certificate_is_taken_from_beside_the_region_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let region = dir.path().join("region.toml");
+    let machine = |identity: &str| {
+        opcua_machine(&format!(
+            r#"endpoint_url = "opc.tcp://cell-a:4840/"
+security_policy = "Basic256Sha256"
+security_mode = "Sign"
+{identity}
+metrics = [{{ node_id = "ns=2;s=Spindle.Speed", metric = "spindle.speed_rpm", unit = "rpm" }}]"#
+        ))
+    };
+    std::fs::write(
+        &region,
+        machine("user_certificate = \"users/gw.der\"\nuser_private_key = \"users/gw.pem\""),
+    )
+    .expect("written");
+    let file = RegionFile::load(&region).expect("valid");
+    let server = opcua_server_of(&file);
+    assert_eq!(
+        server.user_certificate,
+        Some(dir.path().join("users/gw.der"))
+    );
+    assert_eq!(
+        server.user_private_key,
+        Some(dir.path().join("users/gw.pem"))
+    );
+
+    let half = machine("user_certificate = \"users/gw.der\"");
+    assert_eq!(key_of(&half), "labs[0].machines[0].source.user_private_key");
+    let both = machine(
+        "user_certificate = \"gw.der\"\nuser_private_key = \"gw.pem\"\nusername = \"op\"\npassword_env = \"PATH\"",
+    );
+    assert_eq!(key_of(&both), "labs[0].machines[0].source.user_certificate");
 }

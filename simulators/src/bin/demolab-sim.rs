@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand};
 use demolab_simulators::fleet::FleetConfig;
 use demolab_simulators::machines::MachineKind;
 use demolab_simulators::node::NodeLogin;
-use demolab_simulators::opcua::{OpcUaSimConfig, start_opcua_sim};
+use demolab_simulators::opcua::{OpcUaSimConfig, start_opcua_sim, user_certificate};
 use demolab_simulators::plc::{COUNT_REGISTER, Plc, STATE_REGISTER};
 use demolab_simulators::scenario::{self, Scenario};
 use demolab_simulators::session;
@@ -196,6 +196,11 @@ enum Command {
         /// Where the server's self-signed certificate is created and kept.
         #[arg(long, default_value = "opcua-sim-pki")]
         pki_dir: std::path::PathBuf,
+        /// Also accept this user by X.509 certificate: its certificate and private key are made
+        /// in `<pki-dir>/users/` unless there already, and their paths printed (then anonymous
+        /// sessions are refused).
+        #[arg(long, value_name = "NAME")]
+        x509_user: Option<String>,
         /// A machine clock that is this far off, ms (negative: behind); values carry its time.
         #[arg(
             long,
@@ -312,8 +317,10 @@ fn main() -> anyhow::Result<()> {
                 opc_user,
                 opc_password_env,
                 pki_dir,
+                x509_user,
                 clock_offset_ms,
             } => {
+                let users = pki_dir.join("users");
                 let mut config = OpcUaSimConfig::new(&name, pki_dir);
                 config.listen = listen.to_string();
                 config.kind = machine;
@@ -328,6 +335,16 @@ fn main() -> anyhow::Result<()> {
                         format!("--opc-password-env: the environment variable {var:?}")
                     })?;
                     config.user = Some((user, password));
+                    config.anonymous = false;
+                }
+                if let Some(user) = x509_user {
+                    let (certificate, key) = user_certificate(&users, &user)?;
+                    println!(
+                        "OPCUA X509 USER name={user} certificate={} private_key={}",
+                        certificate.display(),
+                        key.display()
+                    );
+                    config.x509_user = Some((user, certificate));
                     config.anonymous = false;
                 }
                 opcua(config, cancel).await
@@ -623,14 +640,22 @@ async fn plc(
 async fn opcua(config: OpcUaSimConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let secure = config.secure;
     let plain = config.plain;
-    let user = config.user.as_ref().map(|(u, _)| u.clone());
+    // Every identity a session may activate with, e.g. `anonymous` or `user:op,x509:gw`.
+    let logins: Vec<String> = [
+        config.anonymous.then(|| "anonymous".to_owned()),
+        config.user.as_ref().map(|(u, _)| format!("user:{u}")),
+        config.x509_user.as_ref().map(|(u, _)| format!("x509:{u}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let sim = start_opcua_sim(config, cancel.clone()).await?;
     println!(
-        "OPCUA LISTENING endpoint={} namespace={} counter={} none={plain} basic256sha256={secure} user={}",
+        "OPCUA LISTENING endpoint={} namespace={} counter={} none={plain} basic256sha256={secure} logins={}",
         sim.endpoint_url(),
         sim.namespace(),
         sim.node_id("Counter"),
-        user.as_deref().unwrap_or("(anonymous)")
+        logins.join(",")
     );
     let _ = std::io::stdout().flush();
     cancel.cancelled().await;

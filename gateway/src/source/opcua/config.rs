@@ -35,6 +35,13 @@ pub struct OpcUaServer {
     /// The password read from `password_env` when the file was loaded.
     #[serde(skip)]
     pub password: Option<Secret>,
+    /// A user certificate (DER or PEM) to activate the session with an X.509 identity instead
+    /// of a user name; relative to `pki_dir`. The server must know the certificate.
+    #[serde(default)]
+    pub user_certificate: Option<PathBuf>,
+    /// Its private key (PEM), relative to `pki_dir`; it signs the identity token.
+    #[serde(default)]
+    pub user_private_key: Option<PathBuf>,
     /// Where the gateway keeps its application certificate (`own/`, `private/`) and the
     /// server certificates it trusts (`trusted/`) or refused (`rejected/`). A certificate is
     /// created on first start. Default `opcua-pki` beside the config file.
@@ -202,6 +209,15 @@ pub enum OpcUaConfigError {
         /// The key that was given.
         with: &'static str,
     },
+    /// Both a user name and a user certificate: a session has one identity.
+    #[error(
+        "opcua server `{server}`: `username` and `user_certificate` are two identities; \
+         give one"
+    )]
+    TwoIdentities {
+        /// The server.
+        server: String,
+    },
     /// An interval or the queue size is 0.
     #[error("opcua server `{server}`: `{key}` must be greater than 0")]
     Zero {
@@ -283,6 +299,8 @@ impl OpcUaServer {
             username: None,
             password_env: None,
             password: None,
+            user_certificate: None,
+            user_private_key: None,
             pki_dir: default_pki_dir(),
             certificate_file: None,
             private_key_file: None,
@@ -313,22 +331,33 @@ impl OpcUaServer {
                 mode: self.security_mode,
             });
         }
-        match (&self.username, &self.password) {
-            (Some(_), None) => {
+        // Each identity comes as a pair of keys: one without the other names the missing one.
+        let pairs = [
+            (
+                ("username", self.username.is_some()),
+                ("password_env", self.password.is_some()),
+            ),
+            (
+                ("user_certificate", self.user_certificate.is_some()),
+                ("user_private_key", self.user_private_key.is_some()),
+            ),
+        ];
+        for ((first, has_first), (second, has_second)) in pairs {
+            if has_first != has_second {
+                let (key, with) = if has_first {
+                    (second, first)
+                } else {
+                    (first, second)
+                };
                 return Err(OpcUaConfigError::HalfLogin {
                     server: server(),
-                    key: "password_env",
-                    with: "username",
+                    key,
+                    with,
                 });
             }
-            (None, Some(_)) => {
-                return Err(OpcUaConfigError::HalfLogin {
-                    server: server(),
-                    key: "username",
-                    with: "password_env",
-                });
-            }
-            _ => {}
+        }
+        if self.username.is_some() && self.user_certificate.is_some() {
+            return Err(OpcUaConfigError::TwoIdentities { server: server() });
         }
         for (key, value) in [
             ("publishing_interval_ms", self.publishing_interval_ms),
@@ -522,6 +551,23 @@ mod tests {
         assert!(matches!(
             s.validate(),
             Err(OpcUaConfigError::Duplicate { .. })
+        ));
+
+        let mut s = server();
+        s.user_certificate = Some("user.der".into());
+        assert!(
+            s.validate()
+                .expect_err("no key")
+                .to_string()
+                .contains("`user_private_key` is required with `user_certificate`")
+        );
+        s.user_private_key = Some("user.pem".into());
+        assert_eq!(s.validate(), Ok(()));
+        s.username = Some("op".into());
+        s.password = Some(Secret("pw".into()));
+        assert!(matches!(
+            s.validate(),
+            Err(OpcUaConfigError::TwoIdentities { .. })
         ));
 
         let mut s = server();

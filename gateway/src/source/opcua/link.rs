@@ -61,6 +61,13 @@ pub async fn run_opcua_server(
         error!(%err, "opcua server not started");
         return;
     }
+    let identity = match identity(&server) {
+        Ok(identity) => identity,
+        Err(err) => {
+            error!(server = %server.name, error = %err, "opcua client not started");
+            return;
+        }
+    };
     let mut client = match client(&server) {
         Ok(client) => client,
         Err(errors) => {
@@ -69,6 +76,7 @@ pub async fn run_opcua_server(
         }
     };
     let mut link = Link {
+        identity,
         translator: Translator::new(&server, boot_id(), crate::run::now_ms()),
         source: SourceId::OpcUa(server.name.clone()),
         server: Arc::new(server),
@@ -100,6 +108,28 @@ fn client(server: &OpcUaServer) -> Result<Client, Vec<String>> {
     builder.client()
 }
 
+/// The session's identity: a user certificate, a user name, or anonymous (validated: at most
+/// one). Relative certificate paths are under `pki_dir`.
+fn identity(server: &OpcUaServer) -> Result<IdentityToken, String> {
+    if let (Some(certificate), Some(key)) = (&server.user_certificate, &server.user_private_key) {
+        let certificate = server.pki_dir.join(certificate);
+        let key = server.pki_dir.join(key);
+        return IdentityToken::new_x509_path(&certificate, &key).map_err(|err| {
+            format!(
+                "`user_certificate` {} or `user_private_key` {}: {err}",
+                certificate.display(),
+                key.display()
+            )
+        });
+    }
+    Ok(match (&server.username, &server.password) {
+        (Some(user), Some(password)) => {
+            IdentityToken::UserName(user.clone(), Password::new(password.0.clone()))
+        }
+        _ => IdentityToken::Anonymous,
+    })
+}
+
 /// New for every gateway process, which is all a boot id needs.
 fn boot_id() -> u32 {
     let now = crate::run::now_ms();
@@ -117,6 +147,8 @@ enum Ended {
 #[derive(Debug)]
 struct Link {
     server: Arc<OpcUaServer>,
+    /// Read once: a certificate swapped on disk takes a restart, as the application's does.
+    identity: IdentityToken,
     source: SourceId,
     translator: Translator,
     inbound: mpsc::Sender<Inbound>,
@@ -134,7 +166,7 @@ impl Link {
                 self.server.security_mode.to_ua(),
             );
             match client
-                .connect_to_matching_endpoint(endpoint, self.identity())
+                .connect_to_matching_endpoint(endpoint, self.identity.clone())
                 .await
             {
                 Ok((session, event_loop)) => {
@@ -159,15 +191,6 @@ impl Link {
             }
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
-        }
-    }
-
-    fn identity(&self) -> IdentityToken {
-        match (&self.server.username, &self.server.password) {
-            (Some(user), Some(password)) => {
-                IdentityToken::UserName(user.clone(), Password::new(password.0.clone()))
-            }
-            _ => IdentityToken::Anonymous,
         }
     }
 
