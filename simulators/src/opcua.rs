@@ -74,6 +74,9 @@ pub struct OpcUaSimConfig {
     pub update_interval: Option<Duration>,
     /// The counter's value before the first update (it reads `counter_start` until then).
     pub counter_start: u64,
+    /// The address clients are told to connect to (a proxy or NAT in front of the server);
+    /// default: the one it listens on. Clients follow the endpoints a server advertises.
+    pub advertise: Option<std::net::SocketAddr>,
     /// How far the machine's clock is off, ms (negative: behind). Every value is stamped with
     /// it, as a PLC whose clock has drifted stamps its own: a client that dates values by their
     /// source timestamp shows it, one that dates them on receipt does not.
@@ -97,6 +100,7 @@ impl OpcUaSimConfig {
             step: Duration::from_secs(1),
             update_interval: Some(Duration::from_secs(1)),
             counter_start: 0,
+            advertise: None,
             clock_offset_ms: 0,
         }
     }
@@ -187,6 +191,7 @@ impl Model {
 /// A running simulator.
 pub struct RunningOpcUaSim {
     endpoint_url: String,
+    local_addr: std::net::SocketAddr,
     namespace: u16,
     name: String,
     handle: ServerHandle,
@@ -226,6 +231,11 @@ impl RunningOpcUaSim {
         } else {
             format!("ns={};s={}.Monitoring.{leaf}", self.namespace, self.name)
         }
+    }
+
+    /// The address the server listens on (differs from the endpoint's with `advertise`).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
     }
 
     /// One update now: the model steps, the counter counts, subscribers are notified. Returns
@@ -326,8 +336,9 @@ pub async fn start_opcua_sim(
             listen: config.listen.clone(),
             source,
         })?;
-    let host = addr.ip().to_string();
-    let endpoint_url = format!("opc.tcp://{host}:{}/", addr.port());
+    let advertised = config.advertise.unwrap_or(addr);
+    let host = advertised.ip().to_string();
+    let endpoint_url = format!("opc.tcp://{host}:{}/", advertised.port());
 
     let mut tokens: Vec<&str> = Vec::new();
     if config.anonymous {
@@ -348,7 +359,7 @@ pub async fn start_opcua_sim(
         // A simulator trusts every client; a real server would keep a trust list.
         .trust_client_certs(true)
         .host(host.clone())
-        .port(addr.port())
+        .port(advertised.port())
         .discovery_urls(vec![endpoint_url.clone()])
         .with_node_manager(simple_node_manager(
             NamespaceMetadata {
@@ -458,6 +469,7 @@ pub async fn start_opcua_sim(
     });
     Ok(RunningOpcUaSim {
         endpoint_url,
+        local_addr: addr,
         namespace,
         name: config.name.clone(),
         handle,

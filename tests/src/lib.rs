@@ -283,7 +283,12 @@ pub struct CuttableProxy {
 impl CuttableProxy {
     /// Listens on an ephemeral port and relays every connection to `target`.
     pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await?, target)
+    }
+
+    /// Relays every connection `listener` accepts to `target`: for a server that must be told
+    /// the proxy's address before the proxy can know the server's.
+    pub fn start_on(listener: tokio::net::TcpListener, target: SocketAddr) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let (cut, watch) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use demolab_tests::{gateway_config, start_gateway_with, start_hub, wait_until};
+use demolab_tests::{CuttableProxy, gateway_config, start_gateway_with, start_hub, wait_until};
 use gateway::source::opcua::{Mode, OpcUaMachine, OpcUaMetric, OpcUaServer, Policy, Secret};
 use gateway::{GatewayHandle, OpcUaLinkEvent};
 use hub::Hub;
@@ -94,6 +94,68 @@ fn source(
     Ok(server)
 }
 
+/// Every counter value the twin takes, in the order it takes them.
+struct CounterValues {
+    seen: Arc<Mutex<Vec<f64>>>,
+    collector: tokio::task::JoinHandle<()>,
+}
+
+impl CounterValues {
+    fn collect(hub: &Hub) -> Self {
+        let seen: Arc<Mutex<Vec<f64>>> = Arc::default();
+        let mut changes = hub.twins().subscribe();
+        let collector = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while let Ok(change) = changes.recv().await {
+                    if change.machine == MACHINE
+                        && let Some(v) = change.values.get(COUNT)
+                    {
+                        seen.lock().unwrap_or_else(PoisonError::into_inner).push(*v);
+                    }
+                }
+            })
+        };
+        Self { seen, collector }
+    }
+
+    fn seen(&self) -> Vec<f64> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A condition for `wait_until`: the twin has taken `value`.
+    fn has(&self, value: u64) -> impl FnMut() -> bool + use<> {
+        let seen = self.seen.clone();
+        move || {
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&(value as f64))
+        }
+    }
+}
+
+impl Drop for CounterValues {
+    fn drop(&mut self) {
+        self.collector.abort();
+    }
+}
+
+/// Steps the simulator's counter up to `last` and waits until the twin has taken it.
+async fn step_and_wait(
+    sim: &RunningOpcUaSim,
+    counter: &CounterValues,
+    last: u64,
+    what: &str,
+) -> anyhow::Result<()> {
+    while sim.counter() < last {
+        sim.step();
+    }
+    wait_until(Duration::from_secs(20), what, counter.has(last)).await
+}
+
 /// A gateway of lab `LAB` on `hub` whose only source is the OPC UA `server`.
 async fn start_gateway_on(
     hub: &Hub,
@@ -123,30 +185,9 @@ async fn every_change_arrives_once_in_order_across_a_cut(security: Security) -> 
         .trim_end_matches('/')
         .to_owned();
 
-    // Every counter value the twin takes, in the order it takes them.
-    let seen: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let mut changes = hub.twins().subscribe();
-    let collector = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            while let Ok(change) = changes.recv().await {
-                if change.machine == MACHINE
-                    && let Some(v) = change.values.get(COUNT)
-                {
-                    seen.lock().unwrap_or_else(PoisonError::into_inner).push(*v);
-                }
-            }
-        })
-    };
-    let seen_now = || seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let has = |value: u64| {
-        let seen = seen.clone();
-        move || {
-            seen.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(&(value as f64))
-        }
-    };
+    let counter = CounterValues::collect(&hub);
+    let seen_now = || counter.seen();
+    let has = |value: u64| counter.has(value);
 
     let gateway = start_gateway_on(
         &hub,
@@ -249,7 +290,6 @@ async fn every_change_arrives_once_in_order_across_a_cut(security: Security) -> 
         unit.symbol()
     );
 
-    collector.abort();
     cancel.cancel();
     sim.stop().await;
     gateway.shutdown().await?;
@@ -363,6 +403,81 @@ async fn a_user_certificate_logs_in_once_the_operator_trusts_the_servers_certifi
     .await?;
     let snapshot = stats.snapshot();
     assert_eq!(snapshot.dropped(gateway::DropReason::OpcUaDuplicate), 0);
+
+    cancel.cancel();
+    sim.stop().await;
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// A network blip, not a restart: the server keeps running and keeps its session while the
+/// path to it is cut (a relay, advertised as the server's endpoint, drops every connection and
+/// refuses new ones). The client reactivates its session, but the server then answers the
+/// publish requests left from the old connection into that dead connection and async-opcua 0.19
+/// never republishes them, so the gateway replaces a reactivated session with a new one: the
+/// current value arrives at once, then every change, once and in order. Changes made while the
+/// path was down are lost, as across a server restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_network_blip_the_current_value_and_every_later_change_arrive() -> anyhow::Result<()>
+{
+    let data = tempfile::tempdir()?;
+    let hub = start_hub(data.path()).await?;
+    let cancel = CancellationToken::new();
+    let _stop_on_failure = cancel.clone().drop_guard();
+
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut config = sim_config(Security::AnonymousNone, data.path(), "127.0.0.1:0");
+    config.advertise = Some(relay.local_addr()?);
+    let sim = start_opcua_sim(config, cancel.clone()).await?;
+    let proxy = CuttableProxy::start_on(relay, sim.local_addr())?;
+
+    let counter = CounterValues::collect(&hub);
+    let seen_now = || counter.seen();
+    let has = |value: u64| counter.has(value);
+
+    let gateway = start_gateway_on(
+        &hub,
+        data.path(),
+        source(Security::AnonymousNone, &sim, data.path())?,
+        &cancel,
+    )
+    .await?;
+    let stats = gateway.stats().clone();
+    wait_until(Duration::from_secs(30), "the initial counter value", has(0)).await?;
+    step_and_wait(&sim, &counter, 5, "the changes before the blip").await?;
+
+    proxy.cut();
+    wait_until(
+        Duration::from_secs(20),
+        "the gateway to notice the blip",
+        || stats.snapshot().opcua_link(OpcUaLinkEvent::ConnectionLost) >= 1,
+    )
+    .await?;
+    for _ in 6..=10 {
+        sim.step();
+    }
+    proxy.restore();
+    wait_until(
+        Duration::from_secs(60),
+        "the current value from the replacing session",
+        has(10),
+    )
+    .await?;
+    step_and_wait(&sim, &counter, 15, "the changes after the blip").await?;
+
+    let mut expected: Vec<f64> = (0..=5).map(|v| v as f64).collect();
+    expected.extend((10..=15).map(|v| v as f64));
+    assert_eq!(
+        seen_now(),
+        expected,
+        "before the blip every change; then the current value; then every change, once"
+    );
+    let snapshot = stats.snapshot();
+    assert!(
+        snapshot.opcua_link(OpcUaLinkEvent::Resumed) >= 1,
+        "the client reactivated its session before the gateway replaced it: {snapshot:?}"
+    );
 
     cancel.cancel();
     sim.stop().await;

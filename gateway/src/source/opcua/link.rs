@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use opcua::client::transport::TcpConnector;
 use opcua::client::{
     Client, ClientBuilder, DataChangeCallback, IdentityToken, Password, Session,
-    SessionConnectMode, SessionPollResult,
+    SessionConnectMode, SessionEventLoop, SessionPollResult,
 };
 use opcua::types::{
     DataValue, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters,
@@ -108,6 +109,41 @@ fn client(server: &OpcUaServer) -> Result<Client, Vec<String>> {
     builder.client()
 }
 
+/// A session on the server's endpoint with the configured policy and mode, at the configured
+/// URL. The library would connect to the host and port the server advertises; behind NAT or a
+/// relay, or on a PLC that knows itself by an internal name, those are unreachable from here,
+/// and a reconnect after a network blip would go there too.
+async fn connect(
+    client: &mut Client,
+    server: &OpcUaServer,
+    identity: IdentityToken,
+) -> Result<(Arc<Session>, SessionEventLoop<TcpConnector>), opcua::types::Error> {
+    let url = server.endpoint_url.as_str();
+    let endpoints = client.get_server_endpoints_from_url(url).await?;
+    let mut endpoint = Client::find_matching_endpoint(
+        &endpoints,
+        url,
+        server.security_policy.to_ua(),
+        server.security_mode.to_ua(),
+    )
+    .ok_or_else(|| {
+        opcua::types::Error::new(
+            opcua::types::StatusCode::BadSecurityPolicyRejected,
+            format!(
+                "the server offers no endpoint with policy {:?} and mode {:?}",
+                server.security_policy, server.security_mode
+            ),
+        )
+    })?;
+    endpoint.endpoint_url = url.into();
+    client
+        .session_builder()
+        .with_endpoints(endpoints)
+        .connect_to_endpoint_directly(endpoint)?
+        .user_identity_token(identity)
+        .build(client.certificate_store().clone())
+}
+
 /// The session's identity: a user certificate, a user name, or anonymous (validated: at most
 /// one). Relative certificate paths are under `pki_dir`.
 fn identity(server: &OpcUaServer) -> Result<IdentityToken, String> {
@@ -160,15 +196,7 @@ impl Link {
         let mut backoff = FIRST_BACKOFF;
         let mut failures = 0u64;
         loop {
-            let endpoint = (
-                self.server.endpoint_url.as_str(),
-                self.server.security_policy.to_ua().to_str(),
-                self.server.security_mode.to_ua(),
-            );
-            match client
-                .connect_to_matching_endpoint(endpoint, self.identity.clone())
-                .await
-            {
+            match connect(client, &self.server, self.identity.clone()).await {
                 Ok((session, event_loop)) => {
                     let (tx, rx) = mpsc::channel(CHANGE_QUEUE);
                     let ended = self.session(&session, event_loop, tx, rx).await;
@@ -198,7 +226,7 @@ impl Link {
     async fn session(
         &mut self,
         session: &Arc<Session>,
-        event_loop: opcua::client::SessionEventLoop<opcua::client::transport::TcpConnector>,
+        event_loop: SessionEventLoop<TcpConnector>,
         tx: mpsc::Sender<Change>,
         mut rx: mpsc::Receiver<Change>,
     ) -> Ended {
@@ -217,7 +245,17 @@ impl Link {
                         // recreation fires comes before that loop exists, so without this a
                         // reconnected session receives nothing.
                         session.trigger_publish_now();
+                        let resumed = matches!(mode, SessionConnectMode::ReactivatedSession(_));
                         self.connected(mode, connected_before);
+                        if resumed {
+                            // The server answers the publish requests still pending from the
+                            // old connection into that dead connection, and async-opcua 0.19
+                            // never republishes them: the changes of the first publishing
+                            // intervals after a blip would be lost silently (measured). A new
+                            // session starts clean: current values at once, then every change.
+                            close(session, &mut events).await;
+                            return Ended::Failed;
+                        }
                         connected_before = true;
                     }
                     Some(Ok(SessionPollResult::ConnectionLost(code))) => {
@@ -263,7 +301,8 @@ impl Link {
         match mode {
             SessionConnectMode::ReactivatedSession(_) => {
                 self.stats.opcua_link(OpcUaLinkEvent::Resumed);
-                info!(server = %self.server.name, "opcua session resumed; subscriptions kept");
+                info!(server = %self.server.name,
+                    "opcua session reactivated; replacing it with a new one, which loses nothing after it");
             }
             SessionConnectMode::NewSession(_) => {
                 self.stats.opcua_link(OpcUaLinkEvent::NewSession);
@@ -304,6 +343,27 @@ impl Link {
             }
         }
         true
+    }
+}
+
+/// Ends `session` on the server (its subscriptions with it), polling its event loop meanwhile,
+/// which the request needs; gives up after a moment, when the server will time it out itself.
+async fn close(
+    session: &Session,
+    events: &mut std::pin::Pin<
+        &mut impl futures_util::Stream<Item = Result<SessionPollResult, opcua::types::StatusCode>>,
+    >,
+) {
+    let disconnect = session.disconnect();
+    tokio::pin!(disconnect);
+    let deadline = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut disconnect => return,
+            _ = &mut deadline => return,
+            event = events.next() => if event.is_none() { return },
+        }
     }
 }
 
