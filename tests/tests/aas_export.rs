@@ -225,6 +225,13 @@ fn check_submodel(submodel: &Value, value: &Value) -> anyhow::Result<()> {
         Some("Nameplate") => {
             let designation = &value["ManufacturerProductDesignation"];
             ensure!(designation[0]["en"].is_string(), "{value}");
+            // The demo's attributes fill the nameplate's fields, not only the kind's name.
+            ensure!(value["ManufacturerName"][0]["en"].is_string(), "{value}");
+            ensure!(
+                value["ManufacturerProductType"][0]["en"].is_string(),
+                "{value}"
+            );
+            ensure!(value["YearOfConstruction"] == "2026", "{value}");
         }
         Some("TechnicalData") => {
             ensure!(

@@ -222,7 +222,8 @@ fn pick(u: &mut Unstructured<'_>, known: &[&str]) -> Result<String> {
     Ok((*u.choose(known)?).to_owned())
 }
 
-/// Path templates of the API; `{l}`, `{m}`, `{x}` become generated segments. The streams
+/// Path templates of the API; `{l}`, `{m}`, `{x}` become generated segments, `{a}` and `{s}` a
+/// shell's and a submodel's base64url identifier (known ones, bent ones, or junk). The streams
 /// (`/api/v1/stream`, `/api/v1/events`) are left out: they never end.
 const PATHS: &[&str] = &[
     "/api/v1/auth/login",
@@ -241,6 +242,14 @@ const PATHS: &[&str] = &[
     "/api/v1/alarms/{l}/{m}/{x}/{x}",
     "/api/v1/alarms/{l}/{m}/{x}/{x}/ack",
     "/api/v1/scenarios",
+    "/api/v1/aas/shells",
+    "/api/v1/aas/shells/{a}",
+    "/api/v1/aas/shells/{a}/submodel-refs",
+    "/api/v1/aas/shells/{a}/aasx",
+    "/api/v1/aas/submodels",
+    "/api/v1/aas/submodels/{s}",
+    "/api/v1/aas/submodels/{s}/$value",
+    "/api/v1/aas/submodels/{s}/submodel-elements",
     "/api/v1/openapi.json",
     "/healthz",
     "/readyz",
@@ -263,7 +272,30 @@ fn request(u: &mut Unstructured<'_>, tokens: &[String]) -> Result<Option<Request
         u.arbitrary::<String>()?
     } else {
         let mut path = (*u.choose(PATHS)?).to_owned();
+        let shells: Vec<String> = [
+            "urn:demolab:aas:lab-a:mill-1",
+            "urn:demolab:aas:lab-b:lathe-2",
+            "urn:demolab:aas:lab-a",
+            "urn:demolab:sm:lab-a:mill-1:Nameplate",
+        ]
+        .iter()
+        .map(|id| hub::aas::encode_identifier(id))
+        .collect();
+        let submodels: Vec<String> = [
+            "urn:demolab:sm:lab-a:mill-1:Nameplate",
+            "urn:demolab:sm:lab-a:mill-1:OperationalData",
+            "urn:demolab:sm:lab-b:lathe-2:TimeSeries",
+            "urn:demolab:sm:lab-a:mill-1:Nope",
+            "urn:demolab:aas:lab-a:mill-1",
+        ]
+        .iter()
+        .map(|id| hub::aas::encode_identifier(id))
+        .collect();
+        let shells: Vec<&str> = shells.iter().map(String::as_str).collect();
+        let submodels: Vec<&str> = submodels.iter().map(String::as_str).collect();
         for (hole, known) in [
+            ("{a}", &shells[..]),
+            ("{s}", &submodels[..]),
             ("{l}", &["lab-a", "lab-b", "Lab-A"][..]),
             ("{m}", &["mill-1", "lathe-2", "ghost"][..]),
             (
@@ -278,8 +310,13 @@ fn request(u: &mut Unstructured<'_>, tokens: &[String]) -> Result<Option<Request
         path
     };
     if u.ratio(1, 3)? {
-        let query = match u.int_in_range(0..=2u8)? {
+        let query = match u.int_in_range(0..=3u8)? {
             0 => format!("lab={}", pick(u, &["lab-a", "lab-b", ""])?),
+            3 => format!(
+                "limit={}&cursor={}",
+                pick(u, &["1", "0", "-1", "18446744073709551616"])?,
+                pick(u, &["1", "0", "999", "Zm9v"])?,
+            ),
             1 => format!(
                 "metric={}&from={}&to={}&step={}",
                 pick(u, &["spindle.power_w", "x"])?,
