@@ -13,7 +13,7 @@ use mqtt5::protocol::v5::reason_codes::ReasonCode;
 
 use tokio::sync::Semaphore;
 
-use crate::access::AccessConfig;
+use crate::access::{AccessConfig, TokenLogins, User};
 use crate::throttle::{LogThrottle, echo};
 
 /// How many requests the broker refused, by kind. Always zero on an open broker.
@@ -70,6 +70,7 @@ const VERIFICATION_WAIT: Duration = Duration::from_secs(5);
 /// mqtt5's hook, answering from an [`AccessConfig`].
 pub(crate) struct AccessProvider {
     access: Arc<AccessConfig>,
+    tokens: Option<Arc<dyn TokenLogins>>,
     denials: Arc<DenialCounters>,
     verifications: Semaphore,
     login_log: LogThrottle,
@@ -77,9 +78,14 @@ pub(crate) struct AccessProvider {
 }
 
 impl AccessProvider {
-    pub(crate) fn new(access: AccessConfig, denials: Arc<DenialCounters>) -> Self {
+    pub(crate) fn new(
+        access: AccessConfig,
+        tokens: Option<Arc<dyn TokenLogins>>,
+        denials: Arc<DenialCounters>,
+    ) -> Self {
         Self {
             access: Arc::new(access),
+            tokens,
             denials,
             verifications: Semaphore::new(CONCURRENT_VERIFICATIONS),
             login_log: LogThrottle::default(),
@@ -103,11 +109,15 @@ impl AccessProvider {
         let Some(name) = connect.username.as_deref() else {
             return refuse(ReasonCode::NotAuthorized, "anonymous");
         };
-        let Some(user) = self.access.user(name) else {
-            return refuse(ReasonCode::BadUsernameOrPassword, "unknown user");
-        };
         let Some(password) = connect.password.clone() else {
             return refuse(ReasonCode::BadUsernameOrPassword, "no password");
+        };
+        let Some(user) = self.access.user(name) else {
+            // A token is checked by lookup, not by argon2: no verification slot needed.
+            return match self.tokens.as_ref().and_then(|t| t.login(name, &password)) {
+                Some(_) => AuthResult::success_with_user(name),
+                None => refuse(ReasonCode::BadUsernameOrPassword, "unknown user"),
+            };
         };
         let user = user.clone();
         let Ok(Ok(_permit)) =
@@ -125,6 +135,13 @@ impl AccessProvider {
         } else {
             refuse(ReasonCode::BadUsernameOrPassword, "wrong password")
         }
+    }
+
+    /// A token user while one of its tokens lives (token users publish nothing, so only
+    /// subscriptions ask).
+    fn token_reader(&self, name: &str) -> Option<User> {
+        let labs = self.tokens.as_ref()?.labs(name)?;
+        Some(User::token_reader(name, labs))
     }
 
     fn judge(
@@ -179,9 +196,12 @@ impl AuthProvider for AccessProvider {
         user_id: Option<&'a str>,
         topic_filter: &'a str,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        let allowed = user_id
-            .and_then(|name| self.access.user(name))
-            .is_some_and(|user| user.may_subscribe(topic_filter));
+        let allowed = user_id.is_some_and(|name| match self.access.user(name) {
+            Some(user) => user.may_subscribe(topic_filter),
+            None => self
+                .token_reader(name)
+                .is_some_and(|user| user.may_subscribe(topic_filter)),
+        });
         let allowed = self.judge(
             allowed,
             &self.denials.subscribe,

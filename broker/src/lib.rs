@@ -94,6 +94,8 @@ pub struct BrokerConfig {
     /// open to anonymous clients on every topic (the demo); `Some` refuses
     /// anonymous clients.
     pub access: Option<access::AccessConfig>,
+    /// Logins by token besides `access` (the hub's game teams); used only with `access`.
+    pub token_logins: Option<Arc<dyn access::TokenLogins>>,
     /// A TLS listener beside the plain one. To serve the network over TLS only, bind the plain
     /// listener to loopback (the hub's own clients use it) and this one to the network.
     pub tls: Option<BrokerTls>,
@@ -138,6 +140,7 @@ impl Default for BrokerConfig {
             max_queued_messages_per_client: 100_000,
             max_queued_bytes_per_client: 64 * 1024 * 1024,
             access: None,
+            token_logins: None,
             tls: None,
         }
     }
@@ -221,7 +224,11 @@ impl EmbeddedBroker {
             .map_err(|e| start_error(bind, e))?;
         let denials = Arc::new(DenialCounters::default());
         if let Some(access) = config.access {
-            let provider = Arc::new(enforce::AccessProvider::new(access, Arc::clone(&denials)));
+            let provider = Arc::new(enforce::AccessProvider::new(
+                access,
+                config.token_logins.clone(),
+                Arc::clone(&denials),
+            ));
             // `with_auth_provider` replaces mqtt5's provider wholesale, including the
             // failed-login rate limiter it would otherwise wrap around its own; keep it (5
             // failures per address or username a minute lock that one out for 5 minutes).

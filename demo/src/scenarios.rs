@@ -3,21 +3,21 @@
 //!
 //! A scenario file describes a whole shift ("from 10 min a bearing wears 5 %/min"). On a live
 //! demonstration nobody waits ten minutes for the first event, so a demo scenario starts with
-//! its first event at once and runs [`DEMO_SPEEDUP`] times faster than the file.
+//! its first event at once and runs faster than the file: [`DEMO_SPEEDUP`] times when an
+//! operator starts it, a game's own speed when a game stages its fault.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+pub use hub::scenarios::DEMO_SPEEDUP;
 use hub::scenarios::{RunningScenario, ScenarioControl, ScenarioError, ScenarioInfo};
 use hub::twin::TwinKey;
 use simulators::machines::MachineKind;
 use simulators::scenario::{SHIPPED, Scenario};
 use simulators::timeline::{Change, LiveControl, TimedChange};
 
-/// How much faster than its file a scenario runs in demo mode.
-pub const DEMO_SPEEDUP: f64 = 10.0;
-
-/// A scenario as the demo offers it: one machine kind, changes from time zero.
+/// A scenario as the demo offers it: one machine kind, changes from time zero at the file's
+/// speed.
 #[derive(Debug, Clone)]
 struct DemoScenario {
     info: ScenarioInfo,
@@ -25,8 +25,7 @@ struct DemoScenario {
     changes: Vec<TimedChange>,
 }
 
-/// The shipped scenarios whose events concern a single machine, rebased to start at once and
-/// sped up by [`DEMO_SPEEDUP`].
+/// The shipped scenarios whose events concern a single machine, rebased to start at once.
 fn demo_scenarios() -> Vec<DemoScenario> {
     let mut out = Vec::new();
     for (name, text) in SHIPPED {
@@ -55,20 +54,37 @@ fn demo_scenarios() -> Vec<DemoScenario> {
             changes: changes
                 .iter()
                 .map(|c| TimedChange {
-                    at_ms: ((c.at_ms - first) as f64 / DEMO_SPEEDUP) as u64,
+                    at_ms: c.at_ms - first,
                     param: c.param.clone(),
-                    change: match c.change {
-                        Change::Set(v) => Change::Set(v),
-                        Change::Ramp { per_min, limit } => Change::Ramp {
-                            per_min: per_min * DEMO_SPEEDUP,
-                            limit,
-                        },
-                    },
+                    change: c.change,
                 })
                 .collect(),
         });
     }
     out
+}
+
+/// `changes` `speed` times faster: events come sooner and ramps run steeper.
+fn sped_up(changes: &[TimedChange], speed: f64) -> Vec<TimedChange> {
+    let speed = if speed.is_finite() && speed > 0.0 {
+        speed
+    } else {
+        1.0
+    };
+    changes
+        .iter()
+        .map(|c| TimedChange {
+            at_ms: (c.at_ms as f64 / speed) as u64,
+            param: c.param.clone(),
+            change: match c.change {
+                Change::Set(v) => Change::Set(v),
+                Change::Ramp { per_min, limit } => Change::Ramp {
+                    per_min: per_min * speed,
+                    limit,
+                },
+            },
+        })
+        .collect()
 }
 
 /// The demo's simulated machines and the scenarios running on them.
@@ -127,12 +143,13 @@ impl ScenarioControl for SimulatedScenarios {
         running
     }
 
-    fn start(
+    fn start_at_speed(
         &self,
         scenario: &str,
         twin: &TwinKey,
         user: &str,
         now_ms: u64,
+        speed: f64,
     ) -> Result<RunningScenario, ScenarioError> {
         let chosen = self
             .scenarios
@@ -149,7 +166,7 @@ impl ScenarioControl for SimulatedScenarios {
                 });
             }
         };
-        control.start(chosen.changes.clone());
+        control.start(sped_up(&chosen.changes, speed));
         let running = RunningScenario {
             twin: id.clone(),
             scenario: scenario.to_owned(),

@@ -41,6 +41,9 @@ use crate::ingest::now_ms;
 pub enum Role {
     /// Reads the labs of their game.
     Student,
+    /// Runs innovation games: creates them from templates, opens, pauses and ends them, sees
+    /// every team's answers; reads every lab but writes nothing to machines.
+    Teacher,
     /// Demo staff: reads everything, writes desired properties, acknowledges alarms.
     Operator,
     /// Everything.
@@ -150,6 +153,18 @@ pub struct Principal {
     /// The labs they may read; `None` means all.
     #[schema(value_type = Option<Vec<String>>)]
     pub labs: Option<BTreeSet<LabId>>,
+    /// For a team token: the game and the team it plays for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<TeamSeat>,
+}
+
+/// The game and team a team token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TeamSeat {
+    /// The game.
+    pub game: String,
+    /// The team.
+    pub team: String,
 }
 
 impl Principal {
@@ -159,6 +174,7 @@ impl Principal {
             user: "anonymous".into(),
             role: None,
             labs,
+            team: None,
         }
     }
 
@@ -384,15 +400,8 @@ impl Auth {
         password: String,
         now_ms: u64,
     ) -> Result<Login, AuthError> {
-        if let Err(limited) = self.limiter.admit(client, name, now_ms) {
-            let event = match limited.reason {
-                Refusal::Address => AccessEvent::RateLimitedAddress,
-                Refusal::User => AccessEvent::RateLimitedUser,
-                Refusal::TableFull => AccessEvent::RateLimitedTableFull,
-            };
-            self.refused(event, client, name, now_ms);
-            return Err(AuthError::RateLimited(limited));
-        }
+        self.admit_attempt(client, name, now_ms)
+            .map_err(AuthError::RateLimited)?;
         let user = self.users.get(name);
         let check = user.map_or_else(|| self.dummy.clone(), |u| u.check.clone());
         let matched = match self.hasher.check(check, password).await {
@@ -437,9 +446,94 @@ impl Auth {
             user: user.name.clone(),
             role: Some(user.role),
             labs,
+            team: None,
         };
-        let token = new_token();
         let expires_at = now_ms.saturating_add(self.config.token_ttl_s.saturating_mul(1000));
+        self.insert_session(principal, expires_at, now_ms)
+    }
+
+    /// A token for a team of a game: it reads the game's labs only (not the public ones, so
+    /// that a team sees exactly its game), writes nothing, and lives until `expires_at` or
+    /// until [`Auth::end_game_sessions`].
+    pub fn team_session(
+        &self,
+        game: &str,
+        team: &str,
+        team_name: &str,
+        labs: BTreeSet<LabId>,
+        expires_at: u64,
+        now_ms: u64,
+    ) -> Login {
+        let principal = Principal {
+            user: team_name.to_owned(),
+            role: Some(Role::Student),
+            labs: Some(labs),
+            team: Some(TeamSeat {
+                game: game.to_owned(),
+                team: team.to_owned(),
+            }),
+        };
+        self.counters.count(AccessEvent::Login);
+        self.insert_session(principal, expires_at, now_ms)
+    }
+
+    /// Admits an attempt at a guessable secret other than a password (a game's join code)
+    /// through the login rate limits, under the pseudo user name `what`.
+    pub fn admit_attempt(&self, client: IpAddr, what: &str, now_ms: u64) -> Result<(), Limited> {
+        self.limiter
+            .admit(client, what, now_ms)
+            .inspect_err(|limited| {
+                let event = match limited.reason {
+                    Refusal::Address => AccessEvent::RateLimitedAddress,
+                    Refusal::User => AccessEvent::RateLimitedUser,
+                    Refusal::TableFull => AccessEvent::RateLimitedTableFull,
+                };
+                self.refused(event, client, what, now_ms);
+            })
+    }
+
+    /// Counts a wrong guess admitted by [`Auth::admit_attempt`].
+    pub fn attempt_failed(&self, client: IpAddr, what: &str, now_ms: u64) {
+        self.limiter.failed(client, what, now_ms);
+    }
+
+    /// Ends every team token of `game` (and the streams opened with them).
+    pub fn end_game_sessions(&self, game: &str) -> usize {
+        let mut ended = 0;
+        self.sessions.retain(|_, session| {
+            let of_game = session
+                .principal
+                .team
+                .as_ref()
+                .is_some_and(|seat| seat.game == game);
+            if of_game {
+                session.lifetime.revoked.cancel();
+                ended += 1;
+            }
+            !of_game
+        });
+        ended
+    }
+
+    /// The team of a live team token whose team id is `team` (how the embedded broker checks
+    /// an MQTT login of a team: user name = team id, password = token).
+    pub fn team_login(&self, team: &str, token: &str, now_ms: u64) -> Option<Principal> {
+        self.session(token, now_ms)
+            .filter(|p| p.team.as_ref().is_some_and(|seat| seat.team == team))
+    }
+
+    /// Whether some live team token belongs to `team`.
+    pub fn team_is_live(&self, team: &str, now_ms: u64) -> Option<BTreeSet<LabId>> {
+        self.sessions.iter().find_map(|entry| {
+            let session = entry.value();
+            let seat = session.principal.team.as_ref()?;
+            (seat.team == team && session.lifetime.expires_at > now_ms)
+                .then(|| session.principal.labs.clone().unwrap_or_default())
+        })
+    }
+
+    fn insert_session(&self, principal: Principal, expires_at: u64, now_ms: u64) -> Login {
+        let token = new_token();
         self.sessions.retain(|_, s| s.lifetime.expires_at > now_ms);
         self.sessions.insert(
             token.clone(),
@@ -480,6 +574,27 @@ impl Auth {
 
 /// How often a refused login may be logged (the rest are counted in `held_back`).
 const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// The embedded broker's view of team tokens: MQTT user name = team id, password = token; the
+/// team reads the JSON topics of its game's labs while its token lives.
+#[derive(Debug)]
+pub struct TeamLogins(pub Arc<Auth>);
+
+impl broker::access::TokenLogins for TeamLogins {
+    fn login(&self, user: &str, password: &[u8]) -> Option<Vec<LabId>> {
+        let token = std::str::from_utf8(password).ok()?;
+        self.0
+            .team_login(user, token, now_ms())
+            .and_then(|p| p.labs)
+            .map(|labs| labs.into_iter().collect())
+    }
+
+    fn labs(&self, user: &str) -> Option<Vec<LabId>> {
+        self.0
+            .team_is_live(user, now_ms())
+            .map(|labs| labs.into_iter().collect())
+    }
+}
 
 fn public_labs(config: &AuthConfig) -> Result<Option<BTreeSet<LabId>>, AuthError> {
     let mut labs = BTreeSet::new();

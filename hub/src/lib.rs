@@ -21,6 +21,7 @@ pub mod auth;
 pub mod catalogue;
 pub mod config;
 pub mod directory;
+pub mod games;
 pub mod history;
 pub mod http;
 /// The embedded MQTT broker (its own crate, so a gateway in a lab without a broker can run one too).
@@ -62,6 +63,10 @@ use crate::twin::TwinRegistry;
 
 /// Which broker the hub uses.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per hub, read once at start"
+)]
 pub enum BrokerSetting {
     /// Run the embedded broker.
     Embedded(BrokerConfig),
@@ -201,6 +206,9 @@ pub enum HubError {
     /// The configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The stored games cannot be read.
+    #[error("games: {0}")]
+    Games(#[from] games::GameError),
     /// A hub task panicked.
     #[error("hub task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -227,6 +235,11 @@ impl Hub {
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
         let auth = Arc::new(Auth::new(config.auth.clone())?);
         let store = Arc::new(TwinStore::open(&config.data_dir)?);
+        let games = Arc::new(games::Games::open(
+            auth.clone(),
+            store.clone(),
+            config.scenarios.clone(),
+        )?);
         let stats = Arc::new(HubStats::with_log_interval(config.limits.log_interval_ms));
         let twins = Arc::new(TwinRegistry::with_limits(
             stats.clone(),
@@ -284,7 +297,11 @@ impl Hub {
         // `client_addr` is where its own clients connect (the TLS listener with `mqtt_tls`).
         let (broker, mqtt_addr, client_addr, broker_host) = match &config.broker {
             BrokerSetting::Embedded(broker_config) => {
-                let broker = EmbeddedBroker::start(broker_config.clone()).await?;
+                let mut broker_config = broker_config.clone();
+                if broker_config.access.is_some() {
+                    broker_config.token_logins = Some(Arc::new(auth::TeamLogins(auth.clone())));
+                }
+                let broker = EmbeddedBroker::start(broker_config).await?;
                 let client_addr = match (&config.mqtt_tls, broker.tls_local_addr()) {
                     (None, _) => broker.local_addr(),
                     (Some(_), Some(tls)) => tls,
@@ -383,6 +400,7 @@ impl Hub {
             config.retention.clone(),
             cancel.clone(),
         ));
+        tasks.spawn(game_clock(games.clone(), cancel.clone()));
 
         let app = api::router(api::AppState {
             twins: twins.clone(),
@@ -400,6 +418,7 @@ impl Hub {
             store,
             commands: api::Commands::new(client),
             scenarios: config.scenarios.clone(),
+            games,
         });
         let tls = https.is_some();
         tasks.spawn(http::serve(
@@ -545,6 +564,21 @@ async fn housekeeping(
                 error!(%err, "history compaction failed");
             }
         }
+    }
+}
+
+/// Stages the games' faults and ends their time; twice a second, so a fault's recorded start is
+/// at most half a second after its due time.
+async fn game_clock(games: Arc<games::Games>, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let games = games.clone();
+        // A tick may write the games to the database.
+        let _ = tokio::task::spawn_blocking(move || games.tick(ingest::now_ms())).await;
     }
 }
 

@@ -52,20 +52,36 @@ pub enum ScenarioError {
     NotRunning(String),
 }
 
+/// How much faster than its file a scenario runs when an operator starts it: nobody watches a
+/// bearing wear for an hour on a demonstration.
+pub const DEMO_SPEEDUP: f64 = 10.0;
+
 /// Starts and stops scenarios on simulated machines.
 pub trait ScenarioControl: Send + Sync + std::fmt::Debug {
     /// The scenarios and where they can run.
     fn available(&self) -> Vec<ScenarioInfo>;
     /// What runs now.
     fn running(&self) -> Vec<RunningScenario>;
-    /// Starts `scenario` on the machine now, replacing whatever ran there.
+    /// Starts `scenario` on the machine now at `speed` times its file, replacing whatever ran
+    /// there.
+    fn start_at_speed(
+        &self,
+        scenario: &str,
+        twin: &TwinKey,
+        user: &str,
+        now_ms: u64,
+        speed: f64,
+    ) -> Result<RunningScenario, ScenarioError>;
+    /// Starts `scenario` on the machine now at the demo's speed ([`DEMO_SPEEDUP`]).
     fn start(
         &self,
         scenario: &str,
         twin: &TwinKey,
         user: &str,
         now_ms: u64,
-    ) -> Result<RunningScenario, ScenarioError>;
+    ) -> Result<RunningScenario, ScenarioError> {
+        self.start_at_speed(scenario, twin, user, now_ms, DEMO_SPEEDUP)
+    }
     /// Stops the machine's scenario and puts back what it changed.
     fn stop(&self, twin: &TwinKey) -> Result<(), ScenarioError>;
 }

@@ -5,6 +5,7 @@
 //! sessions, the hub's HTTP server and WebSocket stream.
 
 pub mod fuzz;
+pub mod laptop;
 pub mod pki;
 
 use std::future::Future;
@@ -65,6 +66,25 @@ pub fn cheap_password_hash(password: &str) -> anyhow::Result<String> {
         .hash_password(password.as_bytes())
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .to_string())
+}
+
+/// The demo region as the tests run it: one mill per lab, loopback on ephemeral ports, data in
+/// `data_dir`, fast samples, a known operator password.
+pub fn test_region(
+    data_dir: &std::path::Path,
+    seed: u64,
+    sample_period: Duration,
+) -> demolab_demo::region::RegionOptions {
+    demolab_demo::region::RegionOptions {
+        bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        http_port: 0,
+        mqtt_port: 0,
+        data_dir: data_dir.to_owned(),
+        machines_per_lab: 1,
+        sample_period,
+        seed,
+        operator_password: Some("operator-pw".into()),
+    }
 }
 
 /// Awaits `future`, failing with a message naming `what` after `deadline`.

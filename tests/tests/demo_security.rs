@@ -3,18 +3,16 @@
 //! can use only its own topics. Every refusal is counted on the hub's `/metrics`, the fake values
 //! never reach a twin, and the real machines keep delivering throughout.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use demolab_demo::region::{Region, RegionOptions, mqtt_node_id};
-use demolab_tests::{http_get, wait_until, within};
+use anyhow::Context;
+use demolab_demo::region::{Region, mqtt_node_id};
+use demolab_tests::laptop::{Laptop, denied};
+use demolab_tests::{test_region, wait_until};
 use hub::twin::TwinKey;
 use prost::Message;
 use protocol::sparkplug::{DataType, Metric, MetricValue, Payload};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode,
-};
+use rumqttc::{QoS, SubscribeReasonCode};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 /// A value no simulated machine produces: finding it on a twin means a forgery got through.
@@ -33,103 +31,10 @@ fn forged_ddata() -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// A client of the demo's broker, with its event loop driven here.
-struct Laptop {
-    client: AsyncClient,
-    events: EventLoop,
-}
-
-impl Laptop {
-    fn new(addr: SocketAddr, id: &str, login: Option<(&str, &str)>) -> Self {
-        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        if let Some((user, password)) = login {
-            options.set_credentials(user, password);
-        }
-        let (client, events) = AsyncClient::new(options, 16);
-        Self { client, events }
-    }
-
-    async fn next(&mut self) -> anyhow::Result<Packet> {
-        loop {
-            match within(DEADLINE, "an MQTT packet", self.events.poll()).await?? {
-                Event::Incoming(packet) => return Ok(packet),
-                Event::Outgoing(_) => {}
-            }
-        }
-    }
-
-    async fn connected(&mut self) -> anyhow::Result<()> {
-        match self.next().await? {
-            Packet::ConnAck(_) => Ok(()),
-            other => bail!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    async fn refused(&mut self) -> anyhow::Result<()> {
-        match within(DEADLINE, "a refusal", self.events.poll()).await? {
-            Err(ConnectionError::ConnectionRefused(_)) => Ok(()),
-            other => bail!("expected the login to be refused, got {other:?}"),
-        }
-    }
-
-    /// Publishes at QoS 1 and waits for the broker's answer (a refused 3.1.1 publish is
-    /// answered too, and dropped).
-    async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await?;
-        loop {
-            if let Packet::PubAck(_) = self.next().await? {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str) -> anyhow::Result<SubscribeReasonCode> {
-        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
-        loop {
-            if let Packet::SubAck(ack) = self.next().await? {
-                return ack.return_codes.first().copied().context("empty SUBACK");
-            }
-        }
-    }
-
-    async fn next_publish(&mut self) -> anyhow::Result<rumqttc::Publish> {
-        loop {
-            if let Packet::Publish(publish) = self.next().await? {
-                return Ok(publish);
-            }
-        }
-    }
-}
-
-/// `demolab_broker_denied_total{reason=...}` from the hub's `/metrics`.
-async fn denied(http: SocketAddr, reason: &str) -> anyhow::Result<u64> {
-    let (status, body) = http_get(http, "/metrics").await?;
-    anyhow::ensure!(status == 200, "/metrics answered {status}");
-    let prefix = format!("demolab_broker_denied_total{{reason=\"{reason}\"}} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .with_context(|| format!("no {prefix} in /metrics"))?
-        .trim()
-        .parse()
-        .context("counter value")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_laptop_on_the_lab_network_cannot_fake_or_silence_a_machine() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let region = Region::start(RegionOptions {
-        bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        http_port: 0,
-        mqtt_port: 0,
-        data_dir: data.path().to_owned(),
-        machines_per_lab: 1,
-        sample_period: Duration::from_millis(100),
-        seed: 7,
-        operator_password: Some("operator-pw".into()),
-    })
-    .await?;
+    let region = Region::start(test_region(data.path(), 7, Duration::from_millis(100))).await?;
     let outcome = attack(&region).await;
     region.shutdown().await?;
     outcome

@@ -4,6 +4,9 @@
 //! As a student: only the game's lab, and an acknowledgement the hub refuses, shown as such.
 //! Then 50 machines stream and the overview's update-to-paint time is measured in the page.
 //!
+//! A second test plays a game in the demo region's pages: the teacher console makes it, a team
+//! joins on its page and answers, the projector's leaderboard shows the score.
+//!
 //! Runs when `DEMOLAB_CHROMEDRIVER` names the chromedriver binary; with `CI` set and no driver it
 //! fails, elsewhere it is skipped. `DEMOLAB_SCREENSHOTS=1` writes `docs/screenshots/*.png`.
 
@@ -118,6 +121,15 @@ async fn until_js(
 }
 
 async fn log_in(client: &Client, base: &str, user: &str) -> anyhow::Result<()> {
+    log_in_with(client, base, user, &format!("{user}-secret")).await
+}
+
+async fn log_in_with(
+    client: &Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<()> {
     client.goto(&format!("{base}/login")).await?;
     let name = client
         .wait()
@@ -128,7 +140,7 @@ async fn log_in(client: &Client, base: &str, user: &str) -> anyhow::Result<()> {
     client
         .find(Locator::Css("input[name=password]"))
         .await?
-        .send_keys(&format!("{user}-secret"))
+        .send_keys(password)
         .await?;
     client
         .find(Locator::Css("form.login button[type=submit]"))
@@ -257,8 +269,12 @@ fn spawn_live(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
+/// One browser at a time: the paint-time measurement must not share two cores with a second
+/// chromium.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The chromedriver binary, or `None` when the browser tests are skipped here.
+fn chromedriver() -> anyhow::Result<Option<String>> {
     let Ok(chromedriver) = std::env::var("DEMOLAB_CHROMEDRIVER") else {
         if std::env::var_os("CI").is_some() {
             bail!("CI is set but DEMOLAB_CHROMEDRIVER is not: the browser test must run in CI");
@@ -266,8 +282,17 @@ async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
         println!(
             "skipped: set DEMOLAB_CHROMEDRIVER to the chromedriver binary to run the browser test"
         );
+        return Ok(None);
+    };
+    Ok(Some(chromedriver))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
+    let Some(chromedriver) = chromedriver()? else {
         return Ok(());
     };
+    let _alone = ONE_BROWSER.lock().await;
     let data = tempfile::tempdir()?;
     let (hub, control) = start_hub(data.path()).await?;
     let api = hub.http_addr();
@@ -488,4 +513,177 @@ where
         }
     })
     .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_is_run_played_and_shown_in_the_pages() -> anyhow::Result<()> {
+    let Some(chromedriver) = chromedriver()? else {
+        return Ok(());
+    };
+    let _alone = ONE_BROWSER.lock().await;
+    let data = tempfile::tempdir()?;
+    let region = demolab_demo::region::Region::start(demolab_tests::test_region(
+        data.path(),
+        3,
+        Duration::from_millis(200),
+    ))
+    .await?;
+    let profile = tempfile::tempdir()?;
+    let (_driver, client) = browser(&chromedriver, profile.path()).await?;
+    let result = play_in_pages(&region, &client).await;
+    let _ = client.close().await;
+    region.shutdown().await?;
+    result
+}
+
+async fn play_in_pages(
+    region: &demolab_demo::region::Region,
+    client: &Client,
+) -> anyhow::Result<()> {
+    let api = region.hub().http_addr();
+    let base = format!("http://{api}");
+    let password = region
+        .logins()
+        .iter()
+        .find(|l| l.name == "teacher")
+        .context("a teacher login")?
+        .password
+        .clone();
+    anyhow::ensure!(
+        region
+            .until_running(Duration::from_secs(30))
+            .await
+            .is_empty()
+    );
+
+    // The teacher makes a one-lab game on the console.
+    log_in_with(client, &base, "teacher", &password).await?;
+    client.goto(&format!("{base}/games")).await?;
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("form.new-game select[name=lab]"))
+        .await?
+        .select_by_value("aarhus-machining")
+        .await?;
+    let minutes = client
+        .find(Locator::Css("form.new-game input[name=duration_min]"))
+        .await?;
+    minutes.clear().await?;
+    minutes.send_keys("5").await?;
+    client
+        .find(Locator::Css("form.new-game button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    let code = until_js(
+        client,
+        "the new game's join code",
+        "return document.querySelector('.game[data-phase=open] .code')?.textContent",
+        Duration::from_secs(15),
+    )
+    .await?;
+    let code = code.as_str().context("code")?.to_owned();
+    let game = until_js(
+        client,
+        "the game id",
+        "return document.querySelector('.game[data-phase=open]')?.dataset.game",
+        Duration::from_secs(5),
+    )
+    .await?;
+    let game = game.as_str().context("game id")?.to_owned();
+    client
+        .find(Locator::Css(
+            ".game[data-phase=open] button[data-action=start]",
+        ))
+        .await?
+        .click()
+        .await?;
+    until_js(
+        client,
+        "the game to run",
+        "return document.querySelector('.game[data-phase=running]')",
+        Duration::from_secs(10),
+    )
+    .await?;
+    screenshot(client, "games-teacher.png").await?;
+
+    // A team joins on its page with the code and answers which machine has the fault.
+    client.find(Locator::Id("auth")).await?.click().await?;
+    client.goto(&format!("{base}/team")).await?;
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("form.join input[name=code]"))
+        .await?
+        .send_keys(&code.to_lowercase())
+        .await?;
+    client
+        .find(Locator::Css("form.join input[name=team]"))
+        .await?
+        .send_keys("Team Turbine")
+        .await?;
+    client
+        .find(Locator::Css("form.join button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    let machine = client
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css(
+            ".challenge[data-challenge=which-machine] input[name=value]",
+        ))
+        .await?;
+    machine.send_keys("compressor-1").await?;
+    client
+        .find(Locator::Css(
+            ".challenge[data-challenge=which-machine] button[type=submit]",
+        ))
+        .await?
+        .click()
+        .await?;
+    until_js(
+        client,
+        "the scored answer",
+        "return document.querySelector('.challenge[data-challenge=which-machine] .answered')?.textContent.includes('100')",
+        Duration::from_secs(10),
+    )
+    .await?;
+    client
+        .find(Locator::Css(".challenge[data-challenge=when] button.ghost"))
+        .await?
+        .click()
+        .await?;
+    until_js(
+        client,
+        "the hint",
+        "return document.querySelector('.challenge[data-challenge=when] .hint')",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let score = until_js(
+        client,
+        "the team's score",
+        "return document.querySelector('.team-score')?.textContent === '100' && 100",
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert_eq!(score, json!(100));
+    screenshot(client, "games-team.png").await?;
+
+    // The projector shows the leaderboard (the demo's lab is public: no login on the screen).
+    client.find(Locator::Id("auth")).await?.click().await?;
+    client.goto(&format!("{base}/leaderboard/{game}")).await?;
+    let row = until_js(
+        client,
+        "the leaderboard row",
+        "const row = document.querySelector('.leaderboard tbody tr'); return row && row.innerText",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let row = row.as_str().unwrap_or_default();
+    assert!(row.contains("Team Turbine") && row.contains("100"), "{row}");
+    screenshot(client, "games-leaderboard.png").await?;
+    Ok(())
 }

@@ -79,6 +79,8 @@ pub enum ApiError {
     NotReady,
     /// Storage failed.
     Storage(String),
+    /// A game request was refused.
+    Game(crate::games::GameError),
 }
 
 /// The error document.
@@ -137,6 +139,7 @@ impl ApiError {
             E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             E::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            E::Game(err) => game_status_and_code(err),
         }
     }
 
@@ -183,7 +186,32 @@ impl ApiError {
             E::RouteNotFound => "no such endpoint; see /api/v1/openapi.json".into(),
             E::MethodNotAllowed => "this endpoint does not take that method".into(),
             E::NotReady => "the hub is not connected to its broker yet".into(),
+            E::Game(err) => err.to_string(),
         }
+    }
+}
+
+fn game_status_and_code(err: &crate::games::GameError) -> (StatusCode, &'static str) {
+    use crate::games::GameError as G;
+    match err {
+        G::NotFound(_) => (StatusCode::NOT_FOUND, "game_not_found"),
+        G::BadCode(_) => (StatusCode::NOT_FOUND, "bad_join_code"),
+        G::TemplateNotFound(..) => (StatusCode::NOT_FOUND, "template_not_found"),
+        G::ChallengeNotFound(_) => (StatusCode::NOT_FOUND, "challenge_not_found"),
+        G::WrongPhase(_) => (StatusCode::CONFLICT, "wrong_phase"),
+        G::AlreadyAnswered(_) => (StatusCode::CONFLICT, "already_answered"),
+        G::NoMoreHints(_) => (StatusCode::CONFLICT, "no_more_hints"),
+        G::PeriodNotOver(_) => (StatusCode::CONFLICT, "period_not_over"),
+        G::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
+        G::NoMachine(_) => (StatusCode::CONFLICT, "not_simulated"),
+        G::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        G::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+    }
+}
+
+impl From<crate::games::GameError> for ApiError {
+    fn from(err: crate::games::GameError) -> Self {
+        ApiError::Game(err)
     }
 }
 

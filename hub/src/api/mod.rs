@@ -8,6 +8,7 @@ mod aas;
 mod access;
 mod alarms;
 mod error;
+mod games;
 mod headers;
 pub mod openapi;
 mod ops;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub commands: Commands,
     /// Scenario control of simulated machines (the demo), if any.
     pub scenarios: Option<Arc<dyn crate::scenarios::ScenarioControl>>,
+    /// Innovation games.
+    pub games: Arc<crate::games::Games>,
 }
 
 /// One route: method, path (axum syntax, also the OpenAPI path) and handler.
@@ -130,6 +133,9 @@ pub fn routes() -> Vec<Route> {
         plain("/machine/{lab}/{machine}/protocol", get(web::page)),
         plain("/screen", get(web::page)),
         plain("/login", get(web::page)),
+        plain("/games", get(web::page)),
+        plain("/team", get(web::page)),
+        plain("/leaderboard/{game}", get(web::page)),
         plain("/assets/{file}", get(web::asset)),
         plain("/api/docs", get(openapi::docs_page)),
         plain("/healthz", get(ops::healthz)),
@@ -230,6 +236,44 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/aas/submodels/{submodelIdentifier}/submodel-elements",
             get(aas::submodel_elements),
         ),
+        api(
+            Method::GET,
+            "/api/v1/games/templates",
+            get(games::templates),
+        ),
+        api(Method::GET, "/api/v1/games", get(games::list)),
+        api(Method::POST, "/api/v1/games", post(games::create)),
+        api(Method::POST, "/api/v1/games/join", post(games::join)),
+        api(Method::GET, "/api/v1/games/{game}", get(games::get)),
+        api(
+            Method::POST,
+            "/api/v1/games/{game}/start",
+            post(games::start),
+        ),
+        api(
+            Method::POST,
+            "/api/v1/games/{game}/pause",
+            post(games::pause),
+        ),
+        api(
+            Method::POST,
+            "/api/v1/games/{game}/resume",
+            post(games::resume),
+        ),
+        api(Method::POST, "/api/v1/games/{game}/end", post(games::end)),
+        api(
+            Method::GET,
+            "/api/v1/games/{game}/leaderboard",
+            get(games::leaderboard),
+        ),
+        api(
+            Method::GET,
+            "/api/v1/games/{game}/results.csv",
+            get(games::results_csv),
+        ),
+        api(Method::GET, "/api/v1/team", get(games::team)),
+        api(Method::POST, "/api/v1/team/answers", post(games::answer)),
+        api(Method::POST, "/api/v1/team/hints", post(games::hint)),
         api(Method::GET, "/api/v1/stream", get(stream::websocket)),
         api(
             Method::GET,
@@ -291,18 +335,22 @@ mod tests {
         // The database stays open after the directory's handle is gone; the OS cleans up.
         std::mem::forget(dir);
         let (client, _events) = AsyncClient::new(rumqttc::MqttOptions::new("t", "localhost", 1), 8);
+        let auth = Arc::new(
+            Auth::new(crate::auth::AuthConfig {
+                public_labs: vec!["*".into()],
+                ..crate::auth::AuthConfig::default()
+            })
+            .expect("auth"),
+        );
         AppState {
             twins,
             stats,
             ready: watch::channel(false).1,
             extra_metrics: None,
-            auth: Arc::new(
-                Auth::new(crate::auth::AuthConfig {
-                    public_labs: vec!["*".into()],
-                    ..crate::auth::AuthConfig::default()
-                })
-                .expect("auth"),
+            games: Arc::new(
+                crate::games::Games::open(auth.clone(), store.clone(), None).expect("games"),
             ),
+            auth,
             store,
             commands: Commands::new(client),
             scenarios: None,

@@ -6,7 +6,7 @@ use axum::response::Html;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{aas, alarms, scenarios, session, stream, twins};
+use super::{aas, alarms, games, scenarios, session, stream, twins};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,6 +44,20 @@ use super::{aas, alarms, scenarios, session, stream, twins};
         aas::get_submodel,
         aas::submodel_value,
         aas::submodel_elements,
+        games::templates,
+        games::list,
+        games::create,
+        games::get,
+        games::start,
+        games::pause,
+        games::resume,
+        games::end,
+        games::leaderboard,
+        games::results_csv,
+        games::join,
+        games::team,
+        games::answer,
+        games::hint,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -53,6 +67,7 @@ use super::{aas, alarms, scenarios, session, stream, twins};
         (name = "demo", description = "Simulator scenarios on simulated machines (demo mode)"),
         (name = "streams", description = "Live changes over WebSocket and Server-Sent Events"),
         (name = "auth", description = "Log in for a bearer token"),
+        (name = "games", description = "Innovation games: teachers make them from templates, teams join with a code and answer challenges scored against the machines' history"),
         (name = "aas", description = "Asset Administration Shell (AAS v3.0) export of the twins: the read operations of AAS Part 2, identifiers base64url-encoded"),
     )
 )]

@@ -26,6 +26,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../web/views.js"),
     ),
     (
+        "games.js",
+        "text/javascript",
+        include_str!("../web/games.js"),
+    ),
+    (
         "machine.js",
         "text/javascript",
         include_str!("../web/machine.js"),

@@ -46,6 +46,13 @@ export async function login(user, password) {
   return doc.principal;
 }
 
+/** Joins a game with its code: the team's token replaces any login of this tab. */
+export async function joinGame(code, team) {
+  const doc = await api("/api/v1/games/join", { method: "POST", body: { code, team } });
+  sessionStorage.setItem(TOKEN, doc.token);
+  return doc;
+}
+
 export async function logout() {
   try {
     await api("/api/v1/auth/logout", { method: "POST" });

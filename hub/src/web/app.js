@@ -5,6 +5,7 @@ import { api, login, logout, me, stream, ApiError } from "./api.js";
 import { lang, setLang, t } from "./i18n.js";
 import { overview, screen, loginView } from "./views.js";
 import { machineView, protocolView } from "./machine.js";
+import { gamesLink, leaderboardScreen, teacherConsole, teamPage } from "./games.js";
 
 export const app = {
   principal: null,
@@ -163,10 +164,13 @@ function startStream() {
 
 function renderBar() {
   const nav = document.getElementById("nav");
-  nav.replaceChildren(
+  const links = [
     el("a", { href: "/", "data-link": true }, t("overview")),
     el("a", { href: "/screen", "data-link": true }, t("screen")),
-  );
+    gamesLink(),
+    el("a", { href: "/team", "data-link": true }, app.principal?.team ? t("my_team") : t("join_game")),
+  ];
+  nav.replaceChildren(...links.filter(Boolean));
   const who = document.getElementById("who");
   const principal = app.principal;
   who.textContent = principal?.role ? `${principal.user} · ${principal.role}` : principal ? t("anonymous") : "";
@@ -180,7 +184,16 @@ async function route() {
   renderBar();
   const main = document.getElementById("view");
   const path = location.pathname;
-  document.body.classList.toggle("projector", path === "/screen");
+  const board = path.match(/^\/leaderboard\/([a-z0-9-]+)$/);
+  document.body.classList.toggle("projector", path === "/screen" || Boolean(board));
+  if (path === "/team") {
+    app.view = await teamPage(main, start).catch((error) => showError(error));
+    return;
+  }
+  if (board) {
+    app.view = await leaderboardScreen(main, board[1]).catch((error) => showError(error));
+    return;
+  }
   if (path === "/login" || !app.principal) {
     app.view = loginView(main);
     return;
@@ -192,6 +205,8 @@ async function route() {
       app.view = await make(main, machine[1], machine[2]);
     } else if (path === "/screen") {
       app.view = await screen(main);
+    } else if (path === "/games") {
+      app.view = await teacherConsole(main);
     } else {
       app.view = await overview(main);
     }

@@ -103,6 +103,7 @@ fn fixture() -> &'static Fixture {
             users: vec![
                 user("admin", Role::Admin, None),
                 user("operator", Role::Operator, None),
+                user("teacher", Role::Teacher, None),
                 user("student", Role::Student, Some("game-b")),
             ],
             games: vec![GameConfig {
@@ -122,15 +123,22 @@ fn fixture() -> &'static Fixture {
             &TwinKey::parse("lab-a/mill-1").expect("valid key"),
             MachineKind::CncMill,
         );
+        let auth = Arc::new(auth);
+        let scenarios: Arc<dyn hub::scenarios::ScenarioControl> = Arc::new(scenarios);
+        let games = Arc::new(
+            hub::games::Games::open(auth.clone(), store.clone(), Some(scenarios.clone()))
+                .expect("games"),
+        );
         let state = AppState {
             twins,
             stats,
             ready: watch::channel(true).1,
             extra_metrics: None,
-            auth: Arc::new(auth),
+            auth,
             store,
             commands: Commands::new(client),
-            scenarios: Some(Arc::new(scenarios)),
+            scenarios: Some(scenarios),
+            games,
         };
         let router = router(state.clone());
         let tokens = USERS
@@ -148,7 +156,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-const USERS: [&str; 3] = ["admin", "operator", "student"];
+const USERS: [&str; 4] = ["admin", "operator", "teacher", "student"];
 
 /// A token for `user`, through the login route.
 async fn login(router: &axum::Router, user: &str) -> String {
@@ -251,6 +259,19 @@ const PATHS: &[&str] = &[
     "/api/v1/aas/submodels/{s}/$value",
     "/api/v1/aas/submodels/{s}/submodel-elements",
     "/api/v1/openapi.json",
+    "/api/v1/games",
+    "/api/v1/games/templates",
+    "/api/v1/games/join",
+    "/api/v1/games/{x}",
+    "/api/v1/games/{x}/start",
+    "/api/v1/games/{x}/pause",
+    "/api/v1/games/{x}/resume",
+    "/api/v1/games/{x}/end",
+    "/api/v1/games/{x}/leaderboard",
+    "/api/v1/games/{x}/results.csv",
+    "/api/v1/team",
+    "/api/v1/team/answers",
+    "/api/v1/team/hints",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -263,6 +284,11 @@ const BODIES: &[&str] = &[
     r#"{"node.period_ms":500}"#,
     r#"{"node.period_ms":1e308,"spindle.power_w":-1}"#,
     r#"{"scenario":"tool-wear"}"#,
+    r#"{"template":"predictive-maintenance","duration_min":1,"speed":30}"#,
+    r#"{"template":"energy-waste","labs":["lab-b"],"duration_min":1e308}"#,
+    r#"{"code":"ABCDEF","team":"Fuzzers"}"#,
+    r#"{"challenge":"when","value":1e308}"#,
+    r#"{"challenge":"which-machine","value":"lab-a/mill-1"}"#,
     r#"{}"#,
 ];
 
