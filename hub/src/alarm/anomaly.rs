@@ -187,9 +187,11 @@ impl AnomalyState {
                 .or(self.state.clone()),
         };
         if state != self.state {
-            let was_scored = self.state.as_deref().is_some_and(|s| config.scores_in(s));
-            let is_scored = state.as_deref().is_some_and(|s| config.scores_in(s));
-            if is_scored && !was_scored {
+            // A start: first seen, back online, or on again after off or a fault. Other changes
+            // (idle to running) need no settling: each scored state has its own baseline.
+            let stopped = |s: &str| s == "off" || s == "fault";
+            let was_stopped = self.state.as_deref().is_none_or(stopped);
+            if was_stopped && state.as_deref().is_some_and(|s| !stopped(s)) {
                 self.settle_until = Some(t_ms.saturating_add(config.settle_ms()));
             }
             self.state = state;

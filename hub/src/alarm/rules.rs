@@ -325,9 +325,11 @@ pub struct AnomalyConfig {
     /// scores; needs `state_metric`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub states: Vec<String>,
-    /// After the machine enters one of `states` from any other (or from not being known: the
-    /// first sample, or back online), this long in source time neither learns nor scores, so
-    /// a start-up transient is not learned as normal nor scored as abnormal.
+    /// After the machine starts — its first sample, back online, or on again after `off` or
+    /// `fault` — this long in source time neither learns nor scores, so a start-up transient
+    /// (a duty-cycle average climbing from 0, a warm-up the state code does not tell from
+    /// work) is neither learned as normal nor scored as abnormal. Changes between working
+    /// states need none: each state in `states` has its own baseline.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub settle_s: f64,
     /// Severity of the `anomaly` alarm.
