@@ -160,10 +160,10 @@ pub enum SimulatedModel {
     /// A retrofit kit on a mill (a simulated serial source): the kit's firmware drivers read
     /// the mill through simulated chips.
     Kit {
-        /// The machine.
-        mill: CncMill,
+        /// The machine (boxed, as the kit: both are far larger than the other variant).
+        mill: Box<CncMill>,
         /// The kit on it.
-        kit: RetrofitKit,
+        kit: Box<RetrofitKit>,
         /// The node's clock.
         uptime_ms: u64,
     },
@@ -215,8 +215,8 @@ pub fn simulated_machines(file: &RegionFile, seed: u64) -> anyhow::Result<Vec<Si
                 (Source::SimulatedSerial {}, Some(node), _) => {
                     let seed = kit_seed(seed, node);
                     SimulatedModel::Kit {
-                        mill: CncMill::new(seed, CncParams::default()),
-                        kit: RetrofitKit::new(seed),
+                        mill: Box::new(CncMill::new(seed, CncParams::default())),
+                        kit: Box::new(RetrofitKit::new(seed)),
                         uptime_ms: 0,
                     }
                 }
