@@ -188,20 +188,11 @@ impl LabPlan {
         let mut line = Line::default();
         for machine in &self.machines {
             let id = &machine.planned.id;
-            let seed_of = |node: NodeId| {
-                options
-                    .seed
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add(node.0 & 0xffff_ffff)
-            };
+            let seed_of = |node: NodeId| model_seed(options.seed, node);
             match (&machine.planned.section.source, machine.node, machine.model) {
                 (Source::SimulatedMqtt { .. }, Some(node), Some(kind)) => {
                     let seed = seed_of(node);
-                    let model: Box<dyn Machine> = match kind {
-                        // The mill keeps its tuned demo parameters.
-                        MachineKind::CncMill => Box::new(CncMill::new(seed, CncParams::default())),
-                        other => other.build(seed),
-                    };
+                    let model = node_model(kind, seed);
                     let control = controls
                         .get(&self.twin(id).to_string())
                         .cloned()
@@ -382,10 +373,7 @@ impl LabPlan {
                     node,
                     machine,
                     boot: fresh_boot_id(node),
-                    seed: options
-                        .seed
-                        .wrapping_add(0x5e)
-                        .wrapping_add(node.0 & 0xffff_ffff),
+                    seed: kit_seed(options.seed, node),
                     sample_period: options.sample_period,
                     tick_interval: options.sample_period,
                     max_samples: None,
@@ -406,6 +394,26 @@ impl LabPlan {
                 line.finish()
             ),
         })
+    }
+}
+
+/// The seed of the model behind a simulated node, PLC or OPC UA server of a run with `seed`.
+pub(crate) fn model_seed(seed: u64, node: NodeId) -> u64 {
+    seed.wrapping_mul(1_000_003)
+        .wrapping_add(node.0 & 0xffff_ffff)
+}
+
+/// The seed of a simulated retrofit kit (its mill and its vibration noise) of a run with `seed`.
+pub(crate) fn kit_seed(seed: u64, node: NodeId) -> u64 {
+    seed.wrapping_add(0x5e).wrapping_add(node.0 & 0xffff_ffff)
+}
+
+/// The model behind a simulated MQTT node.
+pub(crate) fn node_model(kind: MachineKind, seed: u64) -> Box<dyn Machine> {
+    match kind {
+        // The mill keeps its tuned demo parameters.
+        MachineKind::CncMill => Box::new(CncMill::new(seed, CncParams::default())),
+        other => other.build(seed),
     }
 }
 

@@ -25,13 +25,15 @@ use hub::twin::TwinKey;
 use hub::{BrokerSetting, Hub, HubConfig, MetricsSource};
 use protocol::{GatewayId, LabId, NodeId};
 use serialport::TTYPort;
+use simulators::kit::{KIT_METRICS, RetrofitKit};
 use simulators::kit_node::KitNodeHandle;
+use simulators::machines::{CncMill, CncParams, Machine};
 use simulators::node::{NodeReport, SimError};
 use simulators::timeline::LiveControl;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::lab::{LabPlan, Started};
+use crate::lab::{LabPlan, Started, kit_seed, model_seed, node_model};
 use crate::region_file::{RegionFile, Source, UserSection};
 use crate::scenarios::SimulatedScenarios;
 
@@ -136,6 +138,98 @@ pub fn directory(file: &RegionFile) -> anyhow::Result<Directory> {
         });
     }
     Ok(Directory::new(file.catalogue()?, labs, file.links.clone())?)
+}
+
+/// A simulated machine of a region, built with the seed and parameters [`Region::start`] gives
+/// it, to drive in simulated time without sockets (the alarm acceptance test does).
+#[derive(Debug)]
+pub struct SimulatedMachine {
+    /// Its twin.
+    pub twin: TwinKey,
+    /// Its catalogue kind.
+    pub kind: String,
+    /// What produces its values.
+    pub model: SimulatedModel,
+}
+
+/// What produces a simulated machine's values.
+#[derive(Debug)]
+pub enum SimulatedModel {
+    /// The model behind a simulated MQTT node: its values as they are.
+    Node(Box<dyn Machine>),
+    /// A retrofit kit on a mill (a simulated serial source): the kit's firmware drivers read
+    /// the mill through simulated chips.
+    Kit {
+        /// The machine (boxed, as the kit: both are far larger than the other variant).
+        mill: Box<CncMill>,
+        /// The kit on it.
+        kit: Box<RetrofitKit>,
+        /// The node's clock.
+        uptime_ms: u64,
+    },
+}
+
+impl SimulatedModel {
+    /// Advances simulated time by `dt`; returns the metrics the node would send.
+    pub fn step(&mut self, dt: Duration) -> Vec<(&'static str, f64)> {
+        match self {
+            SimulatedModel::Node(model) => {
+                model.step(dt);
+                model
+                    .values()
+                    .into_iter()
+                    .map(|(name, _, value)| (name, f64::from(value)))
+                    .collect()
+            }
+            SimulatedModel::Kit {
+                mill,
+                kit,
+                uptime_ms,
+            } => {
+                *uptime_ms += u64::try_from(dt.as_millis()).unwrap_or(u64::MAX);
+                let reading = mill.step(dt);
+                kit.sense(*uptime_ms, &reading)
+                    .readings
+                    .into_iter()
+                    .filter_map(|(index, value)| {
+                        let (_, name, _) = KIT_METRICS.iter().find(|(i, _, _)| *i == index)?;
+                        Some((*name, f64::from(value)))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Every simulated MQTT node and retrofit kit of `file` as a run with `seed` builds them (PLC
+/// and OPC UA simulators aside).
+pub fn simulated_machines(file: &RegionFile, seed: u64) -> anyhow::Result<Vec<SimulatedMachine>> {
+    let mut machines = Vec::new();
+    for (index, lab) in file.labs.iter().enumerate() {
+        let plan = LabPlan::new(index, lab)?;
+        for machine in &plan.machines {
+            let model = match (&machine.planned.section.source, machine.node, machine.model) {
+                (Source::SimulatedMqtt { .. }, Some(node), Some(kind)) => {
+                    SimulatedModel::Node(node_model(kind, model_seed(seed, node)))
+                }
+                (Source::SimulatedSerial {}, Some(node), _) => {
+                    let seed = kit_seed(seed, node);
+                    SimulatedModel::Kit {
+                        mill: Box::new(CncMill::new(seed, CncParams::default())),
+                        kit: Box::new(RetrofitKit::new(seed)),
+                        uptime_ms: 0,
+                    }
+                }
+                _ => continue,
+            };
+            machines.push(SimulatedMachine {
+                twin: plan.twin(&machine.planned.id),
+                kind: machine.planned.section.kind.clone(),
+                model,
+            });
+        }
+    }
+    Ok(machines)
 }
 
 /// The hardware id of the `index`-th simulated retrofit kit of lab `lab_index`.

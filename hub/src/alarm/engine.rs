@@ -69,6 +69,10 @@ impl std::ops::AddAssign for Pruned {
 struct Trigger {
     /// Since when the raise condition has held, while waiting out `for_s`.
     pending_since: Option<u64>,
+    /// Since when the condition has been gone from an active alarm, while waiting out
+    /// `clear_for_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    clearing_since: Option<u64>,
     /// The id of the alarm this trigger raised and has not cleared.
     active: Option<String>,
 }
@@ -107,11 +111,17 @@ enum Step {
 }
 
 impl Trigger {
-    fn step(&mut self, reading: Reading, t: u64, hold_ms: u64) -> Step {
+    fn step(&mut self, reading: Reading, t: u64, hold_ms: u64, clear_ms: u64) -> Step {
         if self.active.is_some() {
-            if reading == Reading::Clear
+            if reading != Reading::Clear {
+                self.clearing_since = None;
+                return Step::Nothing;
+            }
+            let since = *self.clearing_since.get_or_insert(t);
+            if t.saturating_sub(since) >= clear_ms
                 && let Some(id) = self.active.take()
             {
+                self.clearing_since = None;
                 return Step::Clear(id);
             }
             return Step::Nothing;
@@ -127,6 +137,12 @@ impl Trigger {
         } else {
             Step::Nothing
         }
+    }
+
+    /// Nobody saw the condition in between (offline, or a new rule): timers start over.
+    fn restart_timers(&mut self) {
+        self.pending_since = None;
+        self.clearing_since = None;
     }
 }
 
@@ -235,6 +251,7 @@ impl AlarmLog {
             metric: raise.metric,
             // Rules built without validation could carry NaN, which JSON cannot hold.
             value: raise.value.filter(|v| v.is_finite()),
+            metric_value: raise.metric_value.filter(|v| v.is_finite()),
             threshold: raise.threshold.filter(|v| v.is_finite()),
             state: AlarmState::ActiveUnack,
             condition_since: raise.since,
@@ -294,9 +311,25 @@ struct Raise<'a> {
     message: String,
     metric: Option<String>,
     value: Option<f64>,
+    metric_value: Option<f64>,
     threshold: Option<f64>,
     since: u64,
     at: u64,
+}
+
+/// A value for a message: four significant digits at most, no trailing zeros.
+fn number(x: f64) -> String {
+    let decimals = if x == 0.0 || !x.is_finite() {
+        0
+    } else {
+        (3 - x.abs().log10().floor() as i32).clamp(0, 6) as usize
+    };
+    let text = format!("{x:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
 }
 
 impl MachineAlarms {
@@ -354,8 +387,8 @@ impl MachineAlarms {
                 Some(state) => RuleState {
                     rule: rule.clone(),
                     trigger: Trigger {
-                        pending_since: None,
                         active: state.trigger.active,
+                        ..Trigger::default()
                     },
                     window: RateWindow::default(),
                 },
@@ -370,7 +403,7 @@ impl MachineAlarms {
         let removed = old.into_values().filter_map(|state| state.trigger.active);
         self.state.orphans.extend(removed);
         if kind.anomaly != self.state.anomaly_config {
-            self.state.anomaly_trigger.pending_since = None;
+            self.state.anomaly_trigger.restart_timers();
         }
         match &kind.anomaly {
             Some(config) => self.state.anomaly.retain(config),
@@ -433,16 +466,37 @@ impl MachineAlarms {
             } else {
                 (x, read(x, rule.above, rule.below, rule.hysteresis))
             };
-            match trigger.step(reading, t, secs_to_ms(rule.for_s)) {
+            match trigger.step(reading, t, secs_to_ms(rule.for_s), rule.clear_hold_ms()) {
                 Step::Nothing => {}
                 Step::Clear(id) => events.extend(log.clear(&id, t)),
                 Step::Raise { since, threshold } => {
+                    // A default message already names the metric and the limit.
+                    let tripped = match (rule.is_rate(), &rule.message) {
+                        (true, None) => format!("{}/min, now {}", number(value), number(x)),
+                        (false, None) => number(x),
+                        (true, Some(_)) => format!(
+                            "{} {}/min, now {} (limit {}/min)",
+                            rule.metric,
+                            number(value),
+                            number(x),
+                            number(threshold)
+                        ),
+                        (false, Some(_)) => {
+                            format!(
+                                "{} {} (limit {})",
+                                rule.metric,
+                                number(x),
+                                number(threshold)
+                            )
+                        }
+                    };
                     let event = log.raise(Raise {
                         rule: &rule.id,
                         severity: rule.severity,
-                        message: rule.message(),
+                        message: format!("{}: {tripped}", rule.message()),
                         metric: Some(rule.metric.to_string()),
                         value: Some(value),
+                        metric_value: Some(x),
                         threshold: Some(threshold),
                         since,
                         at: t,
@@ -478,18 +532,27 @@ impl MachineAlarms {
         else {
             return None;
         };
-        let score = anomaly.update(config, values)?;
+        let score = anomaly.update(config, t, values)?;
         let reading = read(score.value, Some(config.threshold), None, config.hysteresis);
-        match anomaly_trigger.step(reading, t, secs_to_ms(config.for_s)) {
+        let (hold_ms, clear_ms) = (secs_to_ms(config.for_s), config.clear_hold_ms());
+        match anomaly_trigger.step(reading, t, hold_ms, clear_ms) {
             Step::Nothing => {}
             Step::Clear(id) => events.extend(log.clear(&id, t)),
             Step::Raise { since, threshold } => {
                 let event = log.raise(Raise {
                     rule: ANOMALY_RULE,
                     severity: config.severity,
-                    message: config.message(),
+                    message: format!(
+                        "{}: score {} on {}, level {} against a learned {}",
+                        config.message(),
+                        number(score.value),
+                        score.metric,
+                        number(score.level),
+                        number(score.baseline)
+                    ),
                     metric: Some(score.metric.to_string()),
                     value: Some(score.value),
+                    metric_value: Some(score.level),
                     threshold: Some(threshold),
                     since,
                     at: t,
@@ -507,10 +570,11 @@ impl MachineAlarms {
     pub fn on_offline(&mut self, now_ms: u64) -> Vec<AlarmEvent> {
         let mut events = self.clear_orphans(now_ms);
         for state in self.state.rules.values_mut() {
-            state.trigger.pending_since = None;
+            state.trigger.restart_timers();
             state.window.clear();
         }
-        self.state.anomaly_trigger.pending_since = None;
+        self.state.anomaly_trigger.restart_timers();
+        self.state.anomaly.forget_state();
         if self.state.offline.active.is_none() {
             let event = self.state.log.raise(Raise {
                 rule: OFFLINE_RULE,
@@ -518,6 +582,7 @@ impl MachineAlarms {
                 message: "Machine offline".into(),
                 metric: None,
                 value: None,
+                metric_value: None,
                 threshold: None,
                 since: now_ms,
                 at: now_ms,
@@ -584,6 +649,11 @@ impl MachineAlarms {
             .collect();
         sort_newest_first(&mut active);
         active
+    }
+
+    #[cfg(test)]
+    fn snapshot_anomaly(&self) -> &AnomalyState {
+        &self.state.anomaly
     }
 
     /// The current anomaly score, without a new sample.
@@ -930,7 +1000,9 @@ mod tests {
                 Some("spindle.power_w")
             )
         );
-        assert_eq!(alarm.message, "spindle.power_w above 4500");
+        // The message names the value that tripped it; the record carries it too.
+        assert_eq!(alarm.message, "spindle.power_w above 4500: 4501");
+        assert_eq!(alarm.metric_value, Some(4501.0));
     }
 
     #[test]
@@ -1100,8 +1172,9 @@ mod tests {
         assert_eq!(alarm.threshold, Some(-0.5));
         assert_eq!(
             alarm.message,
-            "air.pressure_bar rate of change below -0.5/min"
+            "air.pressure_bar rate of change below -0.5/min: -0.5714/min, now 5.817"
         );
+        assert_eq!(alarm.metric_value, Some(6.0 - 11.0 / 60.0));
     }
 
     #[test]
@@ -1611,5 +1684,173 @@ mod tests {
         assert_eq!((events[0].0, events[1].0), (Raised, Cleared));
         assert!(events[0].1 < 1800 + 60, "{events:?}");
         assert!(events[1].1 < 1800 + 3 * 3600, "{events:?}");
+    }
+
+    #[test]
+    fn clear_for_s_keeps_one_alarm_through_dips_and_clears_after_a_lasting_absence() {
+        // Above the limit for 20 s, below it for 10 s, over and over (a worn bearing while
+        // roughing and finishing), then quiet for good from 120 s.
+        let text = OVERLOAD.replace(
+            "hysteresis = 200.0",
+            "hysteresis = 200.0\nfor_s = 5.0\nclear_for_s = 30.0",
+        );
+        let mut engine = engine_with(&text);
+        let mut power = Vec::new();
+        for _ in 0..4 {
+            power.extend([5000.0; 20]);
+            power.extend([4000.0; 10]);
+        }
+        power.extend([4000.0; 40]);
+        let events = feed(&mut engine, "spindle.power_w", 0, &power);
+        assert_eq!(
+            events,
+            vec![
+                (Raised, "lab-a/mill-1/spindle-overload/1".into(), at(5)),
+                (Cleared, "lab-a/mill-1/spindle-overload/1".into(), at(140)),
+            ]
+        );
+        // Without clear_for_s it defaults to for_s: every 10 s dip clears and re-raises.
+        let mut engine = engine_with(&OVERLOAD.replace("hysteresis = 200.0", "for_s = 5.0"));
+        let events = feed(&mut engine, "spindle.power_w", 0, &power);
+        assert_eq!(events.len(), 8, "{events:?}");
+    }
+
+    #[test]
+    fn a_custom_message_ends_with_the_metric_its_value_and_the_limit() {
+        let mut engine = engine_with(&OVERLOAD.replace(
+            "severity = \"major\"",
+            "severity = \"major\"\nmessage = \"Spindle overloaded\"",
+        ));
+        feed(&mut engine, "spindle.power_w", 0, &[4612.345]);
+        let alarm = &engine.active_for(&key("mill-1"))[0];
+        assert_eq!(
+            alarm.message,
+            "Spindle overloaded: spindle.power_w 4612 (limit 4500)"
+        );
+        assert_eq!(
+            (alarm.value, alarm.metric_value),
+            (Some(4612.345), Some(4612.345))
+        );
+        assert_eq!(
+            [number(0.0), number(0.012345), number(2.5), number(-12.0)],
+            ["0", "0.01235", "2.5", "-12"]
+        );
+    }
+
+    fn stateful_engine(settle_s: f64) -> AlarmEngine {
+        let mut config = anomaly_config();
+        config.state_metric = Some(metric("state.code"));
+        config.states = vec!["running".into()];
+        config.settle_s = settle_s;
+        let mut engine = AlarmEngine::new();
+        engine.set_rules(
+            &key("mill-1"),
+            Arc::new(KindAlarms::new(vec![], Some(config)).expect("valid")),
+        );
+        engine
+    }
+
+    /// Running (code 2) at 1 g, or off (code 0) at 0.05 g, with 5 % noise.
+    fn state_sample(noise: &mut Noise, running: bool) -> [(MetricName, f64); 2] {
+        let (code, vibration) = if running { (2.0, 1.0) } else { (0.0, 0.05) };
+        [
+            (metric("state.code"), code),
+            (
+                metric("vibration.rms_g"),
+                vibration * (1.0 + 0.05 * noise.normal()),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_machine_that_is_off_is_neither_learned_nor_scored_against_its_running_baseline() {
+        let mut engine = stateful_engine(10.0);
+        let mut noise = Noise::new(5);
+        let mill = key("mill-1");
+        let mut max: f64 = 0.0;
+        // 20 min running, 10 min off, 20 min running again.
+        for s in 0..3000u64 {
+            let running = !(1200..1800).contains(&s);
+            let outcome = engine.on_sample(&mill, at(s), &state_sample(&mut noise, running));
+            assert!(outcome.events.is_empty(), "at {s} s: {:?}", outcome.events);
+            // No score while off, nor in the 10 s of settling after each start; the 50-sample
+            // warm-up follows the first.
+            let scored = (59..1200).contains(&s) || s >= 1810;
+            assert_eq!(outcome.anomaly_score.is_some(), scored, "at {s} s");
+            max = max.max(outcome.anomaly_score.unwrap_or(0.0));
+        }
+        assert!(max < 4.0, "{max}");
+        let machine = engine.machine(&mill).expect("known");
+        let running = machine
+            .snapshot_anomaly()
+            .state_baseline("running", &metric("vibration.rms_g"))
+            .expect("learned while running")
+            .clone();
+        assert_eq!(running.samples, 1190 + 1190);
+        assert!((running.mean - 1.0).abs() < 0.01, "{running:?}");
+        assert!(
+            machine
+                .snapshot_anomaly()
+                .state_baseline("off", &metric("vibration.rms_g"))
+                .is_none()
+        );
+
+        // The same run scored against one baseline, as before: the break is an anomaly.
+        let mut engine = anomaly_engine();
+        let mut noise = Noise::new(5);
+        let raised = (0..3000u64).find(|&s| {
+            let running = !(1200..1800).contains(&s);
+            let sample = state_sample(&mut noise, running);
+            !engine.on_sample(&mill, at(s), &sample).events.is_empty()
+        });
+        assert_eq!(
+            raised,
+            Some(1201 + 30),
+            "crossed one sample into the break, raised 30 s on"
+        );
+    }
+
+    #[test]
+    fn settling_after_start_keeps_a_warm_up_ramp_out_of_the_baseline() {
+        // A signal that ramps from 0 to 1 g over 5 min after start (like a duty cycle that is
+        // an average), then stays: with 6 min of settling the baseline sees only the plateau.
+        let mill = key("mill-1");
+        let ramp = |s: u64, noise: &mut Noise| {
+            let level = (s as f64 / 300.0).min(1.0);
+            [
+                (metric("state.code"), 2.0),
+                (
+                    metric("vibration.rms_g"),
+                    level * (1.0 + 0.05 * noise.normal()) + 0.001,
+                ),
+            ]
+        };
+        for (settle_s, expect_alarm) in [(0.0, true), (360.0, false)] {
+            let mut engine = stateful_engine(settle_s);
+            let mut noise = Noise::new(11);
+            let raised = (0..3600u64).any(|s| {
+                let sample = ramp(s, &mut noise);
+                !engine.on_sample(&mill, at(s), &sample).events.is_empty()
+            });
+            assert_eq!(raised, expect_alarm, "settle_s = {settle_s}");
+        }
+        // Going offline forgets the state: back online, the machine settles again.
+        let mut engine = stateful_engine(360.0);
+        let mut noise = Noise::new(11);
+        for s in 0..1000u64 {
+            engine.on_sample(&mill, at(s), &ramp(s, &mut noise));
+        }
+        assert!(
+            engine
+                .machine(&mill)
+                .and_then(MachineAlarms::anomaly_score)
+                .is_some()
+        );
+        engine.on_offline(&mill, at(1000));
+        engine.on_online(&mill, at(1100));
+        let outcome = engine.on_sample(&mill, at(1100), &ramp(1100, &mut noise));
+        assert_eq!(outcome.anomaly_score, None);
+        let outcome = engine.on_sample(&mill, at(1460), &ramp(1460, &mut noise));
+        assert!(outcome.anomaly_score.is_some());
     }
 }

@@ -50,7 +50,17 @@
 //!
 //! `raised_at` is the instant the alarm was raised — the first sample at which the condition had
 //! held for `for_s` — because that is when operators were told; the start of the condition is
-//! kept in `condition_since`. Samples with a timestamp older than the newest one seen for the
+//! kept in `condition_since`. Likewise `cleared_at` is the first sample at which the condition
+//! had been gone for `clear_for_s` (default `for_s`), so a signal swinging across its limit every
+//! few seconds keeps one alarm instead of flapping.
+//!
+//! # What tripped it
+//!
+//! A raised alarm carries the `metric`, the `value` that crossed (the value, its rate, or the
+//! anomaly score), the metric's own value as `metric_value`, and the `threshold`; its `message`
+//! ends with them, e.g. `Spindle vibration above 4.5 mm/s (ISO 10816 zone C): spindle.vibration_rms
+//! 5.12 (limit 4.5)` or `Anomaly score above 5: score 5.3 on spindle.vibration_rms, level 3.41
+//! against a learned 2.62`. Samples with a timestamp older than the newest one seen for the
 //! machine are ignored (a replay after an outage must not raise or clear live alarms; ingest
 //! only passes live samples anyway).
 //!
@@ -136,6 +146,11 @@ pub struct Alarm {
     pub metric: Option<String>,
     /// The value when raised: the metric's value, its rate per minute, or the anomaly score.
     pub value: Option<f64>,
+    /// The metric's own value when raised (for a level rule the same as `value`; for a rate
+    /// rule the value, not the rate; for an anomaly its smoothed level, which the score judged).
+    /// Absent in records written before it existed.
+    #[serde(default)]
+    pub metric_value: Option<f64>,
     /// The limit it crossed.
     pub threshold: Option<f64>,
     /// Where it is in its life.
@@ -148,7 +163,7 @@ pub struct Alarm {
     pub acknowledged_at: Option<u64>,
     /// Who acknowledged it.
     pub acknowledged_by: Option<String>,
-    /// When its condition went away.
+    /// When it was cleared: its condition had been gone for the rule's `clear_for_s`.
     pub cleared_at: Option<u64>,
 }
 

@@ -21,12 +21,20 @@
 //! alpha = 0.02
 //! threshold = 4.0
 //! warmup_samples = 50
+//! state_metric = "state.code"
+//! states = ["running"]
+//! settle_s = 5.0
 //! ```
 //!
 //! A rule watches either the level of a metric (`above` and/or `below`) or its rate of change
 //! (`rate_above_per_min` and/or `rate_below_per_min`), never both: the two have different units,
 //! and `hysteresis` is in the unit of what the rule watches. With both bounds the rule fires
 //! outside the band `below..above`.
+//!
+//! A level rule raises once its condition has held for `for_s` and clears once the value has
+//! been back inside by the hysteresis for `clear_for_s` (default: `for_s`); see
+//! [`AlarmRule::clear_for_s`] for why both. The anomaly section reads `state_metric` and scores
+//! only in `states`, each against its own baseline, after `settle_s`; see [`super::anomaly`].
 //!
 //! Every way in validates: deserializing [`KindAlarms`] directly, or building it with
 //! [`KindAlarms::new`] from the `alarms` and `anomaly` keys of a larger catalogue struct (serde's
@@ -43,6 +51,9 @@ pub const RESERVED_RULE_IDS: [&str; 2] = [OFFLINE_RULE, ANOMALY_RULE];
 pub const OFFLINE_RULE: &str = "offline";
 /// The built-in alarm raised while the anomaly score is high.
 pub const ANOMALY_RULE: &str = "anomaly";
+
+/// The states an anomaly section may list, as the `state.code` metric names them.
+pub const STATE_NAMES: [&str; 5] = ["off", "idle", "running", "warming", "fault"];
 
 /// Rate rules look this far back unless they say otherwise: long enough that sample-to-sample
 /// noise does not read as a trend.
@@ -136,6 +147,16 @@ pub struct AlarmRule {
     /// The condition must hold this long, in source time, before the alarm is raised.
     #[serde(default)]
     pub for_s: f64,
+    /// An active alarm clears only once the value has stayed back inside (past the hysteresis)
+    /// this long; default `for_s`.
+    ///
+    /// Hysteresis alone does not stop chatter when the signal itself swings across the whole
+    /// band: a mill with a worn bearing is above its vibration limit while roughing and below
+    /// it while finishing or loading, every 45 s part cycle. Requiring the absence to last (as
+    /// the presence had to, hence the default) keeps one alarm for the whole episode; a few
+    /// seconds of quiet in it are not a repair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_for_s: Option<f64>,
     /// How urgent.
     pub severity: Severity,
     /// Shown to operators; a description of the condition when absent.
@@ -147,6 +168,11 @@ impl AlarmRule {
     /// Whether the rule watches the rate of change rather than the level.
     pub fn is_rate(&self) -> bool {
         self.rate_above_per_min.is_some() || self.rate_below_per_min.is_some()
+    }
+
+    /// How long the condition must be gone before the alarm clears, in milliseconds.
+    pub fn clear_hold_ms(&self) -> u64 {
+        secs_to_ms(self.clear_for_s.unwrap_or(self.for_s))
     }
 
     /// The rate window in milliseconds.
@@ -215,6 +241,9 @@ impl AlarmRule {
         }
         non_negative(self.hysteresis, || key("hysteresis"))?;
         non_negative(self.for_s, || key("for_s"))?;
+        if let Some(clear) = self.clear_for_s {
+            non_negative(clear, || key("clear_for_s"))?;
+        }
         if let Some(window) = self.rate_window_s {
             if !self.is_rate() {
                 return Err(RuleError::new(
@@ -280,14 +309,39 @@ pub struct AnomalyConfig {
     /// The score must stay above the threshold this long before the alarm is raised.
     #[serde(default)]
     pub for_s: f64,
+    /// The alarm clears once the score has stayed below `threshold - hysteresis` this long;
+    /// default `for_s` (see [`AlarmRule::clear_for_s`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_for_s: Option<f64>,
     /// Samples per metric that only build the baseline; no score before.
     pub warmup_samples: u32,
+    /// The metric carrying the machine's operating state as a `state.code` (0 off, 1 idle,
+    /// 2 running, 3 warming, 4 fault). With it the score learns and scores only in `states`,
+    /// with a baseline per state: a mill that is off or warming up is not scored against what
+    /// it does while cutting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_metric: Option<MetricName>,
+    /// The states (`off`, `idle`, `running`, `warming`, `fault`) in which the score learns and
+    /// scores; needs `state_metric`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<String>,
+    /// After the machine starts — its first sample, back online, or on again after `off` or
+    /// `fault` — this long in source time neither learns nor scores, so a start-up transient
+    /// (a duty-cycle average climbing from 0, a warm-up the state code does not tell from
+    /// work) is neither learned as normal nor scored as abnormal. Changes between working
+    /// states need none: each state in `states` has its own baseline.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub settle_s: f64,
     /// Severity of the `anomaly` alarm.
     #[serde(default = "default_anomaly_severity")]
     pub severity: Severity,
     /// Shown to operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_anomaly_severity() -> Severity {
@@ -302,6 +356,21 @@ impl AnomalyConfig {
     pub fn baseline_alpha(&self) -> f64 {
         self.baseline_alpha
             .unwrap_or(self.alpha / BASELINE_ALPHA_DIVISOR)
+    }
+
+    /// How long the score must be low before the alarm clears, in milliseconds.
+    pub fn clear_hold_ms(&self) -> u64 {
+        secs_to_ms(self.clear_for_s.unwrap_or(self.for_s))
+    }
+
+    /// The settling time in milliseconds.
+    pub fn settle_ms(&self) -> u64 {
+        secs_to_ms(self.settle_s)
+    }
+
+    /// Whether the score learns and scores in state `name` (always, without a state metric).
+    pub fn scores_in(&self, name: &str) -> bool {
+        self.state_metric.is_none() || self.states.iter().any(|s| s == name)
     }
 
     /// The configured message, or a description of the condition.
@@ -346,6 +415,46 @@ impl AnomalyConfig {
             ));
         }
         non_negative(self.for_s, || "anomaly.for_s".into())?;
+        if let Some(clear) = self.clear_for_s {
+            non_negative(clear, || "anomaly.clear_for_s".into())?;
+        }
+        non_negative(self.settle_s, || "anomaly.settle_s".into())?;
+        match &self.state_metric {
+            Some(state) if self.metrics.contains(state) => {
+                return Err(RuleError::new(
+                    "anomaly.state_metric",
+                    format!("{state} is a scored metric; the state is what the score is split by"),
+                ));
+            }
+            Some(_) if self.states.is_empty() => {
+                return Err(RuleError::new(
+                    "anomaly.states",
+                    "must list a state to score in when state_metric is set",
+                ));
+            }
+            None if !self.states.is_empty() => {
+                return Err(RuleError::new(
+                    "anomaly.states",
+                    "needs state_metric (the metric carrying the state code)",
+                ));
+            }
+            _ => {}
+        }
+        let mut seen = BTreeSet::new();
+        for (i, state) in self.states.iter().enumerate() {
+            if !STATE_NAMES.contains(&state.as_str()) {
+                return Err(RuleError::new(
+                    format!("anomaly.states[{i}]"),
+                    format!("unknown state {state:?}; known: {}", STATE_NAMES.join(", ")),
+                ));
+            }
+            if !seen.insert(state.as_str()) {
+                return Err(RuleError::new(
+                    format!("anomaly.states[{i}]"),
+                    format!("duplicate state {state}"),
+                ));
+            }
+        }
         // A variance needs at least two samples.
         if self.warmup_samples < 2 {
             return Err(RuleError::new("anomaly.warmup_samples", "must be >= 2"));
@@ -466,6 +575,9 @@ mod tests {
         alpha = 0.02
         threshold = 4.0
         warmup_samples = 50
+        state_metric = "state.code"
+        states = ["running"]
+        settle_s = 5.0
     "#;
 
     fn parse(text: &str) -> Result<KindAlarms, String> {
@@ -496,12 +608,18 @@ mod tests {
         assert_eq!(heating.rate_window_ms(), 60_000);
         assert_eq!((heating.hysteresis, heating.for_s), (0.0, 0.0));
         assert_eq!(
+            (overload.clear_hold_ms(), heating.clear_hold_ms()),
+            (5000, 0)
+        );
+        assert_eq!(
             heating.message(),
             "coolant.temp_c rate of change above 2/min"
         );
         let anomaly = kind.anomaly.expect("anomaly section");
         assert_eq!(anomaly.baseline_alpha(), 0.02 / 50.0);
         assert_eq!(anomaly.severity, Severity::Minor);
+        assert_eq!((anomaly.settle_ms(), anomaly.clear_hold_ms()), (5000, 0));
+        assert!(anomaly.scores_in("running") && !anomaly.scores_in("off"));
     }
 
     #[test]
@@ -526,6 +644,38 @@ mod tests {
             (
                 with_second_rule("for_s = -0.5"),
                 "alarms[1].for_s: must be >= 0",
+            ),
+            (
+                with_second_rule("clear_for_s = -1.0"),
+                "alarms[1].clear_for_s: must be >= 0",
+            ),
+            (
+                EXAMPLE.replace("settle_s = 5.0", "settle_s = -5.0"),
+                "anomaly.settle_s: must be >= 0",
+            ),
+            (
+                EXAMPLE.replace("settle_s = 5.0", "settle_s = 5.0\nclear_for_s = inf"),
+                "anomaly.clear_for_s: must be >= 0",
+            ),
+            (
+                EXAMPLE.replace("[\"running\"]", "[\"running\", \"runing\"]"),
+                "anomaly.states[1]: unknown state \"runing\"; known: off, idle, running",
+            ),
+            (
+                EXAMPLE.replace("[\"running\"]", "[\"idle\", \"idle\"]"),
+                "anomaly.states[1]: duplicate state idle",
+            ),
+            (
+                EXAMPLE.replace("[\"running\"]", "[]"),
+                "anomaly.states: must list a state",
+            ),
+            (
+                EXAMPLE.replace("state_metric = \"state.code\"", ""),
+                "anomaly.states: needs state_metric",
+            ),
+            (
+                EXAMPLE.replace("\"state.code\"", "\"vibration.rms_g\""),
+                "anomaly.state_metric: vibration.rms_g is a scored metric",
             ),
             (
                 with_second_rule("rate_window_s = 0.0"),
