@@ -244,6 +244,11 @@ impl Directory {
             .clone()
     }
 
+    /// The links of the virtual production lines.
+    pub fn links(&self) -> &[LinkConfig] {
+        &self.links
+    }
+
     /// The cross-lab relations of a twin.
     pub fn relations(&self, key: &TwinKey) -> Vec<Relation> {
         let id = key.to_string();

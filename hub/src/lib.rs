@@ -33,6 +33,7 @@ pub mod limits;
 pub mod mqtt_accounts;
 pub mod outputs;
 pub mod persist;
+pub mod playbooks;
 pub mod scenarios;
 pub mod stats;
 pub mod store;
@@ -400,7 +401,15 @@ impl Hub {
             config.retention.clone(),
             cancel.clone(),
         ));
-        tasks.spawn(game_clock(games.clone(), cancel.clone()));
+        let denials = broker.as_ref().map(EmbeddedBroker::denials);
+        let security = security_counters(denials.clone(), stats.clone(), auth.clone());
+        let refusals = security.clone();
+        let playbooks = Arc::new(playbooks::Playbooks::new(
+            config.scenarios.clone(),
+            twins.clone(),
+            Arc::new(move || (refusals.0)().total()),
+        ));
+        tasks.spawn(demo_clock(games.clone(), playbooks.clone(), cancel.clone()));
 
         let app = api::router(api::AppState {
             twins: twins.clone(),
@@ -408,7 +417,7 @@ impl Hub {
             ready: ready.clone(),
             extra_metrics: Some(more_metrics(
                 config.extra_metrics.clone(),
-                broker.as_ref().map(EmbeddedBroker::denials),
+                denials,
                 broker
                     .as_ref()
                     .and_then(|broker| broker.tls_local_addr().map(|_| broker.tls_counters())),
@@ -419,6 +428,8 @@ impl Hub {
             commands: api::Commands::new(client),
             scenarios: config.scenarios.clone(),
             games,
+            playbooks,
+            security,
         });
         let tls = https.is_some();
         tasks.spawn(http::serve(
@@ -567,9 +578,13 @@ async fn housekeeping(
     }
 }
 
-/// Stages the games' faults and ends their time; twice a second, so a fault's recorded start is
-/// at most half a second after its due time.
-async fn game_clock(games: Arc<games::Games>, cancel: CancellationToken) {
+/// Stages the games' faults and ends their time, and moves guided demonstrations on; twice a
+/// second, so a fault's recorded start is at most half a second after its due time.
+async fn demo_clock(
+    games: Arc<games::Games>,
+    playbooks: Arc<playbooks::Playbooks>,
+    cancel: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -579,7 +594,47 @@ async fn game_clock(games: Arc<games::Games>, cancel: CancellationToken) {
         let games = games.clone();
         // A tick may write the games to the database.
         let _ = tokio::task::spawn_blocking(move || games.tick(ingest::now_ms())).await;
+        playbooks.tick(ingest::now_ms());
     }
+}
+
+/// What the security panel counts: the embedded broker's refusals, refused web logins and
+/// Sparkplug messages refused from the wire.
+fn security_counters(
+    denials: Option<Arc<broker::DenialCounters>>,
+    stats: Arc<HubStats>,
+    auth: Arc<Auth>,
+) -> api::SecuritySource {
+    use crate::auth::AccessEvent as A;
+    use crate::stats::IngestDrop as D;
+    api::SecuritySource(Arc::new(move || {
+        let broker = denials.as_ref().map(|d| d.snapshot()).unwrap_or_default();
+        let access = auth.counters();
+        api::SecurityCounters {
+            mqtt_logins_refused: broker.connect,
+            mqtt_publishes_refused: broker.publish,
+            mqtt_subscriptions_refused: broker.subscribe,
+            web_logins_refused: [
+                A::BadCredentials,
+                A::RateLimitedAddress,
+                A::RateLimitedUser,
+                A::RateLimitedTableFull,
+            ]
+            .into_iter()
+            .map(|e| access.get(e))
+            .sum(),
+            wire_refused: [
+                D::UnregisteredGateway,
+                D::UnknownLab,
+                D::UnknownMachine,
+                D::SeqJump,
+                D::BdSeqMismatch,
+            ]
+            .into_iter()
+            .map(|d| stats.dropped(d))
+            .sum(),
+        }
+    }))
 }
 
 fn compact(store: &TwinStore, retention: &Retention) -> Result<(), StoreError> {

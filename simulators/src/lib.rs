@@ -34,6 +34,7 @@
 //! # Ok(())
 //! # }
 //! ```
+pub mod attack;
 pub mod chips;
 pub mod fleet;
 pub mod kit;

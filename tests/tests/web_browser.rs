@@ -5,7 +5,9 @@
 //! Then 50 machines stream and the overview's update-to-paint time is measured in the page.
 //!
 //! A second test plays a game in the demo region's pages: the teacher console makes it, a team
-//! joins on its page and answers, the projector's leaderboard shows the score.
+//! joins on its page and answers, the projector's leaderboard shows the score. Then an operator
+//! runs the cybersecurity demonstration from the guide page: the projector shows the narration
+//! and the security counters, a rogue client attacks, and the step moves on by itself.
 //!
 //! Runs when `DEMOLAB_CHROMEDRIVER` names the chromedriver binary; with `CI` set and no driver it
 //! fails, elsewhere it is skipped. `DEMOLAB_SCREENSHOTS=1` writes `docs/screenshots/*.png`.
@@ -685,5 +687,87 @@ async fn play_in_pages(
     let row = row.as_str().unwrap_or_default();
     assert!(row.contains("Team Turbine") && row.contains("100"), "{row}");
     screenshot(client, "games-leaderboard.png").await?;
+    demonstrate_in_pages(region, client, &base).await
+}
+
+async fn demonstrate_in_pages(
+    region: &demolab_demo::region::Region,
+    client: &Client,
+    base: &str,
+) -> anyhow::Result<()> {
+    log_in_with(client, base, "operator", "operator-pw").await?;
+    client.goto(&format!("{base}/guide")).await?;
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("form.guide-controls select[name=playbook]"))
+        .await?
+        .select_by_value("cybersecurity")
+        .await?;
+    client
+        .find(Locator::Css("form.guide-controls button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    until_js(
+        client,
+        "the demonstration to run",
+        "return document.querySelector('.guide-status .narration')",
+        Duration::from_secs(10),
+    )
+    .await?;
+    client
+        .find(Locator::Css("form.guide-controls button[data-action=next]"))
+        .await?
+        .click()
+        .await?;
+    until_js(
+        client,
+        "step 2",
+        "return document.querySelector('.guide-status h3')?.textContent.includes('2/3')",
+        Duration::from_secs(10),
+    )
+    .await?;
+    client.goto(&format!("{base}/screen")).await?;
+    until_js(
+        client,
+        "the projector's narration and security panel",
+        "return document.querySelector('.guide .narration[data-step=\"1\"]') && document.querySelector('[data-panel=security]')",
+        Duration::from_secs(15),
+    )
+    .await?;
+    let mqtt = region.hub().mqtt_addr();
+    let viewer = simulators::node::NodeLogin {
+        username: "viewer".into(),
+        password: region
+            .accounts()
+            .password("viewer")
+            .context("the viewer login")?
+            .to_owned(),
+    };
+    let target = simulators::attack::Target {
+        host: mqtt.ip().to_string(),
+        port: mqtt.port(),
+        lab: "aarhus-machining".into(),
+        gateway: "gw-aarhus".into(),
+        machine: "mill-1".into(),
+    };
+    simulators::attack::run(&target, Some(&viewer)).await;
+    until_js(
+        client,
+        "the step to move on by itself",
+        "return document.querySelector('.guide .narration[data-step=\"2\"]')",
+        Duration::from_secs(15),
+    )
+    .await?;
+    let refused = until_js(
+        client,
+        "the refused publishes on the panel",
+        "const n = document.querySelector('[data-counter=mqtt_publishes_refused] strong'); return n && Number(n.textContent) >= 4 && n.textContent",
+        Duration::from_secs(15),
+    )
+    .await?;
+    println!("security panel: {refused} publishes refused");
+    screenshot(client, "playbook-security.png").await?;
     Ok(())
 }

@@ -81,6 +81,8 @@ pub enum ApiError {
     Storage(String),
     /// A game request was refused.
     Game(crate::games::GameError),
+    /// No such playbook, or none runs.
+    PlaybookNotFound(String),
 }
 
 /// The error document.
@@ -140,6 +142,7 @@ impl ApiError {
             E::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             E::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             E::Game(err) => game_status_and_code(err),
+            E::PlaybookNotFound(_) => (StatusCode::NOT_FOUND, "playbook_not_found"),
         }
     }
 
@@ -159,6 +162,7 @@ impl ApiError {
             | E::ScenarioNotRunning(m)
             | E::NotSimulated(m)
             | E::BadIdentifier(m)
+            | E::PlaybookNotFound(m)
             | E::Storage(m) => m.clone(),
             E::MissingParameter(name) => format!("query parameter `{name}` is required"),
             E::BodyTooLarge => format!("the body is larger than {} bytes", super::BODY_LIMIT),

@@ -7,6 +7,7 @@
 mod aas;
 mod access;
 mod alarms;
+mod demos;
 mod error;
 mod games;
 mod headers;
@@ -28,6 +29,7 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::watch;
 
 pub use access::Caller;
+pub use demos::SecurityCounters;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use headers::CONTENT_SECURITY_POLICY;
 pub use stream::{CLOSE_SESSION_ENDED, WS_MAX_MESSAGE};
@@ -88,6 +90,20 @@ pub struct AppState {
     pub scenarios: Option<Arc<dyn crate::scenarios::ScenarioControl>>,
     /// Innovation games.
     pub games: Arc<crate::games::Games>,
+    /// Guided demonstrations.
+    pub playbooks: Arc<crate::playbooks::Playbooks>,
+    /// The refusal counters the security panel shows.
+    pub security: SecuritySource,
+}
+
+/// Reads the hub's refusal counters (the broker's live in the broker, when it is embedded).
+#[derive(Clone)]
+pub struct SecuritySource(pub Arc<dyn Fn() -> SecurityCounters + Send + Sync>);
+
+impl std::fmt::Debug for SecuritySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecuritySource(..)")
+    }
 }
 
 /// One route: method, path (axum syntax, also the OpenAPI path) and handler.
@@ -134,6 +150,7 @@ pub fn routes() -> Vec<Route> {
         plain("/screen", get(web::page)),
         plain("/login", get(web::page)),
         plain("/games", get(web::page)),
+        plain("/guide", get(web::page)),
         plain("/team", get(web::page)),
         plain("/leaderboard/{game}", get(web::page)),
         plain("/assets/{file}", get(web::asset)),
@@ -274,6 +291,21 @@ pub fn routes() -> Vec<Route> {
         api(Method::GET, "/api/v1/team", get(games::team)),
         api(Method::POST, "/api/v1/team/answers", post(games::answer)),
         api(Method::POST, "/api/v1/team/hints", post(games::hint)),
+        api(Method::GET, "/api/v1/playbooks", get(demos::list)),
+        api(Method::GET, "/api/v1/playbooks/run", get(demos::current)),
+        api(Method::POST, "/api/v1/playbooks/run", post(demos::start)),
+        api(
+            Method::DELETE,
+            "/api/v1/playbooks/run",
+            delete(demos::reset),
+        ),
+        api(
+            Method::POST,
+            "/api/v1/playbooks/run/next",
+            post(demos::next),
+        ),
+        api(Method::GET, "/api/v1/security", get(demos::security)),
+        api(Method::GET, "/api/v1/lines", get(demos::lines)),
         api(Method::GET, "/api/v1/stream", get(stream::websocket)),
         api(
             Method::GET,
@@ -343,13 +375,19 @@ mod tests {
             .expect("auth"),
         );
         AppState {
-            twins,
+            twins: twins.clone(),
             stats,
             ready: watch::channel(false).1,
             extra_metrics: None,
             games: Arc::new(
                 crate::games::Games::open(auth.clone(), store.clone(), None).expect("games"),
             ),
+            playbooks: Arc::new(crate::playbooks::Playbooks::new(
+                None,
+                twins,
+                Arc::new(|| 0),
+            )),
+            security: SecuritySource(Arc::new(SecurityCounters::default)),
             auth,
             store,
             commands: Commands::new(client),

@@ -6,7 +6,7 @@ use axum::response::Html;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{aas, alarms, games, scenarios, session, stream, twins};
+use super::{aas, alarms, demos, games, scenarios, session, stream, twins};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -58,6 +58,13 @@ use super::{aas, alarms, games, scenarios, session, stream, twins};
         games::team,
         games::answer,
         games::hint,
+        demos::list,
+        demos::current,
+        demos::start,
+        demos::next,
+        demos::reset,
+        demos::security,
+        demos::lines,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -26,6 +26,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../web/views.js"),
     ),
     (
+        "guide.js",
+        "text/javascript",
+        include_str!("../web/guide.js"),
+    ),
+    (
         "games.js",
         "text/javascript",
         include_str!("../web/games.js"),

@@ -6,6 +6,7 @@ import { lang, setLang, t } from "./i18n.js";
 import { overview, screen, loginView } from "./views.js";
 import { machineView, protocolView } from "./machine.js";
 import { gamesLink, leaderboardScreen, teacherConsole, teamPage } from "./games.js";
+import { guidePage } from "./guide.js";
 
 export const app = {
   principal: null,
@@ -168,6 +169,7 @@ function renderBar() {
     el("a", { href: "/", "data-link": true }, t("overview")),
     el("a", { href: "/screen", "data-link": true }, t("screen")),
     gamesLink(),
+    isOperator() ? el("a", { href: "/guide", "data-link": true }, t("guided_demos")) : null,
     el("a", { href: "/team", "data-link": true }, app.principal?.team ? t("my_team") : t("join_game")),
   ];
   nav.replaceChildren(...links.filter(Boolean));
@@ -207,6 +209,8 @@ async function route() {
       app.view = await screen(main);
     } else if (path === "/games") {
       app.view = await teacherConsole(main);
+    } else if (path === "/guide") {
+      app.view = await guidePage(main);
     } else {
       app.view = await overview(main);
     }

@@ -3,6 +3,7 @@
 import { app, el, recordPaint, signIn, navigate, showError } from "./app.js";
 import { localized, num, t, unitText, clock } from "./i18n.js";
 import { ApiError } from "./api.js";
+import { projectorGuide } from "./guide.js";
 
 const STATES = ["running", "idle", "warming", "fault", "off"];
 
@@ -135,10 +136,11 @@ export async function screen(main) {
     onclick: () => document.documentElement.requestFullscreen?.().catch(() => {}),
   }, `⛶ ${t("fullscreen")}`);
   main.prepend(el("div", { class: "screen-head" }, el("h1", {}, "Demolab"), el("span", { class: "muted" }, t("demo_hint")), hint, time));
+  const stopGuide = projectorGuide(main);
   const tick = () => { time.textContent = clock(Date.now()); };
   tick();
   const timer = setInterval(tick, 1000);
-  return { ...view, destroy: () => clearInterval(timer) };
+  return { ...view, destroy: () => { clearInterval(timer); stopGuide(); } };
 }
 
 export function loginView(main) {

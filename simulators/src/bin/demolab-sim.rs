@@ -9,6 +9,7 @@
 //! demolab-sim opcua --listen 127.0.0.1:4840 --name cnc-7 --secure --opc-user operator --opc-password-env OPC_PASS
 //! demolab-sim record --mqtt 127.0.0.1:1883 --out monday.jsonl --seconds 600
 //! demolab-sim replay monday.jsonl --mqtt 127.0.0.1:1883 --speed 10
+//! demolab-sim attack --mqtt 127.0.0.1:1883 --lab aarhus-machining --gateway gw-aarhus --machine mill-1
 //! ```
 //!
 //! Against a broker that wants a login (every Demolab broker), add
@@ -95,6 +96,24 @@ enum Command {
     },
     /// List the shipped scenarios and what each one shows.
     ListScenarios,
+    /// Play a rogue client on the lab network (the live cybersecurity demonstration): log in
+    /// without and with a guessed password, then, with `--username`/`--password-env` (a
+    /// student's login), publish fake values, command a machine and declare the lab's gateway
+    /// dead. Watch the refusals on the hub's projector view or `/metrics`.
+    Attack {
+        /// The broker, host:port.
+        #[arg(long)]
+        mqtt: String,
+        /// The lab to attack.
+        #[arg(long, default_value = "aarhus-machining")]
+        lab: String,
+        /// Its gateway.
+        #[arg(long, default_value = "gw-aarhus")]
+        gateway: String,
+        /// One of its machines.
+        #[arg(long, default_value = "mill-1")]
+        machine: String,
+    },
     /// Run a scenario: one simulated sensor node per machine, publishing to a lab broker.
     Run {
         /// A shipped scenario name (see list-scenarios) or a path to a scenario TOML file.
@@ -224,6 +243,34 @@ enum Command {
     },
 }
 
+async fn attack(
+    mqtt: &str,
+    lab: String,
+    gateway: String,
+    machine: String,
+    login: Option<&NodeLogin>,
+) -> anyhow::Result<()> {
+    let (host, port) = mqtt
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
+        .with_context(|| format!("--mqtt: {mqtt:?} is not host:port"))?;
+    let target = demolab_simulators::attack::Target {
+        host,
+        port,
+        lab,
+        gateway,
+        machine,
+    };
+    if login.is_none() {
+        println!("ATTACK no --username: only the logins are tried");
+    }
+    for attempt in demolab_simulators::attack::run(&target, login).await {
+        println!("ATTACK {}: {}", attempt.what, attempt.outcome);
+    }
+    println!("ATTACK done: the refusals are counted on the hub (/api/v1/security, /metrics)");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -245,6 +292,12 @@ fn main() -> anyhow::Result<()> {
         });
         match args.command {
             Command::ListScenarios => list(),
+            Command::Attack {
+                mqtt,
+                lab,
+                gateway,
+                machine,
+            } => attack(&mqtt, lab, gateway, machine, login.as_ref()).await,
             Command::Record {
                 mqtt,
                 out,

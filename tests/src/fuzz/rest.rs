@@ -129,7 +129,14 @@ fn fixture() -> &'static Fixture {
             hub::games::Games::open(auth.clone(), store.clone(), Some(scenarios.clone()))
                 .expect("games"),
         );
+        let playbooks = Arc::new(hub::playbooks::Playbooks::new(
+            Some(scenarios.clone()),
+            twins.clone(),
+            Arc::new(|| 0),
+        ));
         let state = AppState {
+            playbooks,
+            security: hub::api::SecuritySource(Arc::new(hub::api::SecurityCounters::default)),
             twins,
             stats,
             ready: watch::channel(true).1,
@@ -272,6 +279,11 @@ const PATHS: &[&str] = &[
     "/api/v1/team",
     "/api/v1/team/answers",
     "/api/v1/team/hints",
+    "/api/v1/playbooks",
+    "/api/v1/playbooks/run",
+    "/api/v1/playbooks/run/next",
+    "/api/v1/security",
+    "/api/v1/lines",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -287,6 +299,8 @@ const BODIES: &[&str] = &[
     r#"{"template":"predictive-maintenance","duration_min":1,"speed":30}"#,
     r#"{"template":"energy-waste","labs":["lab-b"],"duration_min":1e308}"#,
     r#"{"code":"ABCDEF","team":"Fuzzers"}"#,
+    r#"{"playbook":"predictive-maintenance","twin":"lab-a/mill-1"}"#,
+    r#"{"playbook":"cybersecurity"}"#,
     r#"{"challenge":"when","value":1e308}"#,
     r#"{"challenge":"which-machine","value":"lab-a/mill-1"}"#,
     r#"{}"#,
