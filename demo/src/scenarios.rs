@@ -49,6 +49,7 @@ fn demo_scenarios() -> Vec<DemoScenario> {
                     scenario.description
                 ),
                 machines: Vec::new(),
+                notes: audience_notes(&scenario, index, first),
             },
             kind: scenario.machines[index].kind,
             changes: changes
@@ -62,6 +63,41 @@ fn demo_scenarios() -> Vec<DemoScenario> {
         });
     }
     out
+}
+
+/// The scenario file's notes for machine `index`, timed from its first event (which the demo
+/// runs at once), then what it promises to show.
+fn audience_notes(scenario: &Scenario, index: usize, first_ms: u64) -> Vec<String> {
+    let events = scenario
+        .notes
+        .get(index)
+        .into_iter()
+        .flatten()
+        .map(|(at, note)| {
+            let after_s = at.saturating_sub(first_ms) / 1000;
+            if after_s == 0 {
+                format!("At once: {note}")
+            } else {
+                format!("After {} min of the file's time: {note}", after_s / 60)
+            }
+        });
+    let machine = &scenario.machines[index].id;
+    let watch = scenario
+        .expectations
+        .iter()
+        .filter(|x| &x.machine == machine)
+        .filter_map(|x| {
+            let limit = match (x.above, x.below) {
+                (Some(above), _) => format!("above {above}"),
+                (_, Some(below)) => format!("below {below}"),
+                _ => return None,
+            };
+            Some(match &x.note {
+                Some(note) => format!("Watch {} go {limit}: {note}", x.metric),
+                None => format!("Watch {} go {limit}", x.metric),
+            })
+        });
+    events.chain(watch).collect()
 }
 
 /// `changes` `speed` times faster: events come sooner and ramps run steeper.
@@ -172,6 +208,8 @@ impl ScenarioControl for SimulatedScenarios {
             scenario: scenario.to_owned(),
             started_at: now_ms,
             started_by: user.to_owned(),
+            title: chosen.info.title.clone(),
+            notes: chosen.info.notes.clone(),
         };
         if let Ok(mut map) = self.running.lock() {
             map.insert(id, running.clone());

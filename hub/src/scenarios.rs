@@ -18,6 +18,10 @@ pub struct ScenarioInfo {
     pub description: String,
     /// Twins (`lab/machine`) it can run on.
     pub machines: Vec<String>,
+    /// What happens, in order, for the audience ("the outer race of the bearing starts to
+    /// pit"), and what to watch.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// A scenario running on a machine.
@@ -31,6 +35,12 @@ pub struct RunningScenario {
     pub started_at: u64,
     /// Who started it.
     pub started_by: String,
+    /// Its title.
+    #[serde(default)]
+    pub title: String,
+    /// What happens and what to watch (see [`ScenarioInfo::notes`]).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Why a scenario could not be started or stopped.

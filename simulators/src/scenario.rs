@@ -245,6 +245,8 @@ pub struct Scenario {
     pub changes: Vec<Vec<TimedChange>>,
     /// Promised effects.
     pub expectations: Vec<Expectation>,
+    /// Per machine (same order), what its events mean for the audience: `(at, note)`.
+    pub notes: Vec<Vec<(u64, String)>>,
 }
 
 /// Parses `90s`, `10m`, `1.5h` (simulated time).
@@ -347,6 +349,7 @@ impl Scenario {
             });
         }
         let mut changes = vec![Vec::new(); machines.len()];
+        let mut notes = vec![Vec::new(); machines.len()];
         for (i, e) in file.events.iter().enumerate() {
             let key = |k: &str| format!("events[{i}].{k}");
             let at_s = if let Some(clock) = parse_clock(&e.at) {
@@ -394,7 +397,9 @@ impl Scenario {
                     ));
                 }
             };
-            let _ = &e.note;
+            if let Some(note) = &e.note {
+                notes[m].push((at_s.saturating_mul(1000), note.clone()));
+            }
             changes[m].push(TimedChange {
                 at_ms: at_s.saturating_mul(1000),
                 param: e.param.clone(),
@@ -439,6 +444,7 @@ impl Scenario {
             machines,
             changes,
             expectations,
+            notes,
         })
     }
 

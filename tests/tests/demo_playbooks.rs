@@ -166,6 +166,16 @@ async fn demonstrate(region: &Region) -> anyhow::Result<()> {
         scenarios["running"][0]["twin"], "odense-machining/mill-1",
         "{scenarios}"
     );
+    // The audience hears what happens: the scenario file's notes, then what to watch.
+    assert_eq!(
+        scenarios["running"][0]["notes"],
+        json!([
+            "At once: the outer race of the spindle bearing starts to pit",
+            "Watch spindle.vibration_rms go above 4: a worn bearing adds up to 4 mm/s at full speed",
+            "Watch anomaly.score go above 5: the hub flags the drift well before the wear is complete",
+        ]),
+        "{scenarios}"
+    );
     let (status, _) = call(api, "DELETE", "/api/v1/playbooks/run", operator, None).await?;
     assert_eq!(status, 204);
     let (_, scenarios) = call(api, "GET", "/api/v1/scenarios", operator, None).await?;

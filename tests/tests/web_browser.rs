@@ -386,7 +386,7 @@ async fn the_web_platform_works_in_a_real_browser() -> anyhow::Result<()> {
         // it running, and stops it.
         client.find(Locator::Css("button.demo-start")).await?.click().await?;
         until_js(&client, "the running scenario",
-            "const s = document.querySelector('.demo-status'); return s && s.textContent.includes('predictive-maintenance') && s.textContent.includes('operator')",
+            "const s = document.querySelector('.demo-status'); return s && s.textContent.includes('A spindle bearing wears out') && s.textContent.includes('outer race') && s.textContent.includes('operator')",
             Duration::from_secs(10)).await?;
         let running = get_json_as(api, "/api/v1/scenarios", &operator_token).await?;
         assert_eq!(running["running"][0]["twin"], "lab-a/mill-1");
@@ -690,19 +690,15 @@ async fn play_in_pages(
     demonstrate_in_pages(region, client, &base).await
 }
 
-async fn demonstrate_in_pages(
-    region: &demolab_demo::region::Region,
-    client: &Client,
-    base: &str,
-) -> anyhow::Result<()> {
-    log_in_with(client, base, "operator", "operator-pw").await?;
+/// Starts a playbook from the operator's guide page and waits for its first step.
+async fn start_on_guide_page(client: &Client, base: &str, playbook: &str) -> anyhow::Result<()> {
     client.goto(&format!("{base}/guide")).await?;
     client
         .wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css("form.guide-controls select[name=playbook]"))
         .await?
-        .select_by_value("cybersecurity")
+        .select_by_value(playbook)
         .await?;
     client
         .find(Locator::Css("form.guide-controls button[type=submit]"))
@@ -711,11 +707,33 @@ async fn demonstrate_in_pages(
         .await?;
     until_js(
         client,
-        "the demonstration to run",
-        "return document.querySelector('.guide-status .narration')",
+        &format!("{playbook} to run"),
+        "const h = document.querySelector('.guide-status h3'); return Boolean(h && h.textContent.includes(' 1/'))",
         Duration::from_secs(10),
     )
     .await?;
+    Ok(())
+}
+
+async fn demonstrate_in_pages(
+    region: &demolab_demo::region::Region,
+    client: &Client,
+    base: &str,
+) -> anyhow::Result<()> {
+    log_in_with(client, base, "operator", "operator-pw").await?;
+    // The overview shows the virtual line across the two labs, in flow order.
+    let stations = until_js(
+        client,
+        "the virtual line on the overview",
+        "const s = [...document.querySelectorAll('.line[data-line=virtual-line-1] .station')].map((n) => n.dataset.twin); return s.length === 2 && s",
+        Duration::from_secs(15),
+    )
+    .await?;
+    assert_eq!(
+        stations,
+        json!(["aarhus-machining/mill-1", "odense-machining/lathe-1"])
+    );
+    start_on_guide_page(client, base, "cybersecurity").await?;
     client
         .find(Locator::Css("form.guide-controls button[data-action=next]"))
         .await?
@@ -769,5 +787,17 @@ async fn demonstrate_in_pages(
     .await?;
     println!("security panel: {refused} publishes refused");
     screenshot(client, "playbook-security.png").await?;
+
+    // The line across the two labs, as the virtual-line demonstration shows it.
+    start_on_guide_page(client, base, "virtual-line").await?;
+    client.goto(&format!("{base}/screen")).await?;
+    until_js(
+        client,
+        "the line on the projector",
+        "return document.querySelectorAll('.guide-extra .line .station').length === 2",
+        Duration::from_secs(15),
+    )
+    .await?;
+    screenshot(client, "playbook-line.png").await?;
     Ok(())
 }

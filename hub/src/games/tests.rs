@@ -21,6 +21,7 @@ impl ScenarioControl for Recorder {
             title: String::new(),
             description: String::new(),
             machines: vec!["lab-a/compressor-1".into()],
+            notes: Vec::new(),
         }]
     }
     fn running(&self) -> Vec<RunningScenario> {
@@ -43,6 +44,8 @@ impl ScenarioControl for Recorder {
             scenario: scenario.into(),
             started_at: now_ms,
             started_by: user.into(),
+            title: String::new(),
+            notes: Vec::new(),
         })
     }
     fn stop(&self, twin: &TwinKey) -> std::result::Result<(), ScenarioError> {

@@ -65,6 +65,16 @@ function linePanel(line) {
       line.stalled_at ? `${t("stalls_at")} ${line.stalled_at}` : t("line_flowing")));
 }
 
+/** The virtual production lines under the labs, kept current: flow, states, where they stall. */
+export function linesSection(main) {
+  const section = el("section", { class: "lines" });
+  main.append(section);
+  return every(2 * REFRESH_MS, async () => {
+    const lines = await api("/api/v1/lines");
+    section.replaceChildren(...lines.map(linePanel));
+  });
+}
+
 /** Marks what the step points at; returns the extra panel the step wants shown, if any. */
 function highlight(run) {
   for (const node of document.querySelectorAll(".pointed")) node.classList.remove("pointed");
@@ -89,13 +99,20 @@ export function projectorGuide(main) {
   let shown = "";
   return every(REFRESH_MS, async () => {
     const run = await api("/api/v1/playbooks/run");
-    bar.hidden = !run;
     const panel = highlight(run);
     if (!run) {
+      // No demonstration: say what the scenarios an operator started are doing, if any.
+      const running = (await api("/api/v1/scenarios")).running ?? [];
+      bar.hidden = !running.length;
+      bar.replaceChildren(...running.map((r) => el("div", { class: "scenario-running", dataset: { twin: r.twin } },
+        el("div", { class: "guide-title" }, `${r.title || r.scenario} · ${r.twin}`),
+        el("ul", { class: "scenario-notes" }, (r.notes ?? []).map((note) => el("li", {}, note))))));
+      for (const r of running) document.querySelector(`.card[data-twin="${r.twin}"]`)?.classList.add("pointed");
       extra.replaceChildren();
       shown = "";
       return;
     }
+    bar.hidden = false;
     const key = `${run.playbook}/${run.step}/${lang}`;
     if (key !== shown) {
       shown = key;

@@ -102,11 +102,13 @@ function demoControls(scenarios, twinId, lab, machine) {
   const status = el("div", { class: "muted small status demo-status" });
   const show = () => {
     const r = running();
-    status.textContent = r ? `${t("running_scenario")}: ${r.scenario} · ${r.started_by} · ${clock(r.started_at)}` : t("no_scenario");
+    status.replaceChildren(r ? `${t("running_scenario")}: ${r.title || r.scenario} · ${r.started_by} · ${clock(r.started_at)}` : t("no_scenario"),
+      ...(r?.notes?.length ? [el("ul", { class: "scenario-notes" }, r.notes.map((note) => el("li", {}, note)))] : []));
   };
   const select = el("select", { class: "demo-scenario" }, offered.map((s) => el("option", { value: s.name, title: s.description }, s.title)));
   const describe = el("p", { class: "muted small" });
   const explain = () => { describe.textContent = offered.find((s) => s.name === select.value)?.description ?? ""; };
+  // The notes say what happens; shown while the scenario runs (status), for the audience.
   select.addEventListener("change", explain);
   const refresh = async () => {
     scenarios = await api("/api/v1/scenarios");

@@ -3,7 +3,7 @@
 import { app, el, recordPaint, signIn, navigate, showError } from "./app.js";
 import { localized, num, t, unitText, clock } from "./i18n.js";
 import { ApiError } from "./api.js";
-import { projectorGuide } from "./guide.js";
+import { linesSection, projectorGuide } from "./guide.js";
 
 const STATES = ["running", "idle", "warming", "fault", "off"];
 
@@ -124,7 +124,9 @@ function regionView(main, { big }) {
 }
 
 export async function overview(main) {
-  return regionView(main, { big: false });
+  const view = regionView(main, { big: false });
+  const stopLines = linesSection(main);
+  return { ...view, destroy: stopLines };
 }
 
 /** The projector view: the region in large type with a clock, for full screen. */
