@@ -24,7 +24,7 @@ fn the_shipped_example_passes_check_config() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("is valid") && stdout.contains("labs: 2") && stdout.contains("users: 3"),
+        stdout.contains("is valid") && stdout.contains("labs: 2") && stdout.contains("users: 4"),
         "{stdout}"
     );
 }
