@@ -71,6 +71,9 @@ const VERIFICATION_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct AccessProvider {
     access: Arc<AccessConfig>,
     tokens: Option<Arc<dyn TokenLogins>>,
+    /// `(user, client id)` of the connections logged in with a token, so they can be closed
+    /// when the token ends ([`AccessProvider::ended_token_clients`]).
+    token_clients: std::sync::Mutex<Vec<(String, String)>>,
     denials: Arc<DenialCounters>,
     verifications: Semaphore,
     login_log: LogThrottle,
@@ -86,6 +89,7 @@ impl AccessProvider {
         Self {
             access: Arc::new(access),
             tokens,
+            token_clients: std::sync::Mutex::default(),
             denials,
             verifications: Semaphore::new(CONCURRENT_VERIFICATIONS),
             login_log: LogThrottle::default(),
@@ -115,7 +119,13 @@ impl AccessProvider {
         let Some(user) = self.access.user(name) else {
             // A token is checked by lookup, not by argon2: no verification slot needed.
             return match self.tokens.as_ref().and_then(|t| t.login(name, &password)) {
-                Some(_) => AuthResult::success_with_user(name),
+                Some(_) => {
+                    self.token_clients
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((name.to_owned(), connect.client_id.clone()));
+                    AuthResult::success_with_user(name)
+                }
                 None => refuse(ReasonCode::BadUsernameOrPassword, "unknown user"),
             };
         };
@@ -135,6 +145,24 @@ impl AccessProvider {
         } else {
             refuse(ReasonCode::BadUsernameOrPassword, "wrong password")
         }
+    }
+
+    /// Client ids of token logins whose tokens have all ended; forgets them. (A client id
+    /// reconnecting under a live token is recorded again at its login.)
+    pub(crate) fn ended_token_clients(&self) -> Vec<String> {
+        let Some(tokens) = &self.tokens else {
+            return Vec::new();
+        };
+        let mut clients = self.token_clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = Vec::new();
+        clients.retain(|(user, client)| {
+            let live = tokens.labs(user).is_some();
+            if !live {
+                ended.push(client.clone());
+            }
+            live
+        });
+        ended
     }
 
     /// A token user while one of its tokens lives (token users publish nothing, so only

@@ -191,6 +191,8 @@ pub struct EmbeddedBroker {
     denials: Arc<DenialCounters>,
     /// `None` only once `shutdown` has taken it.
     task: Option<JoinHandle<mqtt5::Result<()>>>,
+    /// Closes the connections of token logins whose token ended (with `token_logins`).
+    token_sweeper: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for EmbeddedBroker {
@@ -223,12 +225,16 @@ impl EmbeddedBroker {
             .await
             .map_err(|e| start_error(bind, e))?;
         let denials = Arc::new(DenialCounters::default());
+        let mut token_provider = None;
         if let Some(access) = config.access {
             let provider = Arc::new(enforce::AccessProvider::new(
                 access,
                 config.token_logins.clone(),
                 Arc::clone(&denials),
             ));
+            if config.token_logins.is_some() {
+                token_provider = Some(Arc::clone(&provider));
+            }
             // `with_auth_provider` replaces mqtt5's provider wholesale, including the
             // failed-login rate limiter it would otherwise wrap around its own; keep it (5
             // failures per address or username a minute lock that one out for 5 minutes).
@@ -262,6 +268,10 @@ impl EmbeddedBroker {
         };
         let tls_local_addr = tls.as_ref().map(|front| front.local_addr);
         let shutdown = broker.shutdown_handle();
+        let token_sweeper = token_provider.map(|provider| {
+            let router = broker.router();
+            tokio::spawn(close_ended_token_clients(provider, router))
+        });
         let mut ready = broker.ready_receiver();
         let mut task = tokio::spawn(async move { broker.run().await });
 
@@ -286,6 +296,7 @@ impl EmbeddedBroker {
             shutdown,
             denials,
             task: Some(task),
+            token_sweeper,
         })
     }
 
@@ -313,6 +324,9 @@ impl EmbeddedBroker {
     /// Disconnects all clients, stops every broker task and releases the port
     /// before returning.
     pub async fn shutdown(mut self) -> Result<(), BrokerError> {
+        if let Some(sweeper) = self.token_sweeper.take() {
+            sweeper.abort();
+        }
         if let Some(front) = self.tls.take() {
             front.shutdown().await;
         }
@@ -339,8 +353,31 @@ impl EmbeddedBroker {
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
+        if let Some(sweeper) = &self.token_sweeper {
+            sweeper.abort();
+        }
         if self.task.is_some() {
             self.shutdown.shutdown();
+        }
+    }
+}
+
+/// How soon a connection logged in with a token is closed after the token ends.
+const TOKEN_SWEEP: Duration = Duration::from_secs(1);
+
+/// Closes the connections whose login token has ended: the router drops the client's entry and
+/// subscriptions, and its handler closes the connection. Without this a connected client would
+/// keep receiving what it subscribed to until it disconnected.
+async fn close_ended_token_clients(
+    provider: Arc<enforce::AccessProvider>,
+    router: Arc<mqtt5::broker::router::MessageRouter>,
+) {
+    let mut ticker = tokio::time::interval(TOKEN_SWEEP);
+    loop {
+        ticker.tick().await;
+        for client in provider.ended_token_clients() {
+            tracing::info!(client_id = %client, "MQTT login token ended: connection closed");
+            router.unregister_client(&client).await;
         }
     }
 }

@@ -54,6 +54,14 @@ impl Laptop {
         }
     }
 
+    /// Waits until the broker closes the connection (messages still arriving are skipped).
+    pub async fn closed(&mut self) -> anyhow::Result<()> {
+        within(DEADLINE, "the broker to close the connection", async {
+            while self.events.poll().await.is_ok() {}
+        })
+        .await
+    }
+
     /// Waits for the refusal of the login.
     pub async fn refused(&mut self) -> anyhow::Result<()> {
         match within(DEADLINE, "a refusal", self.events.poll()).await? {

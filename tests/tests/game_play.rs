@@ -567,6 +567,8 @@ async fn play(region: &Region) -> anyhow::Result<()> {
             other => bail!("the stream ended without a close frame: {other:?}"),
         }
     }
+    // The team's MQTT connection is closed, and it cannot log in again.
+    laptop.closed().await?;
     let mut late = Laptop::new(mqtt, "team-late", Some((&right.id, &right.token)));
     late.refused().await?;
     assert_eq!(
