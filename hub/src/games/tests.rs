@@ -1,9 +1,10 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex as StdMutex;
 
+use super::results::csv_cell;
 use super::*;
 use crate::auth::AuthConfig;
-use crate::history::HistoryRow;
+use crate::history::{self, HistoryRow};
 use crate::scenarios::{RunningScenario, ScenarioError, ScenarioInfo};
 
 /// Scenario control over two labs' compressors that records what the games start and stop.
