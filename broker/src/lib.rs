@@ -90,6 +90,10 @@ pub struct BrokerConfig {
     /// Byte budget of the same per-client queue; whichever limit is hit first
     /// applies.
     pub max_queued_bytes_per_client: usize,
+    /// QoS 1 messages sent to one client and not yet acknowledged by it. The
+    /// hub acknowledges only what is on disk, in group commits, so its rate
+    /// is at most this window per commit time.
+    pub max_outbound_inflight: u16,
     /// Who may connect and which topics each may use. `None` keeps the broker
     /// open to anonymous clients on every topic (the demo); `Some` refuses
     /// anonymous clients.
@@ -139,6 +143,9 @@ impl Default for BrokerConfig {
             // few seconds while a whole lab reports must not lose QoS 1 data.
             max_queued_messages_per_client: 100_000,
             max_queued_bytes_per_client: 64 * 1024 * 1024,
+            // mqtt5's default is 64: a commit of a few milliseconds then caps the
+            // hub at some 20 000 messages a second, however fast the rest is.
+            max_outbound_inflight: 1000,
             access: None,
             token_logins: None,
             tls: None,
@@ -389,6 +396,11 @@ fn mqtt5_config(config: &BrokerConfig) -> Result<mqtt5::broker::BrokerConfig, Br
             config.max_packet_size
         )));
     }
+    if config.max_outbound_inflight == 0 {
+        return Err(BrokerError::InvalidConfig(
+            "max_outbound_inflight must be greater than zero".to_owned(),
+        ));
+    }
     if config.max_queued_messages_per_client == 0 || config.max_queued_bytes_per_client == 0 {
         // mqtt5 treats 0 as a real limit, so every queued message would be
         // dropped on arrival.
@@ -409,6 +421,7 @@ fn mqtt5_config(config: &BrokerConfig) -> Result<mqtt5::broker::BrokerConfig, Br
         // The default also listens on [::]:1883.
         .with_bind_address(config.bind)
         .with_max_packet_size(config.max_packet_size as usize)
+        .with_max_outbound_inflight(config.max_outbound_inflight)
         .with_storage(storage)
         // Per-client delivery lane: QoS 0 overflowing it is dropped, QoS 1
         // overflow goes to the queue above. Spelled out so the two stay

@@ -143,10 +143,22 @@ pub struct HubSection {
     pub data_dir: PathBuf,
     /// Extra machine kinds (`*.toml`), added to the built-in catalogue.
     pub catalogue_dir: Option<PathBuf>,
-    /// How often accepted samples are committed to disk (and acknowledged to the broker).
+    /// How long accepted samples may wait for more before they are committed to disk (and then
+    /// acknowledged to the broker).
     pub commit_interval_ms: u64,
+    /// Commit at once when this many messages wait for their acknowledgement. Keep it below the
+    /// broker's window of unacknowledged messages per client (Mosquitto's
+    /// `max_inflight_messages`, 20 by default; the embedded broker's 64), or each commit waits
+    /// out `commit_interval_ms` with the window full. Default: 16 with an external broker, 256
+    /// with the embedded one (its window is 1000).
+    pub commit_batch: Option<usize>,
+    /// MiB of the embedded store's page cache (the hub's memory grows to about this much more
+    /// than its twins need, and no further).
+    pub store_cache_mb: usize,
     /// Publish retained JSON values on `demolab/{lab}/{machine}/{metric}`.
     pub json_topics: bool,
+    /// How often the JSON topics get the newest committed value of each metric.
+    pub json_interval_ms: u64,
     /// Take births of labs and machines `[[labs]]` does not list (still capped by `[limits]`).
     /// Off: only configured labs, their listed gateways and machines get twins.
     pub accept_unknown: bool,
@@ -167,8 +179,11 @@ impl Default for HubSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             data_dir: PathBuf::from("data"),
             catalogue_dir: None,
-            commit_interval_ms: 100,
+            commit_interval_ms: crate::DEFAULT_COMMIT_INTERVAL.as_millis() as u64,
+            commit_batch: None,
+            store_cache_mb: crate::store::DEFAULT_CACHE_BYTES >> 20,
             json_topics: true,
+            json_interval_ms: crate::outputs::DEFAULT_JSON_INTERVAL.as_millis() as u64,
             accept_unknown: false,
             stale_after_ms: crate::DEFAULT_STALE_AFTER.as_millis() as u64,
             tls_cert: None,
@@ -297,6 +312,35 @@ impl HubFile {
             return Err(invalid(
                 "hub.commit_interval_ms",
                 "must be between 1 and 10000".into(),
+            ));
+        }
+        if !(10..=60_000).contains(&self.hub.json_interval_ms) {
+            return Err(invalid(
+                "hub.json_interval_ms",
+                format!(
+                    "must be between 10 and 60000, got {}",
+                    self.hub.json_interval_ms
+                ),
+            ));
+        }
+        let commit_batch = match (self.hub.commit_batch, self.broker.mode.as_str()) {
+            (Some(batch), _) => batch,
+            (None, "external") => crate::DEFAULT_COMMIT_BATCH,
+            (None, _) => crate::DEFAULT_COMMIT_BATCH_EMBEDDED,
+        };
+        if !(1..=10_000).contains(&commit_batch) {
+            return Err(invalid(
+                "hub.commit_batch",
+                format!("must be between 1 and 10000, got {commit_batch}"),
+            ));
+        }
+        if !(1..=65_536).contains(&self.hub.store_cache_mb) {
+            return Err(invalid(
+                "hub.store_cache_mb",
+                format!(
+                    "must be between 1 and 65536 (MiB), got {}",
+                    self.hub.store_cache_mb
+                ),
             ));
         }
         if !(1_000..=86_400_000).contains(&self.hub.stale_after_ms) {
@@ -496,12 +540,15 @@ impl HubFile {
             broker,
             data_dir: self.hub.data_dir,
             flush_interval: Duration::from_millis(self.hub.commit_interval_ms),
+            commit_batch,
+            store_cache_bytes: self.hub.store_cache_mb << 20,
             extra_metrics: None,
             directory: Arc::new(directory),
             auth: self.auth,
             mqtt_login: login,
             share_group: self.broker.share_group,
             json_topics: self.hub.json_topics,
+            json_interval: Duration::from_millis(self.hub.json_interval_ms),
             retention: self.history,
             influx: self.influx,
             scenarios: None,

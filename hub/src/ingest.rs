@@ -2,7 +2,6 @@
 //! the retained `STATE` (with an offline Will), feeds [`PrimaryHost`] and applies its actions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -24,6 +23,8 @@ use crate::stats::{HubStats, IngestDrop};
 use crate::twin::{Applied, Outcome, Twin, TwinKey, TwinRegistry};
 
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// How often the host's own timers (rebirth answers, session checks) run.
+const HOST_TICK: Duration = Duration::from_millis(100);
 
 /// Wall clock in ms since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -50,8 +51,11 @@ pub struct IngestConfig {
     pub login: Option<MqttLogin>,
     /// Share ingest with other hub replicas through `$share/{group}/`.
     pub share_group: Option<String>,
-    /// How often accepted messages are handed to storage (and then acknowledged).
+    /// How long accepted messages may wait for more before they go to storage (and are then
+    /// acknowledged).
     pub commit_interval: Duration,
+    /// Messages waiting for acknowledgement that make a batch go to storage as soon as it is free.
+    pub commit_batch: usize,
     /// An online twin that accepts no sample for this long is marked stale.
     pub stale_after: Duration,
     /// Connect over TLS with this client configuration.
@@ -130,7 +134,7 @@ pub async fn run(
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
     commits: mpsc::UnboundedSender<Commit>,
-    persister_idle: Arc<AtomicBool>,
+    persister_idle: Arc<crate::persist::Idle>,
     ready: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
@@ -144,8 +148,10 @@ pub async fn run(
     };
     let mut pending = Commit::default();
     let mut host_changed = false;
-    let mut ticker = tokio::time::interval(config.commit_interval);
+    let mut ticker = tokio::time::interval(HOST_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the oldest message waiting for a commit must go, batch full or not.
+    let mut commit_due: Option<tokio::time::Instant> = None;
     let stale_after_ms = config.stale_after.as_millis() as u64;
     let mut last_silence_check = 0;
     // One poll future lives across ticks: rumqttc's `poll` connects (TCP, TLS, CONNECT) inside
@@ -153,6 +159,12 @@ pub async fn run(
     // the commit interval (a TLS handshake, a distant broker) and start it again, forever.
     let mut poll = Box::pin(events.poll());
     loop {
+        let batch_due = async {
+            match commit_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             event = &mut poll => event,
             _ = ticker.tick() => {
@@ -163,7 +175,24 @@ pub async fn run(
                     last_silence_check = now;
                     twins.mark_silent(now, stale_after_ms);
                 }
-                hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
+                // What the timers changed (a twin gone stale) waits with the messages.
+                commit_due.get_or_insert_with(|| tokio::time::Instant::now() + config.commit_interval);
+                continue;
+            }
+            () = batch_due => {
+                commit_due = None;
+                // Even with storage busy: the batch queues behind the running commit.
+                let claimed = persister_idle.claim();
+                if !hand_over(&mut pending, &mut host_changed, &host, &twins, &commits) && claimed {
+                    persister_idle.unclaim();
+                }
+                continue;
+            }
+            () = persister_idle.became_idle(), if pending.acks.len() >= config.commit_batch => {
+                if persister_idle.claim() {
+                    commit_due = None;
+                    hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
+                }
                 continue;
             }
             () = cancel.cancelled() => break,
@@ -212,8 +241,12 @@ pub async fn run(
                 if publish.qos != QoS::AtMostOnce {
                     pending.acks.push(publish);
                 }
-                // Group commit: whatever arrived while storage was busy goes in one batch.
-                if persister_idle.swap(false, Ordering::AcqRel) {
+                commit_due
+                    .get_or_insert_with(|| tokio::time::Instant::now() + config.commit_interval);
+                // Group commit: a full batch goes as soon as storage is free; a thin stream
+                // waits up to the commit interval for company.
+                if pending.acks.len() >= config.commit_batch && persister_idle.claim() {
+                    commit_due = None;
                     hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
                 }
             }
@@ -360,7 +393,7 @@ fn perform(
     }
 }
 
-/// Sends what accumulated to storage, with a consistent copy of the twins it changed: they are
+/// Sends what accumulated to storage (false when nothing had), with a consistent copy of the twins it changed: they are
 /// copied here, on the only task that applies samples, so a twin on disk is never ahead of the
 /// history and acknowledgements committed with it.
 fn hand_over(
@@ -369,7 +402,7 @@ fn hand_over(
     host: &PrimaryHost,
     twins: &TwinRegistry,
     commits: &mpsc::UnboundedSender<Commit>,
-) {
+) -> bool {
     let dirty = twins.take_dirty();
     let retired = twins.take_retired();
     if pending.acks.is_empty()
@@ -377,7 +410,7 @@ fn hand_over(
         && dirty.is_empty()
         && retired.is_empty()
     {
-        return;
+        return false;
     }
     let mut commit = std::mem::take(pending);
     commit.retired = retired;
@@ -390,4 +423,5 @@ fn hand_over(
     }
     // Storage ends after ingest, so the receiver is alive while this runs.
     let _ = commits.send(commit);
+    true
 }

@@ -117,8 +117,13 @@ pub struct HubConfig {
     pub broker: BrokerSetting,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
-    /// How often accepted messages are committed to disk (then acknowledged to the broker).
+    /// How long accepted messages may wait for more before they are committed to disk (then
+    /// acknowledged to the broker).
     pub flush_interval: Duration,
+    /// Commit at once when this many messages wait for their acknowledgement.
+    pub commit_batch: usize,
+    /// Bytes of the embedded store's page cache.
+    pub store_cache_bytes: usize,
     /// More counters for `/metrics`.
     pub extra_metrics: Option<MetricsSource>,
     /// Labs, machines, links and the machine-kind catalogue.
@@ -131,6 +136,8 @@ pub struct HubConfig {
     pub share_group: Option<String>,
     /// Publish retained JSON values on `demolab/{lab}/{machine}/{metric}`.
     pub json_topics: bool,
+    /// How often the JSON topics get the newest committed values.
+    pub json_interval: Duration,
     /// How long the embedded history is kept.
     pub retention: Retention,
     /// The InfluxDB sink, when configured.
@@ -159,13 +166,16 @@ impl Default for HubConfig {
             http_bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             broker: BrokerSetting::Embedded(BrokerConfig::default()),
             data_dir: PathBuf::from("data"),
-            flush_interval: Duration::from_millis(100),
+            flush_interval: DEFAULT_COMMIT_INTERVAL,
+            commit_batch: DEFAULT_COMMIT_BATCH_EMBEDDED,
+            store_cache_bytes: store::DEFAULT_CACHE_BYTES,
             extra_metrics: None,
             directory: Arc::default(),
             auth: AuthConfig::default(),
             mqtt_login: None,
             share_group: None,
             json_topics: true,
+            json_interval: outputs::DEFAULT_JSON_INTERVAL,
             retention: Retention::default(),
             influx: None,
             scenarios: None,
@@ -183,6 +193,21 @@ impl Default for HubConfig {
 /// above any sample period the demo and the gateways use, and above the gateway's own
 /// liveness timeout (10 s), which normally reports a silent node first.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// How long an accepted message may wait for others to share its commit. Each commit costs an
+/// fsync and a copy of every twin it changed, whatever it holds: at low rates this wait, not the
+/// message count, sets the number of commits (and the hub's CPU).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Messages that make a commit go at once behind an external broker whose window of
+/// unacknowledged messages per client is unknown: below Mosquitto's default of 20, so a full
+/// batch never waits out the interval. Behind a wider window (`max_inflight_messages 1000` in
+/// `deploy/mosquitto/mosquitto.conf`) a larger batch costs far less CPU per message: storage
+/// otherwise commits as often as it can, each commit an fsync and a copy of its twins.
+pub const DEFAULT_COMMIT_BATCH: usize = 16;
+
+/// The batch with the embedded broker, whose window is 1000 (`BrokerConfig`).
+pub const DEFAULT_COMMIT_BATCH_EMBEDDED: usize = 256;
 
 /// Why the hub failed.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +260,10 @@ impl Hub {
     /// Opens storage, starts the broker (if embedded), ingest and the HTTP server.
     pub async fn start(config: HubConfig) -> Result<Hub, HubError> {
         let auth = Arc::new(Auth::new(config.auth.clone())?);
-        let store = Arc::new(TwinStore::open(&config.data_dir)?);
+        let store = Arc::new(TwinStore::open_with_cache(
+            &config.data_dir,
+            config.store_cache_bytes,
+        )?);
         let games = Arc::new(games::Games::open(
             auth.clone(),
             store.clone(),
@@ -343,6 +371,7 @@ impl Hub {
             login: config.mqtt_login.clone(),
             share_group: config.share_group.clone(),
             commit_interval: config.flush_interval,
+            commit_batch: config.commit_batch,
             stale_after: config.stale_after,
             tls: config.mqtt_tls.clone(),
         };
@@ -366,6 +395,7 @@ impl Hub {
                 client_id: format!("{}-json", config.host_id),
                 tls: config.mqtt_tls.clone(),
             }),
+            config.json_interval,
             influx.clone(),
             twins.clone(),
             stats.clone(),
@@ -373,7 +403,7 @@ impl Hub {
             &mut tasks,
         );
         let (commit_tx, commit_rx) = tokio::sync::mpsc::unbounded_channel();
-        let persister_idle = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let persister_idle = Arc::new(persist::Idle::default());
         let mut ingest = JoinSet::new();
         ingest.spawn(ingest::run(
             ingest_config,

@@ -1,11 +1,12 @@
 //! Where committed data goes besides the embedded store: retained JSON topics on the broker for
 //! students and tools (Node-RED, Grafana), and the InfluxDB sink for long-term history.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use protocol::MetricName;
 use rumqttc::{AsyncClient, Event, MqttOptions, QoS};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -13,40 +14,40 @@ use crate::MqttLogin;
 use crate::history::HistoryRow;
 use crate::history::influx::InfluxSink;
 use crate::stats::{HubStats, IngestDrop};
-use crate::twin::{Applied, TwinRegistry};
+use crate::twin::{Applied, TwinKey, TwinRegistry};
 
 /// Root of the read-only JSON topics: `demolab/{lab}/{machine}/{metric}`.
 pub const JSON_ROOT: &str = "demolab";
 
-/// One value for a JSON topic.
-#[derive(Debug, Clone)]
-struct JsonValue {
-    topic: String,
-    payload: Vec<u8>,
-}
+/// How often the JSON topics get the values committed since the last time, when the
+/// configuration names no interval.
+pub const DEFAULT_JSON_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The newest committed value and its time, per twin and metric, not yet published.
+type Latest = HashMap<TwinKey, HashMap<MetricName, (f64, u64)>>;
 
 /// The outputs fed after each commit.
 #[derive(Debug, Clone)]
 pub struct Outputs {
-    json: Option<mpsc::Sender<JsonValue>>,
+    json: Option<Arc<Mutex<Latest>>>,
     influx: Option<InfluxSink>,
-    twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
 }
 
 impl Outputs {
     /// No outputs (tests).
-    pub fn none(twins: Arc<TwinRegistry>, stats: Arc<HubStats>) -> Self {
+    pub fn none(stats: Arc<HubStats>) -> Self {
         Self {
             json: None,
             influx: None,
-            twins,
             stats,
         }
     }
 
-    /// Sends live values to the JSON topics and every row to InfluxDB. Neither may slow the
-    /// store down: when they are backed up, values are dropped and counted.
+    /// Sends every row to InfluxDB and keeps the newest live value of each metric for the JSON
+    /// topics. Neither may slow the store down: when InfluxDB is backed up its rows are dropped
+    /// and counted; a JSON value replaced by a newer one before it was published is counted as
+    /// superseded (a JSON topic holds the last value; the history keeps them all).
     pub fn committed(&self, applied: &[Applied], rows: &[HistoryRow]) {
         if let Some(influx) = &self.influx {
             let mut at = 0;
@@ -61,30 +62,32 @@ impl Outputs {
         let Some(json) = &self.json else {
             return;
         };
-        for applied in applied.iter().filter(|a| !a.historical) {
-            let kind = self.twins.kind(&applied.key);
-            for (metric, value) in &applied.values {
-                let unit = kind
-                    .as_ref()
-                    .and_then(|k| k.metric(metric.as_str()))
-                    .map_or("", |m| m.unit.as_str());
-                let payload = serde_json::json!({
-                    "value": value,
-                    "unit": unit,
-                    "timestamp": applied.timestamp,
-                });
-                let value = JsonValue {
-                    topic: format!(
-                        "{JSON_ROOT}/{}/{}/{}",
-                        applied.key.lab, applied.key.machine, metric
-                    ),
-                    payload: payload.to_string().into_bytes(),
+        let mut superseded = 0;
+        {
+            let mut latest = json.lock().unwrap_or_else(PoisonError::into_inner);
+            for applied in applied.iter().filter(|a| !a.historical) {
+                // Looked up before inserting so the key is cloned once per twin and flush, not
+                // once per value.
+                let metrics = match latest.get_mut(&applied.key) {
+                    Some(metrics) => metrics,
+                    None => latest.entry(applied.key.clone()).or_default(),
                 };
-                if json.try_send(value).is_err() {
-                    self.stats.ingest_dropped(IngestDrop::JsonTopicBackpressure);
+                for (metric, value) in &applied.values {
+                    let newest = (*value, applied.timestamp);
+                    match metrics.get_mut(metric) {
+                        Some(slot) => {
+                            *slot = newest;
+                            superseded += 1;
+                        }
+                        None => {
+                            metrics.insert(metric.clone(), newest);
+                        }
+                    }
                 }
             }
         }
+        self.stats
+            .ingest_dropped_many(IngestDrop::JsonTopicSuperseded, superseded);
     }
 }
 
@@ -103,9 +106,10 @@ pub struct JsonTopicsBroker {
     pub tls: Option<broker::tls::ClientTls>,
 }
 
-/// Starts the outputs' tasks.
+/// Starts the outputs' tasks: the JSON topics get what was committed every `json_interval`.
 pub fn start(
     broker: Option<JsonTopicsBroker>,
+    json_interval: Duration,
     influx: Option<InfluxSink>,
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
@@ -113,20 +117,26 @@ pub fn start(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Outputs {
     let json = broker.map(|broker| {
-        let (tx, rx) = mpsc::channel(8192);
-        tasks.spawn(publish_json(broker, rx, cancel));
-        tx
+        let latest = Arc::new(Mutex::new(Latest::new()));
+        tasks.spawn(publish_json(
+            broker,
+            latest.clone(),
+            json_interval,
+            twins,
+            cancel,
+        ));
+        latest
     });
     Outputs {
         json,
         influx,
-        twins,
         stats,
     }
 }
 
 /// Publishes JSON values retained at QoS 0 on its own connection, so a slow broker never holds
-/// up ingest's acknowledgements.
+/// up ingest's acknowledgements. While the broker is slow or away, values wait in `latest`,
+/// where each metric holds only its newest: memory stays bounded by the twins' metrics.
 async fn publish_json(
     JsonTopicsBroker {
         host,
@@ -135,7 +145,9 @@ async fn publish_json(
         client_id,
         tls,
     }: JsonTopicsBroker,
-    mut values: mpsc::Receiver<JsonValue>,
+    latest: Arc<Mutex<Latest>>,
+    interval: Duration,
+    twins: Arc<TwinRegistry>,
     cancel: CancellationToken,
 ) {
     let mut options = MqttOptions::new(client_id, host, port);
@@ -148,13 +160,32 @@ async fn publish_json(
     }
     let (client, mut events) = AsyncClient::new(options, 1024);
     let publisher = async {
-        while let Some(value) = values.recv().await {
-            if client
-                .publish(value.topic, QoS::AtMostOnce, true, value.payload)
-                .await
-                .is_err()
-            {
-                break;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let due = std::mem::take(&mut *latest.lock().unwrap_or_else(PoisonError::into_inner));
+            for (key, metrics) in due {
+                let kind = twins.kind(&key);
+                for (metric, (value, timestamp)) in metrics {
+                    let unit = kind
+                        .as_ref()
+                        .and_then(|k| k.metric(metric.as_str()))
+                        .map_or("", |m| m.unit.as_str());
+                    let payload = serde_json::json!({
+                        "value": value,
+                        "unit": unit,
+                        "timestamp": timestamp,
+                    });
+                    let topic = format!("{JSON_ROOT}/{}/{}/{metric}", key.lab, key.machine);
+                    if client
+                        .publish(topic, QoS::AtMostOnce, true, payload.to_string())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
             }
         }
     };

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -22,17 +24,57 @@ pub const HOST_DOCUMENT: &str = "host";
 
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
-/// Runs until ingest hangs up. `idle` is set whenever nothing is left to commit, so ingest hands
-/// over its next batch at once instead of waiting for its tick: the broker lets only so many
-/// messages go unacknowledged (64 for the embedded broker, 20 for Mosquitto by default), so the
-/// time from receiving a message to committing it bounds the throughput.
+/// Whether storage has nothing left to commit, and a wake-up for ingest when that becomes so.
+///
+/// The broker lets only so many messages go unacknowledged per client (64 for the embedded
+/// broker, 20 for Mosquitto by default), so once a batch is full ingest must hand it over the
+/// moment storage is free: with the window full no further message would arrive to prompt it.
+#[derive(Debug)]
+pub struct Idle {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Self {
+            flag: AtomicBool::new(true),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl Idle {
+    /// Claims the idle storage for a hand-over: true at most once per idle spell.
+    pub fn claim(&self) -> bool {
+        self.flag.swap(false, Ordering::AcqRel)
+    }
+
+    /// Gives back a claim that handed nothing over.
+    pub fn unclaim(&self) {
+        self.flag.store(true, Ordering::Release);
+    }
+
+    /// Resolves once storage has become idle since the last call (or was idle before it).
+    pub async fn became_idle(&self) {
+        self.notify.notified().await;
+    }
+
+    fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+/// Runs until ingest hangs up, committing whatever ingest handed over while the last commit ran
+/// in one transaction.
 pub async fn run(
     mut commits: mpsc::UnboundedReceiver<Commit>,
     store: Arc<TwinStore>,
     client: AsyncClient,
     stats: Arc<HubStats>,
     outputs: Outputs,
-    idle: Arc<AtomicBool>,
+    idle: Arc<Idle>,
 ) {
     while let Some(first) = commits.recv().await {
         // Whatever queued up while the last commit ran goes into this one.
@@ -108,7 +150,7 @@ pub async fn run(
             let _ = done.send(());
         }
         if commits.is_empty() {
-            idle.store(true, Ordering::Release);
+            idle.set();
         }
     }
 }
@@ -157,7 +199,7 @@ fn write(
     retired: &[String],
 ) -> Result<(), StoreError> {
     let txn = store.database().begin_write().map_err(|e| store.error(e))?;
-    history::append(&txn, rows).map_err(|e| StoreError::History(e.to_string()))?;
+    history::append_journaled(&txn, rows).map_err(|e| StoreError::History(e.to_string()))?;
     // Before the twins: one born again after its retirement is written back.
     store.remove_in(&txn, retired)?;
 

@@ -22,8 +22,9 @@ pub enum IngestDrop {
     UnknownTwin,
     /// A message from a gateway the lab's configuration does not list.
     UnregisteredGateway,
-    /// A JSON-topic value not published because the broker connection was backed up.
-    JsonTopicBackpressure,
+    /// A JSON-topic value replaced by a newer one of its metric before it was published (the
+    /// topic holds the last value; history keeps them all).
+    JsonTopicSuperseded,
     /// A live sample older than one the alarm engine already judged (not evaluated for alarms).
     StaleAlarmSample,
     /// A sample whose sequence is not newer than the twin's (duplicate or late replay).
@@ -67,7 +68,7 @@ impl IngestDrop {
     const ALL: [IngestDrop; 26] = [
         IngestDrop::StaleAlarmSample,
         IngestDrop::UnregisteredGateway,
-        IngestDrop::JsonTopicBackpressure,
+        IngestDrop::JsonTopicSuperseded,
         IngestDrop::BadTopic,
         IngestDrop::BadPayload,
         IngestDrop::DataBeforeBirth,
@@ -104,7 +105,7 @@ impl IngestDrop {
             IngestDrop::MissingSequence => "missing_sequence",
             IngestDrop::UnknownTwin => "unknown_twin",
             IngestDrop::UnregisteredGateway => "unregistered_gateway",
-            IngestDrop::JsonTopicBackpressure => "json_topic_backpressure",
+            IngestDrop::JsonTopicSuperseded => "json_topic_superseded",
             IngestDrop::StaleAlarmSample => "stale_alarm_sample",
             IngestDrop::StaleSequence => "stale_sequence",
             IngestDrop::StreamLagged => "stream_lagged",
@@ -339,6 +340,11 @@ impl HubStats {
     }
     pub(crate) fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn ingest_dropped_many(&self, reason: IngestDrop, count: u64) {
+        if count > 0 {
+            self.drops[reason.slot()].fetch_add(count, Ordering::Relaxed);
+        }
     }
     pub(crate) fn ingest_dropped(&self, reason: IngestDrop) {
         self.drops[reason.slot()].fetch_add(1, Ordering::Relaxed);

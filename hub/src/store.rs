@@ -14,6 +14,9 @@ const ALARMS: TableDefinition<&str, &[u8]> = TableDefinition::new("alarms");
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "hub.redb";
+/// redb's page cache when the configuration names none. redb's own default is 1 GiB, which it
+/// fills as the history grows: the hub's memory then follows its history, not its twins.
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +59,22 @@ pub struct TwinStore {
 }
 
 impl TwinStore {
-    /// Opens (or creates) the store in `data_dir`.
+    /// Opens (or creates) the store in `data_dir` with the default page cache.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `data_dir`, caching at most `cache_bytes` of its pages.
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
             path: data_dir.to_owned(),
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|e| db_error(&path, e))?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|e| db_error(&path, e))?;
         let store = Self { db, path };
         // Creating the table up front lets `load` treat "no table" as a real error.
         store.write(|_| Ok(()))?;

@@ -247,3 +247,67 @@ async fn a_gateway_the_lab_does_not_list_is_refused() -> anyhow::Result<()> {
     hub.shutdown().await?;
     Ok(())
 }
+
+/// Group commit: a thin stream waits up to `flush_interval` for company (one commit per
+/// message costs an fsync and a copy of the twin, which made the hub's CPU at low rates), and a
+/// batch of `commit_batch` messages commits at once, so a broker window full of unacknowledged
+/// messages never waits out the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thin_stream_waits_for_company_and_a_full_batch_commits_at_once() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let hub = start_hub_with(HubConfig {
+        flush_interval: Duration::from_secs(30),
+        commit_batch: 4,
+        json_topics: false,
+        ..hub_config(data.path())
+    })
+    .await?;
+    let twins = hub.twins().clone();
+    let stats = hub.stats().clone();
+    let edge = Edge::connect(hub.mqtt_addr().port(), "lab-c", "gw-c").await?;
+    let key = TwinKey::parse("lab-c/mill-1").context("key")?;
+    let commits_before = stats.commits();
+
+    // The hub's own STATE (it subscribes to all of `spBv1.0/#`), NBIRTH, DBIRTH and one sample
+    // make the first batch.
+    edge.born(1).await?;
+    edge.sample(2, 1, 100.0).await?;
+    wait_until(Duration::from_secs(10), "the first batch committed", || {
+        stats.commits() > commits_before
+    })
+    .await?;
+    assert_eq!(stats.history_rows(), 1, "one sample's power");
+    let commits_before = stats.commits();
+
+    // Three more samples wait for a fourth, applied but not committed.
+    for node_seq in 2..=4 {
+        edge.sample(
+            u64::from(node_seq) + 1,
+            node_seq,
+            f64::from(node_seq) * 100.0,
+        )
+        .await?;
+    }
+    wait_until(Duration::from_secs(5), "three samples applied", || {
+        twins.get(&key).is_some_and(|t| t.last_seq == 4)
+    })
+    .await?;
+    assert_eq!(
+        stats.commits(),
+        commits_before,
+        "three messages wait for company"
+    );
+    assert_eq!(stats.history_rows(), 1);
+
+    // The fourth makes the batch: committed long before the 30 s interval.
+    edge.sample(6, 5, 500.0).await?;
+    wait_until(
+        Duration::from_secs(10),
+        "the second batch committed",
+        || stats.history_rows() == 5,
+    )
+    .await?;
+    assert_eq!(stats.commits(), commits_before + 1, "in one commit");
+    hub.shutdown().await?;
+    Ok(())
+}

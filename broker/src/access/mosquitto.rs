@@ -171,7 +171,11 @@ pub fn mosquitto_conf(settings: &MosquittoSettings<'_>) -> String {
          password_file {}\n\
          acl_file {}\n\
          persistence false\n\
-         max_queued_messages 100000\n",
+         max_queued_messages 100000\n\
+         # The hub acknowledges a message only once it is on disk, and commits in batches: with\n\
+         # Mosquitto's default window of 20 unacknowledged messages per client its rate is capped at\n\
+         # about 20 per commit time. A wider window lets one commit carry hundreds of messages.\n\
+         max_inflight_messages 1000\n",
         settings.password_file, settings.acl_file
     )
 }

@@ -65,7 +65,7 @@ use crate::twin::TwinKey;
 
 pub use compact::compact;
 pub use query::{default_step, query, series};
-pub use write::append;
+pub use write::{FOLD_AFTER_ENTRIES, FOLD_AFTER_ROWS, append, append_journaled, fold_journal};
 
 /// Most raw points one [`query`] without a step returns (the oldest first).
 pub const MAX_POINTS: usize = 10_000;
@@ -143,6 +143,8 @@ pub struct AppendStats {
     pub replaced: u64,
     /// NaN or infinite values, not stored: they would poison min/max/mean of every bucket.
     pub skipped_non_finite: u64,
+    /// Samples written to the journal, to be folded into the raw table later.
+    pub journaled: u64,
 }
 
 /// How long history is kept and how finely. Durations in milliseconds.

@@ -1,11 +1,12 @@
 //! Reading history: raw points, aggregated buckets, and the list of a twin's series.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use protocol::MetricName;
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableTable};
 
-use super::tables::{RAW, ROLLUP, SERIES, open_read, series_name, twin_prefix};
+use super::tables::{JOURNAL, RAW, ROLLUP, SERIES, open_read, series_name, twin_prefix};
+use super::write::{SeriesRow, decode_rows};
 use super::{
     Agg, Bucket, HistoryError, MAX_BUCKETS, MAX_POINTS, TARGET_BUCKETS, TimeRange, align_down, db,
 };
@@ -109,12 +110,28 @@ pub fn query(
         ),
         None => None,
     };
-    let raw = raw_rows.into_iter().flatten().take(cap).map(|entry| {
-        entry.map_err(db).map(|(k, v)| {
-            let ts = k.value().1;
-            (ts, Agg::point(ts, v.value()))
+    // Journaled rows are the newest; one with the key of a raw row replaces it (last wins).
+    let journaled = journal_rows(txn, id, range)?;
+    let superseded: HashSet<(u64, u32)> = journaled
+        .iter()
+        .map(|row| (row.timestamp_ms, row.seq))
+        .collect();
+    let raw = raw_rows
+        .into_iter()
+        .flatten()
+        .take(cap)
+        .filter_map(|entry| match entry {
+            Ok((k, v)) => {
+                let (_, ts, seq) = k.value();
+                (!superseded.contains(&(ts, seq))).then(|| Ok((ts, Agg::point(ts, v.value()))))
+            }
+            Err(err) => Some(Err(db(err))),
         })
-    });
+        .chain(
+            journaled
+                .iter()
+                .map(|row| Ok((row.timestamp_ms, Agg::point(row.timestamp_ms, row.value)))),
+        );
 
     match step_ms {
         None => {
@@ -148,13 +165,48 @@ pub fn query(
     }
 }
 
-/// The metrics of `key` that have stored history (raw or rolled up), sorted.
+/// The journaled rows of series `id` within `range`, by timestamp and sequence; of two with one
+/// key, the later write.
+fn journal_rows(
+    txn: &ReadTransaction,
+    id: u32,
+    range: TimeRange,
+) -> Result<Vec<SeriesRow>, HistoryError> {
+    let Some(journal) = open_read(txn, JOURNAL)? else {
+        return Ok(Vec::new());
+    };
+    let mut latest: BTreeMap<(u64, u32), SeriesRow> = BTreeMap::new();
+    for entry in journal.iter().map_err(db)? {
+        let (_, bytes) = entry.map_err(db)?;
+        for row in decode_rows(bytes.value()) {
+            if row.series == id && (range.from_ms..range.to_ms).contains(&row.timestamp_ms) {
+                latest.insert((row.timestamp_ms, row.seq), row);
+            }
+        }
+    }
+    Ok(latest.into_values().collect())
+}
+
+/// Series ids with rows waiting in the journal.
+fn journaled_series(txn: &ReadTransaction) -> Result<HashSet<u32>, HistoryError> {
+    let mut ids = HashSet::new();
+    if let Some(journal) = open_read(txn, JOURNAL)? {
+        for entry in journal.iter().map_err(db)? {
+            let (_, bytes) = entry.map_err(db)?;
+            ids.extend(decode_rows(bytes.value()).map(|row| row.series));
+        }
+    }
+    Ok(ids)
+}
+
+/// The metrics of `key` that have stored history (raw, journaled or rolled up), sorted.
 pub fn series(txn: &ReadTransaction, key: &TwinKey) -> Result<Vec<String>, HistoryError> {
     let Some(series) = open_read(txn, SERIES)? else {
         return Ok(Vec::new());
     };
     let raw = open_read(txn, RAW)?;
     let rollup = open_read(txn, ROLLUP)?;
+    let journaled = journaled_series(txn)?;
     let prefix = twin_prefix(key);
     // '0' follows '/' in ASCII: the range holds exactly the names starting with the prefix.
     let end = format!("{}/{}0", key.lab, key.machine);
@@ -179,7 +231,7 @@ pub fn series(txn: &ReadTransaction, key: &TwinKey) -> Result<Vec<String>, Histo
             Some(t) => t.range(all.clone()).map_err(db)?.next().is_some(),
             None => false,
         };
-        if has_raw || has_rollup {
+        if has_raw || has_rollup || journaled.contains(&id) {
             let name = name.value();
             out.push(
                 name.strip_prefix(prefix.as_str())

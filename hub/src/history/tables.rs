@@ -11,6 +11,9 @@ pub(super) const SERIES: TableDefinition<&str, u32> = TableDefinition::new("hist
 /// `(series id, timestamp ms, sample sequence)` → value. The sequence tells apart samples that
 /// share a millisecond (a fast node); a replay of the same sample lands on the same key.
 pub(super) const RAW: TableDefinition<(u32, u64, u32), f64> = TableDefinition::new("history_raw");
+/// Commit number → that commit's rows, 24 bytes each (see `write`), until they are folded into
+/// `RAW`.
+pub(super) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("history_journal");
 /// `(series id, bucket start ms)` → `(count, min, max, sum, last, last timestamp ms)`.
 pub(super) const ROLLUP: TableDefinition<(u32, u64), RollupValue> =
     TableDefinition::new("history_rollup");

@@ -183,7 +183,8 @@ fn a_second_sample_with_the_same_timestamp_and_sequence_replaces_the_first() {
         AppendStats {
             appended: 1,
             replaced: 1,
-            skipped_non_finite: 0
+            skipped_non_finite: 0,
+            journaled: 0,
         }
     );
     // A replay in a later transaction is idempotent too.
@@ -518,4 +519,93 @@ fn throughput() {
         day.len(),
         started.elapsed()
     );
+}
+
+impl Fixture {
+    fn journal(&self, rows: &[HistoryRow]) -> AppendStats {
+        let txn = self.db.begin_write().expect("begin write");
+        let stats = append_journaled(&txn, rows).expect("journal");
+        txn.commit().expect("commit");
+        stats
+    }
+
+    fn fold(&self) -> AppendStats {
+        let txn = self.db.begin_write().expect("begin write");
+        let stats = fold_journal(&txn).expect("fold");
+        txn.commit().expect("commit");
+        stats
+    }
+}
+
+#[test]
+fn journaled_rows_are_read_before_and_after_their_fold_with_last_write_wins() {
+    let f = fixture();
+    f.append(&[
+        row("m-1", "spindle.power_w", 1_000, 1.0),
+        row("m-1", "spindle.power_w", 2_000, 2.0),
+    ]);
+    // The journal replaces the raw row at 2 000 and adds one at 3 000, then replaces itself.
+    let stats = f.journal(&[
+        row("m-1", "spindle.power_w", 2_000, 20.0),
+        row("m-1", "spindle.power_w", 3_000, 3.0),
+    ]);
+    assert_eq!((stats.journaled, stats.appended), (2, 0), "not folded yet");
+    f.journal(&[row("m-1", "spindle.power_w", 3_000, 30.0)]);
+    let expected = vec![
+        bucket(1_000, 1, 1.0, 1.0, 1.0, 1.0),
+        bucket(2_000, 1, 20.0, 20.0, 20.0, 20.0),
+        bucket(3_000, 1, 30.0, 30.0, 30.0, 30.0),
+    ];
+    assert_eq!(f.query(0, 10_000, None), expected);
+    assert_eq!(
+        f.query(0, 10_000, Some(10_000)),
+        vec![bucket(0, 3, 1.0, 30.0, 17.0, 30.0)]
+    );
+    let read = f.db.begin_read().expect("read");
+    assert_eq!(
+        series(&read, &key("m-1")).expect("series"),
+        ["spindle.power_w"]
+    );
+    drop(read);
+
+    let folded = f.fold();
+    assert_eq!((folded.appended, folded.replaced), (1, 2));
+    assert_eq!(
+        f.query(0, 10_000, None),
+        expected,
+        "the same after the fold"
+    );
+}
+
+#[test]
+fn the_journal_folds_itself_after_so_many_commits_and_loses_nothing() {
+    let f = fixture();
+    let mut folded = AppendStats::default();
+    for n in 0..FOLD_AFTER_ENTRIES {
+        let stats = f.journal(&[
+            row("m-1", "spindle.power_w", 1_000 + n, n as f64),
+            row("m-2", "spindle.power_w", 1_000 + n, n as f64),
+        ]);
+        folded.appended += stats.appended;
+    }
+    assert_eq!(
+        folded.appended,
+        2 * FOLD_AFTER_ENTRIES,
+        "every row folded once"
+    );
+    assert_eq!(f.fold().appended, 0, "the journal is empty");
+    let points = f.query(0, 10_000, None);
+    assert_eq!(points.len() as u64, FOLD_AFTER_ENTRIES);
+    assert!(points.windows(2).all(|w| w[0].start_ms < w[1].start_ms));
+}
+
+#[test]
+fn a_non_finite_value_never_reaches_the_journal() {
+    let f = fixture();
+    let stats = f.journal(&[
+        row("m-1", "spindle.power_w", 1, f64::NAN),
+        row("m-1", "spindle.power_w", 2, 7.0),
+    ]);
+    assert_eq!((stats.skipped_non_finite, stats.journaled), (1, 1));
+    assert_eq!(f.query(0, 10, None).len(), 1);
 }

@@ -1,13 +1,31 @@
-//! Appending samples.
+//! Appending samples: straight into the raw table, or through the journal.
+//!
+//! Raw rows are keyed by series first, so one commit of samples from many machines lands on as
+//! many B-tree leaves, and redb copies every leaf a transaction touches. A commit every few
+//! milliseconds then rewrites the same leaves again and again; measured, that made the history
+//! insert most of the hub's CPU. The journal takes one commit's rows as a single entry, and
+//! every so many commits they are folded into the raw table sorted by series, each leaf copied
+//! once for many rows. Journaled rows are as durable as raw ones (same transaction as the
+//! acknowledgement) and queries read both.
 
 use std::collections::HashMap;
 
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
-use super::tables::{RAW, SERIES, series_name};
+use super::tables::{JOURNAL, RAW, SERIES, series_name};
 use super::{AppendStats, HistoryError, HistoryRow, db};
 
-/// Stores `rows` inside the caller's write transaction (nothing is committed here).
+/// Fold the journal once it holds this many commits …
+pub const FOLD_AFTER_ENTRIES: u64 = 64;
+/// … or this many rows, which bounds what a query scans besides the raw table.
+pub const FOLD_AFTER_ROWS: usize = 50_000;
+
+/// Bytes of one journaled row: series id (u32), timestamp ms (u64), sequence (u32), value (f64),
+/// little-endian.
+pub(super) const JOURNAL_ROW_BYTES: usize = 24;
+
+/// Stores `rows` in the raw table inside the caller's write transaction (nothing is committed
+/// here).
 ///
 /// A row with the same series and timestamp as a stored one replaces it (last write wins, see
 /// the module header). Non-finite values are skipped and counted, not stored.
@@ -16,11 +34,133 @@ pub fn append(txn: &WriteTransaction, rows: &[HistoryRow]) -> Result<AppendStats
     if rows.is_empty() {
         return Ok(stats);
     }
-    let mut series = txn.open_table(SERIES).map_err(db)?;
+    let resolved = resolve(txn, rows, &mut stats)?;
     let mut raw = txn.open_table(RAW).map_err(db)?;
+    insert_raw(&mut raw, &resolved, &mut stats)?;
+    Ok(stats)
+}
+
+/// Stores `rows` as one journal entry inside the caller's write transaction, and folds the
+/// journal into the raw table when it has grown past [`FOLD_AFTER_ENTRIES`] or
+/// [`FOLD_AFTER_ROWS`]. `appended` and `replaced` count the rows folded by this call (as
+/// [`append`] would count them); `journaled` the rows this call added to the journal.
+pub fn append_journaled(
+    txn: &WriteTransaction,
+    rows: &[HistoryRow],
+) -> Result<AppendStats, HistoryError> {
+    let mut stats = AppendStats::default();
+    let resolved = if rows.is_empty() {
+        Vec::new()
+    } else {
+        resolve(txn, rows, &mut stats)?
+    };
+    let mut journal = txn.open_table(JOURNAL).map_err(db)?;
+    if !resolved.is_empty() {
+        let next = match journal.last().map_err(db)? {
+            Some((key, _)) => key.value() + 1,
+            None => 0,
+        };
+        let mut entry = Vec::with_capacity(resolved.len() * JOURNAL_ROW_BYTES);
+        for row in &resolved {
+            encode_row(row, &mut entry);
+        }
+        journal.insert(next, entry.as_slice()).map_err(db)?;
+        stats.journaled = resolved.len() as u64;
+    }
+    let entries = journal.len().map_err(db)?;
+    if entries == 0 {
+        return Ok(stats);
+    }
+    let mut rows_waiting = 0;
+    if entries < FOLD_AFTER_ENTRIES {
+        for entry in journal.iter().map_err(db)? {
+            rows_waiting += entry.map_err(db)?.1.value().len() / JOURNAL_ROW_BYTES;
+        }
+        if rows_waiting < FOLD_AFTER_ROWS {
+            return Ok(stats);
+        }
+    }
+    fold_into(&mut journal, txn, &mut stats)?;
+    Ok(stats)
+}
+
+/// Moves every journaled row into the raw table (inside the caller's transaction).
+pub fn fold_journal(txn: &WriteTransaction) -> Result<AppendStats, HistoryError> {
+    let mut stats = AppendStats::default();
+    let mut journal = txn.open_table(JOURNAL).map_err(db)?;
+    fold_into(&mut journal, txn, &mut stats)?;
+    Ok(stats)
+}
+
+fn fold_into(
+    journal: &mut Table<'_, u64, &[u8]>,
+    txn: &WriteTransaction,
+    stats: &mut AppendStats,
+) -> Result<(), HistoryError> {
+    let mut rows = Vec::new();
+    for entry in journal.extract_if(|_, _| true).map_err(db)? {
+        let (_, bytes) = entry.map_err(db)?;
+        rows.extend(decode_rows(bytes.value()));
+    }
+    // Stable: of two rows with one key, the later write stays last and wins.
+    rows.sort_by_key(|row| (row.series, row.timestamp_ms, row.seq));
+    let mut raw = txn.open_table(RAW).map_err(db)?;
+    insert_raw(&mut raw, &rows, stats)
+}
+
+/// A row with its series id resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct SeriesRow {
+    pub series: u32,
+    pub timestamp_ms: u64,
+    pub seq: u32,
+    pub value: f64,
+}
+
+fn encode_row(row: &SeriesRow, out: &mut Vec<u8>) {
+    out.extend_from_slice(&row.series.to_le_bytes());
+    out.extend_from_slice(&row.timestamp_ms.to_le_bytes());
+    out.extend_from_slice(&row.seq.to_le_bytes());
+    out.extend_from_slice(&row.value.to_le_bytes());
+}
+
+/// The rows of one journal entry. A trailing partial row (which this code never writes) is
+/// ignored rather than misread.
+pub(super) fn decode_rows(bytes: &[u8]) -> impl Iterator<Item = SeriesRow> + '_ {
+    bytes.chunks_exact(JOURNAL_ROW_BYTES).map(|row| {
+        let (series, rest) = row.split_at(4);
+        let (timestamp, rest) = rest.split_at(8);
+        let (seq, value) = rest.split_at(4);
+        let word = |b: &[u8]| {
+            let mut a = [0; 8];
+            a.copy_from_slice(b);
+            a
+        };
+        let half = |b: &[u8]| {
+            let mut a = [0; 4];
+            a.copy_from_slice(b);
+            a
+        };
+        SeriesRow {
+            series: u32::from_le_bytes(half(series)),
+            timestamp_ms: u64::from_le_bytes(word(timestamp)),
+            seq: u32::from_le_bytes(half(seq)),
+            value: f64::from_le_bytes(word(value)),
+        }
+    })
+}
+
+/// Series ids for `rows`, registering new series; non-finite values are counted and left out.
+fn resolve(
+    txn: &WriteTransaction,
+    rows: &[HistoryRow],
+    stats: &mut AppendStats,
+) -> Result<Vec<SeriesRow>, HistoryError> {
+    let mut series = txn.open_table(SERIES).map_err(db)?;
     // A batch usually holds a few metrics of a few machines many times over: look each name
     // up in the table once per call.
     let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         if !row.value.is_finite() {
             stats.skipped_non_finite += 1;
@@ -48,8 +188,24 @@ pub fn append(txn: &WriteTransaction, rows: &[HistoryRow]) -> Result<AppendStats
                 id
             }
         };
+        out.push(SeriesRow {
+            series: id,
+            timestamp_ms: row.timestamp_ms,
+            seq: row.seq,
+            value: row.value,
+        });
+    }
+    Ok(out)
+}
+
+fn insert_raw(
+    raw: &mut Table<'_, (u32, u64, u32), f64>,
+    rows: &[SeriesRow],
+    stats: &mut AppendStats,
+) -> Result<(), HistoryError> {
+    for row in rows {
         if raw
-            .insert((id, row.timestamp_ms, row.seq), row.value)
+            .insert((row.series, row.timestamp_ms, row.seq), row.value)
             .map_err(db)?
             .is_some()
         {
@@ -58,5 +214,5 @@ pub fn append(txn: &WriteTransaction, rows: &[HistoryRow]) -> Result<AppendStats
             stats.appended += 1;
         }
     }
-    Ok(stats)
+    Ok(())
 }
