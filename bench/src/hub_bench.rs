@@ -274,10 +274,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
          | process peak RSS (hub, broker and load generator) | {rss} KiB |\n\n\
          The hub path is: broker delivery, Sparkplug decoding and session checks, twin update (order by\n\
          node sequence, KPIs, alarm rules and anomaly score), the stream broadcast, then a group commit\n\
-         of history rows, twins and alarm state in one redb transaction (the next one starts as soon as\n\
-         the last is done), and only then the acknowledgements to the broker. The broker lets 64\n\
-         messages go unacknowledged per client, so the commit latency bounds the rate; the JSON topics\n\
-         are off here.\n",
+         of history rows (through the journal), twins and alarm state in one redb transaction once\n\
+         `commit_batch` (256) messages wait or 50 ms passed, and only then the acknowledgements to the\n\
+         broker. The embedded broker lets 1000 messages go unacknowledged per client, so a commit\n\
+         carries hundreds of them; the JSON topics are off here.\n",
         edges = args.edges,
         per = args.machines,
         samples = args.samples,

@@ -207,3 +207,54 @@ async fn publish_json(
     }
     let _ = client.try_disconnect();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(machine: &str, seq: u32, power: f64, historical: bool) -> Applied {
+        Applied {
+            key: TwinKey::parse(&format!("lab-a/{machine}")).expect("key"),
+            timestamp: u64::from(seq) * 1_000,
+            seq,
+            values: vec![("spindle.power_w".parse().expect("metric"), power)],
+            historical,
+            gateway: None,
+        }
+    }
+
+    #[test]
+    fn json_topics_keep_the_newest_live_value_and_count_the_ones_it_replaced() {
+        let stats = Arc::new(HubStats::default());
+        let latest = Arc::new(Mutex::new(Latest::new()));
+        let outputs = Outputs {
+            json: Some(latest.clone()),
+            influx: None,
+            stats: stats.clone(),
+        };
+        outputs.committed(
+            &[
+                applied("mill-1", 1, 10.0, false),
+                applied("mill-1", 2, 20.0, false),
+                applied("mill-2", 1, 5.0, false),
+            ],
+            &[],
+        );
+        // A replayed sample is history, not the machine's present value.
+        outputs.committed(
+            &[
+                applied("mill-1", 3, 30.0, false),
+                applied("mill-2", 0, 99.0, true),
+            ],
+            &[],
+        );
+        let due = std::mem::take(&mut *latest.lock().expect("lock"));
+        let value = |machine: &str| {
+            let key = TwinKey::parse(&format!("lab-a/{machine}")).expect("key");
+            due[&key].values().next().copied()
+        };
+        assert_eq!(value("mill-1"), Some((30.0, 3_000)));
+        assert_eq!(value("mill-2"), Some((5.0, 1_000)));
+        assert_eq!(stats.dropped(IngestDrop::JsonTopicSuperseded), 2);
+    }
+}

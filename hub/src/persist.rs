@@ -203,12 +203,13 @@ fn write(
     // Before the twins: one born again after its retirement is written back.
     store.remove_in(&txn, retired)?;
 
-    let (twins, alarms): (Vec<_>, Vec<_>) = twins
-        .iter()
-        .map(|(twin, alarms)| (twin.clone(), (twin.id.clone(), alarms.clone())))
-        .unzip();
-    store.save_in(&txn, &twins)?;
-    store.save_alarms_in(&txn, &alarms)?;
+    store.save_in(&txn, twins.iter().map(|(twin, _)| twin))?;
+    store.save_alarms_in(
+        &txn,
+        twins
+            .iter()
+            .map(|(twin, alarms)| (twin.id.as_str(), alarms)),
+    )?;
     if let Some(host) = host {
         store.put_document(&txn, HOST_DOCUMENT, host)?;
     }

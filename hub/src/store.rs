@@ -109,10 +109,17 @@ impl TwinStore {
     }
 
     /// Writes twins inside a caller's transaction.
-    pub fn save_in(&self, txn: &redb::WriteTransaction, twins: &[Twin]) -> Result<(), StoreError> {
+    pub fn save_in<'a>(
+        &self,
+        txn: &redb::WriteTransaction,
+        twins: impl IntoIterator<Item = &'a Twin>,
+    ) -> Result<(), StoreError> {
         let mut table = txn.open_table(TWINS).map_err(|e| db_error(&self.path, e))?;
+        // One buffer for the whole batch instead of one allocation per twin.
+        let mut bytes = Vec::new();
         for twin in twins {
-            let bytes = serde_json::to_vec(twin).map_err(|source| StoreError::Codec {
+            bytes.clear();
+            serde_json::to_writer(&mut bytes, twin).map_err(|source| StoreError::Codec {
                 id: twin.id.clone(),
                 source,
             })?;
@@ -147,21 +154,23 @@ impl TwinStore {
     }
 
     /// Writes the alarm state of twins inside a caller's transaction.
-    pub fn save_alarms_in(
+    pub fn save_alarms_in<'a>(
         &self,
         txn: &redb::WriteTransaction,
-        alarms: &[(String, MachineSnapshot)],
+        alarms: impl IntoIterator<Item = (&'a str, &'a MachineSnapshot)>,
     ) -> Result<(), StoreError> {
         let mut table = txn
             .open_table(ALARMS)
             .map_err(|e| db_error(&self.path, e))?;
+        let mut bytes = Vec::new();
         for (id, snapshot) in alarms {
-            let bytes = serde_json::to_vec(snapshot).map_err(|source| StoreError::Codec {
-                id: id.clone(),
+            bytes.clear();
+            serde_json::to_writer(&mut bytes, snapshot).map_err(|source| StoreError::Codec {
+                id: id.to_owned(),
                 source,
             })?;
             table
-                .insert(id.as_str(), bytes.as_slice())
+                .insert(id, bytes.as_slice())
                 .map_err(|e| db_error(&self.path, e))?;
         }
         Ok(())

@@ -781,6 +781,14 @@ async fn streams_filter_by_metric_and_json_topics_carry_the_last_values() -> any
         .await?;
     let twins = hub.twins().clone();
     let key = TwinKey::parse("lab-a/mill-9").context("key")?;
+    // A JSON topic carries each metric's newest value (superseded ones are skipped), so the
+    // value to wait for is the burst's last.
+    wait_until(
+        Duration::from_secs(10),
+        "the whole burst at the twin",
+        || twins.get(&key).is_some_and(|t| t.samples == 40),
+    )
+    .await?;
     let last = twins.get(&key).and_then(|t| t.value("spindle.power_w"));
     // The retained message, or live ones still on their way, until the twin's last value.
     let power = within(Duration::from_secs(10), "the last power value", async {

@@ -111,15 +111,17 @@ impl HubProcess {
         dir: &Path,
         mqtt_port: u16,
         mqtt_password: &str,
+        commit_batch: u32,
         recorder: Arc<Recorder>,
     ) -> anyhow::Result<Self> {
         let web_password = mqtt_password.to_owned() + "-web";
         let hash = hash_password(bin, &web_password)?;
-        // The hub's own defaults otherwise (json_topics on, 100 ms group commit): it does its
-        // normal work. It accepts the bench lab's births without a directory entry.
+        // The hub's own defaults otherwise (JSON topics on, history, alarms): it does its normal
+        // work. It accepts the bench lab's births without a directory entry.
         let config = format!(
-            "[hub]\nhost_id = \"{HOST_ID}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\naccept_unknown = true\n\n\
+            "[hub]\nhost_id = \"{HOST_ID}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\naccept_unknown = true\ncommit_batch = {commit_batch}\n\n\
              [broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nusername = \"hub\"\npassword_env = \"{PASSWORD_ENV}\"\n\n\
+             [limits]\nmax_twins_per_lab = 100000\n\n\
              [[auth.users]]\nname = \"{WEB_USER}\"\nrole = \"admin\"\npassword_hash = \"{hash}\"\n",
             data = dir.join("data").display().to_string(),
         );

@@ -193,6 +193,8 @@ fn encode(seq: u64, metrics: Vec<Metric>) -> Vec<u8> {
 pub struct Generator {
     edges: Vec<Edge>,
     format: Format,
+    /// Properties each DBIRTH declares besides [`METRICS`] and `node.seq` (never sent again).
+    pub extra_properties: u32,
     /// Connection errors seen by the edges' event loops (they reconnect).
     pub errors: Arc<AtomicU64>,
 }
@@ -258,6 +260,7 @@ impl Generator {
         Ok(Self {
             edges: out,
             format,
+            extra_properties: 0,
             errors,
         })
     }
@@ -281,6 +284,10 @@ impl Generator {
                     .iter()
                     .map(|n| Metric::new(DataType::Double, MetricValue::Double(0.0)).named(*n))
                     .collect();
+                metrics.extend((0..self.extra_properties).map(|p| {
+                    Metric::new(DataType::Double, MetricValue::Double(f64::from(p)))
+                        .named(format!("setting.p{p}"))
+                }));
                 metrics.push(
                     Metric::new(
                         DataType::UInt32,

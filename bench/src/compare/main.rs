@@ -21,6 +21,7 @@ mod plain;
 mod process;
 mod report;
 mod run;
+mod twins;
 
 use std::path::PathBuf;
 
@@ -70,10 +71,14 @@ pub struct Args {
     /// Consumers to measure, in this order.
     #[arg(long, value_delimiter = ',', default_value = "plain,hub,node-red")]
     pub peers: Vec<PeerKind>,
-    /// Mosquitto's `max_inflight_messages` (unacknowledged QoS 1 messages per client) [default:
-    /// not set, i.e. Mosquitto's default of 20].
-    #[arg(long)]
-    pub mosquitto_max_inflight: Option<u32>,
+    /// Mosquitto's `max_inflight_messages` (unacknowledged QoS 1 messages per client), as
+    /// `deploy/mosquitto/mosquitto.conf` sets it; 0 leaves Mosquitto's default of 20.
+    #[arg(long, default_value_t = 1000)]
+    pub mosquitto_max_inflight: u32,
+    /// The hub's `commit_batch`, as `deploy/hub.toml` sets it beside that window (use 16 with
+    /// Mosquitto's default window).
+    #[arg(long, default_value_t = 256)]
+    pub hub_commit_batch: u32,
     /// The hub binary [default: demolab-hub beside this executable].
     #[arg(long)]
     pub hub_bin: Option<PathBuf>,
@@ -87,9 +92,26 @@ pub struct Args {
     /// where it is.
     #[arg(long)]
     pub keep_tmp: bool,
-    /// Where compare.json and compare.md are written.
+    /// Where compare.json and compare.md (and twins.json, twins.md) are written.
     #[arg(long, default_value = "bench/results")]
     pub out_dir: PathBuf,
+    /// Hub memory by twin count: for each count a fresh hub, every twin born, then samples at
+    /// --twins-rate for --twins-s seconds, RSS read every --twins-every-s (twins.md). With
+    /// --reps 0 only this runs.
+    #[arg(long, value_delimiter = ',')]
+    pub twins: Vec<u32>,
+    /// Properties each twin is born with (of which 5 and node.seq are sampled).
+    #[arg(long, default_value_t = 20)]
+    pub twin_properties: u32,
+    /// Messages per second in total while the hub's memory is watched.
+    #[arg(long, default_value_t = 10_000)]
+    pub twins_rate: u32,
+    /// Seconds of data per twin count.
+    #[arg(long, default_value_t = 600)]
+    pub twins_s: u64,
+    /// Seconds between two readings of the hub's memory.
+    #[arg(long, default_value_t = 30)]
+    pub twins_every_s: u64,
 }
 
 /// A consumer of the load.
@@ -115,7 +137,14 @@ impl PeerKind {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
+    anyhow::ensure!(
+        args.reps >= 1 || !args.twins.is_empty(),
+        "--reps must be at least 1 (0 only with --twins)"
+    );
+    anyhow::ensure!(
+        args.twins.iter().all(|n| *n >= 1) && args.twins_every_s >= 1 && args.twins_rate >= 1,
+        "--twins counts, --twins-rate and --twins-every-s must be at least 1"
+    );
     anyhow::ensure!(args.step_s > 0.0, "--step-s must be positive");
     anyhow::ensure!(
         args.edges >= 1 && args.machines >= 1,

@@ -25,8 +25,8 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// `max_inflight`: Mosquitto's `max_inflight_messages`, left at its default when None.
-    pub fn start(dir: &Path, max_inflight: Option<u32>) -> anyhow::Result<Self> {
+    /// `max_inflight`: Mosquitto's `max_inflight_messages`, left at its default when 0.
+    pub fn start(dir: &Path, max_inflight: u32) -> anyhow::Result<Self> {
         let exe = find_executable("mosquitto").context(
             "mosquitto is not installed (not on PATH nor in /usr/sbin): apt-get install mosquitto",
         )?;
@@ -64,9 +64,8 @@ impl Mosquitto {
         }
         set_mode(&passwd_file, 0o644)?;
         let port = free_port()?;
-        // `max_inflight_messages` stays at its default (20 per client) unless asked: that is
-        // what a deployed broker does and it bounds a consumer that acknowledges late.
-        // `max_queued_messages` is raised so a lagging consumer is measured as lagging, not
+        // `max_inflight_messages` as the deployment sets it: it bounds a consumer that
+        // acknowledges only what is on disk (the hub). `max_queued_messages` is raised so a lagging consumer is measured as lagging, not
         // silently losing messages.
         let mut config_text = format!(
             "listener {port} 127.0.0.1\n\
@@ -80,8 +79,8 @@ impl Mosquitto {
              log_type warning\n",
             passwd = passwd_file.display()
         );
-        if let Some(n) = max_inflight {
-            config_text.push_str(&format!("max_inflight_messages {n}\n"));
+        if max_inflight > 0 {
+            config_text.push_str(&format!("max_inflight_messages {max_inflight}\n"));
         }
         let config = dir.join("mosquitto.conf");
         std::fs::write(&config, &config_text)?;

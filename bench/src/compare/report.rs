@@ -282,6 +282,7 @@ pub fn write(results: &Results) -> anyhow::Result<()> {
             "mosquitto": results.mosquitto_version,
             "mosquitto_conf": results.mosquitto_config,
             "mosquitto_max_inflight_messages": args.mosquitto_max_inflight,
+            "hub_commit_batch": args.hub_commit_batch,
             "node_red": results.node_red_version.as_ref().map(|(v, _)| v),
             "node": results.node_red_version.as_ref().map(|(_, n)| n),
             "payload_bytes": {"sparkplug_ddata": crate::load::payload_sizes().0, "json": crate::load::payload_sizes().1},
@@ -366,14 +367,16 @@ fn markdown(results: &Results) -> String {
         step = args.step_s,
         sus = args.sustain_s,
         mr = args.measure_rates,
-        inflight = args.mosquitto_max_inflight.map_or_else(
-            || {
-                "`max_inflight_messages` left at its default (20 unacknowledged QoS 1 messages \
-                 per client)"
-                    .to_owned()
-            },
-            |n| format!("`max_inflight_messages {n}` (default 20)")
-        ),
+        inflight = match args.mosquitto_max_inflight {
+            0 => "`max_inflight_messages` left at its default (20 unacknowledged QoS 1 messages \
+                  per client)"
+                .to_owned(),
+            n => format!(
+                "`max_inflight_messages {n}` as `deploy/mosquitto/mosquitto.conf` sets it \
+                 (Mosquitto's default is 20); the hub with `commit_batch = {}` as `deploy/hub.toml`",
+                args.hub_commit_batch
+            ),
+        },
         spb = crate::load::payload_sizes().0,
         js = crate::load::payload_sizes().1,
     );

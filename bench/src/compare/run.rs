@@ -127,12 +127,12 @@ pub const SELF_NAME: &str = "bench process (load, clients)";
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let command = reproduce_command();
-    let hub_bin = if args.peers.contains(&PeerKind::Hub) {
+    let hub_bin = if args.peers.contains(&PeerKind::Hub) || !args.twins.is_empty() {
         Some(hub_process::locate(args.hub_bin.as_deref())?)
     } else {
         None
     };
-    let red_js = if args.peers.contains(&PeerKind::NodeRed) {
+    let red_js = if args.peers.contains(&PeerKind::NodeRed) && args.reps > 0 {
         if !args.flow.is_file() {
             anyhow::bail!(
                 "the flow {} is missing: run from the workspace root or pass --flow",
@@ -185,6 +185,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             runs.push(run);
         }
+    }
+    if !args.twins.is_empty() {
+        println!("== hub memory by twin count");
+        let plan = crate::twins::Plan {
+            counts: &args.twins,
+            properties: args.twin_properties,
+            rate: f64::from(args.twins_rate),
+            duration: std::time::Duration::from_secs(args.twins_s),
+            interval: std::time::Duration::from_secs(args.twins_every_s),
+            commit_batch: args.hub_commit_batch,
+        };
+        let bin = ctx.hub_bin.as_deref().context("no hub binary")?;
+        let twins = crate::twins::run(&plan, &broker, bin, tmp.path()).await?;
+        std::fs::create_dir_all(&args.out_dir)?;
+        crate::twins::write(
+            &args.out_dir,
+            &plan,
+            &twins,
+            &command,
+            &crate::report::machine(),
+        )?;
+        println!(
+            "hub memory results written to {}",
+            args.out_dir.join("twins.md").display()
+        );
+    }
+    if args.reps == 0 {
+        return Ok(());
     }
     let results = Results {
         command,
@@ -242,8 +270,15 @@ async fn run_peer(ctx: &Ctx<'_>, run: &mut PeerRun) -> anyhow::Result<()> {
         }
         PeerKind::Hub => {
             let bin = ctx.hub_bin.as_deref().context("no hub binary")?;
-            let hub = HubProcess::start(bin, &dir, broker.port, &broker.password, recorder.clone())
-                .await?;
+            let hub = HubProcess::start(
+                bin,
+                &dir,
+                broker.port,
+                &broker.password,
+                args.hub_commit_batch,
+                recorder.clone(),
+            )
+            .await?;
             (Peer::Hub(hub), connect().await?)
         }
         PeerKind::NodeRed => {

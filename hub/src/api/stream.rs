@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use futures_util::{FutureExt, SinkExt, Stream};
 use protocol::{LabId, MachineId, MetricName};
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -132,6 +132,9 @@ async fn next(
     }
 }
 
+/// Changes written to a WebSocket before it is flushed.
+const MAX_CHANGES_PER_WRITE: usize = 256;
+
 fn lagged(missed: u64) -> String {
     format!("{{\"kind\":\"lagged\",\"missed\":{missed}}}")
 }
@@ -215,7 +218,27 @@ async fn forward(mut socket: WebSocket, state: AppState, filter: Filter) {
                 Some(Ok(_)) => continue,
             },
         };
-        if socket.send(Message::Text(text.into())).await.is_err() {
+        // Whatever else is already waiting goes out in the same write: one syscall and one
+        // wake-up of the client per burst rather than per change.
+        if socket.feed(Message::Text(text.into())).await.is_err() {
+            break None;
+        }
+        let mut fed = 1;
+        while fed < MAX_CHANGES_PER_WRITE {
+            let Some(more) = next(&mut changes, &filter, &state).now_or_never() else {
+                break;
+            };
+            let text = match more {
+                Some(Ok(change)) => serde_json::to_string(&change).unwrap_or_default(),
+                Some(Err(missed)) => lagged(missed),
+                None => break,
+            };
+            if socket.feed(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+            fed += 1;
+        }
+        if socket.flush().await.is_err() {
             break None;
         }
     };

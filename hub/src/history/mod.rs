@@ -32,7 +32,7 @@
 //! ```
 //!
 //! # On-disk layout
-//! Three tables, all in the hub's database file:
+//! Four tables, all in the hub's database file:
 //! - `history_series`: `"lab/machine/metric"` → `u32` series id. Ids are handed out densely in
 //!   order of first appearance and never reused. Lab and machine ids cannot contain `/` and
 //!   metric names cannot either, so the string is unambiguous and a prefix scan of
@@ -40,6 +40,10 @@
 //! - `history_raw`: `(series id, source timestamp ms)` → value (`f64`). The series id leads the
 //!   key, so one series between two times is one ordered range; the key is 12 bytes instead of
 //!   the ~60 a name would take, repeated on every sample.
+//! - `history_journal`: commit number → that commit's rows (series id, timestamp, sequence,
+//!   value; 24 bytes each), written by [`append_journaled`] and folded into `history_raw` every
+//!   [`FOLD_AFTER_ENTRIES`] commits or [`FOLD_AFTER_ROWS`] rows. One entry per commit instead
+//!   of one B-tree leaf copy per series per commit; queries read it beside the raw table.
 //! - `history_rollup`: `(series id, bucket start ms)` →
 //!   `(count, min, max, sum, last, last timestamp ms)`, one row per series and rollup step.
 //!
