@@ -146,6 +146,11 @@ pub async fn run(
         Some(group) => format!("$share/{group}/{NAMESPACE}/#"),
         None => format!("{NAMESPACE}/#"),
     };
+    let storage = ToStorage {
+        commits: &commits,
+        idle: &persister_idle,
+        twins: &twins,
+    };
     let mut pending = Commit::default();
     let mut host_changed = false;
     let mut ticker = tokio::time::interval(HOST_TICK);
@@ -158,7 +163,11 @@ pub async fn run(
     // it, so dropping it for a tick would abandon a connection attempt that takes longer than
     // the commit interval (a TLS handshake, a distant broker) and start it again, forever.
     let mut poll = Box::pin(events.poll());
+    // The commit interval has passed since the oldest change that waits for storage.
+    let mut due = false;
     loop {
+        stats.observe_uncommitted(persister_idle.uncommitted() + pending.acks.len());
+        let batch_ready = due || pending.acks.len() >= config.commit_batch;
         let batch_due = async {
             match commit_due {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -181,17 +190,13 @@ pub async fn run(
             }
             () = batch_due => {
                 commit_due = None;
-                // Even with storage busy: the batch queues behind the running commit.
-                let claimed = persister_idle.claim();
-                if !hand_over(&mut pending, &mut host_changed, &host, &twins, &commits) && claimed {
-                    persister_idle.unclaim();
-                }
+                due = true;
+                storage.offer(&mut pending, &mut host_changed, &host, &mut due);
                 continue;
             }
-            () = persister_idle.became_idle(), if pending.acks.len() >= config.commit_batch => {
-                if persister_idle.claim() {
+            () = persister_idle.became_idle(), if batch_ready => {
+                if storage.offer(&mut pending, &mut host_changed, &host, &mut due) {
                     commit_due = None;
-                    hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
                 }
                 continue;
             }
@@ -239,15 +244,16 @@ pub async fn run(
                     &mut pending,
                 );
                 if publish.qos != QoS::AtMostOnce {
-                    pending.acks.push(publish);
+                    pending.acks.push(acknowledgement_of(&publish));
                 }
                 commit_due
                     .get_or_insert_with(|| tokio::time::Instant::now() + config.commit_interval);
                 // Group commit: a full batch goes as soon as storage is free; a thin stream
                 // waits up to the commit interval for company.
-                if pending.acks.len() >= config.commit_batch && persister_idle.claim() {
+                if pending.acks.len() >= config.commit_batch
+                    && storage.offer(&mut pending, &mut host_changed, &host, &mut due)
+                {
                     commit_due = None;
-                    hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
                 }
             }
             Ok(_) => {}
@@ -262,7 +268,7 @@ pub async fn run(
         }
     }
     drop(poll);
-    hand_over(&mut pending, &mut host_changed, &host, &twins, &commits);
+    storage.hand_over(&mut pending, &mut host_changed, &host);
     // Let storage commit the last batch and send its acknowledgements before leaving, so a
     // clean restart is not redelivered what is already on disk.
     let (done_tx, done) = oneshot::channel();
@@ -393,35 +399,69 @@ fn perform(
     }
 }
 
-/// Sends what accumulated to storage (false when nothing had), with a consistent copy of the twins it changed: they are
-/// copied here, on the only task that applies samples, so a twin on disk is never ahead of the
-/// history and acknowledgements committed with it.
-fn hand_over(
-    pending: &mut Commit,
-    host_changed: &mut bool,
-    host: &PrimaryHost,
-    twins: &TwinRegistry,
-    commits: &mpsc::UnboundedSender<Commit>,
-) -> bool {
-    let dirty = twins.take_dirty();
-    let retired = twins.take_retired();
-    if pending.acks.is_empty()
-        && pending.applied.is_empty()
-        && dirty.is_empty()
-        && retired.is_empty()
-    {
-        return false;
+/// What storage needs to acknowledge a message later: its packet id and QoS, without the topic
+/// and payload. A payload shares the connection's read buffer, so keeping it until the commit
+/// would pin that buffer for every message waiting for storage.
+fn acknowledgement_of(publish: &Publish) -> Publish {
+    let mut ack = Publish::new(String::new(), publish.qos, Vec::new());
+    ack.pkid = publish.pkid;
+    ack
+}
+
+/// The way from ingest to the storage task.
+struct ToStorage<'a> {
+    commits: &'a mpsc::UnboundedSender<Commit>,
+    idle: &'a crate::persist::Idle,
+    twins: &'a TwinRegistry,
+}
+
+impl ToStorage<'_> {
+    /// Hands what waits to storage if storage is idle (true, and `due` cleared, when it did or
+    /// nothing waited). Never queues a commit behind a running one: what arrives meanwhile joins
+    /// the next, so only one batch of twin copies exists at a time however far storage falls
+    /// behind, and the broker's window bounds what waits.
+    fn offer(
+        &self,
+        pending: &mut Commit,
+        host_changed: &mut bool,
+        host: &PrimaryHost,
+        due: &mut bool,
+    ) -> bool {
+        if !self.idle.claim() {
+            return false;
+        }
+        if !self.hand_over(pending, host_changed, host) {
+            self.idle.unclaim();
+        }
+        *due = false;
+        true
     }
-    let mut commit = std::mem::take(pending);
-    commit.retired = retired;
-    commit.twins = dirty
-        .iter()
-        .filter_map(|key| twins.persisted(key))
-        .collect();
-    if std::mem::take(host_changed) {
-        commit.host = Some(host.snapshot());
+
+    /// Sends what accumulated to storage (false when nothing had), with a consistent copy of the
+    /// twins it changed: they are copied here, on the only task that applies samples, so a twin
+    /// on disk is never ahead of the history and acknowledgements committed with it.
+    fn hand_over(&self, pending: &mut Commit, host_changed: &mut bool, host: &PrimaryHost) -> bool {
+        let dirty = self.twins.take_dirty();
+        let retired = self.twins.take_retired();
+        if pending.acks.is_empty()
+            && pending.applied.is_empty()
+            && dirty.is_empty()
+            && retired.is_empty()
+        {
+            return false;
+        }
+        let mut commit = std::mem::take(pending);
+        commit.retired = retired;
+        commit.twins = dirty
+            .iter()
+            .filter_map(|key| self.twins.persisted(key))
+            .collect();
+        if std::mem::take(host_changed) {
+            commit.host = Some(host.snapshot());
+        }
+        self.idle.handed_over(commit.acks.len());
+        // Storage ends after ingest, so the receiver is alive while this runs.
+        let _ = self.commits.send(commit);
+        true
     }
-    // Storage ends after ingest, so the receiver is alive while this runs.
-    let _ = commits.send(commit);
-    true
 }

@@ -3,7 +3,7 @@
 //! came from, then feeds the outputs that must only see durable data (JSON topics, InfluxDB).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -24,15 +24,19 @@ pub const HOST_DOCUMENT: &str = "host";
 
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
-/// Whether storage has nothing left to commit, and a wake-up for ingest when that becomes so.
+/// Whether storage has nothing left to commit, how many messages it still owes a commit, and a
+/// wake-up for ingest when it has caught up.
 ///
-/// The broker lets only so many messages go unacknowledged per client (64 for the embedded
-/// broker, 20 for Mosquitto by default), so once a batch is full ingest must hand it over the
-/// moment storage is free: with the window full no further message would arrive to prompt it.
+/// The broker lets only so many messages go unacknowledged per client (the embedded broker's
+/// window, `max_inflight_messages` in Mosquitto), so once a batch is full ingest must hand it over
+/// the moment storage is free: with the window full no further message would arrive to prompt it.
+/// Ingest hands over only to idle storage, never queueing a commit behind a running one, so the
+/// window alone bounds what the hub holds while storage is behind.
 #[derive(Debug)]
 pub struct Idle {
     flag: AtomicBool,
     notify: Notify,
+    uncommitted: AtomicUsize,
 }
 
 impl Default for Idle {
@@ -40,11 +44,26 @@ impl Default for Idle {
         Self {
             flag: AtomicBool::new(true),
             notify: Notify::new(),
+            uncommitted: AtomicUsize::new(0),
         }
     }
 }
 
 impl Idle {
+    /// Messages handed to storage and not yet committed and acknowledged.
+    pub fn uncommitted(&self) -> usize {
+        self.uncommitted.load(Ordering::Acquire)
+    }
+
+    /// Records messages handed over for a commit.
+    pub fn handed_over(&self, messages: usize) {
+        self.uncommitted.fetch_add(messages, Ordering::AcqRel);
+    }
+
+    fn settled(&self, messages: usize) {
+        self.uncommitted.fetch_sub(messages, Ordering::AcqRel);
+    }
+
     /// Claims the idle storage for a hand-over: true at most once per idle spell.
     pub fn claim(&self) -> bool {
         self.flag.swap(false, Ordering::AcqRel)
@@ -146,6 +165,8 @@ pub async fn run(
             outputs.committed(&merged.applied, &rows);
         }
 
+        // Committed, or abandoned at shutdown for the broker to redeliver: no longer owed.
+        idle.settled(merged.acks.len());
         for done in done {
             let _ = done.send(());
         }

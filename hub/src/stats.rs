@@ -200,6 +200,7 @@ pub struct HubStats {
     stream_clients: AtomicU64,
     commits: AtomicU64,
     commit_failures: AtomicU64,
+    uncommitted_peak: AtomicU64,
     history_rows: AtomicU64,
     twins_retired: AtomicU64,
     twins_silenced: AtomicU64,
@@ -337,6 +338,14 @@ impl HubStats {
     pub(crate) fn committed(&self, rows: usize) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.history_rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn observe_uncommitted(&self, messages: usize) {
+        self.uncommitted_peak
+            .fetch_max(messages as u64, Ordering::Relaxed);
+    }
+    /// The most accepted messages that waited for storage at once.
+    pub fn uncommitted_peak(&self) -> u64 {
+        self.uncommitted_peak.load(Ordering::Relaxed)
     }
     pub(crate) fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Ordering::Relaxed);
@@ -537,6 +546,11 @@ impl HubStats {
                 load(&self.http_open),
             ),
             ("demolab_hub_twins", "Twins known.", twins as u64),
+            (
+                "demolab_hub_uncommitted_peak",
+                "The most accepted messages that waited for storage at once: bounded by the broker's window of unacknowledged messages (max_inflight_messages).",
+                load(&self.uncommitted_peak),
+            ),
             ("demolab_hub_twins_online", "Twins online.", online as u64),
             (
                 "demolab_hub_stream_clients",

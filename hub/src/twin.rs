@@ -554,6 +554,17 @@ pub enum DesiredError {
     Offline(String),
 }
 
+/// What the lab overview shows of one lab's twins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LabCounts {
+    /// Twins in the lab.
+    pub machines: usize,
+    /// Twins online.
+    pub online: usize,
+    /// Active alarms over its twins.
+    pub active_alarms: usize,
+}
+
 /// The live twins, shared by ingest, API and persistence.
 #[derive(Debug)]
 pub struct TwinRegistry {
@@ -816,6 +827,33 @@ impl TwinRegistry {
             .collect();
         twins.sort_by(|a, b| a.id.cmp(&b.id));
         twins
+    }
+
+    /// Twins known and twins online, counted in place: `/metrics` is scraped often and must not
+    /// copy every twin to count them.
+    pub fn counts(&self) -> (usize, usize) {
+        let online = self
+            .twins
+            .iter()
+            .filter(|entry| entry.value().twin.connectivity.online)
+            .count();
+        (self.twins.len(), online)
+    }
+
+    /// Per lab: machines, machines online and active alarms, counted in place.
+    pub fn lab_counts(&self) -> BTreeMap<String, LabCounts> {
+        let mut labs: BTreeMap<String, LabCounts> = BTreeMap::new();
+        for entry in self.twins.iter() {
+            let twin = &entry.value().twin;
+            let counts = match labs.get_mut(&twin.lab) {
+                Some(counts) => counts,
+                None => labs.entry(twin.lab.clone()).or_default(),
+            };
+            counts.machines += 1;
+            counts.online += usize::from(twin.connectivity.online);
+            counts.active_alarms += twin.alarms.len();
+        }
+        labs
     }
 
     /// Number of twins.
@@ -1445,6 +1483,39 @@ mod tests {
             (path.gateway.as_deref(), path.bd_seq, path.last_received_ms),
             (Some("gw-a"), Some(3), Some(1_234))
         );
+    }
+
+    #[test]
+    fn counts_per_registry_and_lab_follow_births_and_deaths_without_copying_twins() {
+        let registry = registry();
+        let other = TwinKey {
+            lab: "lab-b".parse().expect("valid"),
+            machine: "press-1".parse().expect("valid"),
+        };
+        registry.apply(TwinUpdate::Birth {
+            key: other.clone(),
+            boot: Some(1),
+            node_seq: None,
+            gateway: "gw-b".parse().expect("valid"),
+            metrics: vec![(metric("spindle.power_w"), Unit::Watt)],
+            timestamp: 1,
+        });
+        assert_eq!(registry.counts(), (2, 2));
+        registry.apply(TwinUpdate::Offline {
+            key: other,
+            timestamp: 2,
+        });
+        assert_eq!(registry.counts(), (2, 1));
+        let labs = registry.lab_counts();
+        let expected = |machines, online, active_alarms| LabCounts {
+            machines,
+            online,
+            active_alarms,
+        };
+        assert_eq!(labs.get("lab-a"), Some(&expected(1, 1, 0)));
+        // Going offline raises the machine's offline alarm.
+        assert_eq!(labs.get("lab-b"), Some(&expected(1, 0, 1)));
+        assert_eq!(labs.len(), 2);
     }
 
     fn sample(seq: u32, power: f64) -> TwinUpdate {

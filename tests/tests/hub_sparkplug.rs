@@ -3,14 +3,16 @@
 //! back, deaths mark them stale, a seq gap or data without a birth asks for a rebirth, and a
 //! gateway a lab does not list is refused.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use demolab_tests::{hub_config, start_hub_with, wait_until, within};
+use hub::broker::BrokerConfig;
 use hub::directory::{Directory, LabConfig};
 use hub::stats::IngestDrop;
 use hub::twin::TwinKey;
-use hub::{Hub, HubConfig};
+use hub::{BrokerSetting, Hub, HubConfig};
 use prost::Message;
 use protocol::sparkplug::{BD_SEQ_METRIC, DataType, Metric, MetricValue, Payload, REBIRTH_METRIC};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -248,6 +250,32 @@ async fn a_gateway_the_lab_does_not_list_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A hub that commits in batches of 4 (behind an embedded broker with `window` if given), an
+/// edge of lab-c connected to it, and the key of that edge's mill.
+async fn batching_hub(
+    data: &std::path::Path,
+    flush_interval: Duration,
+    window: Option<u16>,
+) -> anyhow::Result<(Hub, Edge, TwinKey)> {
+    let mut config = HubConfig {
+        flush_interval,
+        commit_batch: 4,
+        json_topics: false,
+        ..hub_config(data)
+    };
+    if let Some(window) = window {
+        config.broker = BrokerSetting::Embedded(BrokerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_outbound_inflight: window,
+            ..BrokerConfig::default()
+        });
+    }
+    let hub = start_hub_with(config).await?;
+    let edge = Edge::connect(hub.mqtt_addr().port(), "lab-c", "gw-c").await?;
+    let key = TwinKey::parse("lab-c/mill-1").context("key")?;
+    Ok((hub, edge, key))
+}
+
 /// Group commit: a thin stream waits up to `flush_interval` for company (one commit per
 /// message costs an fsync and a copy of the twin, which made the hub's CPU at low rates), and a
 /// batch of `commit_batch` messages commits at once, so a broker window full of unacknowledged
@@ -255,17 +283,9 @@ async fn a_gateway_the_lab_does_not_list_is_refused() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thin_stream_waits_for_company_and_a_full_batch_commits_at_once() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let hub = start_hub_with(HubConfig {
-        flush_interval: Duration::from_secs(30),
-        commit_batch: 4,
-        json_topics: false,
-        ..hub_config(data.path())
-    })
-    .await?;
+    let (hub, edge, key) = batching_hub(data.path(), Duration::from_secs(30), None).await?;
     let twins = hub.twins().clone();
     let stats = hub.stats().clone();
-    let edge = Edge::connect(hub.mqtt_addr().port(), "lab-c", "gw-c").await?;
-    let key = TwinKey::parse("lab-c/mill-1").context("key")?;
     let commits_before = stats.commits();
 
     // The hub's own STATE (it subscribes to all of `spBv1.0/#`), NBIRTH, DBIRTH and one sample
@@ -308,6 +328,41 @@ async fn a_thin_stream_waits_for_company_and_a_full_batch_commits_at_once() -> a
     )
     .await?;
     assert_eq!(stats.commits(), commits_before + 1, "in one commit");
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// The hub acknowledges only what is on disk and hands storage one batch at a time, so what it
+/// holds in memory is bounded by the broker's window however far storage falls behind: a window of
+/// 8 with batches of 4 still carries every sample, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_storage_is_bounded_by_the_brokers_window() -> anyhow::Result<()> {
+    const SAMPLES: u32 = 201;
+    let data = tempfile::tempdir()?;
+    let (hub, edge, key) = batching_hub(data.path(), Duration::from_secs(1), Some(8)).await?;
+    let twins = hub.twins().clone();
+    let stats = hub.stats().clone();
+
+    // Far more than the window: the edge's client queues what the broker does not take yet.
+    edge.born(1).await?;
+    for node_seq in 1..=SAMPLES {
+        let payload_seq = (u64::from(node_seq) + 1) % 256;
+        edge.sample(payload_seq, node_seq, f64::from(node_seq))
+            .await?;
+    }
+    wait_until(Duration::from_secs(20), "every sample committed", || {
+        stats.history_rows() == u64::from(SAMPLES)
+    })
+    .await?;
+    let twin = twins.get(&key).context("twin")?;
+    assert_eq!(twin.last_seq, SAMPLES, "the last sample is the newest");
+    assert_eq!(twin.samples, u64::from(SAMPLES), "each sample applied once");
+    assert_eq!(stats.seq_gaps(), 0, "in order, nothing skipped");
+    let peak = stats.uncommitted_peak();
+    assert!(
+        (4..=8).contains(&peak),
+        "a full batch waited, never more than the window: {peak}"
+    );
     hub.shutdown().await?;
     Ok(())
 }

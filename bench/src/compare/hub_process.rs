@@ -201,15 +201,20 @@ impl HubProcess {
 
     /// `demolab_hub_samples_applied_total` from `/metrics`.
     pub async fn applied(&self) -> anyhow::Result<u64> {
+        self.metric("demolab_hub_samples_applied_total").await
+    }
+
+    /// One unlabelled counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<u64> {
         let (status, body) = demolab_tests::http_get(self.http, "/metrics").await?;
         if status != 200 {
             bail!("GET /metrics answered {status}");
         }
         body.lines()
-            .find_map(|l| l.strip_prefix("demolab_hub_samples_applied_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|v| v as u64)
-            .context("no demolab_hub_samples_applied_total in /metrics")
+            .with_context(|| format!("no {name} in /metrics"))
     }
 
     /// Kills the hub and removes its persistent MQTT session, or Mosquitto would keep queueing

@@ -27,6 +27,8 @@ pub struct TwinsRun {
     pub sent: u64,
     pub applied: u64,
     pub achieved_rate: f64,
+    /// The most messages that waited for storage at once (`demolab_hub_uncommitted_peak`).
+    pub uncommitted_peak: u64,
 }
 
 impl TwinsRun {
@@ -38,6 +40,7 @@ impl TwinsRun {
             "sent": self.sent,
             "applied": self.applied,
             "achieved_rate": self.achieved_rate,
+            "uncommitted_peak": self.uncommitted_peak,
         })
     }
 }
@@ -109,6 +112,7 @@ pub async fn run(
             applied = hub.applied().await?;
         }
         let (_, peak_kib) = memory_kib(hub.pid()).context("the hub's memory")?;
+        let uncommitted_peak = hub.metric("demolab_hub_uncommitted_peak").await?;
         load.disconnect();
         hub.stop(broker.port, &broker.password).await?;
         out.push(TwinsRun {
@@ -118,6 +122,7 @@ pub async fn run(
             sent,
             applied,
             achieved_rate: sent as f64 / elapsed,
+            uncommitted_peak,
         });
     }
     Ok(out)
@@ -144,9 +149,12 @@ pub fn write(
         "# Hub memory by number of twins\n\nWritten by:\n\n```sh\n{command}\n```\n\n\
          Each twin is born with {} properties, then samples of {} values arrive at {:.0} msg/s \
          in total for {} s (QoS 1 through Mosquitto; the hub with JSON topics, history and \
-         alarms as deployed). RSS is read from `/proc/<pid>/status` every {} s.\n\n\
-         | twins | RSS after the first interval, MiB | RSS at the end, MiB | growth, end / first | peak, MiB | samples sent | applied | rate achieved, msg/s |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         alarms as deployed). RSS is read from `/proc/<pid>/status` every {} s. \
+         \"Most waiting\" is the most messages the hub held at once, accepted and not yet \
+         committed (`demolab_hub_uncommitted_peak`): Mosquitto's `max_inflight_messages` should \
+         keep it at 1000 or below.\n\n\
+         | twins | RSS after the first interval, MiB | RSS at the end, MiB | growth, end / first | peak, MiB | samples sent | applied | rate achieved, msg/s | most waiting for storage |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         plan.properties,
         METRICS.len() + 1,
         plan.rate,
@@ -157,7 +165,7 @@ pub fn write(
         let first = run.rss.first().map_or(0, |(_, kib)| *kib);
         let last = run.rss.last().map_or(0, |(_, kib)| *kib);
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} | {:.0} |\n",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} | {:.0} | {} |\n",
             run.twins,
             first as f64 / 1024.0,
             last as f64 / 1024.0,
@@ -166,6 +174,7 @@ pub fn write(
             run.sent,
             run.applied,
             run.achieved_rate,
+            run.uncommitted_peak,
         ));
     }
     md.push_str("\nRSS over time, MiB:\n\n| twins | ");

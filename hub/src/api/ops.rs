@@ -19,9 +19,8 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<&'static str
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let twins = state.twins.list(None);
-    let online = twins.iter().filter(|t| t.connectivity.online).count();
-    let mut text = state.stats.render(twins.len(), online);
+    let (twins, online) = state.twins.counts();
+    let mut text = state.stats.render(twins, online);
     text.push_str(&state.auth.counters().render());
     if let Some(extra) = &state.extra_metrics {
         text.push_str(&(extra.0)());

@@ -39,8 +39,8 @@ pub struct LabSummary {
     responses((status = 200, body = Vec<LabSummary>), (status = 401, description = "`unauthenticated`, `invalid_token`", body = ErrorBody)))]
 pub async fn list_labs(State(state): State<AppState>, caller: Caller) -> Json<Vec<LabSummary>> {
     let directory = state.twins.directory();
-    let twins = state.twins.list(None);
-    let mut ids: BTreeSet<String> = twins.iter().map(|t| t.lab.clone()).collect();
+    let counts = state.twins.lab_counts();
+    let mut ids: BTreeSet<String> = counts.keys().cloned().collect();
     ids.extend(directory.labs().map(|lab| lab.id.to_string()));
     let labs = ids
         .into_iter()
@@ -48,13 +48,13 @@ pub async fn list_labs(State(state): State<AppState>, caller: Caller) -> Json<Ve
             let lab_id = id.parse().ok()?;
             caller.0.can_read(&lab_id).then_some(())?;
             let config = directory.lab(&lab_id);
-            let in_lab = twins.iter().filter(|t| t.lab == id);
+            let in_lab = counts.get(&id).copied().unwrap_or_default();
             Some(LabSummary {
                 name: config.map_or_else(|| id.clone(), |c| c.name.clone()),
                 location: config.map(|c| c.location.clone()).unwrap_or_default(),
-                machines: in_lab.clone().count(),
-                online: in_lab.clone().filter(|t| t.connectivity.online).count(),
-                active_alarms: in_lab.map(|t| t.alarms.len()).sum(),
+                machines: in_lab.machines,
+                online: in_lab.online,
+                active_alarms: in_lab.active_alarms,
                 id,
             })
         })
