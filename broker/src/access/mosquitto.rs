@@ -175,6 +175,8 @@ pub fn mosquitto_conf(settings: &MosquittoSettings<'_>) -> String {
          # The hub acknowledges a message only once it is on disk, and commits in batches: with\n\
          # Mosquitto's default window of 20 unacknowledged messages per client its rate is capped at\n\
          # about 20 per commit time. A wider window lets one commit carry hundreds of messages.\n\
+         # The window also bounds the hub's memory while storage is behind: Mosquitto before 2.0.13\n\
+         # stops holding it once messages queue (fixed by 2.0.13's inflight quota changes).\n\
          max_inflight_messages 1000\n",
         settings.password_file, settings.acl_file
     )
