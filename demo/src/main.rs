@@ -137,8 +137,16 @@ const RULE: &str = "════════════════════
 /// How long start-up may take before the banner is printed anyway, naming what is missing.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads: see the module's note.
+    hub::malloc::limit_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let (file, options) = args.region()?;
     if args.check_config {

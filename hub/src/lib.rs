@@ -30,6 +30,7 @@ pub mod host;
 pub mod ingest;
 pub mod kpi;
 pub mod limits;
+pub mod malloc;
 pub mod mqtt_accounts;
 pub mod outputs;
 pub mod persist;
