@@ -80,7 +80,19 @@ pub struct GatewayConfig {
     pub buffer_fs: FsFactory,
     /// How long a machine may stay silent before its data is marked stale (DDEATH).
     pub liveness_timeout: Duration,
+    /// Group commit: an fsync of the disk buffer starts at once when this many node messages
+    /// wait for one (and none runs). Keep it below the lab broker's window of unacknowledged
+    /// messages per client (Mosquitto's `max_inflight_messages`, the embedded broker's 1000),
+    /// or every batch waits out `commit_wait`.
+    pub commit_batch: usize,
+    /// Group commit: the longest a node message waits for company before its fsync starts.
+    pub commit_wait: Duration,
 }
+
+/// Default [`GatewayConfig::commit_batch`].
+pub const DEFAULT_COMMIT_BATCH: usize = 256;
+/// Default [`GatewayConfig::commit_wait`].
+pub const DEFAULT_COMMIT_WAIT: Duration = Duration::from_millis(5);
 
 impl GatewayConfig {
     /// A configuration with one broker for both sides (the demo and most small labs) and the
@@ -109,6 +121,8 @@ impl GatewayConfig {
             },
             buffer_fs: FsFactory::default(),
             liveness_timeout: Duration::from_secs(10),
+            commit_batch: DEFAULT_COMMIT_BATCH,
+            commit_wait: DEFAULT_COMMIT_WAIT,
         }
     }
 

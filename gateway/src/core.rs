@@ -1,7 +1,8 @@
 //! The core task: the single owner of the pipeline, the Sparkplug session and the disk buffer.
 //!
 //! Every sample is written to the disk buffer before anything else happens to it (write-ahead),
-//! the buffer is flushed once per batch (group commit), and only then are the batch's MQTT
+//! the buffer is fsynced once per batch (group commit, see [`group_commit`]: the fsync runs on a
+//! blocking thread while the core takes in the next batch), and only then are the batch's MQTT
 //! messages acknowledged to the lab broker — so a node's message that the gateway acknowledged
 //! survives a crash. The sender turns buffered records into DDATA while the uplink session is up
 //! and the primary host online, and a record is deleted when the hub's broker acknowledged it.
@@ -10,9 +11,11 @@
 //! A disk error never makes the core forget what it took in: see [`storage`] for why it holds
 //! samples and acknowledgements, pauses its sources and retries until the disk works again.
 
+mod group_commit;
 mod storage;
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::buffer::{BufferError, DiskBuffer, DynFs, RecordId};
+use crate::buffer::{BufferError, DiskBuffer, DynFs, RecordId, SyncTicket};
 use crate::command::{self, PendingCommands, PlannedCommand};
 use crate::edge::{EdgeNode, Outgoing, Value};
 use crate::pipeline::{Action, Pipeline};
@@ -35,6 +38,7 @@ use crate::source::serial::SerialHandle;
 use crate::source::{Inbound, SourceId};
 use crate::stats::{DropReason, GatewayStats};
 use crate::uplink::{UplinkCommand, UplinkEvent};
+use group_commit::GroupCommit;
 use storage::{LogLimit, StorageHealth};
 
 /// Most records sent and not yet acknowledged.
@@ -47,6 +51,11 @@ const BATCH: usize = 256;
 const SHUTDOWN_RETRIES: usize = 5;
 /// At most one line per this for disk errors outside the append/flush path (reads, acks).
 const IO_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Under load the buffer's ledger (the acknowledged position: a file written, fsynced and
+/// renamed) is written at most this often, and at least once a second while there are
+/// acknowledgements to record. A crash redelivers what was acknowledged since, and the hub
+/// drops those duplicates by node sequence.
+const LEDGER_EVERY: Duration = Duration::from_millis(100);
 
 pub(crate) struct Core {
     pub pipeline: Pipeline,
@@ -59,14 +68,24 @@ pub(crate) struct Core {
     pub serial: Option<SerialHandle>,
     pub ready: Arc<watch::Sender<Readiness>>,
     pub liveness_timeout: Duration,
+    /// A sync starts at once when this many messages wait ([`GroupCommit::due`]).
+    pub commit_batch: usize,
+    /// Or when the oldest has waited this long.
+    pub commit_wait: Duration,
     /// Whether a primary host is configured (then data waits for its STATE online).
     pub host_aware: bool,
     pub session: Option<u64>,
     pub host_online: bool,
     pub inflight: usize,
     pub last_seen: HashMap<MachineId, Instant>,
-    /// MQTT messages to acknowledge to the lab broker after the next flush.
-    pub to_ack: Vec<Publish>,
+    /// Inputs waiting for their samples to be durable: MQTT messages to acknowledge to the lab
+    /// broker then, `None` for the other sources (nothing to acknowledge, but they count
+    /// towards a batch and its wait like the rest).
+    pub acks: GroupCommit<Option<Publish>>,
+    /// The fsync running on a blocking thread, if any.
+    pub sync: Option<RunningSync>,
+    /// When the buffer's ledger was last written.
+    pub ledger_written: Instant,
     /// Frames per source since start.
     pub per_source: HashMap<SourceId, u64>,
     /// DCMD commands waiting for their node's `Ack`.
@@ -80,6 +99,41 @@ pub(crate) struct Core {
     /// Rate limits for buffer reads and acks failing.
     pub read_log: LogLimit,
     pub ack_log: LogLimit,
+}
+
+/// A disk buffer fsync running on a blocking thread.
+pub(crate) struct RunningSync {
+    ticket: SyncTicket,
+    job: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+/// Acknowledges an input whose sample is durable: queues the PUBACK of an MQTT message (false
+/// if the client's queue is full); other sources have nothing to acknowledge.
+fn acknowledge(south: &AsyncClient, publish: &Option<Publish>) -> bool {
+    publish
+        .as_ref()
+        .is_none_or(|publish| south.try_ack(publish).is_ok())
+}
+
+/// Sleeps until a sync is due; never ready if none is.
+async fn commit_due(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the running sync to end; never ready without one.
+async fn sync_ended(sync: &mut Option<RunningSync>) -> (SyncTicket, io::Result<()>) {
+    let Some(running) = sync.as_mut() else {
+        return std::future::pending().await;
+    };
+    let result = (&mut running.job)
+        .await
+        .unwrap_or_else(|err| Err(io::Error::other(err)));
+    let ticket = running.ticket.clone();
+    *sync = None;
+    (ticket, result)
 }
 
 /// A sample waiting for the disk buffer.
@@ -121,11 +175,23 @@ impl Core {
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let serial = self.serial.clone();
         loop {
+            // Read before the select borrows `self.sync`.
+            let commit_at = self.commit_due().filter(|_| self.sync.is_none());
             let first = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
+                (ticket, result) = sync_ended(&mut self.sync) => {
+                    self.on_synced(ticket, result).await;
+                    continue;
+                }
                 Some(event) = uplink_events.recv() => {
                     self.on_uplink(event).await;
+                    continue;
+                }
+                () = commit_due(commit_at), if self.storage.is_healthy() => {
+                    self.begin_commit();
+                    self.pump().await;
+                    self.publish_buffer_gauges();
                     continue;
                 }
                 // While the disk fails nothing new is taken in: the sources back up instead.
@@ -153,7 +219,8 @@ impl Core {
                     // Acknowledgements reach the ledger on flush; keep it fresh while idle.
                     // (While failing, the retry above flushes.)
                     if self.storage.is_healthy() {
-                        self.commit().await;
+                        self.begin_commit();
+                        self.record_acks(true);
                     }
                     // A read that failed is tried again here even if no ack comes to pump.
                     self.pump().await;
@@ -180,7 +247,11 @@ impl Core {
                 };
                 self.handle(next).await;
             }
-            self.commit().await;
+            if !self.storage.is_healthy() {
+                self.commit().await;
+            } else if self.commit_ready() {
+                self.begin_commit();
+            }
             self.pump().await;
             self.publish_buffer_gauges();
         }
@@ -189,6 +260,14 @@ impl Core {
         for _ in 0..others.len() {
             let Ok(item) = others.try_recv() else { break };
             self.handle(Input::Other(Box::new(item))).await;
+        }
+        if let Some(running) = self.sync.take() {
+            let result = running
+                .job
+                .await
+                .unwrap_or_else(|err| Err(io::Error::other(err)));
+            // Whatever it says, the flush below syncs everything again.
+            let _ = self.end_sync(running.ticket, result);
         }
         self.commit().await;
         // A disk error at this moment gets a few quick retries before anything is given up.
@@ -219,11 +298,12 @@ impl Core {
                 let result = self
                     .pipeline
                     .on_frame(node, &publish.payload, now, &self.stats);
-                self.to_ack.push(publish);
+                self.acks.push(Some(publish), Instant::now());
                 (Some(node), result)
             }
             Input::Other(inbound) => {
                 *self.per_source.entry(inbound.source.clone()).or_default() += 1;
+                self.acks.push(None, Instant::now());
                 // Serial and Modbus sources log their own bursts.
                 (None, self.pipeline.on_inbound(*inbound, now, &self.stats))
             }
@@ -400,7 +480,7 @@ impl Core {
         if let Some(suppressed) = self.storage.failed(now) {
             let failing_for = self.storage.failing_for(now).unwrap_or_default();
             // ERROR: an operator must act (free space, raise the file limit, replace a disk).
-            error!(%err, held = self.held.len(), unacknowledged = self.to_ack.len(),
+            error!(%err, held = self.held.len(), unacknowledged = self.acks.unacknowledged(),
                 failing_for = ?failing_for, suppressed,
                 "disk buffer failing: sources paused, their samples held and retried");
         }
@@ -408,30 +488,110 @@ impl Core {
         self.stats.set_storage_held(self.held.len() as u64);
     }
 
-    /// Stores what is held, makes the batch durable, then acknowledges its MQTT messages to
-    /// the lab broker. On a disk error the acknowledgements wait for a retry that succeeds:
-    /// dropping them would leave the broker's in-flight window for this session full for good.
+    /// Stores what is held, makes everything appended durable at once (on this task), then
+    /// acknowledges the MQTT messages to the lab broker: the path of retries after a disk error
+    /// and of shutdown; [`begin_commit`](Self::begin_commit) is the usual one. On a disk error
+    /// the acknowledgements wait for a retry that succeeds: dropping them would leave the
+    /// broker's in-flight window for this session full for good.
     async fn commit(&mut self) {
         let stored = self.store_held().and_then(|()| self.buffer.flush());
         if let Err(err) = stored {
             self.storage_failed(&err);
             return;
         }
+        self.ledger_written = Instant::now();
         if let Some(outage) = self.storage.recovered(Instant::now()) {
             self.stats.storage_recovered();
-            warn!(outage = ?outage, acknowledged = self.to_ack.len(),
+            warn!(outage = ?outage, acknowledged = self.acks.unacknowledged(),
                 "disk buffer works again: held samples stored, sources resumed");
             self.stats.set_storage_error(None);
             self.stats.set_storage_held(0);
         }
         // Never wait for room in the client's queue here: after a long hold the southbound loop
         // may itself be waiting for the core to take frames. What does not fit goes next time.
-        let queued = self
-            .to_ack
-            .iter()
-            .take_while(|publish| self.south.try_ack(publish).is_ok())
-            .count();
-        self.to_ack.drain(..queued);
+        let south = &self.south;
+        self.acks.all_durable(|publish| acknowledge(south, publish));
+    }
+
+    /// When the waiting inputs should get their sync, if any wait.
+    fn commit_due(&self) -> Option<Instant> {
+        self.acks.due(self.commit_batch, self.commit_wait)
+    }
+
+    /// Whether a sync should start now.
+    fn commit_ready(&self) -> bool {
+        self.sync.is_none() && self.commit_due().is_some_and(|due| due <= Instant::now())
+    }
+
+    /// Group commit while storage is healthy: starts an fsync of everything appended on a
+    /// blocking thread, unless one runs already (what was appended since waits for the next,
+    /// started when that one ends: [`on_synced`](Self::on_synced)). If nothing needs a sync the
+    /// waiting messages are acknowledged at once.
+    fn begin_commit(&mut self) {
+        if self.sync.is_some() {
+            return;
+        }
+        match self.buffer.start_sync() {
+            Err(err) => self.storage_failed(&err),
+            Ok(None) => {
+                let south = &self.south;
+                self.acks.all_durable(|publish| acknowledge(south, publish));
+            }
+            Ok(Some((ticket, job))) => {
+                self.acks.start();
+                let job = tokio::task::spawn_blocking(move || job.run());
+                self.sync = Some(RunningSync { ticket, job });
+            }
+        }
+    }
+
+    /// The running fsync ended: acknowledges what it made durable, records acknowledgements in
+    /// the ledger now and then, and starts the next sync for what came in meanwhile.
+    async fn on_synced(&mut self, ticket: SyncTicket, result: io::Result<()>) {
+        if let Err(err) = self.end_sync(ticket, result) {
+            self.storage_failed(&err);
+        } else if self.storage.is_healthy() {
+            self.record_acks(false);
+            if self.commit_ready() {
+                self.begin_commit();
+            }
+        }
+        self.pump().await;
+        self.publish_buffer_gauges();
+    }
+
+    /// Gives the buffer the sync's result and acknowledges or re-queues its messages.
+    fn end_sync(&mut self, ticket: SyncTicket, result: io::Result<()>) -> Result<(), BufferError> {
+        match self.buffer.finish_sync(ticket, result) {
+            Ok(()) => {
+                let south = &self.south;
+                self.acks.synced(|publish| acknowledge(south, publish));
+                Ok(())
+            }
+            Err(err) => {
+                self.acks.sync_failed();
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes the buffer's ledger if acknowledgements moved it, at most every [`LEDGER_EVERY`]
+    /// unless `now`. A failure is counted and retried on the next call; at worst a crash before
+    /// then redelivers.
+    fn record_acks(&mut self, now: bool) {
+        let at = Instant::now();
+        if !self.buffer.acks_unrecorded()
+            || (!now && at.duration_since(self.ledger_written) < LEDGER_EVERY)
+        {
+            return;
+        }
+        self.ledger_written = at;
+        if let Err(err) = self.buffer.record_acks() {
+            self.stats.storage_error();
+            if let Some(suppressed) = self.ack_log.allow(at) {
+                warn!(%err, suppressed, "cannot record acknowledgements in the disk buffer yet");
+            }
+        }
     }
 
     /// At shutdown with the disk still failing: MQTT samples stay unacknowledged, so the lab

@@ -206,6 +206,13 @@ pub struct BufferSection {
     /// `every-record`, `every-batch` or `never`.
     #[serde(default = "default_fsync")]
     pub fsync: String,
+    /// Group commit (`every-batch`): an fsync starts at once when this many node messages wait
+    /// for one. Keep it below the lab broker's window of unacknowledged messages per client.
+    #[serde(default = "default_commit_batch")]
+    pub commit_batch: usize,
+    /// Group commit: the longest a node message waits for company before its fsync starts, ms.
+    #[serde(default = "default_commit_wait_ms")]
+    pub commit_wait_ms: u64,
 }
 
 impl Default for BufferSection {
@@ -215,9 +222,17 @@ impl Default for BufferSection {
             max_mb: default_max_mb(),
             segment_mb: default_segment_mb(),
             fsync: default_fsync(),
+            commit_batch: default_commit_batch(),
+            commit_wait_ms: default_commit_wait_ms(),
         }
     }
 }
+
+/// Largest `buffer.commit_batch`: no broker lets more messages go unacknowledged per client
+/// (MQTT packet ids are 16-bit).
+const MAX_COMMIT_BATCH: usize = 65_535;
+/// Largest `buffer.commit_wait_ms`.
+const MAX_COMMIT_WAIT_MS: u64 = 1000;
 
 fn default_buffer_dir() -> PathBuf {
     PathBuf::from("buffer")
@@ -230,6 +245,12 @@ fn default_segment_mb() -> u64 {
 }
 fn default_fsync() -> String {
     "every-batch".to_owned()
+}
+fn default_commit_batch() -> usize {
+    crate::config::DEFAULT_COMMIT_BATCH
+}
+fn default_commit_wait_ms() -> u64 {
+    crate::config::DEFAULT_COMMIT_WAIT.as_millis() as u64
 }
 
 /// The `[ops]` section.
@@ -397,6 +418,20 @@ impl GatewayFile {
                 "must be at least 1 and at most buffer.max_mb".into(),
             ));
         }
+        if !(1..=MAX_COMMIT_BATCH).contains(&self.buffer.commit_batch) {
+            return Err(invalid(
+                "buffer.commit_batch",
+                format!("must be between 1 and {MAX_COMMIT_BATCH}"),
+            ));
+        }
+        if self.buffer.commit_wait_ms > MAX_COMMIT_WAIT_MS {
+            return Err(invalid(
+                "buffer.commit_wait_ms",
+                format!(
+                    "must be at most {MAX_COMMIT_WAIT_MS} (a node message waits this long before its fsync)"
+                ),
+            ));
+        }
         let ops_listen: SocketAddr = self
             .ops
             .listen
@@ -539,6 +574,8 @@ impl GatewayFile {
             fsync,
         };
         config.liveness_timeout = Duration::from_secs(self.liveness_timeout_s);
+        config.commit_batch = self.buffer.commit_batch;
+        config.commit_wait = Duration::from_millis(self.buffer.commit_wait_ms);
         Ok(Loaded {
             gateway: config,
             ops_listen,
@@ -620,6 +657,14 @@ host = "127.0.0.1"
             PathBuf::from("/etc/demolab/buffer")
         );
         assert_eq!(loaded.gateway.buffer.fsync, FsyncPolicy::EveryBatch);
+        assert_eq!(
+            loaded.gateway.commit_batch,
+            crate::config::DEFAULT_COMMIT_BATCH
+        );
+        assert_eq!(
+            loaded.gateway.commit_wait,
+            crate::config::DEFAULT_COMMIT_WAIT
+        );
         assert_eq!(loaded.ops_listen, "127.0.0.1:9100".parse().expect("valid"));
     }
 
@@ -765,6 +810,14 @@ unit = "rpm"
             (
                 format!("{MINIMAL}[buffer]\nfsync = \"sometimes\"\n"),
                 "`buffer.fsync`",
+            ),
+            (
+                format!("{MINIMAL}[buffer]\ncommit_batch = 0\n"),
+                "`buffer.commit_batch`",
+            ),
+            (
+                format!("{MINIMAL}[buffer]\ncommit_wait_ms = 60000\n"),
+                "`buffer.commit_wait_ms`",
             ),
             (
                 format!("{MINIMAL}[[nodes]]\nnode = \"xyz\"\nmachine = \"m\"\n"),

@@ -33,6 +33,44 @@ pub trait Fs {
     fn sync(&mut self, path: &Path) -> io::Result<()>;
     /// Makes the entries of `dir` (creations, renames, removals) durable.
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+    /// A [`sync`](Self::sync) of `path` to run later, on another thread, while this filesystem
+    /// goes on appending: running it makes at least what `path` holds now durable. The default
+    /// syncs at once and returns a job with nothing left to do (test filesystems stay
+    /// single-threaded; [`RealFs`] hands out a real `fdatasync`).
+    fn sync_job(&mut self, path: &Path) -> io::Result<SyncJob> {
+        self.sync(path)?;
+        Ok(SyncJob::done())
+    }
+}
+
+/// An fsync taken out of the filesystem to run elsewhere (see [`Fs::sync_job`]).
+pub struct SyncJob(Option<Box<dyn FnOnce() -> io::Result<()> + Send>>);
+
+impl SyncJob {
+    /// A job that runs `sync`.
+    pub fn new(sync: impl FnOnce() -> io::Result<()> + Send + 'static) -> Self {
+        Self(Some(Box::new(sync)))
+    }
+
+    /// A job with nothing left to do: the data is durable already.
+    pub fn done() -> Self {
+        Self(None)
+    }
+
+    /// Runs the fsync; blocks until the disk answers.
+    pub fn run(self) -> io::Result<()> {
+        self.0.map_or(Ok(()), |sync| sync())
+    }
+}
+
+impl std::fmt::Debug for SyncJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SyncJob(pending)"
+        } else {
+            "SyncJob(done)"
+        })
+    }
 }
 
 /// The filesystem a gateway's buffer runs on, chosen at start.
@@ -105,6 +143,9 @@ impl<T: Fs + ?Sized> Fs for Box<T> {
     }
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
         (**self).sync_dir(dir)
+    }
+    fn sync_job(&mut self, path: &Path) -> io::Result<SyncJob> {
+        (**self).sync_job(path)
     }
 }
 
@@ -224,6 +265,15 @@ impl Fs for RealFs {
             Some((p, file)) if p == path => file.sync_data(),
             _ => File::open(path)?.sync_data(),
         }
+    }
+
+    fn sync_job(&mut self, path: &Path) -> io::Result<SyncJob> {
+        // A second handle on the same open file: its `fdatasync` covers what this one appends.
+        let file = match &self.writer {
+            Some((p, file)) if p == path => file.try_clone()?,
+            _ => File::open(path)?,
+        };
+        Ok(SyncJob::new(move || file.sync_data()))
     }
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {

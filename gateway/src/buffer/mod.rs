@@ -67,7 +67,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 pub use faulty::{Fault, FaultSwitch, FaultyFs};
-pub use fs::{DynFs, Fs, FsFactory, MemFs, RealFs};
+pub use fs::{DynFs, Fs, FsFactory, MemFs, RealFs, SyncJob};
 use segment::{HEADER, ReadCache, Segment};
 
 /// Default cap on the bytes of all segments.
@@ -163,6 +163,17 @@ pub struct AppendOutcome {
     pub id: RecordId,
     /// Unacknowledged records dropped (oldest first) to keep under the cap.
     pub dropped_oldest: u64,
+}
+
+/// What a [`SyncJob`] from [`DiskBuffer::start_sync`] covers; hand it back to
+/// [`DiskBuffer::finish_sync`] with the job's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncTicket {
+    /// The segment being synced.
+    segment: u64,
+    path: PathBuf,
+    /// [`DiskBuffer`]'s append count when the sync started.
+    appends: u64,
 }
 
 /// Unacknowledged records lost since the buffer was opened, by cause.
@@ -305,6 +316,8 @@ pub struct DiskBuffer<F: Fs = RealFs> {
     ledger_dirty: bool,
     /// The segment with appends not yet fsynced ([`FsyncPolicy::EveryBatch`]).
     unsynced: Option<u64>,
+    /// Appends since open: tells [`DiskBuffer::finish_sync`] whether more came after its start.
+    appends: u64,
     /// Files were created or removed since the directory was fsynced.
     dir_unsynced: bool,
     /// Segment files holding the bytes of a failed append past their known length, newest last.

@@ -65,6 +65,7 @@ impl<F: Fs> DiskBuffer<F> {
             stored_next_id: stored.next_id,
             ledger_dirty: false,
             unsynced: None,
+            appends: 0,
             dir_unsynced: false,
             torn: Vec::new(),
         };

@@ -436,3 +436,90 @@ fn a_damaged_ledger_means_redelivery_not_failure() {
     assert_eq!(report.recovered, 4);
     assert_eq!(buffer.append(b"n").expect("append").id, RecordId(5));
 }
+
+fn every_batch(dir: &Path) -> BufferConfig {
+    BufferConfig {
+        fsync: FsyncPolicy::EveryBatch,
+        // Large segments: no roll syncs anything behind the test's back.
+        segment_bytes: 1 << 16,
+        ..config(dir)
+    }
+}
+
+#[test]
+fn a_sync_run_on_another_thread_covers_what_was_appended_before_it_started() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut buffer, _) = open(&every_batch(dir.path()));
+    assert!(buffer.start_sync().expect("nothing to sync").is_none());
+    append_all(&mut buffer, 0..3);
+    let (ticket, job) = buffer
+        .start_sync()
+        .expect("start")
+        .expect("3 records to sync");
+    let synced = std::thread::spawn(move || job.run());
+    // Appended while the fsync runs: not covered by it.
+    append_all(&mut buffer, 3..5);
+    let result = synced.join().expect("sync thread");
+    buffer.finish_sync(ticket, result).expect("synced");
+    let (ticket, job) = buffer
+        .start_sync()
+        .expect("start")
+        .expect("the 2 later records still need a sync");
+    buffer.finish_sync(ticket, job.run()).expect("synced");
+    assert!(
+        buffer.start_sync().expect("start").is_none(),
+        "all 5 records are durable"
+    );
+    let read: Vec<Vec<u8>> = drain(&mut buffer).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(read, (0..5).map(payload).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failed_sync_leaves_its_records_to_sync_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut buffer, _) = open(&every_batch(dir.path()));
+    append_all(&mut buffer, 0..2);
+    let (ticket, _job) = buffer.start_sync().expect("start").expect("to sync");
+    let err = buffer
+        .finish_sync(ticket, Err(io::Error::other("disk gone")))
+        .expect_err("the failure is reported");
+    assert!(
+        matches!(
+            err,
+            BufferError::Io {
+                op: "sync segment",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        buffer.start_sync().expect("start").is_some(),
+        "the records still await a sync"
+    );
+}
+
+#[test]
+fn acknowledgements_reach_the_ledger_only_when_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut buffer, _) = open(&every_batch(dir.path()));
+    let ids = append_all(&mut buffer, 0..4);
+    buffer.flush().expect("flush");
+    for id in &ids[..2] {
+        buffer.ack(*id).expect("ack");
+    }
+    assert!(buffer.acks_unrecorded());
+    // A sync makes appends durable and leaves the ledger alone.
+    assert!(buffer.start_sync().expect("start").is_none());
+    assert!(buffer.acks_unrecorded());
+    buffer.record_acks().expect("ledger");
+    assert!(!buffer.acks_unrecorded());
+    drop(buffer);
+    let (mut reopened, report) = open(&every_batch(dir.path()));
+    assert_eq!(
+        report.recovered, 2,
+        "the 2 acknowledged records are not redelivered"
+    );
+    let read: Vec<Vec<u8>> = drain(&mut reopened).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(read, [payload(2), payload(3)]);
+}

@@ -8,7 +8,8 @@ use super::fs::Fs;
 use super::ledger::{self, Ledger};
 use super::segment::{self, HEADER, Segment};
 use super::{
-    AppendOutcome, BufferError, DiskBuffer, FsyncPolicy, ID_RESERVATION, RecordId, io_err,
+    AppendOutcome, BufferError, DiskBuffer, FsyncPolicy, ID_RESERVATION, RecordId, SyncJob,
+    SyncTicket, io_err,
 };
 
 impl<F: Fs> DiskBuffer<F> {
@@ -66,20 +67,84 @@ impl<F: Fs> DiskBuffer<F> {
                 }
                 self.unsynced = None;
             }
-            if self.dir_unsynced {
-                let dir = &self.config.dir;
-                self.fs
-                    .sync_dir(dir)
-                    .map_err(|e| io_err("sync directory", dir, e))?;
-                self.dir_unsynced = false;
-            }
+            self.sync_dir_if_needed()?;
         }
+        self.record_acks()
+    }
+
+    /// Fsyncs the directory if segment files were created or removed since it last was.
+    fn sync_dir_if_needed(&mut self) -> Result<(), BufferError> {
+        if self.dir_unsynced {
+            let dir = &self.config.dir;
+            self.fs
+                .sync_dir(dir)
+                .map_err(|e| io_err("sync directory", dir, e))?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Starts making everything appended so far durable without waiting for the disk: the
+    /// group commit of a caller that takes in more records meanwhile. Torn tails and directory
+    /// entries are dealt with at once (both rare: after a failed append, a new or deleted
+    /// segment); the segment's fsync comes back as a job to run on another thread, whose result
+    /// goes to [`finish_sync`](Self::finish_sync). `None`: nothing appended awaits a sync (or the
+    /// policy is not [`FsyncPolicy::EveryBatch`]), so what was appended is as durable as the
+    /// policy makes it. The ledger is not written: see [`record_acks`](Self::record_acks).
+    pub fn start_sync(&mut self) -> Result<Option<(SyncTicket, SyncJob)>, BufferError> {
+        self.cut_torn()?;
+        if self.config.fsync != FsyncPolicy::EveryBatch {
+            return Ok(None);
+        }
+        self.sync_dir_if_needed()?;
+        let Some(first_id) = self.unsynced else {
+            return Ok(None);
+        };
+        let Some(segment) = self.segments.iter().find(|s| s.first_id == first_id) else {
+            // Deleted meanwhile: every record in it was acknowledged.
+            self.unsynced = None;
+            return Ok(None);
+        };
+        let job = self
+            .fs
+            .sync_job(&segment.path)
+            .map_err(|e| io_err("sync segment", &segment.path, e))?;
+        let ticket = SyncTicket {
+            segment: first_id,
+            path: segment.path.clone(),
+            appends: self.appends,
+        };
+        Ok(Some((ticket, job)))
+    }
+
+    /// Takes the result of a [`start_sync`](Self::start_sync) job: on success every record
+    /// appended before it started is durable. Records appended since still await a sync.
+    pub fn finish_sync(
+        &mut self,
+        ticket: SyncTicket,
+        result: io::Result<()>,
+    ) -> Result<(), BufferError> {
+        result.map_err(|e| io_err("sync segment", &ticket.path, e))?;
+        if self.unsynced == Some(ticket.segment) && self.appends == ticket.appends {
+            self.unsynced = None;
+        }
+        Ok(())
+    }
+
+    /// Writes the acknowledged position to the ledger if it moved since it was last written
+    /// (the part of [`flush`](Self::flush) that is about acknowledgements, not appends).
+    pub fn record_acks(&mut self) -> Result<(), BufferError> {
         if self.ledger_dirty {
             self.store_ledger(self.stored_next_id)?;
             // Segments whose deletion waited for this ledger (see `floor_advanced`).
             self.remove_acked_segments();
         }
         Ok(())
+    }
+
+    /// Whether the acknowledged position moved since the ledger was written.
+    pub fn acks_unrecorded(&self) -> bool {
+        self.ledger_dirty
     }
 
     /// Whether a failed append left bytes that [`flush`](Self::flush) has yet to cut off.
@@ -237,6 +302,7 @@ impl<F: Fs> DiskBuffer<F> {
         }
         segment.records += 1;
         segment.bytes += self.scratch.len() as u64;
+        self.appends += 1;
         if self.config.fsync == FsyncPolicy::EveryBatch {
             self.unsynced = Some(segment.first_id);
         }
