@@ -143,9 +143,18 @@ impl NodeRed {
         let log_hint = || format!("see {}", dir.join("node-red.log").display());
         wait_accepting(addr, &mut child.0, "Node-RED", Duration::from_secs(60))
             .with_context(log_hint)?;
-        let stream = crate::latency::follow(format!("ws://{addr}/ws/echo"), recorder)
-            .await
-            .with_context(log_hint)?;
+        // Node-RED listens before it has started the flow's WebSocket node, so the first
+        // handshakes can fail: try until the flow answers or the deadline passes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match crate::latency::follow(format!("ws://{addr}/ws/echo"), recorder.clone()).await {
+                Ok(stream) => break stream,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => return Err(err).with_context(log_hint),
+            }
+        };
         let mut node_red = Self {
             child,
             history: dir.join("history.jsonl"),
