@@ -56,6 +56,7 @@ use crate::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
 use crate::directory::Directory;
 use crate::history::Retention;
 use crate::history::influx::{InfluxConfig, InfluxSink};
+use crate::history::long_term::LongTermReader;
 use crate::host::{HostPolicy, PrimaryHost};
 use crate::ingest::IngestConfig;
 use crate::limits::Limits;
@@ -377,6 +378,12 @@ impl Hub {
             tls: config.mqtt_tls.clone(),
         };
         let (client, events) = ingest::connect(&ingest_config);
+        let long_term = match &config.influx {
+            Some(influx) => LongTermReader::new(influx, config.retention.clone())
+                .map_err(|err| HubError::Config(format!("influx: {err}")))?
+                .map(Arc::new),
+            None => None,
+        };
         let influx = match config.influx.clone() {
             Some(influx) => {
                 let (sink, task) = InfluxSink::start(influx, cancel.clone())
@@ -453,9 +460,11 @@ impl Hub {
                     .as_ref()
                     .and_then(|broker| broker.tls_local_addr().map(|_| broker.tls_counters())),
                 influx,
+                long_term.clone(),
             )),
             auth,
             store,
+            long_term,
             commands: api::Commands::new(client),
             scenarios: config.scenarios.clone(),
             games,
@@ -557,6 +566,7 @@ fn more_metrics(
     denials: Option<Arc<broker::DenialCounters>>,
     tls: Option<Arc<broker::TlsCounters>>,
     influx: Option<InfluxSink>,
+    long_term: Option<Arc<LongTermReader>>,
 ) -> MetricsSource {
     MetricsSource(Arc::new(move || {
         let mut text = String::new();
@@ -568,6 +578,9 @@ fn more_metrics(
         }
         if let Some(influx) = &influx {
             text.push_str(&influx.render_prometheus());
+        }
+        if let Some(long_term) = &long_term {
+            text.push_str(&long_term.render_prometheus());
         }
         if let Some(extra) = &extra {
             text.push_str(&(extra.0)());

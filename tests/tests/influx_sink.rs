@@ -1,4 +1,5 @@
-//! The InfluxDB sink against a real engine speaking the InfluxDB v2 write API: VictoriaMetrics.
+//! The InfluxDB sink against a real engine speaking the InfluxDB v2 write API: VictoriaMetrics,
+//! and the history read back from that engine's own query API beyond the embedded retention.
 //!
 //! Runs when `DEMOLAB_VICTORIA` names the `victoria-metrics` binary (Debian package
 //! `victoria-metrics`); the test starts it on a free port with a temporary storage directory.
@@ -13,8 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use demolab_tests::{http_get, wait_until, within};
-use hub::history::HistoryRow;
 use hub::history::influx::{DropReason, InfluxConfig, InfluxSink};
+use hub::history::long_term::LongTermReader;
+use hub::history::{Bucket, HistoryRow, Retention, TimeRange};
 use hub::twin::TwinKey;
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +59,8 @@ impl Victoria {
             .arg(format!("-httpListenAddr={addr}"))
             .arg(format!("-storageDataPath={}", storage.path().display()))
             .args([
-                "-retentionPeriod=1d",
+                // Long: the read-back tests write samples from weeks ago.
+                "-retentionPeriod=10y",
                 "-search.latencyOffset=0s",
                 "-search.disableCache",
                 "-loggerLevel=ERROR",
@@ -232,36 +235,10 @@ async fn a_hub_with_influx_configured_writes_every_sample() -> anyhow::Result<()
         ..demolab_tests::hub_config(data.path())
     })
     .await?;
-    let port = hub.mqtt_addr().port();
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let gateway =
-        demolab_tests::start_gateway(port, "lab-a", "gw-1", &data.path().join("buffer"), &cancel)
-            .await?;
-    let mut node = demolab_tests::burst_node(port, 0x1f, "mill-1", 3, SAMPLES)?;
-    // Apart in time, so no two samples share the engine's millisecond.
-    node.tick_interval = Duration::from_millis(5);
-    simulators::node::run_mqtt_node(node, cancel.clone()).await?;
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let power = loop {
-        let (status, _) = http_get(victoria.addr, "/internal/force_flush").await?;
-        assert_eq!(status, 200);
-        let got = export(victoria.addr).await?;
-        let power = got
-            .get(&("machine_spindle.power_w".to_owned(), "mill-1".to_owned()))
-            .cloned()
-            .unwrap_or_default();
-        if power.len() >= SAMPLES as usize || tokio::time::Instant::now() > deadline {
-            break power;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(
-        power.len(),
-        SAMPLES as usize,
-        "power samples in VictoriaMetrics"
-    );
+    let (gateway, _) =
+        one_node_through_a_gateway(&hub, data.path(), &victoria, SAMPLES, &cancel).await?;
     let (_, metrics) = http_get(hub.http_addr(), "/metrics").await?;
     assert!(
         metrics.contains("demolab_influx_points_dropped_total{reason=\"queue_full\"} 0"),
@@ -270,4 +247,271 @@ async fn a_hub_with_influx_configured_writes_every_sample() -> anyhow::Result<()
     gateway.shutdown().await?;
     hub.shutdown().await?;
     Ok(())
+}
+
+/// Buckets as the embedded store defines them: aligned to `step` since the epoch, samples in
+/// `[from, to)`, empty buckets left out; computed here from the samples themselves.
+fn expected_buckets(points: &[(u64, f64)], range: TimeRange, step: u64) -> Vec<Bucket> {
+    let mut buckets: BTreeMap<u64, Vec<(u64, f64)>> = BTreeMap::new();
+    for &(t, v) in points {
+        if (range.from_ms..range.to_ms).contains(&t) {
+            buckets.entry(t - t % step).or_default().push((t, v));
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(start_ms, mut samples)| {
+            samples.sort_by_key(|s| s.0);
+            let values: Vec<f64> = samples.iter().map(|s| s.1).collect();
+            let sum: f64 = values.iter().sum();
+            Bucket {
+                start_ms,
+                count: values.len() as u64,
+                min: values.iter().copied().fold(f64::INFINITY, f64::min),
+                max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                mean: sum / values.len() as f64,
+                last: values[values.len() - 1],
+            }
+        })
+        .collect()
+}
+
+fn long_term_config(victoria: &Victoria) -> InfluxConfig {
+    InfluxConfig {
+        flush_interval_ms: 50,
+        query_url: Some(format!("http://{}", victoria.addr)),
+        ..InfluxConfig::new(format!("http://{}", victoria.addr), "demolab", "history")
+    }
+}
+
+/// Samples from six weeks ago, written through the sink with a machine that moved from one
+/// gateway to another (two series of one metric), read back through the engine's query API in
+/// buckets of several steps over ranges that cut buckets at both ends: every bucket equals the
+/// one computed from the samples.
+#[tokio::test]
+async fn long_term_buckets_equal_the_samples_they_stand_for() -> anyhow::Result<()> {
+    const SAMPLES: u64 = 300;
+    let Some(victoria) = Victoria::from_env().await? else {
+        return Ok(());
+    };
+    let cancel = CancellationToken::new();
+    let config = long_term_config(&victoria);
+    let (sink, task) = InfluxSink::start(config.clone(), cancel.clone())?;
+    let reader = LongTermReader::new(&config, Retention::default())?
+        .context("query_url is set, so there is a reader")?;
+
+    let now_ms = u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
+    let start = now_ms - now_ms % 60_000 - 42 * 86_400_000;
+    let key = TwinKey {
+        lab: "lab-a".parse()?,
+        machine: "lathe-1".parse()?,
+    };
+    let metric: protocol::MetricName = "spindle.power_w".parse()?;
+    let mut points = Vec::new();
+    for i in 0..SAMPLES {
+        // Irregular spacing; values exactly representable, so sums are exact in any order.
+        let timestamp_ms = start + i * 997 + i % 3;
+        let value = (i % 17) as f64 * 0.25 - 2.0;
+        points.push((timestamp_ms, value));
+        let row = HistoryRow {
+            key: key.clone(),
+            metric: metric.clone(),
+            timestamp_ms,
+            seq: 0,
+            value,
+        };
+        // Interleaved, so most buckets hold samples of both series.
+        sink.offer(&row, Some(if i % 2 == 0 { "gw-1" } else { "gw-2" }), true);
+    }
+    wait_until(Duration::from_secs(30), "every point acknowledged", || {
+        sink.written() == SAMPLES
+    })
+    .await?;
+
+    let whole = TimeRange {
+        from_ms: start,
+        to_ms: start + SAMPLES * 1000,
+    };
+    // A new series becomes searchable after a flush; poll until all samples are counted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = http_get(victoria.addr, "/internal/force_flush").await?;
+        assert_eq!(status, 200);
+        let counted: u64 = reader
+            .buckets(&key, &metric, whole, 60_000)
+            .await?
+            .iter()
+            .map(|b| b.count)
+            .sum();
+        if counted == SAMPLES {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{counted} of {SAMPLES} samples searchable after 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for (from_ms, to_ms, step) in [
+        (whole.from_ms, whole.to_ms, 60_000),
+        (whole.from_ms + 1_234, whole.to_ms - 4_321, 1_000),
+        (whole.from_ms + 500, whole.from_ms + 100_500, 7_000),
+        (whole.from_ms + 10_000, whole.from_ms + 10_999, 60_000),
+        (whole.from_ms, whole.to_ms, 250),
+    ] {
+        let range = TimeRange { from_ms, to_ms };
+        let got = reader.buckets(&key, &metric, range, step).await?;
+        let expected = expected_buckets(&points, range, step);
+        assert!(!expected.is_empty());
+        assert_eq!(got, expected, "{range:?} in steps of {step} ms");
+    }
+    assert!(
+        reader
+            .render_prometheus()
+            .contains("demolab_history_long_term_reads_total{outcome=\"failed\"} 0")
+    );
+
+    cancel.cancel();
+    within(Duration::from_secs(10), "the sink to stop", task).await??;
+    Ok(())
+}
+
+/// The history API of a hub whose embedded history keeps two seconds: once a node's samples
+/// are older than that, the API answers them from VictoriaMetrics, every sample once, with
+/// the same buckets the samples make; with the engine gone it says so instead of showing a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_api_reads_past_the_embedded_retention_from_the_long_term_store()
+-> anyhow::Result<()> {
+    const SAMPLES: u32 = 100;
+    let Some(victoria) = Victoria::from_env().await? else {
+        return Ok(());
+    };
+    let data = tempfile::tempdir()?;
+    let hub = demolab_tests::start_hub_with(hub::HubConfig {
+        influx: Some(long_term_config(&victoria)),
+        retention: Retention {
+            raw_ms: 1_000,
+            rollup_step_ms: 1_000,
+            rollup_ms: 2_000,
+            max_rows_per_call: 20_000,
+        },
+        ..demolab_tests::hub_config(data.path())
+    })
+    .await?;
+    let from_ms = hub::ingest::now_ms();
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    // The truth: what the engine stored, read with its own export API.
+    let (gateway, power) =
+        one_node_through_a_gateway(&hub, data.path(), &victoria, SAMPLES, &cancel).await?;
+    let newest = power.iter().map(|p| p.0).max().context("samples")?;
+
+    let to_ms = newest + 60_000;
+    let path = format!(
+        "/api/v1/twins/lab-a/mill-1/history?metric=spindle.power_w&from={from_ms}&to={to_ms}&step=1000"
+    );
+    // Wait until the embedded window has moved past the newest sample.
+    let history = within(Duration::from_secs(20), "the samples to age out", async {
+        loop {
+            let (status, body) = http_get(hub.http_addr(), &path).await?;
+            anyhow::ensure!(status == 200, "{status}: {body}");
+            let doc: serde_json::Value = serde_json::from_str(&body)?;
+            if doc["long_term_until"]
+                .as_u64()
+                .is_some_and(|until| until > newest)
+            {
+                return Ok::<_, anyhow::Error>(doc);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    let buckets: Vec<Bucket> = history["buckets"]
+        .as_array()
+        .context("buckets")?
+        .iter()
+        .map(|b| {
+            Ok(Bucket {
+                start_ms: b["start_ms"].as_u64().context("start_ms")?,
+                count: b["count"].as_u64().context("count")?,
+                min: b["min"].as_f64().context("min")?,
+                max: b["max"].as_f64().context("max")?,
+                mean: b["mean"].as_f64().context("mean")?,
+                last: b["last"].as_f64().context("last")?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let total: u64 = buckets.iter().map(|b| b.count).sum();
+    assert_eq!(total, u64::from(SAMPLES), "{history}");
+    let expected = expected_buckets(&power, TimeRange { from_ms, to_ms }, 1000);
+    assert_eq!(buckets.len(), expected.len(), "{history}");
+    for (got, want) in buckets.iter().zip(&expected) {
+        assert_eq!(
+            (got.start_ms, got.count, got.min, got.max, got.last),
+            (want.start_ms, want.count, want.min, want.max, want.last),
+        );
+        assert!((got.mean - want.mean).abs() <= 1e-9 * want.mean.abs().max(1.0));
+    }
+
+    // The engine gone: the API names the failure rather than answering with a gap.
+    drop(victoria);
+    let (status, body) = http_get(hub.http_addr(), &path).await?;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("long_term_unavailable"), "{body}");
+    let (_, metrics) = http_get(hub.http_addr(), "/metrics").await?;
+    assert!(
+        metrics.contains("demolab_history_long_term_reads_total{outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// A gateway `gw-1` and a node `mill-1` that sends `samples` samples through it to `hub`;
+/// returns the gateway and the node's `spindle.power_w` points as the engine stored them,
+/// checked to be all of them.
+async fn one_node_through_a_gateway(
+    hub: &hub::Hub,
+    dir: &std::path::Path,
+    victoria: &Victoria,
+    samples: u32,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(gateway::GatewayHandle, Vec<(u64, f64)>)> {
+    let port = hub.mqtt_addr().port();
+    let gateway =
+        demolab_tests::start_gateway(port, "lab-a", "gw-1", &dir.join("buffer"), cancel).await?;
+    let mut node = demolab_tests::burst_node(port, 0x1f, "mill-1", 3, samples)?;
+    // Apart in time, so no two samples share the engine's millisecond.
+    node.tick_interval = Duration::from_millis(5);
+    simulators::node::run_mqtt_node(node, cancel.clone()).await?;
+    let power = exported_power(victoria.addr, "mill-1", samples as usize).await?;
+    anyhow::ensure!(
+        power.len() == samples as usize,
+        "{} of {samples} power samples in VictoriaMetrics",
+        power.len()
+    );
+    Ok((gateway, power))
+}
+
+/// One machine's `spindle.power_w` points in the engine, polled (with flushes) until `want`
+/// are there or 30 s passed.
+async fn exported_power(
+    addr: SocketAddr,
+    machine: &str,
+    want: usize,
+) -> anyhow::Result<Vec<(u64, f64)>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = http_get(addr, "/internal/force_flush").await?;
+        anyhow::ensure!(status == 200, "force_flush answered {status}");
+        let power = export(addr)
+            .await?
+            .remove(&("machine_spindle.power_w".to_owned(), machine.to_owned()))
+            .unwrap_or_default();
+        if power.len() >= want || tokio::time::Instant::now() > deadline {
+            return Ok(power);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -79,6 +79,8 @@ pub enum ApiError {
     NotReady,
     /// Storage failed.
     Storage(String),
+    /// The long-term history store did not answer or refused the query.
+    LongTermUnavailable(String),
     /// A game request was refused.
     Game(crate::games::GameError),
     /// No such playbook, or none runs.
@@ -141,6 +143,7 @@ impl ApiError {
             E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             E::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            E::LongTermUnavailable(_) => (StatusCode::BAD_GATEWAY, "long_term_unavailable"),
             E::Game(err) => game_status_and_code(err),
             E::PlaybookNotFound(_) => (StatusCode::NOT_FOUND, "playbook_not_found"),
         }
@@ -163,7 +166,8 @@ impl ApiError {
             | E::NotSimulated(m)
             | E::BadIdentifier(m)
             | E::PlaybookNotFound(m)
-            | E::Storage(m) => m.clone(),
+            | E::Storage(m)
+            | E::LongTermUnavailable(m) => m.clone(),
             E::MissingParameter(name) => format!("query parameter `{name}` is required"),
             E::BodyTooLarge => format!("the body is larger than {} bytes", super::BODY_LIMIT),
             E::UnsupportedMediaType => "send the body as application/json".into(),

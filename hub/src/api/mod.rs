@@ -84,6 +84,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// The embedded store (history queries).
     pub store: Arc<TwinStore>,
+    /// History older than the embedded retention, when a long-term store is configured.
+    pub long_term: Option<Arc<crate::history::long_term::LongTermReader>>,
     /// Device commands.
     pub commands: Commands,
     /// Scenario control of simulated machines (the demo), if any.
@@ -390,6 +392,7 @@ mod tests {
             security: SecuritySource(Arc::new(SecurityCounters::default)),
             auth,
             store,
+            long_term: None,
             commands: Commands::new(client),
             scenarios: None,
         }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, AppState, Caller, ErrorBody};
 use crate::auth::Role;
 use crate::catalogue::MachineKind;
+use crate::history::long_term::Split;
 use crate::history::{self, Bucket, HistoryError, TimeRange};
 use crate::ingest::now_ms;
 use crate::twin::{Desired, DesiredError, SparkplugPath, Twin, TwinKey};
@@ -272,11 +273,17 @@ pub struct History {
     pub step: u64,
     /// Buckets in time order (empty ones left out).
     pub buckets: Vec<Bucket>,
+    /// The buckets before this instant (ms) were read from the long-term store, because the
+    /// embedded history no longer holds them; absent when every bucket came from the hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_term_until: Option<u64>,
 }
 
 const HOUR_MS: u64 = 3_600_000;
 
-/// A metric's history, downsampled into buckets (min, max, mean, last, count).
+/// A metric's history, downsampled into buckets (min, max, mean, last, count). With a
+/// long-term store configured (`[influx] query_url`), the part of the range older than the
+/// embedded retention is read from it; `long_term_until` says up to where.
 #[utoipa::path(get, path = "/api/v1/twins/{lab}/{machine}/history", tag = "twins",
     params(("lab" = String, Path), ("machine" = String, Path), HistoryQuery),
     responses(
@@ -284,6 +291,7 @@ const HOUR_MS: u64 = 3_600_000;
         (status = 400, description = "`invalid_id`, `bad_query`, `missing_parameter`, `bad_time_range`, `bad_step`", body = ErrorBody),
         (status = 403, description = "`forbidden`", body = ErrorBody),
         (status = 404, description = "`twin_not_found`", body = ErrorBody),
+        (status = 502, description = "`long_term_unavailable`: the range reaches past the embedded history and the long-term store did not answer", body = ErrorBody),
     ))]
 pub async fn history(
     State(state): State<AppState>,
@@ -310,17 +318,36 @@ pub async fn history(
     };
     range.validate().map_err(history_error)?;
     let step = query.step.unwrap_or_else(|| history::default_step(range));
-    let store = state.store.clone();
-    let (query_key, query_metric) = (key.clone(), metric.clone());
-    let buckets = tokio::task::spawn_blocking(move || {
-        let txn = store
-            .database()
-            .begin_read()
-            .map_err(|e| ApiError::Storage(e.to_string()))?;
-        history::query(&txn, &query_key, &query_metric, range, Some(step)).map_err(history_error)
-    })
-    .await
-    .map_err(|e| ApiError::Storage(e.to_string()))??;
+    history::check_step(range, step).map_err(history_error)?;
+    let split = match &state.long_term {
+        Some(reader) => reader.split(range, step, now_ms()),
+        None => Split {
+            long_term: None,
+            embedded: Some(range),
+        },
+    };
+    let mut buckets = match (&state.long_term, split.long_term) {
+        (Some(reader), Some(older)) => reader
+            .buckets(&key, &metric, older, step)
+            .await
+            .map_err(|err| ApiError::LongTermUnavailable(err.to_string()))?,
+        _ => Vec::new(),
+    };
+    if let Some(recent) = split.embedded {
+        let store = state.store.clone();
+        let (query_key, query_metric) = (key.clone(), metric.clone());
+        let embedded = tokio::task::spawn_blocking(move || {
+            let txn = store
+                .database()
+                .begin_read()
+                .map_err(|e| ApiError::Storage(e.to_string()))?;
+            history::query(&txn, &query_key, &query_metric, recent, Some(step))
+                .map_err(history_error)
+        })
+        .await
+        .map_err(|e| ApiError::Storage(e.to_string()))??;
+        buckets.extend(embedded);
+    }
     let unit = twin
         .features
         .get(metric.feature())
@@ -335,6 +362,7 @@ pub async fn history(
         to,
         step,
         buckets,
+        long_term_until: split.long_term.map(|part| part.to_ms),
     }))
 }
 

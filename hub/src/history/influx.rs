@@ -85,6 +85,11 @@ pub struct InfluxConfig {
     /// On shutdown, how long queued points may take to be written.
     #[serde(default = "defaults::shutdown_flush_ms")]
     pub shutdown_flush_ms: u64,
+    /// The store's Prometheus-style query API (VictoriaMetrics: the same `http://host:port` as
+    /// `url`). When set, history older than the embedded retention is read back from it
+    /// ([`super::long_term`]); without it, charts end where the embedded history does.
+    #[serde(default)]
+    pub query_url: Option<String>,
 }
 
 mod defaults {
@@ -131,6 +136,7 @@ impl InfluxConfig {
             retry_initial_ms: defaults::retry_initial_ms(),
             retry_max_ms: defaults::retry_max_ms(),
             shutdown_flush_ms: defaults::shutdown_flush_ms(),
+            query_url: None,
         }
     }
 
@@ -142,16 +148,9 @@ impl InfluxConfig {
     /// Validates and returns the token to send (empty: none).
     fn resolve_token(&self) -> Result<String, InfluxConfigError> {
         let bad = |key: &'static str, reason: String| Err(InfluxConfigError { key, reason });
-        match url::Url::parse(&self.url) {
-            Ok(url) if url.scheme() == "http" && url.host().is_some() => {}
-            Ok(url) if url.scheme() == "https" => {
-                return bad(
-                    "url",
-                    "https is not supported by this build (no TLS); use http".into(),
-                );
-            }
-            Ok(_) => return bad("url", format!("{:?} is not an http://host URL", self.url)),
-            Err(err) => return bad("url", format!("{:?}: {err}", self.url)),
+        check_http_url("url", &self.url)?;
+        if let Some(query_url) = &self.query_url {
+            check_http_url("query_url", query_url)?;
         }
         if self.org.is_empty() {
             return bad("org", "must not be empty".into());
@@ -211,8 +210,22 @@ impl std::fmt::Debug for InfluxConfig {
             .field("retry_initial_ms", &self.retry_initial_ms)
             .field("retry_max_ms", &self.retry_max_ms)
             .field("shutdown_flush_ms", &self.shutdown_flush_ms)
+            .field("query_url", &self.query_url)
             .finish()
     }
+}
+
+/// Accepts `http://host[:port]`; the error names `key`.
+fn check_http_url(key: &'static str, text: &str) -> Result<(), InfluxConfigError> {
+    let reason = match url::Url::parse(text) {
+        Ok(url) if url.scheme() == "http" && url.host().is_some() => return Ok(()),
+        Ok(url) if url.scheme() == "https" => {
+            "https is not supported by this build (no TLS); use http".to_owned()
+        }
+        Ok(_) => format!("{text:?} is not an http://host URL"),
+        Err(err) => format!("{text:?}: {err}"),
+    };
+    Err(InfluxConfigError { key, reason })
 }
 
 /// A configuration value is unusable.
@@ -904,6 +917,13 @@ mod tests {
                 ..base.clone()
             }),
             "url"
+        );
+        assert_eq!(
+            key(InfluxConfig {
+                query_url: Some("victoria:8428".into()),
+                ..base.clone()
+            }),
+            "query_url"
         );
         assert_eq!(
             key(InfluxConfig {

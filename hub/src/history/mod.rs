@@ -5,7 +5,8 @@
 //! persists the twins, so one commit holds both; the API answers chart requests with [`query`];
 //! a periodic task calls [`compact`] to fold old raw samples into per-minute rollups and to
 //! expire what is past retention. [`influx::InfluxSink`] forwards the same rows to InfluxDB v2
-//! for history beyond the embedded window.
+//! for history beyond the embedded window, and [`long_term::LongTermReader`] reads that part
+//! back for the API.
 //!
 //! These functions own no database: they take the caller's transaction.
 //!
@@ -58,6 +59,7 @@
 
 mod compact;
 pub mod influx;
+pub mod long_term;
 mod query;
 mod tables;
 mod write;
@@ -68,7 +70,7 @@ use serde::{Deserialize, Serialize};
 use crate::twin::TwinKey;
 
 pub use compact::compact;
-pub use query::{default_step, query, series};
+pub use query::{check_step, default_step, query, series};
 pub use write::{FOLD_AFTER_ENTRIES, FOLD_AFTER_ROWS, append, append_journaled, fold_journal};
 
 /// Most raw points one [`query`] without a step returns (the oldest first).

@@ -31,6 +31,12 @@ pub fn default_step(range: TimeRange) -> u64 {
         .unwrap_or_else(|| span.div_ceil(TARGET_BUCKETS).div_ceil(86_400_000) * 86_400_000)
 }
 
+/// Checks that `range` is a range and `step_ms` splits it into at most [`MAX_BUCKETS`] buckets,
+/// before anything is read from either store.
+pub fn check_step(range: TimeRange, step_ms: u64) -> Result<(), HistoryError> {
+    validate(range, Some(step_ms))
+}
+
 /// Checks a query's range and step before touching storage.
 fn validate(range: TimeRange, step_ms: Option<u64>) -> Result<(), HistoryError> {
     range.validate()?;

@@ -143,6 +143,7 @@ fn fixture() -> &'static Fixture {
             extra_metrics: None,
             auth,
             store,
+            long_term: None,
             commands: Commands::new(client),
             scenarios: Some(scenarios),
             games,
