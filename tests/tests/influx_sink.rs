@@ -160,6 +160,20 @@ async fn export(addr: SocketAddr) -> anyhow::Result<Expected> {
     Ok(got)
 }
 
+/// Offers `rows` as live samples through `gw-1` and waits until the engine acknowledged them
+/// all; returns how many.
+async fn write_through(sink: &InfluxSink, rows: &[HistoryRow]) -> anyhow::Result<u64> {
+    let total = rows.len() as u64;
+    for row in rows {
+        sink.offer(row, Some("gw-1"), false);
+    }
+    wait_until(Duration::from_secs(30), "every point acknowledged", || {
+        sink.written() == total
+    })
+    .await?;
+    Ok(total)
+}
+
 #[tokio::test]
 async fn points_written_through_the_sink_read_back_exactly() -> anyhow::Result<()> {
     let Some(victoria) = Victoria::from_env().await? else {
@@ -177,14 +191,7 @@ async fn points_written_through_the_sink_read_back_exactly() -> anyhow::Result<(
     // Within the engine's one-day retention, whole seconds in the past.
     let now_ms = u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
     let (rows, expected) = rows(now_ms - now_ms % 1000 - 3_600_000)?;
-    let total = rows.len() as u64;
-    for row in &rows {
-        sink.offer(row, Some("gw-1"), false);
-    }
-    wait_until(Duration::from_secs(30), "every point acknowledged", || {
-        sink.written() == total
-    })
-    .await?;
+    let total = write_through(&sink, &rows).await?;
     for reason in [
         DropReason::QueueFull,
         DropReason::Rejected,
@@ -514,4 +521,134 @@ async fn exported_power(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `deploy/grafana/demolab-long-term.json` against the data the sink writes: every variable and
+/// every panel query runs on VictoriaMetrics' own API the way Grafana sends it, with Grafana's
+/// variables filled in, and shows the samples written: the machines, the series, and a sample
+/// count per interval that adds up to every sample.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_the_long_term_store() -> anyhow::Result<()> {
+    let Some(victoria) = Victoria::from_env().await? else {
+        return Ok(());
+    };
+    let cancel = CancellationToken::new();
+    let (sink, task) = InfluxSink::start(
+        InfluxConfig {
+            flush_interval_ms: 50,
+            ..InfluxConfig::new(format!("http://{}", victoria.addr), "demolab", "history")
+        },
+        cancel.clone(),
+    )?;
+    let now_ms = u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
+    let start = now_ms - now_ms % 60_000 - 3_600_000;
+    let total = write_through(&sink, &rows(start)?.0).await?;
+
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/demolab-long-term.json"
+    ))?)?;
+    // Grafana's variables as it would fill them for this data and a one-hour view.
+    let (from_s, to_s) = (start / 1000, start / 1000 + 3_600);
+    let fill = |expr: &str| {
+        expr.replace("$lab", "lab-a")
+            .replace("$machine", "lathe-1|mill-2")
+            .replace("$metric", "machine_spindle.power_w")
+            .replace("$__interval", "1m")
+            .replace("$__range", "1h")
+    };
+    let encode =
+        |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let get = |path: String| {
+        let addr = victoria.addr;
+        async move {
+            let (status, body) = http_get(addr, &path).await?;
+            anyhow::ensure!(status == 200, "{path} answered {status}: {body}");
+            let doc: serde_json::Value = serde_json::from_str(&body)?;
+            anyhow::ensure!(doc["status"] == "success", "{path}: {doc}");
+            Ok::<_, anyhow::Error>(doc["data"].clone())
+        }
+    };
+
+    // Variables: `label_values(selector, label)` is Grafana's call of the labels API.
+    let mut flushed = false;
+    for (variable, expected) in [
+        ("lab", vec!["lab-a"]),
+        ("machine", vec!["lathe-1", "mill-2"]),
+        (
+            "metric",
+            vec!["machine_axis.temp_c", "machine_spindle.power_w"],
+        ),
+    ] {
+        let query = dashboard["templating"]["list"]
+            .as_array()
+            .context("templating")?
+            .iter()
+            .find(|v| v["name"] == variable)
+            .and_then(|v| v["query"].as_str())
+            .with_context(|| format!("variable {variable}"))?;
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .context("label_values(selector, label)")?;
+        let (selector, label) = inner.rsplit_once(", ").context("selector, label")?;
+        let path = format!(
+            "/api/v1/label/{label}/values?match[]={}&start={from_s}&end={to_s}",
+            encode(&fill(selector))
+        );
+        // New series are searchable after a flush; the first variable waits for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let values = loop {
+            if !flushed {
+                http_get(victoria.addr, "/internal/force_flush").await?;
+            }
+            let values = get(path.clone()).await?;
+            if values.as_array().is_some_and(|v| !v.is_empty())
+                || tokio::time::Instant::now() > deadline
+            {
+                break values;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        flushed = true;
+        assert_eq!(values, serde_json::json!(expected), "variable {variable}");
+    }
+
+    // Panels: every target answers with data; the counts add up to every sample written.
+    let mut targets = 0;
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            targets += 1;
+            let expr = fill(target["expr"].as_str().context("expr")?);
+            let data = if target["instant"] == true {
+                get(format!("/api/v1/query?query={}&time={to_s}", encode(&expr))).await?
+            } else {
+                // Windows `(t - 1m, t]` from `from` on tile the hour, the first sample included.
+                get(format!(
+                    "/api/v1/query_range?query={}&start={from_s}&end={to_s}&step=60",
+                    encode(&expr),
+                ))
+                .await?
+            };
+            let series = data["result"].as_array().context("result")?;
+            assert!(!series.is_empty(), "{}: no data for {expr}", panel["title"]);
+            match panel["id"].as_u64() {
+                Some(1) => assert_eq!(series[0]["value"][1], "2", "two machines: {data}"),
+                Some(2) => {
+                    let samples: f64 = series
+                        .iter()
+                        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+                        .filter_map(|v| v[1].as_str().and_then(|n| n.parse::<f64>().ok()))
+                        .sum();
+                    assert_eq!(samples, total as f64, "samples per interval add up: {data}");
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(targets, 6);
+
+    cancel.cancel();
+    within(Duration::from_secs(10), "the sink to stop", task).await??;
+    Ok(())
 }
