@@ -169,16 +169,15 @@ fn gateway_config(
     uplink_port: u16,
     south_port: u16,
 ) -> anyhow::Result<PathBuf> {
-    let config = dir.join(format!("{gateway}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "lab = \"bench\"\ngateway = \"{gateway}\"\n[uplink]\nhost = \"127.0.0.1\"\nport = {uplink_port}\n\
-             [southbound]\nhost = \"127.0.0.1\"\nport = {south_port}\n[buffer]\ndir = \"buffer-{gateway}\"\n\
-             [ops]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )?;
-    Ok(config)
+    Ok(demolab_bench::gateway_toml(
+        dir,
+        "bench",
+        gateway,
+        uplink_port,
+        south_port,
+        &format!("buffer-{gateway}"),
+        "every-batch",
+    )?)
 }
 
 /// What one phase through the gateway measured.

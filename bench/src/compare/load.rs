@@ -16,6 +16,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
 use crate::latency::Recorder;
+pub use demolab_bench::latency::{machine_name, parse_machine};
 
 /// Values per sample besides `node.seq`, like a CNC mill's.
 pub const METRICS: [&str; 5] = [
@@ -36,18 +37,6 @@ pub enum Format {
     Sparkplug,
     /// `{"machine","seq","ts", values…}` on `bench/{lab}/{machine}`, no births.
     Json,
-}
-
-/// The machine's name for edge `edge`, machine `m`: parsed back by [`parse_machine`].
-pub fn machine_name(edge: u32, m: u32) -> String {
-    format!("m-{edge}-{m}")
-}
-
-/// `m-E-M` → `(E, M)`.
-pub fn parse_machine(name: &str) -> Option<(u32, u32)> {
-    let rest = name.strip_prefix("m-")?;
-    let (e, m) = rest.split_once('-')?;
-    Some((e.parse().ok()?, m.parse().ok()?))
 }
 
 /// The five values of sample `seq`: plausible, varying and reproducible from `seq` alone.

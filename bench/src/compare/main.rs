@@ -12,9 +12,9 @@
 //! ```
 
 mod hub_process;
-mod latency;
+use demolab_bench::latency;
 mod load;
-mod measure;
+use demolab_bench::measure;
 mod mosquitto;
 mod node_red;
 mod plain;

@@ -11,8 +11,6 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::parse_machine;
-
 /// (edge, machine on that edge, node.seq).
 pub type Key = (u32, u32, u32);
 
@@ -56,6 +54,18 @@ impl Latency {
             "lagged": self.lagged,
         })
     }
+}
+
+/// The machine's name for edge `edge`, machine `m`: parsed back by [`parse_machine`].
+pub fn machine_name(edge: u32, m: u32) -> String {
+    format!("m-{edge}-{m}")
+}
+
+/// `m-E-M` → `(E, M)`.
+pub fn parse_machine(name: &str) -> Option<(u32, u32)> {
+    let rest = name.strip_prefix("m-")?;
+    let (e, m) = rest.split_once('-')?;
+    Some((e.parse().ok()?, m.parse().ok()?))
 }
 
 /// The `q` quantile of sorted `v` (nearest rank).
