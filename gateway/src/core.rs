@@ -37,6 +37,7 @@ use crate::run::{NodeBytes, Readiness, now_ms};
 use crate::source::serial::SerialHandle;
 use crate::source::{Inbound, SourceId};
 use crate::stats::{DropReason, GatewayStats};
+use crate::status::{LinkState, LocalStatus};
 use crate::uplink::{UplinkCommand, UplinkEvent};
 use group_commit::GroupCommit;
 use storage::{LogLimit, StorageHealth};
@@ -63,6 +64,8 @@ pub(crate) struct Core {
     pub buffer: DiskBuffer<DynFs>,
     pub registry: NodeRegistry,
     pub stats: Arc<GatewayStats>,
+    /// The lab's local view, written per accepted sample and per change of the link.
+    pub status: Arc<LocalStatus>,
     pub uplink: mpsc::Sender<UplinkCommand>,
     pub south: AsyncClient,
     pub serial: Option<SerialHandle>,
@@ -361,6 +364,7 @@ impl Core {
                 self.last_seen
                     .insert(sample.machine.clone(), Instant::now());
                 sample.historical = !self.online();
+                self.status.record(&sample, now_ms());
                 let held = Held {
                     record: sample.encode(),
                     machine: sample.machine,
@@ -620,6 +624,22 @@ impl Core {
     }
 
     async fn on_uplink(&mut self, event: UplinkEvent) {
+        self.on_uplink_event(event).await;
+        self.publish_link();
+    }
+
+    /// Publishes the state that decides whether samples are flagged historical: the local view
+    /// must say "cut off" exactly while they are.
+    fn publish_link(&self) {
+        let state = match (self.session.is_some(), self.online()) {
+            (_, true) => LinkState::Connected,
+            (true, false) => LinkState::HostOffline,
+            (false, false) => LinkState::Disconnected,
+        };
+        self.status.set_link(state, now_ms());
+    }
+
+    async fn on_uplink_event(&mut self, event: UplinkEvent) {
         match event {
             UplinkEvent::Connected { generation, bd_seq } => {
                 self.stats.uplink_session();

@@ -257,7 +257,8 @@ fn default_commit_wait_ms() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpsSection {
-    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    /// Where `/metrics`, `/healthz`, `/readyz` and the lab's local status view (`/`,
+    /// `/api/v1/machines`) listen; loopback by default, the lab network to show it to lab staff.
     #[serde(default = "default_ops_listen")]
     pub listen: String,
 }

@@ -135,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         config.lab.clone(),
         config.gateway.clone(),
         handle.stats().clone(),
+        handle.status().clone(),
     );
     let ops_cancel = cancel.clone();
     let ops = tokio::spawn(async move {

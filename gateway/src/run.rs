@@ -23,6 +23,7 @@ use crate::source::modbus::run_modbus_device;
 use crate::source::opcua::run_opcua_server;
 use crate::source::serial::spawn_serial;
 use crate::stats::{DropReason, GatewayStats};
+use crate::status::LocalStatus;
 use crate::uplink::{self, UplinkSettings};
 
 /// Frames waiting for the core; when full, the sources stop reading (TCP back-pressure to the
@@ -67,6 +68,7 @@ pub(crate) struct Readiness {
 #[derive(Debug)]
 pub struct GatewayHandle {
     stats: Arc<GatewayStats>,
+    status: Arc<LocalStatus>,
     ready: watch::Receiver<Readiness>,
     tasks: JoinSet<()>,
     cancel: CancellationToken,
@@ -76,6 +78,11 @@ impl GatewayHandle {
     /// The gateway's counters.
     pub fn stats(&self) -> &Arc<GatewayStats> {
         &self.stats
+    }
+
+    /// The lab's local view: machines' last values and the link to the region.
+    pub fn status(&self) -> &Arc<LocalStatus> {
+        &self.status
     }
 
     /// Waits until the sources are receiving (the southbound MQTT session is subscribed), whether
@@ -118,6 +125,7 @@ pub fn start(
     cancel: CancellationToken,
 ) -> Result<GatewayHandle, GatewayError> {
     let stats = Arc::new(GatewayStats::default());
+    let status = Arc::new(LocalStatus::new(now_ms()));
     let lab = config.lab.clone();
     let gateway = config.gateway.clone();
     // Every log line of this gateway's tasks carries its lab and gateway id.
@@ -262,6 +270,7 @@ pub fn start(
         edge,
         buffer,
         stats: stats.clone(),
+        status: status.clone(),
         uplink: uplink_tx,
         south: south_client,
         serial,
@@ -293,6 +302,7 @@ pub fn start(
         buffer = %config.buffer.dir.display(), "gateway started");
     Ok(GatewayHandle {
         stats,
+        status,
         ready,
         tasks,
         cancel,

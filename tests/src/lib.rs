@@ -112,6 +112,47 @@ pub async fn wait_until(
     .await
 }
 
+/// (machine, kind, seq) of the next `count` samples on a hub's WebSocket stream, `kind` being
+/// `sample` or `historical` (a gateway's replay after an outage); fails if the stream lags.
+pub async fn collect_stream_samples(
+    stream: &mut (
+             impl futures_util::Stream<
+        Item = Result<
+            tokio_tungstenite::tungstenite::Message,
+            tokio_tungstenite::tungstenite::Error,
+        >,
+    > + Unpin
+         ),
+    count: usize,
+    deadline: Duration,
+) -> anyhow::Result<Vec<(String, String, u32)>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = Vec::new();
+    within(deadline, &format!("{count} samples on the stream"), async {
+        while seen.len() < count {
+            let Some(message) = stream.next().await else {
+                bail!("stream closed")
+            };
+            let Message::Text(text) = message? else {
+                continue;
+            };
+            let change: serde_json::Value = serde_json::from_str(text.as_str())?;
+            anyhow::ensure!(change["kind"] != "lagged", "the stream lagged");
+            if let (Some(kind @ ("sample" | "historical")), Some(machine), Some(seq)) = (
+                change["kind"].as_str(),
+                change["machine"].as_str(),
+                change["seq"].as_u64(),
+            ) {
+                seen.push((machine.to_owned(), kind.to_owned(), seq as u32));
+            }
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(seen)
+}
+
 /// A minimal HTTP/1.1 GET; returns the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     http(addr, "GET", path, None, None).await
@@ -267,6 +308,31 @@ pub async fn start_gateway_with(
     )
     .await?;
     Ok(handle)
+}
+
+/// Serves the operations endpoint of `gateway` (of `lab`, named `gw`) on an ephemeral port, as
+/// `demolab-gateway` does, until `cancel`.
+pub async fn serve_ops(
+    gateway: &gateway::GatewayHandle,
+    lab: &str,
+    gw: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = gateway::ops::router(
+        lab.parse()?,
+        gw.parse()?,
+        gateway.stats().clone(),
+        gateway.status().clone(),
+    );
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await
+    });
+    Ok(addr)
 }
 
 /// A simulated CNC node that sends `samples` samples as fast as the link allows, then stops.

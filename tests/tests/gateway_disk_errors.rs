@@ -7,12 +7,12 @@
 use std::io::Write;
 
 use serialport::SerialPort;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use demolab_tests::{
-    burst_node, gateway_config, http_get, start_gateway_with, start_hub, wait_until, within,
+    burst_node, gateway_config, http_get, serve_ops, start_gateway_with, start_hub, wait_until,
+    within,
 };
 use futures_util::StreamExt;
 use gateway::DropReason;
@@ -28,25 +28,6 @@ const SAMPLES: u32 = 1200;
 const BEFORE_FAULT: u32 = 200;
 /// Failed disk operations (first attempt and retries) to see before the fault goes off.
 const FAILURES: u64 = 4;
-
-/// Serves the gateway's operations endpoint on an ephemeral port.
-async fn serve_ops(
-    lab: &str,
-    gw: &str,
-    stats: std::sync::Arc<gateway::GatewayStats>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = gateway::ops::router(lab.parse()?, gw.parse()?, stats);
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
-    });
-    Ok(addr)
-}
 
 /// The value of `metric` for this gateway in the Prometheus text.
 fn metric(text: &str, metric: &str) -> Option<u64> {
@@ -103,7 +84,7 @@ async fn a_disk_error_mid_stream_loses_nothing_silently(
     let config = faulty_gateway_config(port, lab, gw, data.path(), &switch)?;
     let gateway = start_gateway_with(config, &cancel).await?;
     let stats = gateway.stats().clone();
-    let ops = serve_ops(lab, gw, stats.clone(), &cancel).await?;
+    let ops = serve_ops(&gateway, lab, gw, &cancel).await?;
     let (mut stream, _) = tokio_tungstenite::connect_async(format!(
         "ws://{}/api/v1/stream?lab={lab}",
         hub.http_addr()

@@ -7,45 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use demolab_tests::{
-    CuttableProxy, burst_node, gateway_config, start_gateway_with, start_hub, wait_until, within,
+    CuttableProxy, burst_node, collect_stream_samples, gateway_config, start_gateway_with,
+    start_hub, wait_until, within,
 };
-use futures_util::StreamExt;
 use gateway::{DropReason, MqttEndpoint};
 use simulators::node::run_mqtt_node;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-
-/// (kind, seq) of every change of one machine on the hub's stream, until `count` samples.
-async fn collect_samples(
-    stream: &mut (
-             impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-             + Unpin
-         ),
-    count: usize,
-    deadline: Duration,
-) -> anyhow::Result<Vec<(String, u32)>> {
-    let mut seen = Vec::new();
-    within(deadline, &format!("{count} samples on the stream"), async {
-        while seen.len() < count {
-            let Some(message) = stream.next().await else {
-                anyhow::bail!("stream closed")
-            };
-            let Message::Text(text) = message? else {
-                continue;
-            };
-            let change: serde_json::Value = serde_json::from_str(text.as_str())?;
-            anyhow::ensure!(change["kind"] != "lagged", "the stream lagged");
-            if let (Some(kind @ ("sample" | "historical")), Some(seq)) =
-                (change["kind"].as_str(), change["seq"].as_u64())
-            {
-                seen.push((kind.to_owned(), seq as u32));
-            }
-        }
-        Ok(())
-    })
-    .await??;
-    Ok(seen)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uplink_cut_loses_nothing_and_the_backlog_arrives_in_order_flagged_historical()
@@ -97,7 +64,12 @@ async fn an_uplink_cut_loses_nothing_and_the_backlog_arrives_in_order_flagged_hi
     let report = within(Duration::from_secs(60), "the node", sender).await???;
     assert_eq!(report.sent, SAMPLES);
 
-    let seen = collect_samples(&mut stream, SAMPLES as usize, Duration::from_secs(60)).await?;
+    let seen: Vec<(String, u32)> =
+        collect_stream_samples(&mut stream, SAMPLES as usize, Duration::from_secs(60))
+            .await?
+            .into_iter()
+            .map(|(_, kind, seq)| (kind, seq))
+            .collect();
     let seqs: Vec<u32> = seen.iter().map(|(_, seq)| *seq).collect();
     assert_eq!(
         seqs,

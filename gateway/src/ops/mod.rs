@@ -1,6 +1,13 @@
 //! The operations endpoint of a standalone gateway: `/metrics` (Prometheus), `/healthz` (the
 //! process answers) and `/readyz` (503 naming the disk error while the disk buffer fails, so an
-//! orchestrator or operator sees that the gateway holds its sources back).
+//! orchestrator or operator sees that the gateway holds its sources back), and the lab's local
+//! status view: `/` (a status page) and `/api/v1/machines` (its JSON).
+//!
+//! Everything here is read-only and shows machine values and counters, never configuration or
+//! credentials: bound to the lab network, it is the lab staff's view of their machines while the
+//! region is unreachable.
+
+mod local;
 
 use std::sync::Arc;
 
@@ -11,17 +18,27 @@ use axum::routing::get;
 use protocol::{GatewayId, LabId};
 
 use crate::stats::{GatewayStats, render_prometheus};
+use crate::status::LocalStatus;
 
 #[derive(Debug, Clone)]
 struct OpsState {
     lab: LabId,
     gateway: GatewayId,
     stats: Arc<GatewayStats>,
+    status: Arc<LocalStatus>,
 }
 
-/// The routes of the operations endpoint.
-pub fn router(lab: LabId, gateway: GatewayId, stats: Arc<GatewayStats>) -> Router {
+/// The routes of the operations endpoint, reading the gateway's counters and its local view
+/// (both from [`GatewayHandle`](crate::GatewayHandle)).
+pub fn router(
+    lab: LabId,
+    gateway: GatewayId,
+    stats: Arc<GatewayStats>,
+    status: Arc<LocalStatus>,
+) -> Router {
     Router::new()
+        .route("/", get(local::page))
+        .route("/api/v1/machines", get(local::machines))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -41,10 +58,14 @@ pub fn router(lab: LabId, gateway: GatewayId, stats: Arc<GatewayStats>) -> Route
                 },
             ),
         )
+        // After the routes: the 405 answer applies only to routes added before it.
+        .method_not_allowed_fallback(local::method_not_allowed)
+        .fallback(local::not_found)
         .with_state(OpsState {
             lab,
             gateway,
             stats,
+            status,
         })
 }
 
