@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+    Value, WriteTransaction,
+};
 
 use crate::alarm::MachineSnapshot;
 use crate::twin::Twin;
@@ -40,6 +43,9 @@ pub enum StoreError {
     /// The history tables failed.
     #[error("history: {0}")]
     History(String),
+    /// A backup could not be taken as a whole.
+    #[error("backup: {0}")]
+    Backup(String),
     /// A stored twin could not be (de)serialised.
 
     #[error("twin {id} in storage: {source}")]
@@ -49,6 +55,15 @@ pub enum StoreError {
         /// The cause.
         source: serde_json::Error,
     },
+}
+
+/// What a backup holds: rows per table, and the file's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStats {
+    /// `(table, rows)` for every table in the database.
+    pub tables: Vec<(String, u64)>,
+    /// Bytes of the backup file.
+    pub bytes: u64,
 }
 
 /// Twin state on disk.
@@ -91,6 +106,52 @@ impl TwinStore {
             f(&mut table)?;
         }
         txn.commit().map_err(|e| db_error(&self.path, e))
+    }
+
+    /// Writes a copy of the whole database to the new file `to`, from one read snapshot: the
+    /// copy is consistent (whole commits only) while the hub goes on committing. Refuses a
+    /// database that holds a table this build does not know, rather than leave it out.
+    pub fn backup_to(&self, to: &Path) -> Result<BackupStats, StoreError> {
+        let result = self.copy_into(to);
+        if result.is_err() {
+            // A partial copy must never be mistaken for a backup.
+            let _ = std::fs::remove_file(to);
+        }
+        result
+    }
+
+    fn copy_into(&self, to: &Path) -> Result<BackupStats, StoreError> {
+        let backup_error = |err: redb::Error| db_error(to, err);
+        let snapshot = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let target = redb::Builder::new()
+            .create(to)
+            .map_err(|e| backup_error(e.into()))?;
+        let txn = target.begin_write().map_err(|e| backup_error(e.into()))?;
+        let mut tables: Vec<(String, u64)> = [
+            copy_table(&snapshot, &txn, TWINS),
+            copy_table(&snapshot, &txn, ALARMS),
+            copy_table(&snapshot, &txn, DOCUMENTS),
+        ]
+        .into_iter()
+        .filter_map(Result::transpose)
+        .collect::<Result<_, _>>()
+        .map_err(backup_error)?;
+        tables.extend(crate::history::copy_tables(&snapshot, &txn).map_err(backup_error)?);
+        for table in snapshot
+            .list_tables()
+            .map_err(|e| db_error(&self.path, e))?
+        {
+            if !tables.iter().any(|(name, _)| name == table.name()) {
+                return Err(StoreError::Backup(format!(
+                    "table `{}` is not covered by the backup; nothing was written",
+                    table.name()
+                )));
+            }
+        }
+        txn.commit().map_err(|e| backup_error(e.into()))?;
+        drop(target);
+        let bytes = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
+        Ok(BackupStats { tables, bytes })
     }
 
     /// The database, for other tables written in the same transactions (history, alarms).
@@ -269,6 +330,28 @@ impl TwinStore {
     }
 }
 
+/// Copies table `def` from a read snapshot into `to`: `(name, rows)`, or `None` when the
+/// snapshot has no such table yet.
+pub(crate) fn copy_table<K: Key + 'static, V: Value + 'static>(
+    from: &ReadTransaction,
+    to: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<(String, u64)>, redb::Error> {
+    let source = match from.open_table(def) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let mut target = to.open_table(def)?;
+    let mut rows = 0;
+    for entry in source.iter()? {
+        let (key, value) = entry?;
+        target.insert(key.value(), value.value())?;
+        rows += 1;
+    }
+    Ok(Some((def.name().to_owned(), rows)))
+}
+
 fn db_error(path: &Path, err: impl Into<redb::Error>) -> StoreError {
     StoreError::Database {
         path: path.to_owned(),
@@ -317,6 +400,52 @@ mod tests {
             .load()
             .expect("load");
         assert_eq!(loaded, vec![saved]);
+    }
+
+    #[test]
+    fn a_backup_copies_every_table_and_refuses_one_it_does_not_know() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = TwinStore::open(dir.path()).expect("store");
+        let key = crate::twin::TwinKey {
+            lab: "lab-a".parse().expect("id"),
+            machine: "mill-1".parse().expect("id"),
+        };
+        let txn = store.database().begin_write().expect("txn");
+        crate::history::append(
+            &txn,
+            &[crate::history::HistoryRow {
+                key,
+                metric: "spindle.power_w".parse().expect("metric"),
+                timestamp_ms: 1_000,
+                seq: 1,
+                value: 2.5,
+            }],
+        )
+        .expect("append");
+        store
+            .put_document(&txn, "host", &"sessions")
+            .expect("document");
+        txn.commit().expect("commit");
+
+        let copy = dir.path().join("copy.redb");
+        let stats = store.backup_to(&copy).expect("backup");
+        let rows = |name: &str| stats.tables.iter().find(|(t, _)| t == name).map(|t| t.1);
+        assert_eq!(rows("twins"), Some(0));
+        assert_eq!(rows("documents"), Some(1));
+        assert_eq!(rows("history_series"), Some(1));
+        assert_eq!(stats.bytes, std::fs::metadata(&copy).expect("file").len());
+
+        const MYSTERY: TableDefinition<&str, u64> = TableDefinition::new("mystery");
+        let txn = store.database().begin_write().expect("txn");
+        txn.open_table(MYSTERY)
+            .expect("table")
+            .insert("x", 1)
+            .expect("insert");
+        txn.commit().expect("commit");
+        let refused = dir.path().join("refused.redb");
+        let err = store.backup_to(&refused).expect_err("an unknown table");
+        assert!(err.to_string().contains("`mystery`"), "{err}");
+        assert!(!refused.exists(), "no partial backup is left");
     }
 
     #[test]

@@ -68,6 +68,22 @@ pub fn cheap_password_hash(password: &str) -> anyhow::Result<String> {
         .to_string())
 }
 
+/// Logs `name` in with the tests' password convention, `{name}-secret`; returns the token.
+pub async fn login(addr: SocketAddr, name: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"user": name, "password": format!("{name}-secret")});
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(body.to_string().as_bytes()),
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "login {name}: {status} {body}");
+    let doc: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(doc["token"].as_str().context("token")?.to_owned())
+}
+
 /// The demo region as the tests run it: one mill per lab, loopback on ephemeral ports, data in
 /// `data_dir`, fast samples, a known operator password.
 pub fn test_region(

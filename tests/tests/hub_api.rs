@@ -49,21 +49,6 @@ async fn start_hub(data: &std::path::Path) -> anyhow::Result<Hub> {
     start_hub_with(config).await
 }
 
-async fn login(addr: SocketAddr, name: &str) -> anyhow::Result<String> {
-    let body = serde_json::json!({"user": name, "password": format!("{name}-secret")});
-    let (status, body) = http(
-        addr,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(body.to_string().as_bytes()),
-    )
-    .await?;
-    anyhow::ensure!(status == 200, "login {name}: {status} {body}");
-    let doc: serde_json::Value = serde_json::from_str(&body)?;
-    Ok(doc["token"].as_str().context("token")?.to_owned())
-}
-
 async fn json(
     addr: SocketAddr,
     method: &str,
@@ -161,8 +146,8 @@ async fn the_api_serves_twins_history_desired_values_and_alarms_by_role() -> any
     live.tick_interval = Duration::from_millis(20);
     let live_node = tokio::spawn(run_mqtt_node(live, cancel.clone()));
 
-    let olga = login(addr, "olga").await?;
-    let sam = login(addr, "sam").await?;
+    let olga = demolab_tests::login(addr, "olga").await?;
+    let sam = demolab_tests::login(addr, "sam").await?;
 
     // Who is who.
     let (status, me) = json(addr, "GET", "/api/v1/auth/me", Some(&sam), None).await?;
@@ -340,8 +325,8 @@ async fn every_endpoint_answers_bad_input_with_its_documented_code() -> anyhow::
         twins.get(&key).is_some()
     })
     .await?;
-    let olga = login(addr, "olga").await?;
-    let sam = login(addr, "sam").await?;
+    let olga = demolab_tests::login(addr, "olga").await?;
+    let sam = demolab_tests::login(addr, "sam").await?;
     let o = Some(olga.as_str());
     let s = Some(sam.as_str());
 
@@ -675,7 +660,7 @@ async fn the_openapi_document_matches_the_server() -> anyhow::Result<()> {
     let addr = hub.http_addr();
     let (status, doc) = json(addr, "GET", "/api/v1/openapi.json", None, None).await?;
     assert_eq!(status, 200);
-    let olga = login(addr, "olga").await?;
+    let olga = demolab_tests::login(addr, "olga").await?;
     // Every documented operation is routed: with made-up parameters it may be refused, but never
     // with "no such endpoint" or "method not allowed".
     for (path, item) in doc["paths"].as_object().context("paths")? {
@@ -743,7 +728,7 @@ async fn streams_filter_by_metric_and_json_topics_carry_the_last_values() -> any
     let lab = Lab::start("lab-a", "gw-a", None).await?;
     let _stop = lab.cancel.clone().drop_guard();
     let (hub, addr, port, cancel) = (&lab.hub, lab.addr, lab.port, lab.cancel.clone());
-    let sam = login(addr, "sam").await?;
+    let sam = demolab_tests::login(addr, "sam").await?;
     let path =
         format!("/api/v1/events?lab=lab-a&machine=mill-9&metric=spindle.power_w&token={sam}");
     let reader = tokio::spawn(async move { read_events(addr, &path, 20).await });

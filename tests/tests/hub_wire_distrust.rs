@@ -4,7 +4,6 @@
 //! every attempt is refused and counted by reason while the real edge node's data keeps
 //! flowing, exactly. An operator retires a twin through the API.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -469,21 +468,6 @@ async fn invented_metrics_and_oversized_input_are_capped_and_counted_while_data_
     Ok(())
 }
 
-async fn login(addr: SocketAddr, name: &str) -> anyhow::Result<String> {
-    let body = serde_json::json!({"user": name, "password": format!("{name}-secret")});
-    let (status, body) = http(
-        addr,
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(body.to_string().as_bytes()),
-    )
-    .await?;
-    anyhow::ensure!(status == 200, "login {name}: {status} {body}");
-    let doc: serde_json::Value = serde_json::from_str(&body)?;
-    Ok(doc["token"].as_str().context("token")?.to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_retires_a_twin_from_the_api_the_store_and_the_streams() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
@@ -498,11 +482,11 @@ async fn an_operator_retires_a_twin_from_the_api_the_store_and_the_streams() -> 
 
     let (status, body) = http(addr, "DELETE", &path, None, None).await?;
     assert_eq!(status, 401, "{body}");
-    let student = login(addr, "sam").await?;
+    let student = demolab_tests::login(addr, "sam").await?;
     let (status, body) = http(addr, "DELETE", &path, Some(&student), None).await?;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("\"forbidden\""), "{body}");
-    let operator = login(addr, "olga").await?;
+    let operator = demolab_tests::login(addr, "olga").await?;
     let (status, body) = http(addr, "DELETE", &path, Some(&operator), None).await?;
     assert_eq!(status, 204, "{body}");
     let (status, body) = http(addr, "GET", &path, None, None).await?;

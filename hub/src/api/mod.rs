@@ -7,6 +7,7 @@
 mod aas;
 mod access;
 mod alarms;
+mod backup;
 mod demos;
 mod error;
 mod games;
@@ -307,6 +308,7 @@ pub fn routes() -> Vec<Route> {
             post(demos::next),
         ),
         api(Method::GET, "/api/v1/security", get(demos::security)),
+        api(Method::GET, "/api/v1/admin/backup", get(backup::backup)),
         api(Method::GET, "/api/v1/lines", get(demos::lines)),
         api(Method::GET, "/api/v1/stream", get(stream::websocket)),
         api(

@@ -6,7 +6,7 @@ use axum::response::Html;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{aas, alarms, demos, games, scenarios, session, stream, twins};
+use super::{aas, alarms, backup, demos, games, scenarios, session, stream, twins};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,6 +54,7 @@ use super::{aas, alarms, demos, games, scenarios, session, stream, twins};
         games::end,
         games::leaderboard,
         games::results_csv,
+        backup::backup,
         games::join,
         games::team,
         games::answer,
@@ -76,6 +77,7 @@ use super::{aas, alarms, demos, games, scenarios, session, stream, twins};
         (name = "auth", description = "Log in for a bearer token"),
         (name = "games", description = "Innovation games: teachers make them from templates, teams join with a code and answer challenges scored against the machines' history"),
         (name = "aas", description = "Asset Administration Shell (AAS v3.0) export of the twins: the read operations of AAS Part 2, identifiers base64url-encoded"),
+        (name = "operations", description = "Running the hub: backups"),
     )
 )]
 struct ApiDoc;

@@ -71,6 +71,7 @@ use crate::twin::TwinKey;
 
 pub use compact::compact;
 pub use query::{check_step, default_step, query, series};
+pub(crate) use tables::copy_all as copy_tables;
 pub use write::{FOLD_AFTER_ENTRIES, FOLD_AFTER_ROWS, append, append_journaled, fold_journal};
 
 /// Most raw points one [`query`] without a step returns (the oldest first).

@@ -1,7 +1,7 @@
 //! Table definitions and the series-name encoding (layout documented in the module header).
 
 use protocol::MetricName;
-use redb::{ReadOnlyTable, ReadTransaction, TableDefinition, TableError};
+use redb::{ReadOnlyTable, ReadTransaction, TableDefinition, TableError, WriteTransaction};
 
 use super::{Agg, HistoryError, db};
 use crate::twin::TwinKey;
@@ -65,4 +65,21 @@ pub(super) fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
         Err(TableError::TableDoesNotExist(_)) => Ok(None),
         Err(err) => Err(db(err)),
     }
+}
+
+/// Copies every history table from a read snapshot into `to` (a backup); returns
+/// `(table name, rows)` per table that exists.
+pub(crate) fn copy_all(
+    from: &ReadTransaction,
+    to: &WriteTransaction,
+) -> Result<Vec<(String, u64)>, redb::Error> {
+    Ok([
+        crate::store::copy_table(from, to, SERIES)?,
+        crate::store::copy_table(from, to, RAW)?,
+        crate::store::copy_table(from, to, JOURNAL)?,
+        crate::store::copy_table(from, to, ROLLUP)?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
 }
