@@ -131,18 +131,14 @@ async fn main() -> anyhow::Result<()> {
     let listener = ops_listener.context("ops endpoint")?;
     let cancel = CancellationToken::new();
     let handle = demolab_gateway::start(loaded.gateway.clone(), cancel.clone())?;
-    let app = demolab_gateway::ops::router(
+    let ops = tokio::spawn(demolab_gateway::ops::serve(
+        listener,
         config.lab.clone(),
         config.gateway.clone(),
         handle.stats().clone(),
         handle.status().clone(),
-    );
-    let ops_cancel = cancel.clone();
-    let ops = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { ops_cancel.cancelled().await })
-            .await
-    });
+        cancel.clone(),
+    ));
     // Nodes may publish as soon as they see the banner: be subscribed first.
     if tokio::time::timeout(std::time::Duration::from_secs(10), handle.sources_ready())
         .await
@@ -159,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
     }
     handle.shutdown().await?;
     cancel.cancel();
-    ops.await??;
+    ops.await?;
     if let Some(broker) = embedded {
         broker.shutdown().await?;
     }

@@ -23,9 +23,10 @@ pub mod config;
 pub mod directory;
 pub mod games;
 pub mod history;
-pub mod http;
 /// The embedded MQTT broker (its own crate, so a gateway in a lab without a broker can run one too).
 pub use ::broker;
+/// The HTTP accept loop, shared with the gateways' ops endpoint.
+pub use http_guard as http;
 pub mod host;
 pub mod ingest;
 pub mod kpi;
@@ -477,7 +478,7 @@ impl Hub {
             app,
             https,
             config.http.clone(),
-            stats.clone(),
+            stats.http_counters(),
             cancel.clone(),
         ));
         info!(%http_addr, %mqtt_addr, https = tls, "hub started");

@@ -1,6 +1,7 @@
 //! Hub counters, lock-free, rendered as Prometheus text at `/metrics`.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why ingest dropped a message or sample.
@@ -139,54 +140,7 @@ struct LogSlot {
     suppressed: AtomicU64,
 }
 
-/// Why the HTTP server refused a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpRefusal {
-    /// `http.max_connections` connections were open.
-    Limit,
-    /// `http.max_connections_per_client` connections from that address were open.
-    ClientLimit,
-}
-
-impl HttpRefusal {
-    const ALL: [HttpRefusal; 2] = [HttpRefusal::Limit, HttpRefusal::ClientLimit];
-
-    /// Stable label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            HttpRefusal::Limit => "connection_limit",
-            HttpRefusal::ClientLimit => "client_limit",
-        }
-    }
-}
-
-/// Which HTTP timeout closed a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpTimeout {
-    /// The request header was not complete in `http.header_timeout_ms` (slowloris).
-    Header,
-    /// No byte moved for two `http.idle_timeout_s` periods.
-    Idle,
-    /// The TLS handshake was not complete in `http.tls_handshake_timeout_ms`.
-    TlsHandshake,
-}
-
-impl HttpTimeout {
-    const ALL: [HttpTimeout; 3] = [
-        HttpTimeout::Header,
-        HttpTimeout::Idle,
-        HttpTimeout::TlsHandshake,
-    ];
-
-    /// Stable label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            HttpTimeout::Header => "header",
-            HttpTimeout::Idle => "idle",
-            HttpTimeout::TlsHandshake => "tls_handshake",
-        }
-    }
-}
+pub use http_guard::{HttpCounters, HttpRefusal, HttpTimeout};
 
 /// The hub's counters.
 #[derive(Debug, Default)]
@@ -209,11 +163,7 @@ pub struct HubStats {
     log_interval_ms: u64,
     log_slots: [LogSlot; IngestDrop::ALL.len()],
     event_slots: [LogSlot; WireEvent::ALL.len()],
-    http_open: AtomicU64,
-    http_accepted: AtomicU64,
-    http_refused: [AtomicU64; HttpRefusal::ALL.len()],
-    http_timeouts: [AtomicU64; HttpTimeout::ALL.len()],
-    http_tls_failures: AtomicU64,
+    http: Arc<HttpCounters>,
 }
 
 /// Events on the ingest path that are not drops but that anyone able to publish can repeat at
@@ -359,41 +309,29 @@ impl HubStats {
         self.drops[reason.slot()].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn http_connection_opened(&self) {
-        self.http_accepted.fetch_add(1, Ordering::Relaxed);
-        self.http_open.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn http_connection_closed(&self) {
-        self.http_open.fetch_sub(1, Ordering::Relaxed);
-    }
-    pub(crate) fn http_refused(&self, reason: HttpRefusal) {
-        self.http_refused[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn http_timed_out(&self, kind: HttpTimeout) {
-        self.http_timeouts[kind as usize].fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn http_tls_failed(&self) {
-        self.http_tls_failures.fetch_add(1, Ordering::Relaxed);
+    /// The counters the HTTP accept loop keeps.
+    pub fn http_counters(&self) -> Arc<HttpCounters> {
+        self.http.clone()
     }
 
     /// HTTP connections open now (upgraded streams included).
     pub fn http_connections_open(&self) -> u64 {
-        self.http_open.load(Ordering::Relaxed)
+        self.http.open()
     }
 
     /// HTTPS connections whose TLS handshake failed.
     pub fn http_tls_failures(&self) -> u64 {
-        self.http_tls_failures.load(Ordering::Relaxed)
+        self.http.tls_failures()
     }
 
     /// HTTP connections refused for `reason`.
     pub fn http_refusals(&self, reason: HttpRefusal) -> u64 {
-        self.http_refused[reason as usize].load(Ordering::Relaxed)
+        self.http.refusals(reason)
     }
 
     /// HTTP connections closed by the `kind` timeout.
     pub fn http_timeouts(&self, kind: HttpTimeout) -> u64 {
-        self.http_timeouts[kind as usize].load(Ordering::Relaxed)
+        self.http.timeouts(kind)
     }
 
     /// Drops counted for `reason`.
@@ -491,16 +429,6 @@ impl HubStats {
             "Twins marked stale because no sample was accepted for the configured silence.",
             load(&self.twins_silenced),
         );
-        counter(
-            "demolab_hub_http_connections_total",
-            "HTTP connections accepted (refused ones not included).",
-            load(&self.http_accepted),
-        );
-        counter(
-            "demolab_hub_http_tls_failures_total",
-            "HTTPS connections whose TLS handshake failed.",
-            load(&self.http_tls_failures),
-        );
 
         let _ = writeln!(
             out,
@@ -515,36 +443,8 @@ impl HubStats {
                 self.dropped(reason)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP demolab_hub_http_refused_total HTTP connections refused at a limit, by reason.\n# TYPE demolab_hub_http_refused_total counter"
-        );
-        for reason in HttpRefusal::ALL {
-            let _ = writeln!(
-                out,
-                "demolab_hub_http_refused_total{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                self.http_refusals(reason)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP demolab_hub_http_timeouts_total HTTP connections closed by a timeout, by kind.\n# TYPE demolab_hub_http_timeouts_total counter"
-        );
-        for kind in HttpTimeout::ALL {
-            let _ = writeln!(
-                out,
-                "demolab_hub_http_timeouts_total{{kind=\"{}\"}} {}",
-                kind.as_str(),
-                self.http_timeouts(kind)
-            );
-        }
+        out.push_str(&self.http.render_prometheus("demolab_hub_http"));
         let gauges = [
-            (
-                "demolab_hub_http_connections_open",
-                "HTTP connections open (WebSocket and SSE streams included).",
-                load(&self.http_open),
-            ),
             ("demolab_hub_twins", "Twins known.", twins as u64),
             (
                 "demolab_hub_uncommitted_peak",

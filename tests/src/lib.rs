@@ -336,18 +336,14 @@ pub async fn serve_ops(
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = gateway::ops::router(
+    tokio::spawn(gateway::ops::serve(
+        listener,
         lab.parse()?,
         gw.parse()?,
         gateway.stats().clone(),
         gateway.status().clone(),
-    );
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
-    });
+        cancel.clone(),
+    ));
     Ok(addr)
 }
 

@@ -218,3 +218,82 @@ async fn a_connection_flood_is_capped_timed_out_and_counted_while_the_hub_keeps_
     hub.shutdown().await?;
     Ok(())
 }
+
+/// The lab gateway's ops endpoint (its status page is meant for the lab network): one laptop
+/// holding connections open gets no more than its share, the rest of the lab is still served,
+/// half-sent requests are closed by the header timeout, and the gateway counts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_ops_endpoint_caps_one_client_and_closes_half_sent_requests()
+-> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let hub = demolab_tests::start_hub(data.path()).await?;
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let gateway = demolab_tests::start_gateway(
+        hub.mqtt_addr().port(),
+        "lab-a",
+        "gw-1",
+        &data.path().join("buffer"),
+        &cancel,
+    )
+    .await?;
+    let ops = demolab_tests::serve_ops(&gateway, "lab-a", "gw-1", &cancel).await?;
+    let per_client = gateway::ops::OPS_LIMITS.max_connections_per_client;
+    let laptop = Ipv4Addr::new(127, 0, 0, 3);
+    let staff = Ipv4Addr::new(127, 0, 0, 4);
+
+    // The laptop opens its share and sends half a request on each.
+    let mut held = Vec::new();
+    for _ in 0..per_client {
+        let mut stream = connect_from(laptop, ops).await?;
+        stream
+            .write_all(b"GET /api/v1/machines HTTP/1.1\r\nHost: x\r\n")
+            .await?;
+        held.push(stream);
+    }
+    let metrics = |text: &str, line: &str| text.lines().any(|l| l == line);
+    // Its next connection is refused at once with a 503 and counted.
+    let mut refused = connect_from(laptop, ops).await?;
+    let mut answer = String::new();
+    within(
+        Duration::from_secs(5),
+        "the refusal",
+        refused.read_to_string(&mut answer),
+    )
+    .await??;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    // Lab staff on another machine are served meanwhile.
+    let (status, page) = get_from(staff, ops, "/").await?;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+    let (_, text) = get_from(staff, ops, "/metrics").await?;
+    assert!(
+        metrics(
+            &text,
+            "demolab_gateway_http_refused_total{reason=\"client_limit\"} 1"
+        ),
+        "{text}"
+    );
+
+    // The half-sent requests are closed by the header timeout, each counted.
+    for stream in &mut held {
+        let mut rest = Vec::new();
+        within(
+            Duration::from_secs(15),
+            "the header timeout",
+            stream.read_to_end(&mut rest),
+        )
+        .await??;
+    }
+    let timed_out = format!("demolab_gateway_http_timeouts_total{{kind=\"header\"}} {per_client}");
+    let (_, text) = get_from(staff, ops, "/metrics").await?;
+    assert!(metrics(&text, &timed_out), "{text}");
+    // And the laptop is welcome again.
+    let (status, _) = get_from(laptop, ops, "/healthz").await?;
+    assert_eq!(status, 200);
+
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    Ok(())
+}

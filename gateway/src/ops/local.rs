@@ -302,6 +302,7 @@ mod tests {
             gateway: "gw-a".parse().expect("valid"),
             stats: Arc::new(GatewayStats::default()),
             status,
+            http: Arc::default(),
         }
     }
 
@@ -360,6 +361,7 @@ mod tests {
             "gw-a".parse().expect("valid"),
             Arc::new(GatewayStats::default()),
             status_with_one_sample(),
+            Arc::default(),
         );
         let request = Request::builder()
             .method(method)
@@ -432,6 +434,7 @@ mod tests {
             "gw-a".parse().expect("valid"),
             Arc::new(GatewayStats::default()),
             Arc::new(LocalStatus::new(0)),
+            Arc::default(),
         );
         let request = Request::builder()
             .uri("/")

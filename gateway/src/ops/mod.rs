@@ -11,11 +11,16 @@ mod local;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use http_guard::{HttpCounters, HttpLimits};
 use protocol::{GatewayId, LabId};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::stats::{GatewayStats, render_prometheus};
 use crate::status::LocalStatus;
@@ -26,6 +31,34 @@ struct OpsState {
     gateway: GatewayId,
     stats: Arc<GatewayStats>,
     status: Arc<LocalStatus>,
+    http: Arc<HttpCounters>,
+}
+
+/// The endpoint's transport limits. Bound to the lab network, it is reachable by every laptop
+/// there: these keep a slow or flooding client from taking the gateway's file handles, which its
+/// disk buffer and MQTT sessions need. A handful of staff and a Prometheus scraper need far less.
+pub const OPS_LIMITS: HttpLimits = HttpLimits {
+    max_connections: 64,
+    max_connections_per_client: 8,
+    header_timeout: Duration::from_secs(5),
+    idle_timeout: Duration::from_secs(30),
+    // The endpoint speaks plain HTTP; the accept loop needs a value all the same.
+    tls_handshake_timeout: Duration::from_secs(5),
+};
+
+/// Serves the operations endpoint on `listener` under [`OPS_LIMITS`] until `cancel` fires; what
+/// the limits refuse or close is counted on its own `/metrics` (`demolab_gateway_http_*`).
+pub async fn serve(
+    listener: TcpListener,
+    lab: LabId,
+    gateway: GatewayId,
+    stats: Arc<GatewayStats>,
+    status: Arc<LocalStatus>,
+    cancel: CancellationToken,
+) {
+    let http = Arc::new(HttpCounters::default());
+    let app = router(lab, gateway, stats, status, http.clone());
+    http_guard::serve(listener, app, None, OPS_LIMITS, http, cancel).await;
 }
 
 /// The routes of the operations endpoint, reading the gateway's counters and its local view
@@ -35,6 +68,7 @@ pub fn router(
     gateway: GatewayId,
     stats: Arc<GatewayStats>,
     status: Arc<LocalStatus>,
+    http: Arc<HttpCounters>,
 ) -> Router {
     Router::new()
         .route("/", get(local::page))
@@ -52,8 +86,9 @@ pub fn router(
             "/metrics",
             get(
                 |axum::extract::State(state): axum::extract::State<OpsState>| async move {
-                    let text =
+                    let mut text =
                         render_prometheus(&[(&state.lab, &state.gateway, state.stats.snapshot())]);
+                    text.push_str(&state.http.render_prometheus("demolab_gateway_http"));
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
                 },
             ),
@@ -66,6 +101,7 @@ pub fn router(
             gateway,
             stats,
             status,
+            http,
         })
 }
 

@@ -1,5 +1,5 @@
-//! The hub's HTTP(S) transport: an accept loop in front of the API router that a lab network
-//! full of students cannot exhaust.
+//! The HTTP(S) transport of the hub and of the lab gateways' ops endpoint: an accept loop in
+//! front of an axum router that a lab network full of students cannot exhaust.
 //!
 //! `axum::serve` keeps a half-sent request open forever and accepts connections until the
 //! process runs out of file handles. This loop adds what it lacks:
@@ -10,12 +10,16 @@
 //!   timeout (no byte either way: first a graceful close, one more idle period later a hard
 //!   one), each counted;
 //! - optional TLS (rustls on ring) for the API, the web platform and both stream kinds;
-//! - graceful shutdown on the hub's cancellation token (in-flight requests finish, bounded).
+//! - graceful shutdown on the caller's cancellation token (in-flight requests finish, bounded).
+//!
+//! Everything it refuses or closes is counted in [`HttpCounters`], which the caller renders into
+//! its `/metrics` under its own prefix.
 //!
 //! Upgrades (WebSocket) keep working: an upgraded connection leaves hyper, but its socket
 //! still holds its slot, so it counts as open until the stream ends.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -39,9 +43,160 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
-use crate::stats::{HttpRefusal, HttpTimeout, HubStats};
+/// Why the HTTP server refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// `max_connections` connections were open.
+    Limit,
+    /// `max_connections_per_client` connections from that address were open.
+    ClientLimit,
+}
 
-/// Transport limits of the HTTP server (`[http]` in `hub.toml`).
+impl HttpRefusal {
+    /// Every reason, in label order.
+    pub const ALL: [HttpRefusal; 2] = [HttpRefusal::Limit, HttpRefusal::ClientLimit];
+
+    /// Stable label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HttpRefusal::Limit => "connection_limit",
+            HttpRefusal::ClientLimit => "client_limit",
+        }
+    }
+}
+
+/// Which HTTP timeout closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpTimeout {
+    /// The request header was not complete in `header_timeout` (slowloris).
+    Header,
+    /// No byte moved for two `idle_timeout` periods.
+    Idle,
+    /// The TLS handshake was not complete in `tls_handshake_timeout`.
+    TlsHandshake,
+}
+
+impl HttpTimeout {
+    /// Every kind, in label order.
+    pub const ALL: [HttpTimeout; 3] = [
+        HttpTimeout::Header,
+        HttpTimeout::Idle,
+        HttpTimeout::TlsHandshake,
+    ];
+
+    /// Stable label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HttpTimeout::Header => "header",
+            HttpTimeout::Idle => "idle",
+            HttpTimeout::TlsHandshake => "tls_handshake",
+        }
+    }
+}
+
+/// What the accept loop saw: connections accepted and open, refused at a cap, closed by a
+/// timeout, failed TLS handshakes.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    refused: [AtomicU64; HttpRefusal::ALL.len()],
+    timeouts: [AtomicU64; HttpTimeout::ALL.len()],
+    tls_failures: AtomicU64,
+}
+
+impl HttpCounters {
+    fn opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn count_refusal(&self, reason: HttpRefusal) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_timeout(&self, kind: HttpTimeout) {
+        self.timeouts[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_tls_failure(&self) {
+        self.tls_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now (upgraded streams included).
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused for `reason`.
+    pub fn refusals(&self, reason: HttpRefusal) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Connections closed by the `kind` timeout.
+    pub fn timeouts(&self, kind: HttpTimeout) -> u64 {
+        self.timeouts[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes that failed.
+    pub fn tls_failures(&self) -> u64 {
+        self.tls_failures.load(Ordering::Relaxed)
+    }
+
+    /// The counters as Prometheus text, every name starting with `prefix` (e.g.
+    /// `demolab_hub_http`).
+    pub fn render_prometheus(&self, prefix: &str) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_connections_total HTTP connections accepted.\n\
+             # TYPE {prefix}_connections_total counter\n{prefix}_connections_total {}\n\
+             # HELP {prefix}_tls_failures_total HTTPS connections whose TLS handshake failed.\n\
+             # TYPE {prefix}_tls_failures_total counter\n{prefix}_tls_failures_total {}\n\
+             # HELP {prefix}_connections_open HTTP connections open (WebSocket and SSE streams included).\n\
+             # TYPE {prefix}_connections_open gauge\n{prefix}_connections_open {}\n\
+             # HELP {prefix}_refused_total HTTP connections refused at a limit, by reason.\n\
+             # TYPE {prefix}_refused_total counter",
+            self.accepted(),
+            self.tls_failures(),
+            self.open(),
+        );
+        for reason in HttpRefusal::ALL {
+            let _ = writeln!(
+                out,
+                "{prefix}_refused_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.refusals(reason)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_timeouts_total HTTP connections closed by a timeout, by kind.\n\
+             # TYPE {prefix}_timeouts_total counter"
+        );
+        for kind in HttpTimeout::ALL {
+            let _ = writeln!(
+                out,
+                "{prefix}_timeouts_total{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                self.timeouts(kind)
+            );
+        }
+        out
+    }
+}
+
+/// Transport limits of the HTTP server (the hub takes them from `[http]` in `hub.toml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
     /// Open connections at most (WebSocket and SSE streams included).
@@ -89,7 +244,7 @@ pub async fn serve(
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: HttpLimits,
-    stats: Arc<HubStats>,
+    stats: Arc<HttpCounters>,
     cancel: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -124,7 +279,7 @@ pub async fn serve(
         let slot = match refusal {
             Ok(slot) => slot,
             Err(reason) => {
-                stats.http_refused(reason);
+                stats.count_refusal(reason);
                 if let Some(suppressed) = accepted_warn(&mut refusals) {
                     warn!(client = %peer.ip(), reason = reason.as_str(), suppressed, "HTTP connection refused");
                 }
@@ -168,7 +323,7 @@ async fn connection(
     tls: Option<TlsAcceptor>,
     app: Router,
     limits: HttpLimits,
-    stats: Arc<HubStats>,
+    stats: Arc<HttpCounters>,
     cancel: CancellationToken,
 ) {
     match tls {
@@ -181,11 +336,11 @@ async fn connection(
             match handshake {
                 Ok(Ok(stream)) => http(stream, peer, slot, app, &limits, &stats, &cancel).await,
                 Ok(Err(err)) => {
-                    stats.http_tls_failed();
+                    stats.count_tls_failure();
                     debug!(client = %peer, %err, "TLS handshake failed");
                 }
                 Err(_) => {
-                    stats.http_timed_out(HttpTimeout::TlsHandshake);
+                    stats.count_timeout(HttpTimeout::TlsHandshake);
                     debug!(client = %peer, "TLS handshake timed out");
                 }
             }
@@ -199,7 +354,7 @@ async fn http<I>(
     slot: Slot,
     app: Router,
     limits: &HttpLimits,
-    stats: &HubStats,
+    stats: &HttpCounters,
     cancel: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -235,7 +390,7 @@ async fn http<I>(
             result = connection.as_mut() => {
                 match result {
                     Err(err) if err.is_timeout() => {
-                        stats.http_timed_out(HttpTimeout::Header);
+                        stats.count_timeout(HttpTimeout::Header);
                         debug!(client = %peer, "HTTP request header not complete in time; closed");
                     }
                     Err(err) => debug!(client = %peer, %err, "HTTP connection ended with an error"),
@@ -258,7 +413,7 @@ async fn http<I>(
                     connection.as_mut().graceful_shutdown();
                     activity.store(elapsed_ms(started), Ordering::Relaxed);
                 } else {
-                    stats.http_timed_out(HttpTimeout::Idle);
+                    stats.count_timeout(HttpTimeout::Idle);
                     debug!(client = %peer, "HTTP connection idle; closed");
                     return;
                 }
@@ -277,7 +432,7 @@ struct Slot {
     _permit: OwnedSemaphorePermit,
     per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
     client: IpAddr,
-    stats: Arc<HubStats>,
+    stats: Arc<HttpCounters>,
 }
 
 impl Slot {
@@ -286,7 +441,7 @@ impl Slot {
         per_client: &Arc<Mutex<HashMap<IpAddr, usize>>>,
         client: IpAddr,
         limits: &HttpLimits,
-        stats: Arc<HubStats>,
+        stats: Arc<HttpCounters>,
     ) -> Option<Slot> {
         {
             let mut counts = per_client.lock().unwrap_or_else(PoisonError::into_inner);
@@ -296,7 +451,7 @@ impl Slot {
             }
             *count += 1;
         }
-        stats.http_connection_opened();
+        stats.opened();
         Some(Slot {
             _permit: permit,
             per_client: per_client.clone(),
@@ -318,7 +473,7 @@ impl Drop for Slot {
                 counts.remove(&self.client);
             }
         }
-        self.stats.http_connection_closed();
+        self.stats.closed();
     }
 }
 
@@ -421,6 +576,25 @@ mod tests {
         assert_eq!(throttle.suppressed, 2);
         throttle.last = Some(Instant::now() - WARN_EVERY);
         assert_eq!(accepted_warn(&mut throttle), Some(2));
+    }
+
+    #[test]
+    fn the_counters_render_under_the_callers_prefix() {
+        let counters = HttpCounters::default();
+        counters.opened();
+        counters.count_refusal(HttpRefusal::ClientLimit);
+        counters.count_timeout(HttpTimeout::Header);
+        let text = counters.render_prometheus("demolab_gateway_http");
+        for line in [
+            "demolab_gateway_http_connections_total 1",
+            "demolab_gateway_http_connections_open 1",
+            "demolab_gateway_http_refused_total{reason=\"client_limit\"} 1",
+            "demolab_gateway_http_refused_total{reason=\"connection_limit\"} 0",
+            "demolab_gateway_http_timeouts_total{kind=\"header\"} 1",
+            "demolab_gateway_http_tls_failures_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]
