@@ -5,7 +5,7 @@
 //! are written to the disk [`buffer`] before the lab broker gets its PUBACK, and leave as
 //! Sparkplug B 3.0 through the [`edge`] session: NBIRTH/DBIRTH with aliases, DDATA (historical
 //! after an outage), DDEATH on silence, NDEATH as the MQTT Will. DCMDs become node [`command`]s.
-//! `demolab-gateway --config gateway.toml` ([`file`]) runs it as a service with an [`ops`] endpoint,
+//! `demolab-gateway --config gateway.toml` ([`mod@file`]) runs it as a service with an [`ops`] endpoint,
 //! which also serves the lab its local [`status`] view (machines' last values, the uplink's state).
 //!
 //! ```no_run

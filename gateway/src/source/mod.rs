@@ -1,4 +1,4 @@
-//! Southbound sources: where node frames come from. MQTT network nodes ([`crate::run`]), serial
+//! Southbound sources: where node frames come from. MQTT network nodes (the gateway's `run` module), serial
 //! nodes ([`serial`]), Modbus TCP machines ([`modbus`], which poll registers and speak as a
 //! virtual node) and OPC UA machines ([`opcua`], subscribed variables, one virtual node per
 //! machine) all deliver [`Inbound`] frames to the one pipeline task.

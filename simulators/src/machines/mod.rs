@@ -20,11 +20,11 @@
 //! assert_eq!(values.len(), compressor.metrics().len());
 //! ```
 
-mod climate;
-mod cnc;
-mod compressor;
-mod conveyor;
-mod printer;
+pub mod climate;
+pub mod cnc;
+pub mod compressor;
+pub mod conveyor;
+pub mod printer;
 
 use std::fmt;
 use std::time::Duration;
