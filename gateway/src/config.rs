@@ -21,6 +21,18 @@ pub struct MqttEndpoint {
     pub port: u16,
 }
 
+/// The QoS the uplink subscribes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubscribeQos {
+    /// QoS 0. For RabbitMQ 3.10 clusters: there a clean session's QoS 1 subscription is a
+    /// durable queue on the node it was made on, and while that node is down the gateway's
+    /// client id cannot subscribe anywhere (docs/architecture.md, "Broker cluster").
+    AtMostOnce,
+    /// QoS 1: commands queued by the broker while the gateway reconnects.
+    #[default]
+    AtLeastOnce,
+}
+
 /// A username and password for an MQTT CONNECT.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MqttCredentials {
@@ -51,6 +63,11 @@ pub struct GatewayConfig {
     pub southbound: Option<MqttEndpoint>,
     /// The broker the hub listens on.
     pub uplink: MqttEndpoint,
+    /// More nodes of the same broker cluster, tried in turn after `uplink` (and round again)
+    /// whenever the uplink connection is lost; empty for a single broker.
+    pub uplink_failover: Vec<MqttEndpoint>,
+    /// The QoS of the uplink's subscriptions (NCMD, DCMD, the primary host's STATE).
+    pub uplink_subscribe_qos: SubscribeQos,
     /// The uplink's login; `None` for a broker that takes anonymous clients.
     pub uplink_credentials: Option<MqttCredentials>,
     /// The lab broker's login (the gateway reads its nodes' uplinks and commands them);
@@ -103,6 +120,8 @@ impl GatewayConfig {
             gateway,
             southbound: Some(broker.clone()),
             uplink: broker,
+            uplink_failover: Vec::new(),
+            uplink_subscribe_qos: SubscribeQos::default(),
             uplink_credentials: None,
             southbound_credentials: None,
             uplink_tls: None,

@@ -114,6 +114,29 @@ pub struct Broker {
     /// `[uplink.tls]`: connect over TLS, verifying the broker against `ca_file`.
     #[serde(default)]
     pub tls: Option<ClientTlsFiles>,
+    /// `[[uplink.failover]]`: more nodes of the same broker cluster, tried in turn after this
+    /// one whenever the connection is lost (same login and TLS settings).
+    #[serde(default)]
+    pub failover: Vec<BrokerAddress>,
+    /// QoS of the command and STATE subscriptions: 1 (default) or 0 (RabbitMQ 3.10 clusters,
+    /// see `SubscribeQos`).
+    #[serde(default = "default_subscribe_qos")]
+    pub subscribe_qos: u8,
+}
+
+fn default_subscribe_qos() -> u8 {
+    1
+}
+
+/// `[[uplink.failover]]`: another node of the uplink's broker cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerAddress {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -399,6 +422,12 @@ impl GatewayFile {
         if self.uplink.host.is_empty() {
             return Err(invalid("uplink.host", "must not be empty".into()));
         }
+        if let Some(i) = self.uplink.failover.iter().position(|b| b.host.is_empty()) {
+            return Err(invalid(
+                &format!("uplink.failover[{i}].host"),
+                "must not be empty".into(),
+            ));
+        }
         let fsync = match self.buffer.fsync.as_str() {
             "every-record" => FsyncPolicy::EveryRecord,
             "every-batch" => FsyncPolicy::EveryBatch,
@@ -515,6 +544,25 @@ impl GatewayFile {
             host: self.uplink.host,
             port: self.uplink.port,
         };
+        let uplink_subscribe_qos = match self.uplink.subscribe_qos {
+            0 => crate::config::SubscribeQos::AtMostOnce,
+            1 => crate::config::SubscribeQos::AtLeastOnce,
+            other => {
+                return Err(invalid(
+                    "uplink.subscribe_qos",
+                    format!("{other} is neither 0 nor 1"),
+                ));
+            }
+        };
+        let uplink_failover = self
+            .uplink
+            .failover
+            .into_iter()
+            .map(|b| MqttEndpoint {
+                host: b.host,
+                port: b.port,
+            })
+            .collect();
         let mut embedded_broker = None;
         let mut southbound_credentials = None;
         let (southbound, accept_unconfigured_nodes) = match self.southbound {
@@ -546,6 +594,8 @@ impl GatewayFile {
         let serial = serial_config(self.serial.unwrap_or_default(), &invalid)?;
         let mut config = GatewayConfig::new(lab, gateway, uplink, base.join(&self.buffer.dir));
         config.uplink_credentials = uplink_credentials;
+        config.uplink_failover = uplink_failover;
+        config.uplink_subscribe_qos = uplink_subscribe_qos;
         config.southbound_credentials = southbound_credentials;
         config.uplink_tls = uplink_tls;
         config.southbound_tls = southbound_tls;
@@ -646,6 +696,34 @@ host = "127.0.0.1"
 
     fn parse(text: &str) -> Result<Loaded, ConfigError> {
         GatewayFile::parse(text, Path::new("gateway.toml"), Path::new("/etc/demolab"))
+    }
+
+    #[test]
+    fn uplink_failover_lists_more_nodes_of_the_cluster_in_order() {
+        let loaded = parse(&format!(
+            "{MINIMAL}[[uplink.failover]]\nhost = \"b\"\nport = 1884\n[[uplink.failover]]\nhost = \"c\"\n"
+        ))
+        .expect("valid");
+        let failover: Vec<_> = loaded
+            .gateway
+            .uplink_failover
+            .iter()
+            .map(|b| (b.host.as_str(), b.port))
+            .collect();
+        assert_eq!(failover, [("b", 1884), ("c", 1883)]);
+        assert!(
+            parse(MINIMAL)
+                .expect("valid")
+                .gateway
+                .uplink_failover
+                .is_empty()
+        );
+        let qos0 =
+            parse(&MINIMAL.replace("[uplink]", "[uplink]\nsubscribe_qos = 0")).expect("valid");
+        assert_eq!(
+            qos0.gateway.uplink_subscribe_qos,
+            crate::config::SubscribeQos::AtMostOnce
+        );
     }
 
     #[test]
@@ -854,6 +932,18 @@ unit = "rpm"
             (
                 MINIMAL.replace("[uplink]\nhost = \"127.0.0.1\"", "[uplink]\nport = \"x\""),
                 "port = \"x\"",
+            ),
+            (
+                format!("{MINIMAL}[[uplink.failover]]\nhost = \"b\"\n[[uplink.failover]]\nhost = \"\"\n"),
+                "`uplink.failover[1].host`",
+            ),
+            (
+                format!("{MINIMAL}[[uplink.failover]]\nhost = \"b\"\nusername = \"x\"\n"),
+                "username",
+            ),
+            (
+                MINIMAL.replace("[uplink]", "[uplink]\nsubscribe_qos = 2"),
+                "`uplink.subscribe_qos`",
             ),
         ];
         for (text, key) in cases {

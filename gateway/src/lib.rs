@@ -37,6 +37,6 @@ pub mod stats;
 pub mod status;
 mod uplink;
 
-pub use config::{GatewayConfig, MqttCredentials, MqttEndpoint};
+pub use config::{GatewayConfig, MqttCredentials, MqttEndpoint, SubscribeQos};
 pub use run::{GatewayError, GatewayHandle, now_ms, start};
 pub use stats::{DropReason, GatewayStats, OpcUaLinkEvent, StatsSnapshot, render_prometheus};

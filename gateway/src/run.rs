@@ -226,8 +226,12 @@ pub fn start(
     let (uplink_tx, uplink_rx) = mpsc::channel(SEND_WINDOW * 2);
     let (uplink_events_tx, uplink_events_rx) = mpsc::channel(SEND_WINDOW * 2);
     let settings = UplinkSettings {
-        host: config.uplink.host.clone(),
-        port: config.uplink.port,
+        broker: config.uplink.clone(),
+        failover: config.uplink_failover.clone(),
+        subscribe_qos: match config.uplink_subscribe_qos {
+            crate::config::SubscribeQos::AtMostOnce => QoS::AtMostOnce,
+            crate::config::SubscribeQos::AtLeastOnce => QoS::AtLeastOnce,
+        },
         client_id: format!("{gateway}-uplink"),
         primary_host: config.primary_host.clone(),
         credentials: config.uplink_credentials.clone(),

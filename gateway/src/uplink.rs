@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::buffer::RecordId;
+use crate::config::MqttEndpoint;
 use crate::edge::{EdgeNode, is_rebirth_request};
 use crate::run::now_ms;
 
@@ -60,8 +61,12 @@ pub(crate) enum UplinkEvent {
 /// Settings of the uplink session.
 #[derive(Debug, Clone)]
 pub(crate) struct UplinkSettings {
-    pub host: String,
-    pub port: u16,
+    /// The configured broker, tried first.
+    pub broker: MqttEndpoint,
+    /// Further nodes of its cluster, tried in turn after it when the connection is lost.
+    pub failover: Vec<MqttEndpoint>,
+    /// The QoS of the command and STATE subscriptions.
+    pub subscribe_qos: QoS,
     pub client_id: String,
     pub primary_host: Option<HostId>,
     pub credentials: Option<crate::config::MqttCredentials>,
@@ -100,23 +105,8 @@ pub(crate) async fn run(
     events_tx: mpsc::Sender<UplinkEvent>,
     cancel: CancellationToken,
 ) {
-    let mut options = MqttOptions::new(
-        settings.client_id.clone(),
-        settings.host.clone(),
-        settings.port,
-    );
-    options.set_keep_alive(Duration::from_secs(15));
-    // Sparkplug edge nodes use clean sessions; state is re-established by births.
-    options.set_clean_session(true);
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    options.set_inflight(settings.inflight);
-    options.set_last_will(will_of(&edge));
-    if let Some(credentials) = &settings.credentials {
-        options.set_credentials(credentials.username.clone(), credentials.password.clone());
-    }
-    if let Some(tls) = &settings.tls {
-        crate::run::use_tls(&mut options, tls);
-    }
+    let mut broker = 0;
+    let options = options_for(&settings, broker, &edge);
     // Room for a full window of data plus births, so `try_publish` never finds the queue full.
     let (client, mut events) = AsyncClient::new(options, usize::from(settings.inflight) * 4 + 256);
     let lab_topics = edge.death(0).topic;
@@ -170,7 +160,7 @@ pub(crate) async fn run(
                     by_pkid.clear();
                                         let mut topics = vec![ncmd.clone(), dcmd_filter.clone()];
                     topics.extend(state_topic.clone());
-                    let filters = topics.into_iter().map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                    let filters = topics.into_iter().map(|t| rumqttc::SubscribeFilter::new(t, settings.subscribe_qos));
                     if let Err(err) = client.try_subscribe_many(filters) {
                         error!(%err, "cannot subscribe to NCMD/STATE");
                     }
@@ -243,12 +233,51 @@ pub(crate) async fn run(
                     }
                     // Every MQTT session gets its own bdSeq, and its Will must carry it.
                     edge.set_bd_seq(edge.bd_seq().next());
-                    events.mqtt_options.set_last_will(will_of(&edge));
+                    // A lost connection may be a dead cluster node: the next attempt goes to
+                    // the next one. rumqttc keeps one address per event loop, so the whole
+                    // options are replaced; its session state (packets in flight) stays.
+                    broker = (broker + 1) % (1 + settings.failover.len());
+                    events.mqtt_options = options_for(&settings, broker, &edge);
+                    if !settings.failover.is_empty() {
+                        let next = settings.broker_at(broker);
+                        info!(broker = %format!("{}:{}", next.host, next.port), "uplink tries the next broker of the cluster");
+                    }
                     tokio::time::sleep(RECONNECT_BACKOFF).await;
                 }
             },
         }
     }
+}
+
+impl UplinkSettings {
+    /// Broker `index` of the list (the configured one, then the failover ones), wrapping.
+    fn broker_at(&self, index: usize) -> &MqttEndpoint {
+        match index % (1 + self.failover.len()) {
+            0 => &self.broker,
+            i => self.failover.get(i - 1).unwrap_or(&self.broker),
+        }
+    }
+}
+
+/// The uplink's MQTT options for broker `index` (see [`UplinkSettings::broker_at`]), its Will
+/// carrying the edge node's current bdSeq.
+fn options_for(settings: &UplinkSettings, index: usize, edge: &EdgeNode) -> MqttOptions {
+    let broker = settings.broker_at(index);
+    let mut options =
+        MqttOptions::new(settings.client_id.clone(), broker.host.clone(), broker.port);
+    options.set_keep_alive(Duration::from_secs(15));
+    // Sparkplug edge nodes use clean sessions; state is re-established by births.
+    options.set_clean_session(true);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_inflight(settings.inflight);
+    options.set_last_will(will_of(edge));
+    if let Some(credentials) = &settings.credentials {
+        options.set_credentials(credentials.username.clone(), credentials.password.clone());
+    }
+    if let Some(tls) = &settings.tls {
+        crate::run::use_tls(&mut options, tls);
+    }
+    options
 }
 
 /// Polls briefly so a queued NDEATH and DISCONNECT reach the broker.
@@ -277,5 +306,69 @@ mod tests {
             Some(false)
         );
         assert_eq!(parse_state(b"ONLINE"), None);
+    }
+
+    fn endpoint(host: &str, port: u16) -> MqttEndpoint {
+        MqttEndpoint {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn after_a_lost_connection_the_next_cluster_node_is_tried_and_the_list_wraps() {
+        let settings = UplinkSettings {
+            broker: endpoint("a", 1),
+            failover: vec![endpoint("b", 2), endpoint("c", 3)],
+            subscribe_qos: QoS::AtLeastOnce,
+            client_id: "gw-uplink".into(),
+            primary_host: None,
+            credentials: Some(crate::config::MqttCredentials {
+                username: "gw".into(),
+                password: "pw".into(),
+            }),
+            tls: None,
+            inflight: 10,
+        };
+        let edge = EdgeNode::new(
+            "lab".parse().expect("lab"),
+            "gw".parse().expect("gw"),
+            BdSeq::new(0),
+        );
+        let tried: Vec<_> = (0..4)
+            .map(|i| options_for(&settings, i, &edge).broker_address())
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                ("a".into(), 1),
+                ("b".into(), 2),
+                ("c".into(), 3),
+                ("a".into(), 1)
+            ]
+        );
+        let options = options_for(&settings, 2, &edge);
+        assert_eq!(
+            options.client_id(),
+            "gw-uplink",
+            "the same session everywhere"
+        );
+        assert!(options.credentials().is_some(), "the same login everywhere");
+        assert!(options.last_will().is_some(), "the NDEATH Will everywhere");
+    }
+
+    #[test]
+    fn a_single_broker_is_tried_again_and_again() {
+        let settings = UplinkSettings {
+            broker: endpoint("a", 1),
+            failover: Vec::new(),
+            subscribe_qos: QoS::AtLeastOnce,
+            client_id: "gw-uplink".into(),
+            primary_host: None,
+            credentials: None,
+            tls: None,
+            inflight: 10,
+        };
+        assert_eq!(settings.broker_at(5), &endpoint("a", 1));
     }
 }

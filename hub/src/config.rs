@@ -205,6 +205,9 @@ pub struct BrokerSection {
     pub host: String,
     /// External: port.
     pub port: u16,
+    /// External: `[[broker.failover]]`, more nodes of the same broker cluster, tried in turn
+    /// after `host:port` whenever the connection is lost (same login and TLS settings).
+    pub failover: Vec<BrokerAddress>,
     /// The hub's MQTT user name.
     pub username: Option<String>,
     /// Environment variable holding the hub's MQTT password.
@@ -229,6 +232,21 @@ pub struct BrokerSection {
     pub tls: Option<ClientTlsFiles>,
 }
 
+/// `[[broker.failover]]`: another node of the external broker's cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerAddress {
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+
 impl Default for BrokerSection {
     fn default() -> Self {
         Self {
@@ -236,6 +254,7 @@ impl Default for BrokerSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             host: "localhost".into(),
             port: 1883,
+            failover: Vec::new(),
             username: None,
             password_env: None,
             share_group: None,
@@ -495,6 +514,19 @@ impl HubFile {
                 "needs broker.tls_client_ca".into(),
             ));
         }
+        if let Some(i) = self.broker.failover.iter().position(|b| b.host.is_empty()) {
+            return Err(invalid(
+                &format!("broker.failover[{i}].host"),
+                "must not be empty".into(),
+            ));
+        }
+        if !self.broker.failover.is_empty() && self.broker.mode != "external" {
+            return Err(invalid(
+                "broker.failover",
+                "only an external broker cluster has other nodes (set broker.mode = \"external\")"
+                    .into(),
+            ));
+        }
         let broker = match self.broker.mode.as_str() {
             "embedded" => {
                 let access = match &self.broker.access_file {
@@ -526,6 +558,12 @@ impl HubFile {
             "external" => BrokerSetting::External {
                 host: self.broker.host.clone(),
                 port: self.broker.port,
+                failover: self
+                    .broker
+                    .failover
+                    .iter()
+                    .map(|b| (b.host.clone(), b.port))
+                    .collect(),
             },
             other => {
                 return Err(invalid(
@@ -612,6 +650,11 @@ mod tests {
         assert!(err.to_string().contains("listen"), "{err}");
         let err = load("[broker]\nmode = \"cloud\"\n").expect_err("bad mode");
         assert!(err.to_string().contains("broker.mode"), "{err}");
+        let err = load("[broker]\nmode = \"external\"\n[[broker.failover]]\nhost = \"\"\n")
+            .expect_err("empty failover host");
+        assert!(err.to_string().contains("broker.failover[0].host"), "{err}");
+        let err = load("[[broker.failover]]\nhost = \"b\"\n").expect_err("embedded failover");
+        assert!(err.to_string().contains("broker.failover"), "{err}");
         let err =
             load("[[labs]]\nid = \"lab-a\"\n[[labs.machines]]\nid = \"m\"\nkind = \"toaster\"\n")
                 .expect_err("unknown kind");

@@ -45,6 +45,9 @@ pub struct IngestConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// More nodes of the same broker cluster, tried in turn after `host:port` when the
+    /// connection is lost.
+    pub failover: Vec<(String, u16)>,
     /// The primary host id (STATE topic, client id).
     pub host_id: HostId,
     /// User name and password, when the broker wants them.
@@ -86,15 +89,31 @@ pub struct Commit {
 /// The hub's MQTT session: a persistent session (so the broker keeps what arrives while the hub
 /// restarts) with manual acknowledgements (so nothing is acknowledged before it is on disk).
 pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
+    // Acknowledgements and publishes of the API share this queue; it is drained by the event
+    // loop, which never waits on storage, so a full queue only delays them.
+    AsyncClient::new(options_for(config, 0), 4096)
+}
+
+/// Broker `index` of the list (the configured one, then the failover ones), wrapping.
+fn broker_at(config: &IngestConfig, index: usize) -> (&str, u16) {
+    match index % (1 + config.failover.len()) {
+        0 => (&config.host, config.port),
+        i => config
+            .failover
+            .get(i - 1)
+            .map_or((&config.host, config.port), |(host, port)| (host, *port)),
+    }
+}
+
+/// The session's options for broker `index` (see [`broker_at`]): the same client id, login
+/// and Will on every node, so a cluster hands the persistent session over.
+fn options_for(config: &IngestConfig, index: usize) -> MqttOptions {
     let state_topic = Topic::State {
         host: config.host_id.clone(),
     }
     .to_string();
-    let mut options = MqttOptions::new(
-        format!("{}-host", config.host_id),
-        config.host.clone(),
-        config.port,
-    );
+    let (host, port) = broker_at(config, index);
+    let mut options = MqttOptions::new(format!("{}-host", config.host_id), host, port);
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(false);
     options.set_manual_acks(true);
@@ -112,9 +131,7 @@ pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
         QoS::AtLeastOnce,
         true,
     ));
-    // Acknowledgements and publishes of the API share this queue; it is drained by the event
-    // loop, which never waits on storage, so a full queue only delays them.
-    AsyncClient::new(options, 4096)
+    options
 }
 
 /// Makes `options` connect over TLS (rustls on ring, the configured CA only).
@@ -163,6 +180,7 @@ pub async fn run(
     // it, so dropping it for a tick would abandon a connection attempt that takes longer than
     // the commit interval (a TLS handshake, a distant broker) and start it again, forever.
     let mut poll = Box::pin(events.poll());
+    let mut broker = 0;
     // The commit interval has passed since the oldest change that waits for storage.
     let mut due = false;
     loop {
@@ -263,6 +281,17 @@ pub async fn run(
                     break;
                 }
                 warn!(%err, "hub MQTT connection lost; reconnecting");
+                if !config.failover.is_empty() {
+                    // A lost connection may be a dead cluster node: the next attempt goes to
+                    // the next one. rumqttc keeps one address per event loop, so the whole
+                    // options are replaced; its session state (packets in flight) stays.
+                    drop(poll);
+                    broker = (broker + 1) % (1 + config.failover.len());
+                    events.mqtt_options = options_for(&config, broker);
+                    let (host, port) = broker_at(&config, broker);
+                    info!(broker = %format!("{host}:{port}"), "hub tries the next broker of the cluster");
+                    poll = Box::pin(events.poll());
+                }
                 tokio::time::sleep(RECONNECT_BACKOFF).await;
             }
         }
@@ -463,5 +492,64 @@ impl ToStorage<'_> {
         // Storage ends after ingest, so the receiver is alive while this runs.
         let _ = self.commits.send(commit);
         true
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    fn config(failover: Vec<(String, u16)>) -> IngestConfig {
+        IngestConfig {
+            host: "a".into(),
+            port: 1,
+            failover,
+            host_id: "demolab-hub".parse().expect("host id"),
+            login: Some(MqttLogin {
+                username: "hub".into(),
+                password: "pw".into(),
+            }),
+            share_group: None,
+            commit_interval: Duration::from_millis(10),
+            commit_batch: 16,
+            stale_after: Duration::from_secs(10),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn after_a_lost_connection_the_next_cluster_node_is_tried_and_the_list_wraps() {
+        let config = config(vec![("b".into(), 2), ("c".into(), 3)]);
+        let tried: Vec<_> = (0..4)
+            .map(|i| options_for(&config, i).broker_address())
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                ("a".into(), 1),
+                ("b".into(), 2),
+                ("c".into(), 3),
+                ("a".into(), 1)
+            ]
+        );
+        let options = options_for(&config, 1);
+        assert_eq!(
+            options.client_id(),
+            "demolab-hub-host",
+            "one session everywhere"
+        );
+        assert!(
+            !options.clean_session(),
+            "the session persists across nodes"
+        );
+        assert!(
+            options.last_will().is_some(),
+            "the offline STATE Will everywhere"
+        );
+    }
+
+    #[test]
+    fn without_failover_the_one_broker_is_tried_again() {
+        assert_eq!(broker_at(&config(Vec::new()), 3), ("a", 1));
     }
 }

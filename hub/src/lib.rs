@@ -80,6 +80,9 @@ pub enum BrokerSetting {
         host: String,
         /// Port.
         port: u16,
+        /// More nodes of the same broker cluster (host, port), tried in turn after
+        /// `host:port` (and round again) whenever the connection is lost.
+        failover: Vec<(String, u16)>,
     },
 }
 
@@ -353,7 +356,7 @@ impl Hub {
                 let addr = broker.local_addr();
                 (Some(broker), addr, client_addr, host)
             }
-            BrokerSetting::External { host, port } => {
+            BrokerSetting::External { host, port, .. } => {
                 let addr = tokio::net::lookup_host((host.as_str(), *port))
                     .await
                     .ok()
@@ -370,6 +373,10 @@ impl Hub {
         let ingest_config = IngestConfig {
             host: broker_host.clone(),
             port: client_addr.port(),
+            failover: match &config.broker {
+                BrokerSetting::External { failover, .. } => failover.clone(),
+                BrokerSetting::Embedded(_) => Vec::new(),
+            },
             host_id: config.host_id.clone(),
             login: config.mqtt_login.clone(),
             share_group: config.share_group.clone(),

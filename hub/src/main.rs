@@ -82,7 +82,17 @@ async fn run() -> anyhow::Result<()> {
             demolab_hub::mqtt_accounts::accounts_dir(&config).display()
         ),
         BrokerSetting::Embedded(broker) => format!("embedded, listening on {}", broker.bind),
-        BrokerSetting::External { host, port } => format!("external mqtt://{host}:{port}"),
+        BrokerSetting::External {
+            host,
+            port,
+            failover,
+        } => {
+            let mut text = format!("external mqtt://{host}:{port}");
+            for (host, port) in failover {
+                text.push_str(&format!(", failover mqtt://{host}:{port}"));
+            }
+            text
+        }
     };
     let labs = config.directory.labs().count();
     let users = config.auth.users.len();

@@ -178,6 +178,7 @@ mod tests {
             broker: BrokerSetting::External {
                 host: "localhost".into(),
                 port: 1883,
+                failover: Vec::new(),
             },
             ..config(dir.path().to_owned())
         };
