@@ -4,6 +4,7 @@
 //! The tests run every part through real sockets: the embedded MQTT broker, the gateway's MQTT
 //! sessions, the hub's HTTP server and WebSocket stream.
 
+pub mod cluster;
 pub mod fuzz;
 pub mod laptop;
 pub mod pki;
