@@ -67,10 +67,6 @@ use crate::twin::TwinRegistry;
 
 /// Which broker the hub uses.
 #[derive(Debug, Clone)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one value per hub, read once at start"
-)]
 pub enum BrokerSetting {
     /// Run the embedded broker.
     Embedded(BrokerConfig),

@@ -19,12 +19,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use demolab_tests::cluster::{ClusterUser, RabbitCluster, rabbitmq_binary};
-use demolab_tests::{burst_node, start_hub_with, wait_until, within};
-use futures_util::StreamExt;
+use demolab_tests::{burst_node, collect_stream_samples, start_hub_with, wait_until, within};
 use hub::broker::{BrokerConfig, EmbeddedBroker};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use simulators::node::run_mqtt_node;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -264,60 +262,26 @@ fn gateway_on(
     Ok(config)
 }
 
-/// Every sample sequence number the hub streams for `lab`, until `count` arrived.
-async fn streamed_seqs(
-    stream: &mut (
-             impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-             + Unpin
-         ),
-    count: usize,
-) -> anyhow::Result<Vec<u32>> {
-    let mut seqs = Vec::new();
-    within(DEADLINE, "every sample on the stream", async {
-        while seqs.len() < count {
-            let Some(message) = stream.next().await else {
-                bail!("stream closed")
-            };
-            let Message::Text(text) = message? else {
-                continue;
-            };
-            let change: serde_json::Value = serde_json::from_str(text.as_str())?;
-            if matches!(change["kind"].as_str(), Some("sample" | "historical"))
-                && let Some(seq) = change["seq"].as_u64()
-            {
-                seqs.push(seq as u32);
-            }
-        }
-        Ok(())
-    })
-    .await??;
-    Ok(seqs)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_region_loses_no_sample_when_the_hubs_broker_node_dies() -> anyhow::Result<()> {
-    let Some(binary) =
-        rabbitmq_binary("the_region_loses_no_sample_when_the_hubs_broker_node_dies")?
-    else {
-        return Ok(());
-    };
-    let _one = ONE_CLUSTER.lock().await;
     // The hub's session (a quorum queue) lives on in the two other nodes; the gateways'
     // publishes stall while its leader is elected again.
-    region_survives_the_loss_of(&binary, HUB_NODE).await
+    region_survives_the_loss_of(
+        "the_region_loses_no_sample_when_the_hubs_broker_node_dies",
+        HUB_NODE,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_region_loses_no_sample_when_a_gateways_broker_node_dies() -> anyhow::Result<()> {
-    let Some(binary) =
-        rabbitmq_binary("the_region_loses_no_sample_when_a_gateways_broker_node_dies")?
-    else {
-        return Ok(());
-    };
-    let _one = ONE_CLUSTER.lock().await;
     // Gateway a loses its connection with samples in flight; it sends them again, after a new
     // birth, through the next node, and the hub drops what it already has.
-    region_survives_the_loss_of(&binary, GATEWAY_A_NODE).await
+    region_survives_the_loss_of(
+        "the_region_loses_no_sample_when_a_gateways_broker_node_dies",
+        GATEWAY_A_NODE,
+    )
+    .await
 }
 
 /// The cluster node each client connects to first; the others are its failover list.
@@ -327,15 +291,16 @@ const GATEWAY_B_NODE: usize = 2;
 
 /// The hub and two gateways, each on its own node of a fresh cluster; node `victim` is killed
 /// with SIGKILL once a third of every machine's samples reached the hub.
-async fn region_survives_the_loss_of(
-    binary: &std::path::Path,
-    victim: usize,
-) -> anyhow::Result<()> {
+async fn region_survives_the_loss_of(test: &str, victim: usize) -> anyhow::Result<()> {
+    let Some(binary) = rabbitmq_binary(test)? else {
+        return Ok(());
+    };
+    let _one = ONE_CLUSTER.lock().await;
     let hub_user = ClusterUser::hub("demolab-hub", "hub-pw");
     let gw_a = ClusterUser::gateway("gw-a", "gw-a-pw", "lab-a");
     let gw_b = ClusterUser::gateway("gw-b", "gw-b-pw", "lab-b");
     let mut cluster =
-        RabbitCluster::start(binary, &[hub_user.clone(), gw_a.clone(), gw_b.clone()]).await?;
+        RabbitCluster::start(&binary, &[hub_user.clone(), gw_a.clone(), gw_b.clone()]).await?;
     let data = tempfile::tempdir()?;
 
     let node = |i: usize| {
@@ -449,7 +414,11 @@ async fn region_survives_the_loss_of(
     .map_err(|e| e.context(cluster.logs()))?;
 
     for ((key, stream), killed_at) in keys.iter().zip(&mut streams).zip(&at_kill) {
-        let seqs = streamed_seqs(stream, SAMPLES as usize).await?;
+        let seqs: Vec<u32> = collect_stream_samples(stream, SAMPLES as usize, DEADLINE)
+            .await?
+            .into_iter()
+            .map(|(_, _, seq)| seq)
+            .collect();
         assert_eq!(
             seqs,
             (1..=SAMPLES).collect::<Vec<_>>(),
