@@ -96,12 +96,21 @@ pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
 
 /// Broker `index` of the list (the configured one, then the failover ones), wrapping.
 fn broker_at(config: &IngestConfig, index: usize) -> (&str, u16) {
-    match index % (1 + config.failover.len()) {
-        0 => (&config.host, config.port),
-        i => config
-            .failover
+    nth_broker((&config.host, config.port), &config.failover, index)
+}
+
+/// Broker `index` of `primary` followed by `failover`, wrapping: every client of the hub walks
+/// a cluster's nodes in the same order.
+pub(crate) fn nth_broker<'a>(
+    primary: (&'a str, u16),
+    failover: &'a [(String, u16)],
+    index: usize,
+) -> (&'a str, u16) {
+    match index % (1 + failover.len()) {
+        0 => primary,
+        i => failover
             .get(i - 1)
-            .map_or((&config.host, config.port), |(host, port)| (host, *port)),
+            .map_or(primary, |(host, port)| (host, *port)),
     }
 }
 

@@ -403,6 +403,7 @@ impl Hub {
             config.json_topics.then(|| outputs::JsonTopicsBroker {
                 host: broker_host.clone(),
                 port: client_addr.port(),
+                failover: ingest_config.failover.clone(),
                 login: config.mqtt_login.clone(),
                 client_id: format!("{}-json", config.host_id),
                 tls: config.mqtt_tls.clone(),

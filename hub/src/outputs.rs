@@ -98,6 +98,8 @@ pub struct JsonTopicsBroker {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// More nodes of the same broker cluster, tried in turn when the connection is lost.
+    pub failover: Vec<(String, u16)>,
     /// The hub's login.
     pub login: Option<MqttLogin>,
     /// Its client id.
@@ -138,27 +140,13 @@ pub fn start(
 /// up ingest's acknowledgements. While the broker is slow or away, values wait in `latest`,
 /// where each metric holds only its newest: memory stays bounded by the twins' metrics.
 async fn publish_json(
-    JsonTopicsBroker {
-        host,
-        port,
-        login,
-        client_id,
-        tls,
-    }: JsonTopicsBroker,
+    broker: JsonTopicsBroker,
     latest: Arc<Mutex<Latest>>,
     interval: Duration,
     twins: Arc<TwinRegistry>,
     cancel: CancellationToken,
 ) {
-    let mut options = MqttOptions::new(client_id, host, port);
-    options.set_keep_alive(Duration::from_secs(15));
-    if let Some(login) = login {
-        options.set_credentials(login.username, login.password);
-    }
-    if let Some(tls) = &tls {
-        crate::ingest::use_tls(&mut options, tls);
-    }
-    let (client, mut events) = AsyncClient::new(options, 1024);
+    let (client, mut events) = AsyncClient::new(json_options(&broker, 0), 1024);
     let publisher = async {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,11 +178,17 @@ async fn publish_json(
         }
     };
     let poller = async {
+        let mut node = 0;
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(_) | Event::Outgoing(_)) => {}
                 Err(err) => {
                     warn!(%err, "JSON topic connection lost; reconnecting");
+                    if !broker.failover.is_empty() {
+                        // As ingest does: a lost connection may be a dead cluster node.
+                        node += 1;
+                        events.mqtt_options = json_options(&broker, node);
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -208,9 +202,44 @@ async fn publish_json(
     let _ = client.try_disconnect();
 }
 
+/// The JSON publisher's options for node `index` of its broker list.
+fn json_options(broker: &JsonTopicsBroker, index: usize) -> MqttOptions {
+    let (host, port) =
+        crate::ingest::nth_broker((&broker.host, broker.port), &broker.failover, index);
+    let mut options = MqttOptions::new(broker.client_id.clone(), host, port);
+    options.set_keep_alive(Duration::from_secs(15));
+    if let Some(login) = &broker.login {
+        options.set_credentials(login.username.clone(), login.password.clone());
+    }
+    if let Some(tls) = &broker.tls {
+        crate::ingest::use_tls(&mut options, tls);
+    }
+    options
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_publisher_walks_the_cluster_nodes_like_ingest() {
+        let broker = JsonTopicsBroker {
+            host: "a".into(),
+            port: 1,
+            failover: vec![("b".into(), 2)],
+            login: Some(MqttLogin {
+                username: "hub".into(),
+                password: "pw".into(),
+            }),
+            client_id: "demolab-hub-json".into(),
+            tls: None,
+        };
+        let nodes: Vec<_> = (0..3)
+            .map(|i| json_options(&broker, i).broker_address())
+            .collect();
+        assert_eq!(nodes, [("a".into(), 1), ("b".into(), 2), ("a".into(), 1)]);
+        assert_eq!(json_options(&broker, 1).client_id(), "demolab-hub-json");
+    }
 
     fn applied(machine: &str, seq: u32, power: f64, historical: bool) -> Applied {
         Applied {
