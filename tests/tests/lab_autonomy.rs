@@ -132,6 +132,14 @@ impl ScriptedNode {
 }
 
 /// Polls the gateway's local API until `holds` accepts its answer.
+/// The gateway dropped nothing, for any reason.
+fn assert_no_drops(gateway: &gateway::GatewayHandle) {
+    let snapshot = gateway.stats().snapshot();
+    for reason in DropReason::ALL {
+        assert_eq!(snapshot.dropped(reason), 0, "gateway drops for {reason:?}");
+    }
+}
+
 async fn wait_for_view(
     ops: SocketAddr,
     what: &str,
@@ -339,10 +347,7 @@ async fn a_cut_off_lab_shows_its_machines_locally_and_catches_up_flagged_histori
             node.machine
         );
     }
-    let snapshot = gateway.stats().snapshot();
-    for reason in DropReason::ALL {
-        assert_eq!(snapshot.dropped(reason), 0, "gateway drops for {reason:?}");
-    }
+    assert_no_drops(&gateway);
 
     cancel.cancel();
     gateway.shutdown().await?;
@@ -398,5 +403,87 @@ async fn the_local_page_and_api_answer_while_the_region_was_never_reachable() ->
     cancel.cancel();
     gateway.shutdown().await?;
     hub.shutdown().await?;
+    Ok(())
+}
+
+/// The link stays up but the region's hub goes away (its STATE offline on the broker): the lab's
+/// view says `host_offline`, the gateway buffers exactly what the nodes send, and a hub that
+/// comes back gets every sample once, the ones from its absence flagged historical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_gone_from_a_broker_that_stays_shows_as_host_offline() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let broker = hub::broker::EmbeddedBroker::start(hub::broker::BrokerConfig {
+        bind: "127.0.0.1:0".parse()?,
+        ..hub::broker::BrokerConfig::default()
+    })
+    .await?;
+    let port = broker.local_addr().port();
+    let hub_config = || hub::HubConfig {
+        broker: hub::BrokerSetting::External {
+            host: "127.0.0.1".into(),
+            port,
+            failover: Vec::new(),
+        },
+        ..demolab_tests::hub_config(&data.path().join("hub"))
+    };
+    let hub = demolab_tests::start_hub_with(hub_config()).await?;
+    let cancel = CancellationToken::new();
+    let mut config = gateway_config(port, LAB, GATEWAY, &data.path().join("buffer"))?;
+    config.primary_host = Some("demolab-hub".parse()?);
+    let gateway = start_gateway_with(config, &cancel).await?;
+    let ops = serve_ops(&gateway, LAB, GATEWAY, &cancel).await?;
+    let mut nodes = vec![ScriptedNode::connect(port, 0xb1, "press-1").await?];
+    nodes[0].send(BEFORE).await?;
+    let key = hub::twin::TwinKey {
+        lab: LAB.parse()?,
+        machine: "press-1".parse()?,
+    };
+    demolab_tests::wait_until(DEADLINE, "the samples before, applied", || {
+        hub.twins()
+            .get(&key)
+            .is_some_and(|t| t.samples == u64::from(BEFORE))
+    })
+    .await?;
+
+    hub.shutdown().await?;
+    let view = wait_for_view(ops, "the hub's absence", |v| {
+        v["uplink"]["state"] == "host_offline"
+    })
+    .await?;
+    assert_eq!(view["uplink"]["connected"], false);
+    nodes[0].send(DURING).await?;
+    let view = wait_for_view(ops, "the samples during, buffered", |v| {
+        shows_latest(v, &nodes) && v["buffered"] == u64::from(DURING)
+    })
+    .await?;
+    assert_eq!(view["uplink"]["state"], "host_offline");
+
+    let hub = demolab_tests::start_hub_with(hub_config()).await?;
+    wait_for_view(ops, "the backlog to be sent", |v| {
+        v["uplink"]["state"] == "connected" && v["buffered"] == 0
+    })
+    .await?;
+    demolab_tests::wait_until(DEADLINE, "every sample applied once", || {
+        hub.twins()
+            .get(&key)
+            .is_some_and(|t| t.samples == u64::from(BEFORE + DURING))
+    })
+    .await?;
+    let twin = hub.twins().get(&key).context("twin")?;
+    assert_eq!(
+        (twin.samples, twin.historical_samples, twin.last_seq),
+        (
+            u64::from(BEFORE + DURING),
+            u64::from(DURING),
+            BEFORE + DURING
+        ),
+        "the samples from the hub's absence arrive once, flagged historical"
+    );
+    assert_no_drops(&gateway);
+
+    cancel.cancel();
+    gateway.shutdown().await?;
+    hub.shutdown().await?;
+    broker.shutdown().await?;
     Ok(())
 }
