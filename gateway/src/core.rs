@@ -709,7 +709,14 @@ impl Core {
         let now = now_ms();
         let nbirth = self.edge.node_birth(now);
         self.send(generation, nbirth, None).await;
-        let machines: Vec<MachineId> = self.edge.machines().cloned().collect();
+        // Only machines still talking: one declared dead stays dead until it speaks again,
+        // or a host's rebirth request would bring a silent machine back online.
+        let machines: Vec<MachineId> = self
+            .edge
+            .machines()
+            .filter(|machine| self.last_seen.contains_key(*machine))
+            .cloned()
+            .collect();
         for machine in machines {
             if let Some(dbirth) = self.edge.ensure_born(&machine, None, &[], now) {
                 self.send(generation, dbirth, None).await;
@@ -754,6 +761,11 @@ impl Core {
                 .edge
                 .ensure_born(&sample.machine, sample.boot, &metrics, now)
             {
+                // Buffered data of a machine that has since gone silent births it again; the
+                // liveness check must then see it, or it would stay online at the host.
+                self.last_seen
+                    .entry(sample.machine.clone())
+                    .or_insert_with(Instant::now);
                 self.send(generation, dbirth, None).await;
             }
             let values: Vec<Value> = sample

@@ -176,8 +176,17 @@ async fn data_waits_for_the_primary_host_and_then_arrives_historical() -> anyhow
     Ok(())
 }
 
+/// The next topic the watcher saw, or an error naming the wait.
+async fn next_topic(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> anyhow::Result<String> {
+    within(Duration::from_secs(10), "the gateway's next message", seen.recv())
+        .await
+        .map(Option::unwrap_or_default)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_machine_goes_stale_and_a_rebirth_request_is_answered() -> anyhow::Result<()> {
+async fn a_rebirth_request_is_answered_without_reviving_a_machine_gone_silent() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let hub = start_hub(data.path()).await?;
     let port = hub.mqtt_addr().port();
@@ -206,7 +215,32 @@ async fn a_silent_machine_goes_stale_and_a_rebirth_request_is_answered() -> anyh
     })
     .await?;
 
-    let births_before = gateway.stats().snapshot().births_published;
+    // Everything the gateway publishes from here on, in its order.
+    let mut watcher = MqttOptions::new("lab-watcher", "127.0.0.1", port);
+    watcher.set_max_packet_size(1 << 20, 1 << 20);
+    let (watch, mut watch_events) = AsyncClient::new(watcher, 64);
+    watch
+        .subscribe("spBv1.0/lab-live/+/gw-live/#", QoS::AtLeastOnce)
+        .await?;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let watching = tokio::spawn(async move {
+        while let Ok(event) = watch_events.poll().await {
+            match event {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                    let _ = seen_tx.send(String::new());
+                }
+                // Commands to the gateway match the filter too; only its own messages count.
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))
+                    if !p.topic.contains("CMD/") =>
+                {
+                    let _ = seen_tx.send(p.topic);
+                }
+                _ => {}
+            }
+        }
+    });
+    within(Duration::from_secs(10), "the watcher's subscription", seen.recv()).await?;
+
     let (client, poller) = mqtt_client(port, "host-tool").await;
     let rebirth = Payload {
         timestamp: Some(1),
@@ -224,17 +258,37 @@ async fn a_silent_machine_goes_stale_and_a_rebirth_request_is_answered() -> anyh
             rebirth.encode_to_vec(),
         )
         .await?;
-    let stats = gateway.stats().clone();
-    // NBIRTH and the machine's DBIRTH again.
-    wait_until(Duration::from_secs(10), "the rebirth", || {
-        stats.snapshot().births_published >= births_before + 2
-    })
+    assert_eq!(next_topic(&mut seen).await?, "spBv1.0/lab-live/NBIRTH/gw-live");
+    // A machine that speaks after the rebirth: its DBIRTH is the fence. The silent machine was
+    // declared dead, so the rebirth must not have announced it in between.
+    run_mqtt_node(
+        burst_node(port, 0x1d1f, "mill-fence", 8, 1)?,
+        cancel.clone(),
+    )
+    .await?;
+    assert_eq!(
+        next_topic(&mut seen).await?,
+        "spBv1.0/lab-live/DBIRTH/gw-live/mill-fence",
+        "a rebirth announces only the machines still talking"
+    );
+    assert!(
+        twins.get(&key).is_some_and(|t| !t.connectivity.online),
+        "the silent machine stays offline"
+    );
+
+    // Once it talks again, it is born again.
+    run_mqtt_node(
+        burst_node(port, 0x1d1e, "mill-quiet", 9, 5)?,
+        cancel.clone(),
+    )
     .await?;
     wait_until(Duration::from_secs(10), "the twin born again", || {
-        twins.get(&key).is_some_and(|t| t.connectivity.online)
+        twins
+            .get(&key)
+            .is_some_and(|t| t.connectivity.online && t.last_seq == 5)
     })
     .await?;
-
+    watching.abort();
     poller.abort();
     cancel.cancel();
     gateway.shutdown().await?;
