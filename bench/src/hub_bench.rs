@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use demolab_bench::sparkplug_load::{METRICS, edge_messages, publish_acked};
 use hub::broker::{BrokerConfig, EmbeddedBroker};
-use prost::Message;
-use protocol::sparkplug::{BD_SEQ_METRIC, DataType, Metric, MetricValue, Payload};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// Measure the hub's ingest against the broker's own ceiling.
@@ -37,95 +36,22 @@ struct Args {
     out: PathBuf,
 }
 
-/// Values per sample besides `node.seq`, like a CNC mill's.
-const METRICS: [&str; 5] = [
-    "spindle.power_w",
-    "spindle.vibration_rms",
-    "coolant.temperature_c",
-    "state.code",
-    "production.parts",
-];
-
-fn encode(seq: u64, metrics: Vec<Metric>) -> Vec<u8> {
-    Payload {
-        timestamp: Some(hub::ingest::now_ms()),
-        seq: Some(seq),
-        metrics,
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
-/// Every message of one edge node, in order: NBIRTH, DBIRTHs, then the samples round-robin.
-fn edge_messages(args: &Args, edge: u32) -> Vec<(String, Vec<u8>)> {
-    let lab = "lab-bench";
-    let gateway = format!("gw-{edge}");
-    let mut seq = 0u64;
-    let mut next = || {
-        let s = seq % 256;
-        seq += 1;
-        s
-    };
-    let bd = Metric::new(DataType::UInt64, MetricValue::Long(0)).named(BD_SEQ_METRIC);
-    let mut out = vec![(
-        format!("spBv1.0/{lab}/NBIRTH/{gateway}"),
-        encode(next(), vec![bd]),
-    )];
-    for m in 0..args.machines {
-        let mut metrics: Vec<Metric> = METRICS
-            .iter()
-            .map(|name| Metric::new(DataType::Double, MetricValue::Double(0.0)).named(*name))
-            .collect();
-        metrics.push(Metric::new(DataType::UInt32, MetricValue::Int(0)).named("node.seq"));
-        out.push((
-            format!("spBv1.0/{lab}/DBIRTH/{gateway}/m-{edge}-{m}"),
-            encode(next(), metrics),
-        ));
-    }
-    for sample in 1..=args.samples {
-        for m in 0..args.machines {
-            let mut metrics =
-                vec![Metric::new(DataType::UInt32, MetricValue::Int(sample)).named("node.seq")];
-            metrics.extend(METRICS.iter().enumerate().map(|(i, name)| {
-                let value = f64::from(sample) + i as f64;
-                Metric::new(DataType::Double, MetricValue::Double(value)).named(*name)
-            }));
-            out.push((
-                format!("spBv1.0/{lab}/DDATA/{gateway}/m-{edge}-{m}"),
-                encode(next(), metrics),
-            ));
-        }
-    }
-    out
-}
-
 /// Publishes every edge's messages concurrently (QoS 1), each edge on its own connection.
 async fn publish_all(args: &Args, port: u16) -> anyhow::Result<()> {
     let mut edges = tokio::task::JoinSet::new();
     for edge in 0..args.edges {
-        let messages = edge_messages(args, edge);
-        let mut options = MqttOptions::new(format!("bench-edge-{edge}"), "127.0.0.1", port);
-        options.set_inflight(100);
-        let (client, mut events) = AsyncClient::new(options, 256);
-        edges.spawn(async move {
-            let expected = messages.len();
-            let publisher = tokio::spawn(async move {
-                for (topic, payload) in messages {
-                    client
-                        .publish(topic, QoS::AtLeastOnce, false, payload)
-                        .await?;
-                }
-                anyhow::Ok(client)
-            });
-            let mut acked = 0;
-            while acked < expected {
-                if let Event::Incoming(Packet::PubAck(_)) = events.poll().await? {
-                    acked += 1;
-                }
-            }
-            publisher.await??;
-            anyhow::Ok(())
-        });
+        let machines: Vec<String> = (0..args.machines)
+            .map(|m| format!("m-{edge}-{m}"))
+            .collect();
+        let messages = edge_messages(
+            "lab-bench",
+            &format!("gw-{edge}"),
+            &machines,
+            args.samples,
+            0,
+        );
+        let options = MqttOptions::new(format!("bench-edge-{edge}"), "127.0.0.1", port);
+        edges.spawn(publish_acked(options, messages));
     }
     while let Some(result) = edges.join_next().await {
         result??;

@@ -3,6 +3,7 @@
 
 pub mod latency;
 pub mod measure;
+pub mod sparkplug_load;
 
 use std::path::{Path, PathBuf};
 

@@ -54,6 +54,111 @@ pub struct HubFile {
     /// `[http]`: connection caps and timeouts of the web server.
     #[serde(default)]
     pub http: HttpSection,
+    /// `[replica]`: this hub is one replica of a region (off when absent).
+    #[serde(default)]
+    pub replica: Option<ReplicaSection>,
+}
+
+/// `[replica]`: several hubs on one broker cluster and one PostgreSQL serve the region as one
+/// system (docs/architecture.md, "Hub replicas").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSection {
+    /// This replica's name, unique in the region (letters, digits, `-`, `_`).
+    pub id: String,
+    /// The region; the same on every replica.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The shared PostgreSQL, as a libpq connection string (`host=db user=demolab dbname=demolab`
+    /// or `postgresql://demolab@db/demolab`), without the password.
+    pub postgres: String,
+    /// Environment variable holding the PostgreSQL password.
+    pub password_env: Option<String>,
+    /// How many slots the labs are spread over: the most replicas that can share the work.
+    /// The same on every replica, and never changed while the region holds data.
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+}
+
+impl ReplicaSection {
+    /// Checks the section against the rest of the file; an error names its key.
+    fn to_config(
+        &self,
+        broker_mode: &str,
+        accept_unknown: bool,
+        no_labs: bool,
+    ) -> Result<crate::replica::ReplicaConfig, (&'static str, String)> {
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !name_ok(&self.id) {
+            return Err((
+                "id",
+                format!("{:?} must be 1 to 64 letters, digits, '-' or '_'", self.id),
+            ));
+        }
+        if !name_ok(&self.region) {
+            return Err((
+                "region",
+                format!(
+                    "{:?} must be 1 to 64 letters, digits, '-' or '_'",
+                    self.region
+                ),
+            ));
+        }
+        if !(1..=1024).contains(&self.slots) {
+            return Err((
+                "slots",
+                format!("must be between 1 and 1024, got {}", self.slots),
+            ));
+        }
+        if broker_mode != "external" {
+            return Err((
+                "id",
+                "replicas share a broker (cluster): set broker.mode = \"external\"".into(),
+            ));
+        }
+        // A slot subscribes to its labs by name, so a lab nobody listed would reach no replica.
+        if accept_unknown || no_labs {
+            return Err((
+                "id",
+                "replicas serve the labs listed in [[labs]]: list them, and leave hub.accept_unknown off".into(),
+            ));
+        }
+        let mut postgres: tokio_postgres::Config = self.postgres.parse().map_err(|err| {
+            (
+                "postgres",
+                format!("not a PostgreSQL connection string: {err}"),
+            )
+        })?;
+        if let Some(var) = &self.password_env {
+            let password = std::env::var(var).map_err(|_| {
+                (
+                    "password_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            postgres.password(password);
+        }
+        Ok(crate::replica::ReplicaConfig {
+            id: self.id.clone(),
+            region: self.region.clone(),
+            postgres,
+            slots: self.slots,
+        })
+    }
+}
+
+fn default_region() -> String {
+    "demolab".into()
+}
+
+fn default_slots() -> u32 {
+    16
 }
 
 /// `[http]`: transport limits of the web server (API, web platform, streams).
@@ -212,8 +317,6 @@ pub struct BrokerSection {
     pub username: Option<String>,
     /// Environment variable holding the hub's MQTT password.
     pub password_env: Option<String>,
-    /// Share ingest with other hub replicas (`$share/{group}/spBv1.0/#`).
-    pub share_group: Option<String>,
     /// Embedded: per-client credentials and topic ACL (see deploy/access.toml); without it the
     /// embedded broker admits anyone.
     pub access_file: Option<PathBuf>,
@@ -257,7 +360,6 @@ impl Default for BrokerSection {
             failover: Vec::new(),
             username: None,
             password_env: None,
-            share_group: None,
             access_file: None,
             tls_listen: None,
             tls_cert: None,
@@ -382,6 +484,18 @@ impl HubFile {
                 .validate()
                 .map_err(|err| invalid("influx", err.to_string()))?;
         }
+        let replica = self
+            .replica
+            .as_ref()
+            .map(|section| {
+                section.to_config(
+                    self.broker.mode.as_str(),
+                    self.hub.accept_unknown,
+                    self.labs.is_empty(),
+                )
+            })
+            .transpose()
+            .map_err(|(key, problem)| invalid(&format!("replica.{key}"), problem))?;
         let catalogue = match &self.hub.catalogue_dir {
             Some(dir) => Catalogue::with_dir(dir)
                 .map_err(|err| invalid("hub.catalogue_dir", err.to_string()))?,
@@ -584,7 +698,7 @@ impl HubFile {
             directory: Arc::new(directory),
             auth: self.auth,
             mqtt_login: login,
-            share_group: self.broker.share_group,
+            replica,
             json_topics: self.hub.json_topics,
             json_interval: Duration::from_millis(self.hub.json_interval_ms),
             retention: self.history,
@@ -624,6 +738,27 @@ mod tests {
         assert!(matches!(config.broker, BrokerSetting::Embedded(_)));
         assert!(!config.accept_unknown, "only configured labs by default");
         assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn the_shipped_replica_example_loads() {
+        let text = include_str!("../../deploy/cluster/hub-replica.toml");
+        let file =
+            HubFile::parse(Path::new("deploy/cluster/hub-replica.toml"), text).expect("parses");
+        let section = file.replica.clone().expect("a [replica] section");
+        let replica = ReplicaSection {
+            // Its password comes from the environment in production.
+            password_env: None,
+            ..section
+        }
+        .to_config(
+            &file.broker.mode,
+            file.hub.accept_unknown,
+            file.labs.is_empty(),
+        )
+        .expect("a valid replica");
+        assert_eq!(replica.slots, 16);
+        assert_eq!(file.broker.failover.len(), 2);
     }
 
     #[test]
@@ -674,6 +809,62 @@ mod tests {
         assert!(err.to_string().contains("max_topics"), "{err}");
         let err = load("[hub]\nstale_after_ms = 5\n").expect_err("too short");
         assert!(err.to_string().contains("hub.stale_after_ms"), "{err}");
+    }
+
+    #[test]
+    fn a_replica_section_is_checked_against_the_rest_of_the_file() {
+        let external = "[broker]\nmode = \"external\"\n\
+            [[labs]]\nid = \"lab-a\"\n[[labs.machines]]\nid = \"m\"\n";
+        let config = load(&format!(
+            "{external}[replica]\nid = \"hub-1\"\npostgres = \"host=/run/postgresql user=demolab\"\n"
+        ))
+        .expect("a valid replica");
+        let replica = config.replica.expect("replica mode");
+        assert_eq!(
+            (replica.id.as_str(), replica.region.as_str()),
+            ("hub-1", "demolab")
+        );
+        assert_eq!(replica.slots, 16);
+        assert_eq!(replica.postgres.get_user(), Some("demolab"));
+
+        for (file, key) in [
+            (
+                format!("{external}[replica]\nid = \"hub 1\"\npostgres = \"host=db\"\n"),
+                "replica.id",
+            ),
+            (
+                format!("{external}[replica]\nid = \"h\"\npostgres = \"host=db\"\nslots = 0\n"),
+                "replica.slots",
+            ),
+            (
+                format!("{external}[replica]\nid = \"h\"\npostgres = \"host='db\"\n"),
+                "replica.postgres",
+            ),
+            (
+                format!(
+                    "{external}[replica]\nid = \"h\"\npostgres = \"host=db\"\npassword_env = \"DEMOLAB_TEST_UNSET_PG_PW\"\n"
+                ),
+                "replica.password_env",
+            ),
+            (
+                format!("{external}[replica]\nid = \"h\"\npostgres = \"host=db\"\nshare = 1\n"),
+                "share",
+            ),
+            // Replicas meet on a shared broker, and subscribe to listed labs only.
+            (
+                "[[labs]]\nid = \"lab-a\"\n[replica]\nid = \"h\"\npostgres = \"host=db\"\n"
+                    .to_owned(),
+                "external",
+            ),
+            (
+                "[broker]\nmode = \"external\"\n[replica]\nid = \"h\"\npostgres = \"host=db\"\n"
+                    .to_owned(),
+                "[[labs]]",
+            ),
+        ] {
+            let err = load(&file).expect_err(key);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use protocol::HostId;
 use protocol::sparkplug::{
-    DataType, MessageType, Metric, MetricValue, NAMESPACE, Payload, REBIRTH_METRIC, Topic,
+    DataType, MessageType, Metric, MetricValue, Payload, REBIRTH_METRIC, Topic,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -52,8 +52,12 @@ pub struct IngestConfig {
     pub host_id: HostId,
     /// User name and password, when the broker wants them.
     pub login: Option<MqttLogin>,
-    /// Share ingest with other hub replicas through `$share/{group}/`.
-    pub share_group: Option<String>,
+    /// The MQTT client id of the session (`{host_id}-host`; a replica's slot has its own).
+    pub client_id: String,
+    /// What the session subscribes to: `spBv1.0/#`, or a replica slot's labs.
+    pub subscriptions: Vec<String>,
+    /// A replica slot's labs: only their twins go into this session's commits.
+    pub labs: Option<Arc<std::collections::HashSet<protocol::LabId>>>,
     /// How long accepted messages may wait for more before they go to storage (and are then
     /// acknowledged).
     pub commit_interval: Duration,
@@ -94,6 +98,38 @@ pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
     AsyncClient::new(options_for(config, 0), 4096)
 }
 
+/// A replica's client for the API's commands (DCMD): a clean session without a Will, kept
+/// connected (walking the cluster's nodes) by a task in `tasks` until `cancel` fires. Its
+/// client id is the replica's own, so it never takes over a slot's session.
+pub fn command_client(
+    config: &IngestConfig,
+    replica: &crate::replica::ReplicaConfig,
+    tasks: &mut tokio::task::JoinSet<()>,
+    cancel: &CancellationToken,
+) -> AsyncClient {
+    let config = IngestConfig {
+        client_id: format!("{}-{}-commands", replica.region, replica.id),
+        ..config.clone()
+    };
+    let options = move |index| connection_options(&config, index);
+    let (client, mut events) = AsyncClient::new(options(0), 64);
+    let cancel = cancel.clone();
+    tasks.spawn(async move {
+        let mut broker = 0;
+        loop {
+            tokio::select! {
+                event = events.poll() => if event.is_err() {
+                    broker += 1;
+                    events.mqtt_options = options(broker);
+                    tokio::time::sleep(RECONNECT_BACKOFF).await;
+                },
+                () = cancel.cancelled() => return,
+            }
+        }
+    });
+    client
+}
+
 /// Broker `index` of the list (the configured one, then the failover ones), wrapping.
 fn broker_at(config: &IngestConfig, index: usize) -> (&str, u16) {
     nth_broker((&config.host, config.port), &config.failover, index)
@@ -114,6 +150,21 @@ pub(crate) fn nth_broker<'a>(
     }
 }
 
+/// Where and as whom a client of the hub connects to broker `index` (see [`broker_at`]).
+fn connection_options(config: &IngestConfig, index: usize) -> MqttOptions {
+    let (host, port) = broker_at(config, index);
+    let mut options = MqttOptions::new(config.client_id.clone(), host, port);
+    options.set_keep_alive(Duration::from_secs(15));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(login) = &config.login {
+        options.set_credentials(login.username.clone(), login.password.clone());
+    }
+    if let Some(tls) = &config.tls {
+        use_tls(&mut options, tls);
+    }
+    options
+}
+
 /// The session's options for broker `index` (see [`broker_at`]): the same client id, login
 /// and Will on every node, so a cluster hands the persistent session over.
 fn options_for(config: &IngestConfig, index: usize) -> MqttOptions {
@@ -121,19 +172,10 @@ fn options_for(config: &IngestConfig, index: usize) -> MqttOptions {
         host: config.host_id.clone(),
     }
     .to_string();
-    let (host, port) = broker_at(config, index);
-    let mut options = MqttOptions::new(format!("{}-host", config.host_id), host, port);
-    options.set_keep_alive(Duration::from_secs(15));
+    let mut options = connection_options(config, index);
     options.set_clean_session(false);
     options.set_manual_acks(true);
-    options.set_max_packet_size(1 << 20, 1 << 20);
     options.set_inflight(1000);
-    if let Some(login) = &config.login {
-        options.set_credentials(login.username.clone(), login.password.clone());
-    }
-    if let Some(tls) = &config.tls {
-        use_tls(&mut options, tls);
-    }
     options.set_last_will(LastWill::new(
         state_topic,
         state_payload(false, now_ms()),
@@ -168,14 +210,16 @@ pub async fn run(
         host: config.host_id.clone(),
     }
     .to_string();
-    let subscription = match &config.share_group {
-        Some(group) => format!("$share/{group}/{NAMESPACE}/#"),
-        None => format!("{NAMESPACE}/#"),
-    };
+    let subscriptions: Vec<rumqttc::SubscribeFilter> = config
+        .subscriptions
+        .iter()
+        .map(|filter| rumqttc::SubscribeFilter::new(filter.clone(), QoS::AtLeastOnce))
+        .collect();
     let storage = ToStorage {
         commits: &commits,
         idle: &persister_idle,
         twins: &twins,
+        labs: config.labs.as_deref(),
     };
     let mut pending = Commit::default();
     let mut host_changed = false;
@@ -235,7 +279,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // Subscribing again on a resumed session is harmless and covers a broker that
                 // lost the session.
-                if let Err(err) = client.try_subscribe(subscription.clone(), QoS::AtLeastOnce) {
+                if let Err(err) = client.try_subscribe_many(subscriptions.clone()) {
                     error!(%err, "cannot subscribe to Sparkplug topics");
                 }
             }
@@ -451,6 +495,7 @@ struct ToStorage<'a> {
     commits: &'a mpsc::UnboundedSender<Commit>,
     idle: &'a crate::persist::Idle,
     twins: &'a TwinRegistry,
+    labs: Option<&'a std::collections::HashSet<protocol::LabId>>,
 }
 
 impl ToStorage<'_> {
@@ -479,8 +524,13 @@ impl ToStorage<'_> {
     /// twins it changed: they are copied here, on the only task that applies samples, so a twin
     /// on disk is never ahead of the history and acknowledgements committed with it.
     fn hand_over(&self, pending: &mut Commit, host_changed: &mut bool, host: &PrimaryHost) -> bool {
-        let dirty = self.twins.take_dirty();
-        let retired = self.twins.take_retired();
+        let (dirty, retired) = match self.labs {
+            Some(labs) => (
+                self.twins.take_dirty_in(labs),
+                self.twins.take_retired_in(labs),
+            ),
+            None => (self.twins.take_dirty(), self.twins.take_retired()),
+        };
         if pending.acks.is_empty()
             && pending.applied.is_empty()
             && dirty.is_empty()
@@ -518,7 +568,9 @@ mod failover_tests {
                 username: "hub".into(),
                 password: "pw".into(),
             }),
-            share_group: None,
+            client_id: "demolab-hub-host".into(),
+            subscriptions: vec!["spBv1.0/#".into()],
+            labs: None,
             commit_interval: Duration::from_millis(10),
             commit_batch: 16,
             stale_after: Duration::from_secs(10),

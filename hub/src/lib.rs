@@ -36,11 +36,13 @@ pub mod mqtt_accounts;
 pub mod outputs;
 pub mod persist;
 pub mod playbooks;
+pub mod replica;
 pub mod scenarios;
 pub mod stats;
 pub mod store;
 pub mod twin;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -134,8 +136,8 @@ pub struct HubConfig {
     pub auth: AuthConfig,
     /// The hub's own broker login.
     pub mqtt_login: Option<MqttLogin>,
-    /// Share ingest with other hub replicas.
-    pub share_group: Option<String>,
+    /// Run as one replica of a region (`[replica]`); `None` is a hub on its own.
+    pub replica: Option<replica::ReplicaConfig>,
     /// Publish retained JSON values on `demolab/{lab}/{machine}/{metric}`.
     pub json_topics: bool,
     /// How often the JSON topics get the newest committed values.
@@ -175,7 +177,7 @@ impl Default for HubConfig {
             directory: Arc::default(),
             auth: AuthConfig::default(),
             mqtt_login: None,
-            share_group: None,
+            replica: None,
             json_topics: true,
             json_interval: outputs::DEFAULT_JSON_INTERVAL,
             retention: Retention::default(),
@@ -277,7 +279,12 @@ impl Hub {
             config.directory.clone(),
             config.limits.clone(),
         ));
-        let restored = store.load()?;
+        // A replica's twins are the region's, in the shared store.
+        let restored = if config.replica.is_some() {
+            Vec::new()
+        } else {
+            store.load()?
+        };
         info!(twins = restored.len(), dir = %config.data_dir.display(), "twins restored from storage");
         let mut alarms = store.load_alarms()?;
         twins.restore(restored.into_iter().map(|twin| {
@@ -292,11 +299,12 @@ impl Hub {
                 "restored twins that no lab lists; retire them with DELETE /api/v1/twins/{{lab}}/{{machine}}"
             );
         }
-        let mut host = PrimaryHost::new(HostPolicy {
+        let host_policy = HostPolicy {
             directory: config.directory.clone(),
             accept_unknown: config.accept_unknown,
             limits: config.limits.clone(),
-        });
+        };
+        let mut host = PrimaryHost::new(host_policy.clone());
         if let Some(snapshot) = store.document(persist::HOST_DOCUMENT)? {
             host.restore(snapshot);
         }
@@ -375,13 +383,14 @@ impl Hub {
             },
             host_id: config.host_id.clone(),
             login: config.mqtt_login.clone(),
-            share_group: config.share_group.clone(),
+            client_id: format!("{}-host", config.host_id),
+            subscriptions: vec![format!("{}/#", protocol::sparkplug::NAMESPACE)],
+            labs: None,
             commit_interval: config.flush_interval,
             commit_batch: config.commit_batch,
             stale_after: config.stale_after,
             tls: config.mqtt_tls.clone(),
         };
-        let (client, events) = ingest::connect(&ingest_config);
         let long_term = match &config.influx {
             Some(influx) => LongTermReader::new(influx, config.retention.clone())
                 .map_err(|err| HubError::Config(format!("influx: {err}")))?
@@ -415,29 +424,65 @@ impl Hub {
             cancel.clone(),
             &mut tasks,
         );
-        let (commit_tx, commit_rx) = tokio::sync::mpsc::unbounded_channel();
-        let persister_idle = Arc::new(persist::Idle::default());
         let mut ingest = JoinSet::new();
-        ingest.spawn(ingest::run(
-            ingest_config,
-            client.clone(),
-            events,
-            host,
-            twins.clone(),
-            stats.clone(),
-            commit_tx,
-            persister_idle.clone(),
-            ready_tx,
-            cancel.clone(),
-        ));
-        ingest.spawn(persist::run(
-            commit_rx,
-            store.clone(),
-            client.clone(),
-            stats.clone(),
-            outputs,
-            persister_idle,
-        ));
+        let client = match config.replica.clone() {
+            None => {
+                let (client, events) = ingest::connect(&ingest_config);
+                let (commit_tx, commit_rx) = tokio::sync::mpsc::unbounded_channel();
+                let persister_idle = Arc::new(persist::Idle::default());
+                ingest.spawn(ingest::run(
+                    ingest_config,
+                    client.clone(),
+                    events,
+                    host,
+                    twins.clone(),
+                    stats.clone(),
+                    commit_tx,
+                    persister_idle.clone(),
+                    ready_tx,
+                    cancel.clone(),
+                ));
+                ingest.spawn(persist::run(
+                    commit_rx,
+                    persist::Storage::Local(store.clone()),
+                    client.clone(),
+                    stats.clone(),
+                    outputs,
+                    persister_idle,
+                ));
+                client
+            }
+            Some(replica) => {
+                let mut labs: HashMap<u32, Vec<protocol::LabId>> = HashMap::new();
+                for lab in config.directory.labs() {
+                    labs.entry(replica::slot_of(&lab.id, replica.slots))
+                        .or_default()
+                        .push(lab.id.clone());
+                }
+                let commands =
+                    ingest::command_client(&ingest_config, &replica, &mut tasks, &cancel);
+                info!(replica = %replica.id, region = %replica.region, slots = replica.slots,
+                    "hub runs as a replica of its region");
+                ingest.spawn(replica::run(
+                    replica,
+                    replica::SlotParts {
+                        ingest: ingest_config,
+                        policy: host_policy,
+                        labs: Arc::new(labs),
+                        twins: twins.clone(),
+                        stats: stats.clone(),
+                        outputs,
+                    },
+                    ready_tx,
+                    cancel.clone(),
+                ));
+                commands
+            }
+        };
+        let shared_history = config
+            .replica
+            .as_ref()
+            .map(|replica| Arc::new(replica::SharedHistory::new(replica.clone())));
         tasks.spawn(housekeeping(
             twins.clone(),
             store.clone(),
@@ -470,6 +515,7 @@ impl Hub {
             auth,
             store,
             long_term,
+            shared_history,
             commands: api::Commands::new(client),
             scenarios: config.scenarios.clone(),
             games,

@@ -85,11 +85,70 @@ impl Idle {
     }
 }
 
+/// Where commits go.
+#[derive(Debug)]
+pub enum Storage {
+    /// The hub's embedded store.
+    Local(Arc<TwinStore>),
+    /// The region's shared store, for one slot this replica owns.
+    Shared {
+        /// The slot's writer.
+        writer: Box<crate::replica::shared::SlotWriter>,
+        /// Fired when another replica took the slot over: the slot must stop.
+        on_fenced: tokio_util::sync::CancellationToken,
+    },
+}
+
+impl Storage {
+    /// Commits one batch; `Ok(false)` when the slot is no longer this replica's (nothing was
+    /// written, and nothing may be acknowledged).
+    async fn commit(
+        &mut self,
+        rows: &Arc<Vec<HistoryRow>>,
+        twins: &Arc<Vec<Persisted>>,
+        host: &Arc<Option<crate::host::HostSnapshot>>,
+        retired: &Arc<Vec<String>>,
+    ) -> Result<bool, String> {
+        match self {
+            Storage::Local(store) => {
+                let (store, rows, twins, host, retired) = (
+                    store.clone(),
+                    rows.clone(),
+                    twins.clone(),
+                    host.clone(),
+                    retired.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    write(&store, &rows, &twins, host.as_ref().as_ref(), &retired)
+                })
+                .await
+                .map_err(|err| format!("storage task failed: {err}"))?
+                .map(|()| true)
+                .map_err(|err| err.to_string())
+            }
+            Storage::Shared { writer, on_fenced } => {
+                match writer
+                    .commit(rows, twins, host.as_ref().as_ref(), retired)
+                    .await
+                {
+                    Ok(()) => Ok(true),
+                    Err(err @ crate::replica::shared::SharedError::Fenced { .. }) => {
+                        warn!(%err, "slot lost: stopping its ingest without acknowledging");
+                        on_fenced.cancel();
+                        Ok(false)
+                    }
+                    Err(err) => Err(err.to_string()),
+                }
+            }
+        }
+    }
+}
+
 /// Runs until ingest hangs up, committing whatever ingest handed over while the last commit ran
 /// in one transaction.
 pub async fn run(
     mut commits: mpsc::UnboundedReceiver<Commit>,
-    store: Arc<TwinStore>,
+    mut storage: Storage,
     client: AsyncClient,
     stats: Arc<HubStats>,
     outputs: Outputs,
@@ -123,29 +182,16 @@ pub async fn run(
             Arc::new(merged.retired.iter().map(ToString::to_string).collect());
         let mut committed = false;
         loop {
-            let (store, rows, twins, host, retired) = (
-                store.clone(),
-                rows.clone(),
-                twins.clone(),
-                host.clone(),
-                retired.clone(),
-            );
-            let result = tokio::task::spawn_blocking(move || {
-                write(&store, &rows, &twins, host.as_ref().as_ref(), &retired)
-            })
-            .await;
-            match result {
-                Ok(Ok(())) => {
+            match storage.commit(&rows, &twins, &host, &retired).await {
+                Ok(true) => {
                     committed = true;
                     break;
                 }
-                Ok(Err(err)) => {
-                    stats.commit_failed();
-                    error!(%err, "cannot commit to storage; retrying (nothing is acknowledged)");
-                }
+                // Another replica owns the slot now: the broker hands it what is unacknowledged.
+                Ok(false) => break,
                 Err(err) => {
                     stats.commit_failed();
-                    error!(%err, "storage task failed; retrying");
+                    error!(%err, "cannot commit to storage; retrying (nothing is acknowledged)");
                 }
             }
             if commits.is_closed() && !done.is_empty() {

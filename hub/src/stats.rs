@@ -155,6 +155,8 @@ pub struct HubStats {
     commits: AtomicU64,
     commit_failures: AtomicU64,
     uncommitted_peak: AtomicU64,
+    replica_slots: AtomicU64,
+    replica_members: AtomicU64,
     history_rows: AtomicU64,
     twins_retired: AtomicU64,
     twins_silenced: AtomicU64,
@@ -288,6 +290,12 @@ impl HubStats {
     pub(crate) fn committed(&self, rows: usize) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.history_rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+    /// A replica's share of its region: slots it owns, replicas connected.
+    pub(crate) fn replica_slots(&self, owned: usize, members: usize) {
+        self.replica_slots.store(owned as u64, Ordering::Relaxed);
+        self.replica_members
+            .store(members as u64, Ordering::Relaxed);
     }
     pub(crate) fn observe_uncommitted(&self, messages: usize) {
         self.uncommitted_peak
@@ -452,6 +460,16 @@ impl HubStats {
                 load(&self.uncommitted_peak),
             ),
             ("demolab_hub_twins_online", "Twins online.", online as u64),
+            (
+                "demolab_hub_replica_slots",
+                "Slots of the region this replica owns (0 for a hub on its own).",
+                load(&self.replica_slots),
+            ),
+            (
+                "demolab_hub_replica_members",
+                "Replicas of the region connected to the shared store, this one included.",
+                load(&self.replica_members),
+            ),
             (
                 "demolab_hub_stream_clients",
                 "Open stream connections.",

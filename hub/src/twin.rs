@@ -8,7 +8,7 @@
 //! for the configured silence is marked stale. The registry is sharded ([`DashMap`]): no global
 //! lock on ingest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -478,6 +478,8 @@ struct Entry {
     anchor: u32,
     /// Hub time of the last birth or accepted live sample, for the silence check.
     last_accepted_ms: u64,
+    /// A copy of a twin another hub replica owns: its owner decides when it goes silent.
+    mirrored: bool,
 }
 
 impl Entry {
@@ -492,6 +494,7 @@ impl Entry {
             alarms,
             anchor: 0,
             last_accepted_ms: 0,
+            mirrored: false,
         }
     }
 
@@ -724,22 +727,60 @@ impl TwinRegistry {
                     property.stale = true;
                 }
             }
-            let kind = self.directory.kind(&twin.kind);
-
-            let mut alarms =
+            let alarms =
                 alarms.map_or_else(|| MachineAlarms::new(&key), MachineAlarms::from_snapshot);
-            alarms.set_rules(&kind.rules);
-            let mut entry = Entry {
-                twin,
-                kind,
-                alarms,
-                anchor: 0,
-                last_accepted_ms: 0,
+            self.insert(key, twin, alarms, false);
+        }
+    }
+
+    /// Puts a twin with its alarm state in the registry under the rules of its kind.
+    fn insert(&self, key: TwinKey, twin: Twin, mut alarms: MachineAlarms, mirrored: bool) {
+        let kind = self.directory.kind(&twin.kind);
+        alarms.set_rules(&kind.rules);
+        let mut entry = Entry {
+            twin,
+            kind,
+            alarms,
+            anchor: 0,
+            last_accepted_ms: 0,
+            mirrored,
+        };
+        entry.refresh_alarm_summary();
+        if self.twins.insert(key.clone(), entry).is_none() {
+            *self.per_lab.entry(key.lab).or_default() += 1;
+        }
+    }
+
+    /// Takes twins as another hub replica last committed them (online or not, as they were):
+    /// this replica serves them without owning them. Each streams a `mirror` change.
+    pub fn mirror(&self, twins: impl IntoIterator<Item = (Twin, MachineSnapshot)>) {
+        for (twin, snapshot) in twins {
+            let Some(key) = TwinKey::parse(&twin.id) else {
+                continue;
             };
-            entry.refresh_alarm_summary();
-            if self.twins.insert(key.clone(), entry).is_none() {
-                *self.per_lab.entry(key.lab).or_default() += 1;
-            }
+            let values = twin
+                .features
+                .iter()
+                .flat_map(|(feature, f)| {
+                    f.properties.iter().filter_map(move |(property, p)| {
+                        p.reported.map(|v| (format!("{feature}.{property}"), v))
+                    })
+                })
+                .collect();
+            let update = change(
+                "mirror",
+                &twin,
+                Some(twin.last_seq),
+                twin.connectivity.last_seen.unwrap_or_default(),
+                values,
+            );
+            self.insert(
+                key.clone(),
+                twin,
+                MachineAlarms::from_snapshot(snapshot),
+                true,
+            );
+            self.publish(key, update);
         }
     }
 
@@ -868,20 +909,30 @@ impl TwinRegistry {
 
     /// Takes the keys changed since the last call (for the persistence flusher).
     pub fn take_dirty(&self) -> Vec<TwinKey> {
-        let keys: Vec<TwinKey> = self.dirty.iter().map(|e| e.key().clone()).collect();
-        for key in &keys {
-            self.dirty.remove(key);
-        }
-        keys
+        take_keys(&self.dirty, None)
+    }
+
+    /// Takes the keys changed since the last call in `labs` only: a hub replica commits each
+    /// slot's twins with that slot.
+    pub fn take_dirty_in(&self, labs: &HashSet<LabId>) -> Vec<TwinKey> {
+        take_keys(&self.dirty, Some(labs))
     }
 
     /// Takes the keys retired since the last call (for the persistence flusher).
     pub fn take_retired(&self) -> Vec<TwinKey> {
-        let keys: Vec<TwinKey> = self.retired.iter().map(|e| e.key().clone()).collect();
-        for key in &keys {
+        take_keys(&self.retired, None)
+    }
+
+    /// Takes the keys retired since the last call in `labs` only.
+    pub fn take_retired_in(&self, labs: &HashSet<LabId>) -> Vec<TwinKey> {
+        take_keys(&self.retired, Some(labs))
+    }
+
+    /// Drops a twin another replica retired: gone here too, with nothing left to commit.
+    pub fn forget_mirrored(&self, key: &TwinKey, now_ms: u64) {
+        if self.retire(key, now_ms).is_some() {
             self.retired.remove(key);
         }
-        keys
     }
 
     /// Retires a twin: it leaves the registry and the protocol view at once, the store with the
@@ -912,7 +963,8 @@ impl TwinRegistry {
         let mut silenced = Vec::new();
         for mut entry in self.twins.iter_mut() {
             let connectivity = &entry.twin.connectivity;
-            if !connectivity.online
+            if entry.mirrored
+                || !connectivity.online
                 || connectivity.stale
                 || now_ms.saturating_sub(entry.last_accepted_ms) < silence_ms
             {
@@ -1062,6 +1114,7 @@ impl TwinRegistry {
                     entry.alarms.set_rules(&kind.rules);
                     entry.kind = kind;
                 }
+                entry.mirrored = false;
                 let alarm_events = entry.alarms.on_online(timestamp);
                 entry.refresh_alarm_summary();
                 let entry_kind = entry.kind.clone();
@@ -1141,7 +1194,10 @@ impl TwinRegistry {
                     alarms,
                     anchor,
                     last_accepted_ms,
+                    mirrored,
                 } = &mut *entry;
+                // Applied here: this replica owns the twin now.
+                *mirrored = false;
                 let mut alarm_events = Vec::new();
                 let mut values = values;
                 if seq <= twin.last_seq {
@@ -1385,6 +1441,19 @@ fn state_name(code: f64) -> &'static str {
         return "unknown";
     }
     MachineState::from_code(code as u8).map_or("unknown", MachineState::as_str)
+}
+
+/// Removes and returns the keys of `set` (of `labs` only, when given).
+fn take_keys<V>(set: &DashMap<TwinKey, V>, labs: Option<&HashSet<LabId>>) -> Vec<TwinKey> {
+    let keys: Vec<TwinKey> = set
+        .iter()
+        .map(|e| e.key().clone())
+        .filter(|key| labs.is_none_or(|labs| labs.contains(&key.lab)))
+        .collect();
+    for key in &keys {
+        set.remove(key);
+    }
+    keys
 }
 
 fn change(

@@ -30,6 +30,7 @@ use anyhow::{Context, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::ChildProcess;
+use hub::broker::{BrokerConfig, EmbeddedBroker};
 
 /// The environment variable naming the `rabbitmq-server` script.
 pub const RABBITMQ_ENV: &str = "DEMOLAB_RABBITMQ";
@@ -453,6 +454,175 @@ async fn probe(from: SocketAddr, to: SocketAddr, node: usize, attempt: u32) -> a
     let _ = publisher.try_disconnect();
     let _ = subscriber.try_disconnect();
     outcome
+}
+
+/// One lab: its own broker for its nodes (as a lab runs it), its gateway on the cluster.
+#[derive(Debug)]
+pub struct Lab {
+    /// The lab id.
+    pub name: &'static str,
+    /// Its one machine.
+    pub machine: &'static str,
+    /// The machine's node id.
+    pub node: u64,
+    /// The lab's own broker, where its nodes publish.
+    pub broker: EmbeddedBroker,
+}
+
+impl Lab {
+    /// Starts the lab's broker.
+    pub async fn start(
+        name: &'static str,
+        machine: &'static str,
+        node: u64,
+    ) -> anyhow::Result<Self> {
+        let broker = EmbeddedBroker::start(BrokerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..BrokerConfig::default()
+        })
+        .await?;
+        Ok(Self {
+            name,
+            machine,
+            node,
+            broker,
+        })
+    }
+
+    /// Starts its machine's node: `samples` samples, one every 2 ms, to the lab's broker.
+    pub fn stream(
+        &self,
+        seed: u64,
+        samples: u32,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<
+        tokio::task::JoinHandle<Result<simulators::node::NodeReport, simulators::node::SimError>>,
+    > {
+        let mut node = crate::burst_node(
+            self.broker.local_addr().port(),
+            self.node,
+            self.machine,
+            seed,
+            samples,
+        )?;
+        node.tick_interval = Duration::from_millis(2);
+        Ok(tokio::spawn(simulators::node::run_mqtt_node(
+            node,
+            cancel.clone(),
+        )))
+    }
+
+    /// Starts its gateway on cluster node `first` (then the others), logged in as `user`,
+    /// buffering under `dir`.
+    pub async fn start_gateway(
+        &self,
+        cluster: &RabbitCluster,
+        first: usize,
+        user: &ClusterUser,
+        dir: &Path,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<gateway::GatewayHandle> {
+        let buffer = dir.join(format!("buffer-{}", self.name));
+        let config = gateway_on(cluster, first, self, user, &buffer)?;
+        crate::start_gateway_with(config, cancel).await
+    }
+
+    /// The twin of its machine.
+    pub fn key(&self) -> anyhow::Result<hub::twin::TwinKey> {
+        Ok(hub::twin::TwinKey {
+            lab: self.name.parse()?,
+            machine: self.machine.parse()?,
+        })
+    }
+}
+
+/// The gateway of `lab` on cluster node `first` (then the others), logged in as `user`.
+pub fn gateway_on(
+    cluster: &RabbitCluster,
+    first: usize,
+    lab: &Lab,
+    user: &ClusterUser,
+    buffer: &std::path::Path,
+) -> anyhow::Result<gateway::GatewayConfig> {
+    let endpoint = |addr: SocketAddr| gateway::MqttEndpoint {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    };
+    let mut config = crate::gateway_config(
+        lab.broker.local_addr().port(),
+        lab.name,
+        user.name.as_str(),
+        buffer,
+    )?;
+    config.uplink = endpoint(cluster.mqtt_addr(first));
+    config.uplink_failover = (1..NODES)
+        .map(|i| endpoint(cluster.mqtt_addr(first + i)))
+        .collect();
+    // RabbitMQ 3.10 keeps a clean session's QoS 1 subscription in a durable queue on its node:
+    // while that node is down, the client id could not subscribe on any other.
+    config.uplink_subscribe_qos = gateway::SubscribeQos::AtMostOnce;
+    config.uplink_credentials = Some(gateway::MqttCredentials {
+        username: user.name.clone(),
+        password: user.password.clone(),
+    });
+    Ok(config)
+}
+
+/// A lab of a region as the hub replicas' config lists it.
+#[derive(Debug, Clone)]
+pub struct RegionLab {
+    /// The lab id.
+    pub lab: String,
+    /// Its gateway (Sparkplug edge node) id.
+    pub gateway: String,
+    /// Its machines.
+    pub machines: Vec<String>,
+}
+
+/// The `hub.toml` of replica `id` of region `region`: on the cluster (node 0 first, the others
+/// as failover) as `user`, whose password is in the environment variable `password_env`, with
+/// its own files in `data_dir` and the region's twins in the PostgreSQL at `postgres`.
+#[allow(clippy::too_many_arguments)]
+pub fn hub_replica_toml(
+    id: &str,
+    region: &str,
+    slots: u32,
+    listen: SocketAddr,
+    data_dir: &Path,
+    cluster: &RabbitCluster,
+    user: &ClusterUser,
+    password_env: &str,
+    labs: &[RegionLab],
+    postgres: &str,
+) -> String {
+    let mut text = format!(
+        "[hub]\nlisten = \"{listen}\"\ndata_dir = \"{}\"\njson_topics = false\n\
+         [broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         username = \"{}\"\npassword_env = \"{password_env}\"\n",
+        data_dir.display(),
+        cluster.mqtt_addr(0).port(),
+        user.name
+    );
+    for node in 1..NODES {
+        text.push_str(&format!(
+            "[[broker.failover]]\nhost = \"127.0.0.1\"\nport = {}\n",
+            cluster.mqtt_addr(node).port()
+        ));
+    }
+    for lab in labs {
+        text.push_str(&format!(
+            "[[labs]]\nid = \"{}\"\ngateways = [\"{}\"]\n",
+            lab.lab, lab.gateway
+        ));
+        for machine in &lab.machines {
+            text.push_str(&format!("[[labs.machines]]\nid = \"{machine}\"\n"));
+        }
+    }
+    text.push_str(&format!(
+        "[auth]\npublic_labs = [\"*\"]\n\
+         [replica]\nid = \"{id}\"\nregion = \"{region}\"\npostgres = \"{postgres}\"\nslots = {slots}\n"
+    ));
+    text
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod fuzz;
 pub mod laptop;
 pub mod pki;
+pub mod postgres;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -455,7 +456,7 @@ pub fn spawn_gateway_process(
     args: &[&str],
     config: &std::path::Path,
 ) -> anyhow::Result<ChildProcess> {
-    spawn_child(args, GATEWAY_CHILD_ENV, config, "GATEWAY READY").map(|(child, _)| child)
+    spawn_child(args, GATEWAY_CHILD_ENV, config, &[], "GATEWAY READY").map(|(child, _)| child)
 }
 
 /// The environment variable that makes an executable act as a hub process
@@ -465,6 +466,10 @@ pub const HUB_CHILD_ENV: &str = "DEMOLAB_HUB_CHILD_CONFIG";
 /// The hub process's side: runs a hub from the `hub.toml` at `config` until the process is
 /// killed, printing `HUB READY http=ADDR` once it is up.
 pub fn run_hub_child(config: &std::path::Path) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
     let config = hub::config::HubFile::load(config)?.into_config(config)?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let hub = Hub::start(config).await?;
@@ -481,7 +486,17 @@ pub fn spawn_hub_process(
     args: &[&str],
     config: &std::path::Path,
 ) -> anyhow::Result<(ChildProcess, SocketAddr)> {
-    let (child, line) = spawn_child(args, HUB_CHILD_ENV, config, "HUB READY")?;
+    spawn_hub_process_with(args, config, &[])
+}
+
+/// [`spawn_hub_process`] with more environment variables for the child (a password the
+/// config names with `password_env`).
+pub fn spawn_hub_process_with(
+    args: &[&str],
+    config: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> anyhow::Result<(ChildProcess, SocketAddr)> {
+    let (child, line) = spawn_child(args, HUB_CHILD_ENV, config, envs, "HUB READY")?;
     let addr = line
         .split("http=")
         .nth(1)
@@ -517,18 +532,25 @@ impl Drop for ChildProcess {
 
 /// Runs this executable with `args` and `env=config`, waiting for a stdout line containing
 /// `marker`, which it returns.
+/// Where a child process started with `config` writes its log.
+pub fn child_log(config: &std::path::Path) -> std::path::PathBuf {
+    config.with_extension("log")
+}
+
 fn spawn_child(
     args: &[&str],
     env: &str,
     config: &std::path::Path,
+    envs: &[(&str, &str)],
     marker: &'static str,
 ) -> anyhow::Result<(ChildProcess, String)> {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(args)
         .env(env, config)
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(child_log(config))?)
         .spawn()?;
     let stdout = child.stdout.take().context("child stdout")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -18,11 +18,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use demolab_tests::cluster::{ClusterUser, RabbitCluster, rabbitmq_binary};
-use demolab_tests::{burst_node, collect_stream_samples, start_hub_with, wait_until, within};
-use hub::broker::{BrokerConfig, EmbeddedBroker};
+use demolab_tests::cluster::{ClusterUser, Lab, RabbitCluster, rabbitmq_binary};
+use demolab_tests::{collect_stream_samples, start_hub_with, wait_until, within};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use simulators::node::run_mqtt_node;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -199,69 +197,6 @@ async fn a_persistent_session_survives_the_loss_of_its_node() -> anyhow::Result<
 
 const SAMPLES: u32 = 1500;
 
-/// One lab: its own broker for its nodes (as a lab runs it), its gateway on the cluster.
-struct Lab {
-    name: &'static str,
-    machine: &'static str,
-    node: u64,
-    broker: EmbeddedBroker,
-}
-
-impl Lab {
-    async fn start(name: &'static str, machine: &'static str, node: u64) -> anyhow::Result<Self> {
-        let broker = EmbeddedBroker::start(BrokerConfig {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..BrokerConfig::default()
-        })
-        .await?;
-        Ok(Self {
-            name,
-            machine,
-            node,
-            broker,
-        })
-    }
-
-    fn key(&self) -> anyhow::Result<hub::twin::TwinKey> {
-        Ok(hub::twin::TwinKey {
-            lab: self.name.parse()?,
-            machine: self.machine.parse()?,
-        })
-    }
-}
-
-/// The gateway of `lab` on cluster node `first` (then the others), logged in as `user`.
-fn gateway_on(
-    cluster: &RabbitCluster,
-    first: usize,
-    lab: &Lab,
-    user: &ClusterUser,
-    buffer: &std::path::Path,
-) -> anyhow::Result<gateway::GatewayConfig> {
-    let endpoint = |addr: SocketAddr| gateway::MqttEndpoint {
-        host: addr.ip().to_string(),
-        port: addr.port(),
-    };
-    let mut config = demolab_tests::gateway_config(
-        lab.broker.local_addr().port(),
-        lab.name,
-        user.name.as_str(),
-        buffer,
-    )?;
-    config.uplink = endpoint(cluster.mqtt_addr(first));
-    config.uplink_failover = (1..demolab_tests::cluster::NODES)
-        .map(|i| endpoint(cluster.mqtt_addr(first + i)))
-        .collect();
-    // RabbitMQ 3.10 keeps a clean session's QoS 1 subscription in a durable queue on its node:
-    // while that node is down, the client id could not subscribe on any other.
-    config.uplink_subscribe_qos = gateway::SubscribeQos::AtMostOnce;
-    config.uplink_credentials = Some(gateway::MqttCredentials {
-        username: user.name.clone(),
-        password: user.password.clone(),
-    });
-    Ok(config)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_region_loses_no_sample_when_the_hubs_broker_node_dies() -> anyhow::Result<()> {
     // The hub's session (a quorum queue) lives on in the two other nodes; the gateways'
@@ -343,26 +278,14 @@ async fn region_survives_the_loss_of(test: &str, victim: usize) -> anyhow::Resul
         (&labs[0], &gw_a, GATEWAY_A_NODE),
         (&labs[1], &gw_b, GATEWAY_B_NODE),
     ] {
-        let config = gateway_on(
-            &cluster,
-            first,
-            lab,
-            user,
-            &data.path().join(format!("buffer-{}", lab.name)),
-        )?;
-        gateways.push(demolab_tests::start_gateway_with(config, &cancel).await?);
+        gateways.push(
+            lab.start_gateway(&cluster, first, user, data.path(), &cancel)
+                .await?,
+        );
     }
     let mut senders = Vec::new();
     for (i, lab) in labs.iter().enumerate() {
-        let mut node = burst_node(
-            lab.broker.local_addr().port(),
-            lab.node,
-            lab.machine,
-            40 + i as u64,
-            SAMPLES,
-        )?;
-        node.tick_interval = Duration::from_millis(2);
-        senders.push(tokio::spawn(run_mqtt_node(node, cancel.clone())));
+        senders.push(lab.stream(40 + i as u64, SAMPLES, &cancel)?);
     }
 
     let twins = hub.twins().clone();

@@ -180,13 +180,18 @@ async fn data_waits_for_the_primary_host_and_then_arrives_historical() -> anyhow
 async fn next_topic(
     seen: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> anyhow::Result<String> {
-    within(Duration::from_secs(10), "the gateway's next message", seen.recv())
-        .await
-        .map(Option::unwrap_or_default)
+    within(
+        Duration::from_secs(10),
+        "the gateway's next message",
+        seen.recv(),
+    )
+    .await
+    .map(Option::unwrap_or_default)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebirth_request_is_answered_without_reviving_a_machine_gone_silent() -> anyhow::Result<()> {
+async fn a_rebirth_request_is_answered_without_reviving_a_machine_gone_silent() -> anyhow::Result<()>
+{
     let data = tempfile::tempdir()?;
     let hub = start_hub(data.path()).await?;
     let port = hub.mqtt_addr().port();
@@ -239,7 +244,12 @@ async fn a_rebirth_request_is_answered_without_reviving_a_machine_gone_silent() 
             }
         }
     });
-    within(Duration::from_secs(10), "the watcher's subscription", seen.recv()).await?;
+    within(
+        Duration::from_secs(10),
+        "the watcher's subscription",
+        seen.recv(),
+    )
+    .await?;
 
     let (client, poller) = mqtt_client(port, "host-tool").await;
     let rebirth = Payload {
@@ -258,7 +268,10 @@ async fn a_rebirth_request_is_answered_without_reviving_a_machine_gone_silent() 
             rebirth.encode_to_vec(),
         )
         .await?;
-    assert_eq!(next_topic(&mut seen).await?, "spBv1.0/lab-live/NBIRTH/gw-live");
+    assert_eq!(
+        next_topic(&mut seen).await?,
+        "spBv1.0/lab-live/NBIRTH/gw-live"
+    );
     // A machine that speaks after the rebirth: its DBIRTH is the fence. The silent machine was
     // declared dead, so the rebirth must not have announced it in between.
     run_mqtt_node(

@@ -10,22 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use prost::Message;
-use protocol::sparkplug::{BD_SEQ_METRIC, DataType, Metric, MetricValue, Payload};
+use protocol::sparkplug::{BD_SEQ_METRIC, DataType, Metric, MetricValue};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
 use crate::latency::Recorder;
 pub use demolab_bench::latency::{machine_name, parse_machine};
-
-/// Values per sample besides `node.seq`, like a CNC mill's.
-pub const METRICS: [&str; 5] = [
-    "spindle.power_w",
-    "spindle.vibration_rms",
-    "coolant.temperature_c",
-    "state.code",
-    "production.parts",
-];
+pub use demolab_bench::sparkplug_load::METRICS;
+use demolab_bench::sparkplug_load::encode;
 
 /// The lab every message is for.
 pub const LAB: &str = "lab-bench";
@@ -165,16 +157,6 @@ impl Drop for Edge {
     fn drop(&mut self) {
         self.poller.abort();
     }
-}
-
-fn encode(seq: u64, metrics: Vec<Metric>) -> Vec<u8> {
-    Payload {
-        timestamp: Some(hub::ingest::now_ms()),
-        seq: Some(seq),
-        metrics,
-        ..Default::default()
-    }
-    .encode_to_vec()
 }
 
 /// Edge nodes connected to the broker, each on its own connection.

@@ -87,6 +87,8 @@ pub struct AppState {
     pub store: Arc<TwinStore>,
     /// History older than the embedded retention, when a long-term store is configured.
     pub long_term: Option<Arc<crate::history::long_term::LongTermReader>>,
+    /// A replica's history: the region's, in the shared store, instead of the embedded one.
+    pub shared_history: Option<Arc<crate::replica::SharedHistory>>,
     /// Device commands.
     pub commands: Commands,
     /// Scenario control of simulated machines (the demo), if any.
@@ -395,6 +397,7 @@ mod tests {
             auth,
             store,
             long_term: None,
+            shared_history: None,
             commands: Commands::new(client),
             scenarios: None,
         }

@@ -333,7 +333,13 @@ pub async fn history(
             .map_err(|err| ApiError::LongTermUnavailable(err.to_string()))?,
         _ => Vec::new(),
     };
-    if let Some(recent) = split.embedded {
+    if let (Some(recent), Some(shared)) = (split.embedded, &state.shared_history) {
+        let from_replicas = shared
+            .buckets(&key, metric.as_str(), recent, step)
+            .await
+            .map_err(|err| ApiError::Storage(err.to_string()))?;
+        buckets.extend(from_replicas);
+    } else if let Some(recent) = split.embedded {
         let store = state.store.clone();
         let (query_key, query_metric) = (key.clone(), metric.clone());
         let embedded = tokio::task::spawn_blocking(move || {

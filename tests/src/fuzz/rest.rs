@@ -144,6 +144,7 @@ fn fixture() -> &'static Fixture {
             auth,
             store,
             long_term: None,
+            shared_history: None,
             commands: Commands::new(client),
             scenarios: Some(scenarios),
             games,
