@@ -15,6 +15,7 @@
 //!   target/release/region-bench --labs 20 --machines 50 --samples 20
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -181,6 +182,13 @@ async fn start_replicas(
                 .await
                 .unwrap_or(0);
         }
+        for replica in &replicas {
+            // Ready means every slot it owns is subscribed.
+            members_ok &= matches!(
+                demolab_tests::http_get(replica.http, "/readyz").await,
+                Ok((200, _))
+            );
+        }
         if members_ok && owned == u64::from(args.slots) {
             return Ok(replicas);
         }
@@ -230,6 +238,60 @@ async fn end_sessions(
     Ok(())
 }
 
+/// CPU ticks so far of every process on the machine, summed by what it is: the broker cluster
+/// (`beam.smp`), PostgreSQL, the hub replicas, this benchmark (the fleet), anything else.
+fn ticks_by_part() -> HashMap<&'static str, u64> {
+    let mut parts = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return parts;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let command = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or("", |(command, _)| command);
+        let part = match command {
+            "beam.smp" | "erl_child_setup" | "epmd" | "inet_gethost" => "broker cluster",
+            "postgres" => "PostgreSQL",
+            "demolab-hub" => "hub replicas",
+            "region-bench" => "fleet (this benchmark)",
+            _ => "other",
+        };
+        if let Ok(ticks) = demolab_bench::measure::cpu_ticks(pid) {
+            *parts.entry(part).or_default() += ticks;
+        }
+    }
+    parts
+}
+
+/// Share of the whole machine (all cores) each part used between two [`ticks_by_part`]
+/// readings taken `machine_ticks` machine jiffies apart, in percent.
+fn shares(
+    before: &HashMap<&'static str, u64>,
+    after: &HashMap<&'static str, u64>,
+    machine_ticks: u64,
+) -> Vec<(&'static str, f64)> {
+    let mut shares: Vec<(&'static str, f64)> = after
+        .iter()
+        .map(|(part, ticks)| {
+            let used = ticks.saturating_sub(before.get(part).copied().unwrap_or(0));
+            (*part, 100.0 * used as f64 / machine_ticks.max(1) as f64)
+        })
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares
+}
+
 /// History rows of `region` committed so far.
 async fn committed_rows(db: &tokio_postgres::Client, region: &str) -> anyhow::Result<u64> {
     let row = db
@@ -248,6 +310,10 @@ struct Step {
     rates: Vec<f64>,
     /// Samples per second the cluster acknowledged to the fleet, per run.
     accepted: Vec<f64>,
+    /// Share of the whole machine busy during each run, percent.
+    busy: Vec<f64>,
+    /// Share of the whole machine each part used, per run, percent.
+    cpu: std::collections::BTreeMap<&'static str, Vec<f64>>,
 }
 
 fn spread(values: &[f64]) -> (f64, f64, f64) {
@@ -329,21 +395,52 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 &postgres,
             )
             .await?;
+            let cpu_before = ticks_by_part();
+            let machine_before = demolab_bench::measure::machine_jiffies();
             let started = Instant::now();
             publish_fleet(&args, &cluster, &lab_users, run).await?;
             let accepted = samples as f64 / started.elapsed().as_secs_f64();
-            let deadline = Instant::now() + Duration::from_secs(600);
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let mut report_at = Instant::now() + Duration::from_secs(5);
             loop {
                 let done = committed_rows(&db, &region).await?;
                 if done >= rows {
                     break;
                 }
+                if Instant::now() > report_at {
+                    report_at += Duration::from_secs(5);
+                    println!("    … {done} of {rows} history rows committed");
+                }
                 if Instant::now() > deadline {
-                    bail!("{region}: only {done} of {rows} history rows committed after 10 min");
+                    let logs: Vec<String> = (0..count)
+                        .map(|i| {
+                            let log = dir.path().join(format!("{region}-hub-{i}.log"));
+                            let text = std::fs::read_to_string(&log).unwrap_or_default();
+                            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                            format!(
+                                "--- hub-{i} ---\n{}",
+                                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                            )
+                        })
+                        .collect();
+                    bail!(
+                        "{region}: only {done} of {rows} history rows committed after 5 min\n{}",
+                        logs.join("\n")
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let rate = samples as f64 / started.elapsed().as_secs_f64();
+            if let (Some((busy0, total0)), Some((busy1, total1))) =
+                (machine_before, demolab_bench::measure::machine_jiffies())
+            {
+                let total = total1.saturating_sub(total0);
+                step.busy
+                    .push(100.0 * busy1.saturating_sub(busy0) as f64 / total.max(1) as f64);
+                for (part, share) in shares(&cpu_before, &ticks_by_part(), total) {
+                    step.cpu.entry(part).or_default().push(share);
+                }
+            }
             println!(
                 "  {count} replica(s), run {}: {rate:.0} samples/s committed (cluster took {accepted:.0}/s)",
                 rep + 1
@@ -396,7 +493,41 @@ fn write(args: &Args, steps: &[Step], samples: u64) -> anyhow::Result<()> {
             "committed_samples_per_s": step.rates,
             "accepted_samples_per_s": step.accepted,
             "scaling_median": mid / base,
+            "machine_busy_percent": step.busy,
+            "cpu_percent_of_machine": step.cpu,
         }));
+    }
+    md.push_str(
+        "\nWhere the machine's CPU went during the runs (share of all cores, median of the runs):\n\n| replicas | machine busy |",
+    );
+    let parts: std::collections::BTreeSet<&str> = steps
+        .iter()
+        .flat_map(|step| step.cpu.keys().copied())
+        .collect();
+    for part in &parts {
+        md.push_str(&format!(" {part} |"));
+    }
+    md.push_str("\n|---|---|");
+    for _ in &parts {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    for step in steps {
+        let median = |values: &[f64]| {
+            if values.is_empty() {
+                "–".to_owned()
+            } else {
+                format!("{:.0} %", spread(values).1)
+            }
+        };
+        md.push_str(&format!("| {} | {} |", step.replicas, median(&step.busy)));
+        for part in &parts {
+            md.push_str(&format!(
+                " {} |",
+                median(step.cpu.get(part).map_or(&[][..], Vec::as_slice))
+            ));
+        }
+        md.push('\n');
     }
     md.push_str(&format!(
         "\nReproduce: `cargo build --release -p demolab-hub -p demolab-bench && \

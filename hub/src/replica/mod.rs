@@ -259,7 +259,9 @@ async fn balance_until_cancelled(
             }
         }
         parts.stats.replica_slots(owned.len(), members.len());
-        ready.send_replace(true);
+        // Ready once every slot it owns is subscribed: before that, a lab's messages published
+        // to a slot's fresh session would have nowhere to go.
+        ready.send_replace(owned.values().all(RunningSlot::subscribed));
     }
 }
 
@@ -339,9 +341,15 @@ struct RunningSlot {
     tasks: JoinSet<()>,
     /// Ingest and storage, or none for a slot no listed lab hashes to.
     started: usize,
+    /// Whether the slot's session is subscribed to its labs.
+    subscribed: watch::Receiver<bool>,
 }
 
 impl RunningSlot {
+    fn subscribed(&self) -> bool {
+        self.started == 0 || *self.subscribed.borrow()
+    }
+
     /// Whether ingest or storage ended without being asked to.
     fn finished(&mut self) -> bool {
         while self.tasks.try_join_next().is_some() {}
@@ -372,6 +380,7 @@ async fn start_slot(
             cancel,
             tasks,
             started: 0,
+            subscribed: watch::channel(true).1,
         });
     }
     let taken = shared::take_slot(lease, &config.region, slot, &config.id).await?;
@@ -408,8 +417,7 @@ async fn start_slot(
     let (client, events) = ingest::connect(&ingest_config);
     let (commit_tx, commit_rx) = tokio::sync::mpsc::unbounded_channel();
     let idle = Arc::new(persist::Idle::default());
-    // Ingest's own readiness (subscribed) is the slot's business; the replica is ready as a member.
-    let (slot_ready, _) = watch::channel(false);
+    let (slot_ready, subscribed) = watch::channel(false);
     tasks.spawn(ingest::run(
         ingest_config,
         client.clone(),
@@ -438,6 +446,7 @@ async fn start_slot(
         cancel,
         tasks,
         started: 2,
+        subscribed,
     })
 }
 
