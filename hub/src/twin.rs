@@ -267,7 +267,16 @@ pub struct Twin {
     /// Of those, samples replayed from a gateway's buffer after an outage.
     #[serde(default)]
     pub historical_samples: u64,
+    /// Node sequence numbers a jump went past that have not arrived yet (the newest
+    /// [`MAX_MISSING_SEQS`]): one that arrives late, as a broker may redeliver after newer ones
+    /// when a cluster node dies, is still applied once, to the history but not to the current
+    /// values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_seqs: Vec<u32>,
 }
+
+/// How many skipped node sequence numbers a twin waits for.
+pub const MAX_MISSING_SEQS: usize = 1024;
 
 impl Twin {
     fn new(key: &TwinKey) -> Self {
@@ -293,6 +302,7 @@ impl Twin {
             last_seq: 0,
             samples: 0,
             historical_samples: 0,
+            missing_seqs: Vec::new(),
         }
     }
 
@@ -1137,6 +1147,7 @@ impl TwinRegistry {
                 let resend = if boot.is_some() && boot != twin.boot {
                     twin.boot = boot;
                     twin.last_seq = 0;
+                    twin.missing_seqs.clear();
                     resync_desired(twin, &entry_kind, now_ms)
                 } else {
                     Vec::new()
@@ -1200,7 +1211,16 @@ impl TwinRegistry {
                 *mirrored = false;
                 let mut alarm_events = Vec::new();
                 let mut values = values;
-                if seq <= twin.last_seq {
+                // A sample a jump went past, arriving late: applied once, as history.
+                let late = seq <= twin.last_seq
+                    && match twin.missing_seqs.iter().position(|s| *s == seq) {
+                        Some(at) => {
+                            twin.missing_seqs.remove(at);
+                            true
+                        }
+                        None => false,
+                    };
+                if seq <= twin.last_seq && !late {
                     self.stats.ingest_dropped(IngestDrop::StaleSequence);
                     return Outcome::Dropped(IngestDrop::StaleSequence);
                 }
@@ -1217,12 +1237,24 @@ impl TwinRegistry {
                         last_seq: twin.last_seq,
                     };
                 }
-                twin.last_seq = seq;
+                if !late {
+                    if twin.last_seq > 0 && seq > twin.last_seq + 1 {
+                        let skipped = (twin.last_seq + 1)
+                            .max(seq.saturating_sub(MAX_MISSING_SEQS as u32))
+                            ..seq;
+                        twin.missing_seqs.extend(skipped);
+                        let excess = twin.missing_seqs.len().saturating_sub(MAX_MISSING_SEQS);
+                        twin.missing_seqs.drain(..excess);
+                    }
+                    twin.last_seq = seq;
+                }
                 twin.samples += 1;
                 self.stats.sample_applied();
                 let mut streamed = BTreeMap::new();
                 if historical {
                     twin.historical_samples += 1;
+                }
+                if historical || late {
                     for (name, value) in &values {
                         streamed.insert(name.to_string(), *value);
                     }
@@ -1598,6 +1630,31 @@ mod tests {
                 (metric("state.code"), 2.0),
             ],
         }
+    }
+
+    #[test]
+    fn a_sample_a_jump_went_past_is_applied_once_when_it_arrives_late() {
+        let registry = TwinRegistry::new(Arc::new(HubStats::default()), Arc::default());
+        registry.apply(TwinUpdate::Birth {
+            key: key(),
+            boot: Some(1),
+            node_seq: None,
+            gateway: "gw-a".parse().expect("valid"),
+            metrics: vec![(metric("spindle.power_w"), Unit::Watt)],
+            timestamp: 1,
+        });
+        for (seq, power) in [(1, 10.0), (2, 20.0), (5, 50.0)] {
+            registry.apply(sample(seq, power));
+        }
+        assert_eq!(registry.get(&key()).expect("twin").missing_seqs, [3, 4]);
+        // Redelivered behind newer ones: history, not the current value.
+        assert_eq!(registry.apply(sample(3, 30.0)).map(|a| a.seq), Some(3));
+        assert!(registry.apply(sample(3, 30.0)).is_none(), "once");
+        assert!(registry.apply(sample(2, 20.0)).is_none(), "never skipped");
+        let twin = registry.get(&key()).expect("twin");
+        assert_eq!((twin.samples, twin.last_seq), (4, 5));
+        assert_eq!(twin.missing_seqs, [4]);
+        assert_eq!(twin.value("spindle.power_w"), Some(50.0));
     }
 
     #[test]
