@@ -1634,15 +1634,7 @@ mod tests {
 
     #[test]
     fn a_sample_a_jump_went_past_is_applied_once_when_it_arrives_late() {
-        let registry = TwinRegistry::new(Arc::new(HubStats::default()), Arc::default());
-        registry.apply(TwinUpdate::Birth {
-            key: key(),
-            boot: Some(1),
-            node_seq: None,
-            gateway: "gw-a".parse().expect("valid"),
-            metrics: vec![(metric("spindle.power_w"), Unit::Watt)],
-            timestamp: 1,
-        });
+        let registry = registry();
         for (seq, power) in [(1, 10.0), (2, 20.0), (5, 50.0)] {
             registry.apply(sample(seq, power));
         }
