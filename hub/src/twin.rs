@@ -398,7 +398,9 @@ pub enum TwinUpdate {
 /// One change, as streamed to clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TwinChange {
-    /// `birth`, `sample` or `offline`.
+    /// `birth`, `sample`, `historical`, `properties`, `offline`, `stale`, `retired`, `alarm`,
+    /// `desired`, and on a hub replica `mirror`: a twin another replica owns, with its latest
+    /// values, as that replica last committed it.
     pub kind: String,
     /// The lab.
     pub lab: String,

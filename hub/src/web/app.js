@@ -93,7 +93,8 @@ function applyChange(change) {
   if (!twin) return;
   twin.state = twin.state.value === change.state ? twin.state : { value: change.state, since: change.timestamp };
   twin.connectivity.online = change.online;
-  if (change.kind === "sample") {
+  // A twin another hub replica owns arrives as `mirror` changes with its latest values.
+  if (change.kind === "sample" || change.kind === "mirror") {
     twin.connectivity.last_seen = change.timestamp;
     for (const [name, value] of Object.entries(change.values)) {
       const [feature, property] = [name.slice(0, name.indexOf(".")), name.slice(name.indexOf(".") + 1)];

@@ -275,7 +275,7 @@ export async function machineView(main, lab, machine) {
     onChange(change, arrived) {
       if (change.lab !== lab || change.machine !== machine) return;
       const current = app.twins.get(twin.id);
-      if (change.kind === "sample") {
+      if (change.kind === "sample" || change.kind === "mirror") {
         for (const [name, v] of Object.entries(change.values)) {
           charts.get(name)?.push(change.timestamp, v);
           const big = main.querySelector(`.big-value[data-metric="${name}"]`);
