@@ -18,7 +18,7 @@ use crate::limits::{LOG_ECHO_BYTES, truncated};
 
 use crate::MqttLogin;
 use crate::alarm::MachineSnapshot;
-use crate::host::{HostAction, HostSnapshot, PrimaryHost};
+use crate::host::{Delivery, HostAction, HostSnapshot, PrimaryHost};
 use crate::stats::{HubStats, IngestDrop};
 use crate::twin::{Applied, Outcome, Twin, TwinKey, TwinRegistry};
 
@@ -302,12 +302,13 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let received_ms = now_ms();
-                let actions =
-                    host.on_message(&publish.topic, &publish.payload, received_ms, &stats);
-                // Before the twin update, so the change it streams carries the message's facts.
-                if let Some(path) = host.take_path() {
-                    twins.record_path(path, received_ms);
-                }
+                let actions = host.receive(
+                    &publish.topic,
+                    &publish.payload,
+                    delivery_of(&publish),
+                    received_ms,
+                    &stats,
+                );
                 host_changed = true;
                 perform(
                     actions,
@@ -318,9 +319,6 @@ pub async fn run(
                     &stats,
                     &mut pending,
                 );
-                if publish.qos != QoS::AtMostOnce {
-                    pending.acks.push(acknowledgement_of(&publish));
-                }
                 commit_due
                     .get_or_insert_with(|| tokio::time::Instant::now() + config.commit_interval);
                 // Group commit: a full batch goes as soon as storage is free; a thin stream
@@ -338,6 +336,14 @@ pub async fn run(
                     break;
                 }
                 warn!(%err, "hub MQTT connection lost; reconnecting");
+                // Unacknowledged, so the broker delivers them again on the resumed session.
+                let forgotten = host.forget_held();
+                if forgotten > 0 {
+                    info!(
+                        forgotten,
+                        "messages held behind a seq gap wait for redelivery"
+                    );
+                }
                 if !config.failover.is_empty() {
                     // A lost connection may be a dead cluster node: the next attempt goes to
                     // the next one. rumqttc keeps one address per event loop, so the whole
@@ -470,6 +476,8 @@ fn perform(
                     }
                 }
             }
+            HostAction::Path(path) => twins.record_path(path, now),
+            HostAction::Acknowledge(delivery) => pending.acks.push(acknowledgement(delivery)),
             HostAction::RequestRebirth { lab, gateway } => {
                 let topic = Topic::node(&lab, MessageType::NCmd, &gateway).to_string();
                 let payload = Payload {
@@ -490,12 +498,25 @@ fn perform(
     }
 }
 
-/// What storage needs to acknowledge a message later: its packet id and QoS, without the topic
+/// What the broker needs back for `publish` once it is stored: nothing at QoS 0.
+fn delivery_of(publish: &Publish) -> Option<Delivery> {
+    (publish.qos != QoS::AtMostOnce).then_some(Delivery {
+        pkid: publish.pkid,
+        exactly_once: publish.qos == QoS::ExactlyOnce,
+    })
+}
+
+/// The acknowledgement storage sends after the commit: a packet id and QoS, without the topic
 /// and payload. A payload shares the connection's read buffer, so keeping it until the commit
 /// would pin that buffer for every message waiting for storage.
-fn acknowledgement_of(publish: &Publish) -> Publish {
-    let mut ack = Publish::new(String::new(), publish.qos, Vec::new());
-    ack.pkid = publish.pkid;
+fn acknowledgement(delivery: Delivery) -> Publish {
+    let qos = if delivery.exactly_once {
+        QoS::ExactlyOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let mut ack = Publish::new(String::new(), qos, Vec::new());
+    ack.pkid = delivery.pkid;
     ack
 }
 

@@ -150,6 +150,7 @@ pub struct HubStats {
     births: AtomicU64,
     deaths: AtomicU64,
     seq_gaps: AtomicU64,
+    reordered: AtomicU64,
     rebirth_requests: AtomicU64,
     stream_clients: AtomicU64,
     commits: AtomicU64,
@@ -275,6 +276,9 @@ impl HubStats {
     pub(crate) fn seq_gap(&self) {
         self.seq_gaps.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn message_reordered(&self) {
+        self.reordered.fetch_add(1, Ordering::Relaxed);
+    }
     pub(crate) fn rebirth_requested(&self) {
         self.rebirth_requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -357,9 +361,19 @@ impl HubStats {
         self.history_rows.load(Ordering::Relaxed)
     }
 
-    /// Sparkplug seq gaps detected.
+    /// Sparkplug seq gaps that stayed open past the reorder timeout: messages lost.
     pub fn seq_gaps(&self) -> u64 {
         self.seq_gaps.load(Ordering::Relaxed)
+    }
+
+    /// NCMD rebirth requests sent.
+    pub fn rebirth_requests(&self) -> u64 {
+        self.rebirth_requests.load(Ordering::Relaxed)
+    }
+
+    /// Messages that arrived ahead of a seq gap and were handled in order once it filled.
+    pub fn reordered(&self) -> u64 {
+        self.reordered.load(Ordering::Relaxed)
     }
 
     /// Storage commits.
@@ -404,8 +418,13 @@ impl HubStats {
         );
         counter(
             "demolab_hub_seq_gaps_total",
-            "Sparkplug seq gaps detected.",
+            "Sparkplug seq gaps that stayed open past the reorder timeout (messages lost).",
             load(&self.seq_gaps),
+        );
+        counter(
+            "demolab_hub_reordered_total",
+            "Sparkplug messages that arrived ahead of a seq gap, held and handled in order once it filled.",
+            load(&self.reordered),
         );
         counter(
             "demolab_hub_rebirth_requests_total",

@@ -1,7 +1,7 @@
 //! The hub as a Sparkplug B primary host, spoken to by a hand-driven edge node over a real
 //! broker: births create twins, data updates them, duplicates and late replays never move them
-//! back, deaths mark them stale, a seq gap or data without a birth asks for a rebirth, and a
-//! gateway a lab does not list is refused.
+//! back, messages that overtake a late one wait for it, deaths mark them stale, a seq gap left
+//! open or data without a birth asks for a rebirth, and a gateway a lab does not list is refused.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -206,6 +206,72 @@ async fn the_primary_host_keeps_twins_in_sequence_and_asks_for_rebirths() -> any
     let twin = twins.get(&key).context("twin")?;
     let power = &twin.features["spindle"].properties["power_w"];
     assert!(power.stale && power.reported == Some(500.0), "{power:?}");
+    hub.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_overtake_a_late_one_wait_for_it_and_are_applied_in_order()
+-> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let hub = hub_with_labs(data.path(), vec![]).await?;
+    let twins = hub.twins().clone();
+    let stats = hub.stats().clone();
+    let mut edge = Edge::connect(hub.mqtt_addr().port(), "lab-r", "gw-r").await?;
+    let key = TwinKey::parse("lab-r/mill-1").context("key")?;
+    edge.born(1).await?;
+    wait_until(Duration::from_secs(5), "the twin", || {
+        twins.get(&key).is_some_and(|t| t.connectivity.online)
+    })
+    .await?;
+
+    // What a broker cluster does when a node dies: 3 and 4 arrive before 2.
+    edge.sample(3, 2, 200.0).await?;
+    edge.sample(4, 3, 300.0).await?;
+    wait_until(Duration::from_secs(5), "both received", || {
+        stats.messages_received() >= 4
+    })
+    .await?;
+    assert_eq!(
+        twins.get(&key).context("twin")?.samples,
+        0,
+        "held until the gap fills"
+    );
+    edge.sample(2, 1, 100.0).await?;
+    wait_until(Duration::from_secs(5), "all three in order", || {
+        twins.get(&key).is_some_and(|t| t.last_seq == 3)
+    })
+    .await?;
+    let twin = twins.get(&key).context("twin")?;
+    assert_eq!(
+        (twin.samples, twin.value("spindle.power_w")),
+        (3, Some(300.0))
+    );
+    assert!(
+        twin.missing_seqs.is_empty(),
+        "each applied as a live sample, not a late one: {:?}",
+        twin.missing_seqs
+    );
+    assert_eq!(
+        (
+            stats.reordered(),
+            stats.seq_gaps(),
+            stats.dropped(IngestDrop::StaleSequence)
+        ),
+        (2, 0, 0)
+    );
+    // The stream goes on, and nobody was asked for a rebirth.
+    edge.sample(5, 4, 400.0).await?;
+    wait_until(Duration::from_secs(5), "the next sample", || {
+        twins.get(&key).is_some_and(|t| t.last_seq == 4)
+    })
+    .await?;
+    assert!(edge.commands.try_recv().is_err(), "no rebirth request");
+    let metrics = hub.stats().render(0, 0);
+    assert!(
+        metrics.contains("demolab_hub_reordered_total 2"),
+        "{metrics}"
+    );
     hub.shutdown().await?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use arbitrary::{Result, Unstructured};
 use hub::catalogue::Catalogue;
 use hub::directory::{Directory, LabConfig};
-use hub::host::{HostAction, HostPolicy, HostSnapshot, PrimaryHost};
+use hub::host::{Delivery, HostAction, HostPolicy, HostSnapshot, PrimaryHost};
 use hub::limits::Limits;
 use hub::stats::HubStats;
 use hub::twin::TwinRegistry;
@@ -178,14 +178,19 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let mut host = PrimaryHost::new(policy.clone());
     let mut now_ms: u64 = 1_764_201_600_000;
     let mut messages = 0u64;
-    while !u.is_empty() {
+    // Every delivery comes back once, as an acknowledgement or forgotten with the connection.
+    let mut handed_back: Vec<bool> = Vec::new();
+    // Packet ids are 16 bits: a longer input stops where they would repeat.
+    while !u.is_empty() && handed_back.len() < usize::from(u16::MAX) {
         match u.int_in_range(0..=15u8)? {
             0 => {
                 now_ms = now_ms.saturating_add(u.int_in_range(0..=5_000)?);
-                perform(host.tick(now_ms, &stats), &twins);
+                perform(host.tick(now_ms, &stats), &twins, &mut handed_back);
             }
             1 => {
-                // A hub restart: the sessions go through their persisted form.
+                // A hub restart: the sessions go through their persisted form, and what was
+                // held is delivered again to the new process.
+                forget(&mut host, &mut handed_back);
                 let snapshot = host.snapshot();
                 let json = serde_json::to_vec(&snapshot).expect("a snapshot serialises");
                 let read: HostSnapshot =
@@ -204,12 +209,14 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 let topic = topic(u)?;
                 let payload = payload(u)?;
                 now_ms = now_ms.saturating_add(u.int_in_range(0..=100)?);
-                let actions = host.on_message(&topic, &payload, now_ms, &stats);
+                let delivery = Delivery {
+                    pkid: handed_back.len() as u16,
+                    exactly_once: false,
+                };
+                handed_back.push(false);
+                let actions = host.receive(&topic, &payload, Some(delivery), now_ms, &stats);
                 messages += 1;
-                if let Some(path) = host.take_path() {
-                    twins.record_path(path, now_ms);
-                }
-                perform(actions, &twins);
+                perform(actions, &twins, &mut handed_back);
             }
         }
     }
@@ -218,13 +225,34 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         messages,
         "every message is counted"
     );
+    forget(&mut host, &mut handed_back);
+    assert!(
+        handed_back.iter().all(|back| *back),
+        "every delivery is acknowledged or forgotten"
+    );
     Ok(())
 }
 
-fn perform(actions: Vec<HostAction>, twins: &TwinRegistry) {
+/// A lost connection: what the host held comes back as forgotten (the broker delivers it again).
+fn forget(host: &mut PrimaryHost, handed_back: &mut [bool]) {
+    let held = handed_back.iter().filter(|back| !**back).count();
+    assert_eq!(host.forget_held(), held, "only held messages wait");
+    handed_back.iter_mut().for_each(|back| *back = true);
+}
+
+fn perform(actions: Vec<HostAction>, twins: &TwinRegistry, handed_back: &mut [bool]) {
     for action in actions {
-        if let HostAction::Twin(update) = action {
-            let _ = twins.apply(update);
+        match action {
+            HostAction::Twin(update) => {
+                let _ = twins.apply(update);
+            }
+            HostAction::Path(path) => twins.record_path(path, 0),
+            HostAction::Acknowledge(delivery) => {
+                let back = &mut handed_back[usize::from(delivery.pkid)];
+                assert!(!*back, "delivery {} acknowledged twice", delivery.pkid);
+                *back = true;
+            }
+            HostAction::RequestRebirth { .. } => {}
         }
     }
 }
