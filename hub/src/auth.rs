@@ -14,10 +14,11 @@ mod counters;
 mod limit;
 mod network;
 mod password;
+mod shared;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -30,6 +31,9 @@ pub use counters::{AccessCounters, AccessEvent, LogThrottle};
 pub use limit::{Limited, LoginLimiter, LoginLimits, Refusal};
 pub use network::{IpRange, client_address, origin_allowed};
 pub use password::{Busy, Hasher, PasswordCheck};
+pub use shared::{
+    FOLLOW_EVERY, SessionShare, ShareError, ShareFuture, SharedSession, TokenHash, token_hash,
+};
 
 use crate::ingest::now_ms;
 
@@ -138,13 +142,16 @@ pub enum AuthError {
     /// Every password check was busy for too long.
     #[error("too many logins at once")]
     Busy,
+    /// The region's shared session store could not take or give a session.
+    #[error(transparent)]
+    Shared(#[from] ShareError),
     /// A password could not be hashed.
     #[error("cannot hash the password: {0}")]
     Hash(String),
 }
 
 /// Who is asking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Principal {
     /// User name (`anonymous` without a token).
     pub user: String,
@@ -159,7 +166,7 @@ pub struct Principal {
 }
 
 /// The game and team a team token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TeamSeat {
     /// The game.
     pub game: String,
@@ -264,6 +271,11 @@ pub struct Auth {
     dummy: Arc<PasswordCheck>,
     counters: AccessCounters,
     refusal_log: LogThrottle,
+    /// The region's session store, for a hub replica.
+    share: OnceLock<Arc<dyn SessionShare>>,
+    /// Changes the region's store has yet to learn (see [`Auth::follow_shared`]).
+    outbox: Mutex<Vec<shared::Outgoing>>,
+    outbox_ready: tokio::sync::Notify,
 }
 
 impl Auth {
@@ -364,6 +376,9 @@ impl Auth {
             sessions: DashMap::new(),
             counters: AccessCounters::default(),
             refusal_log: LogThrottle::new(REFUSAL_LOG_INTERVAL_MS),
+            share: OnceLock::new(),
+            outbox: Mutex::new(Vec::new()),
+            outbox_ready: tokio::sync::Notify::new(),
         })
     }
 
@@ -418,7 +433,21 @@ impl Auth {
         };
         self.limiter.succeeded(client, name);
         self.counters.count(AccessEvent::Login);
-        Ok(self.open_session(&user.config, now_ms))
+        let login = self.open_session(&user.config, now_ms);
+        // In the region's store before the token is handed out: the next request may go to
+        // another replica.
+        if let Some(share) = self.share.get() {
+            let shared = SharedSession {
+                principal: login.principal.clone(),
+                expires_at: login.expires_at,
+            };
+            if let Err(err) = share.put(token_hash(&login.token), shared).await {
+                self.sessions.remove(&login.token);
+                warn!(%err, "login refused: the region's session store is unreachable");
+                return Err(err.into());
+            }
+        }
+        Ok(login)
     }
 
     fn refused(&self, event: AccessEvent, client: IpAddr, name: &str, now_ms: u64) {
@@ -474,7 +503,13 @@ impl Auth {
             }),
         };
         self.counters.count(AccessEvent::Login);
-        self.insert_session(principal, expires_at, now_ms)
+        let login = self.insert_session(principal, expires_at, now_ms);
+        let shared = SharedSession {
+            principal: login.principal.clone(),
+            expires_at,
+        };
+        self.send_later(shared::Outgoing::Put(token_hash(&login.token), shared));
+        login
     }
 
     /// Admits an attempt at a guessable secret other than a password (a game's join code)
@@ -512,6 +547,7 @@ impl Auth {
             }
             !of_game
         });
+        self.send_later(shared::Outgoing::EndGame(game.to_owned()));
         ended
     }
 
@@ -564,10 +600,33 @@ impl Auth {
             .then(|| (session.principal.clone(), session.lifetime.clone()))
     }
 
-    /// Ends a session; its streams end at once.
-    pub fn logout(&self, token: &str) {
+    /// The principal of a live token and its lifetime, from this hub or, for a replica, from
+    /// the region's session store.
+    pub async fn resolve(
+        &self,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<Option<(Principal, Lifetime)>, AuthError> {
+        if let Some(found) = self.session_with_lifetime(token, now_ms) {
+            return Ok(Some(found));
+        }
+        let adopted = self.adopt(token, now_ms).await?;
+        Ok(adopted
+            .filter(|session| session.lifetime.expires_at > now_ms)
+            .map(|session| (session.principal, session.lifetime)))
+    }
+
+    /// Ends a session; its streams end at once, here and (within [`FOLLOW_EVERY`]) on the
+    /// region's other replicas.
+    pub async fn logout(&self, token: &str) {
         if let Some((_, session)) = self.sessions.remove(token) {
             session.lifetime.revoked.cancel();
+        }
+        if let Some(share) = self.share.get()
+            && let Err(err) = share.end(token_hash(token)).await
+        {
+            warn!(%err, "logout not yet in the region's session store; retrying");
+            self.send_later(shared::Outgoing::End(token_hash(token)));
         }
     }
 }
@@ -679,6 +738,159 @@ mod tests {
         id.parse().expect("valid")
     }
 
+    /// A region's session store kept in memory, for two `Auth`s in one test; the PostgreSQL one
+    /// is exercised by `tests/tests/hub_replicas.rs`.
+    #[derive(Debug, Default)]
+    struct MemoryShare {
+        sessions: std::sync::Mutex<HashMap<TokenHash, (SharedSession, Option<i64>)>>,
+        ends: std::sync::atomic::AtomicI64,
+    }
+
+    impl MemoryShare {
+        fn next_end(&self) -> i64 {
+            self.ends.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+        }
+
+        fn stored(&self) -> Vec<TokenHash> {
+            self.sessions
+                .lock()
+                .expect("lock")
+                .keys()
+                .copied()
+                .collect()
+        }
+    }
+
+    impl SessionShare for MemoryShare {
+        fn put(&self, hash: TokenHash, session: SharedSession) -> ShareFuture<'_, ()> {
+            self.sessions
+                .lock()
+                .expect("lock")
+                .insert(hash, (session, None));
+            Box::pin(async { Ok(()) })
+        }
+
+        fn get(&self, hash: TokenHash, now_ms: u64) -> ShareFuture<'_, Option<SharedSession>> {
+            let sessions = self.sessions.lock().expect("lock");
+            let found = sessions
+                .get(&hash)
+                .filter(|(session, end)| end.is_none() && session.expires_at > now_ms)
+                .map(|(session, _)| session.clone());
+            Box::pin(async move { Ok(found) })
+        }
+
+        fn end(&self, hash: TokenHash) -> ShareFuture<'_, ()> {
+            let end = self.next_end();
+            if let Some((_, ended)) = self.sessions.lock().expect("lock").get_mut(&hash) {
+                ended.get_or_insert(end);
+            }
+            Box::pin(async { Ok(()) })
+        }
+
+        fn end_game(&self, game: String) -> ShareFuture<'_, ()> {
+            let end = self.next_end();
+            for (session, ended) in self.sessions.lock().expect("lock").values_mut() {
+                if session
+                    .principal
+                    .team
+                    .as_ref()
+                    .is_some_and(|seat| seat.game == game)
+                {
+                    ended.get_or_insert(end);
+                }
+            }
+            Box::pin(async { Ok(()) })
+        }
+
+        fn ended_since(&self, cursor: i64) -> ShareFuture<'_, (Vec<TokenHash>, i64)> {
+            let sessions = self.sessions.lock().expect("lock");
+            let ended: Vec<(TokenHash, i64)> = sessions
+                .iter()
+                .filter_map(|(hash, (_, end))| end.filter(|e| *e > cursor).map(|e| (*hash, e)))
+                .collect();
+            let next = ended.iter().map(|(_, e)| *e).max().unwrap_or(cursor);
+            Box::pin(async move { Ok((ended.into_iter().map(|(hash, _)| hash).collect(), next)) })
+        }
+    }
+
+    fn sharing(share: &Arc<MemoryShare>, cancel: &CancellationToken) -> Arc<Auth> {
+        let auth = Arc::new(Auth::new(config()).expect("valid"));
+        auth.share_sessions(share.clone());
+        tokio::spawn(auth.clone().follow_shared(cancel.clone()));
+        auth
+    }
+
+    /// Waits for `lifetime` to end, at most a few rounds of [`FOLLOW_EVERY`].
+    async fn ends(lifetime: &Lifetime) -> SessionEnd {
+        tokio::time::timeout(FOLLOW_EVERY * 10, lifetime.ended())
+            .await
+            .expect("ended in time")
+    }
+
+    #[tokio::test]
+    async fn replicas_sharing_sessions_honour_each_others_tokens_and_logouts() {
+        let share = Arc::new(MemoryShare::default());
+        let cancel = CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        let (a, b) = (sharing(&share, &cancel), sharing(&share, &cancel));
+        let now = now_ms();
+        let login = a
+            .login(HERE, "olga", "turning".into(), now)
+            .await
+            .expect("login");
+        assert_eq!(
+            share.stored(),
+            vec![token_hash(&login.token)],
+            "stored by its hash before the token is handed out"
+        );
+        let (principal, lifetime) = b
+            .resolve(&login.token, now)
+            .await
+            .expect("store")
+            .expect("live");
+        assert_eq!(
+            (principal.user.as_str(), lifetime.expires_at),
+            ("olga", login.expires_at)
+        );
+        assert!(matches!(b.resolve("made-up", now).await, Ok(None)));
+        // Logged out where it was handed out: the replica that adopted it ends it too.
+        a.logout(&login.token).await;
+        assert_eq!(ends(&lifetime).await, SessionEnd::LoggedOut);
+        assert_eq!(b.session(&login.token, now), None);
+        assert!(matches!(b.resolve(&login.token, now).await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn a_games_end_reaches_the_team_tokens_other_replicas_adopted() {
+        let share = Arc::new(MemoryShare::default());
+        let cancel = CancellationToken::new();
+        let _stop = cancel.clone().drop_guard();
+        let (a, b) = (sharing(&share, &cancel), sharing(&share, &cancel));
+        let now = now_ms();
+        let team = a.team_session(
+            "g1",
+            "t1",
+            "Team one",
+            [lab("lab-a")].into(),
+            now + 60_000,
+            now,
+        );
+        // Team tokens reach the store within a round of the follower.
+        let adopted = tokio::time::timeout(FOLLOW_EVERY * 10, async {
+            loop {
+                if let Ok(Some(found)) = b.resolve(&team.token, now).await {
+                    return found;
+                }
+                tokio::time::sleep(FOLLOW_EVERY / 5).await;
+            }
+        })
+        .await
+        .expect("shared in time");
+        assert_eq!(adopted.0.team, team.principal.team);
+        assert_eq!(a.end_game_sessions("g1"), 1);
+        assert_eq!(ends(&adopted.1).await, SessionEnd::LoggedOut);
+    }
+
     #[tokio::test]
     async fn logins_give_tokens_scoped_by_role_game_and_public_labs() {
         let auth = Auth::new(config()).expect("valid");
@@ -703,7 +915,7 @@ mod tests {
         assert!(anonymous.can_read(&lab("lab-p")) && !anonymous.can_read(&lab("lab-a")));
 
         assert_eq!(auth.session(&student.token, 1000 + 61_000), None, "expired");
-        auth.logout(&operator.token);
+        auth.logout(&operator.token).await;
         assert_eq!(auth.session(&operator.token, 2000), None);
         assert_eq!(auth.counters().get(AccessEvent::Login), 2);
     }
@@ -718,7 +930,7 @@ mod tests {
         let (_, lifetime) = auth
             .session_with_lifetime(&login.token, now_ms())
             .expect("live");
-        auth.logout(&login.token);
+        auth.logout(&login.token).await;
         assert_eq!(lifetime.ended().await, SessionEnd::LoggedOut);
     }
 

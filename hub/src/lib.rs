@@ -483,6 +483,13 @@ impl Hub {
             .replica
             .as_ref()
             .map(|replica| Arc::new(replica::SharedHistory::new(replica.clone())));
+        if let Some(replica) = &config.replica {
+            // Logins are the region's, so a load balancer need not keep a browser on one replica.
+            auth.share_sessions(Arc::new(replica::sessions::SharedSessions::new(
+                replica.clone(),
+            )));
+            tasks.spawn(auth.clone().follow_shared(cancel.clone()));
+        }
         tasks.spawn(housekeeping(
             twins.clone(),
             store.clone(),

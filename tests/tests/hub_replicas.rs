@@ -2,7 +2,9 @@
 //! the replicas, each replica a real process, three labs each with its own gateway on its own
 //! cluster node. The replica that owns a lab is killed with SIGKILL mid-stream, then the
 //! broker node the survivor is connected to: every sample of every machine is applied exactly
-//! once and in order, and the surviving replica's API serves all of it.
+//! once and in order, and the surviving replica's API serves all of it. A login on one replica
+//! is honoured by the other, a logout on either ends it on both, and a token survives the
+//! replica that handed it out.
 //!
 //! Needs `DEMOLAB_RABBITMQ` and `DEMOLAB_POSTGRES`; skipped without them, failed under `CI`.
 
@@ -16,7 +18,8 @@ use demolab_tests::cluster::{
 };
 use demolab_tests::postgres::{Postgres, postgres_binaries};
 use demolab_tests::{
-    HUB_CHILD_ENV, get_json, http_get, run_hub_child, spawn_hub_process_with, within,
+    HUB_CHILD_ENV, cheap_password_hash, get_json, http, http_get, login, run_hub_child,
+    spawn_hub_process_with, within,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +84,13 @@ fn spawn_replica(
     )
 }
 
+/// The status of `GET /api/v1/auth/me` with `token`.
+async fn me(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<u16> {
+    Ok(http(addr, "GET", "/api/v1/auth/me", Some(token), None)
+        .await?
+        .0)
+}
+
 /// A gauge of the replica's `/metrics`.
 async fn gauge(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
     let (status, body) = http_get(addr, "/metrics").await.ok()?;
@@ -142,6 +152,10 @@ async fn two_replicas_lose_no_sample_when_one_dies_and_then_a_broker_node() -> a
             machines: vec![lab.machine.into()],
         })
         .collect();
+    let operator = format!(
+        "[[auth.users]]\nname = \"operator\"\nrole = \"operator\"\npassword_hash = \"{}\"\n",
+        cheap_password_hash("operator-secret")?
+    );
     let mut processes = Vec::new();
     for id in &replicas {
         let config = data.path().join(format!("{id}.toml"));
@@ -158,7 +172,7 @@ async fn two_replicas_lose_no_sample_when_one_dies_and_then_a_broker_node() -> a
                 PASSWORD_VAR,
                 &region_labs,
                 &postgres.connection_string(),
-            ),
+            ) + &operator,
         )?;
         processes.push((id.clone(), spawn_replica(&config, &hub_user.password)?));
     }
@@ -193,6 +207,23 @@ async fn two_replicas_lose_no_sample_when_one_dies_and_then_a_broker_node() -> a
     .await
     .map_err(|e| e.context(format!("{}\n{}", replica_logs(), postgres.log())))?;
 
+    // A login is the region's: a plain load balancer may send the next request anywhere.
+    let token = login(addrs[0], "operator").await?;
+    assert_eq!(
+        me(addrs[1], &token).await?,
+        200,
+        "the other replica honours it"
+    );
+    let (status, _) = http(addrs[1], "POST", "/api/v1/auth/logout", Some(&token), None).await?;
+    assert_eq!(status, 204);
+    assert_eq!(me(addrs[1], &token).await?, 401);
+    until_gauges(
+        "the logout ends the token where it was handed out",
+        async || me(addrs[0], &token).await.ok() == Some(401),
+    )
+    .await
+    .map_err(|e| e.context(replica_logs()))?;
+
     // The replica that owns the first lab dies; the other one serves the region from then on.
     let first_slot = hub::replica::slot_of(&labs[0].name.parse()?, SLOTS);
     let victim_id = hub::replica::owner_of(&replicas, first_slot, SLOTS)
@@ -203,6 +234,7 @@ async fn two_replicas_lose_no_sample_when_one_dies_and_then_a_broker_node() -> a
         .position(|(id, _)| *id == victim_id)
         .context("the victim")?;
     let survivor = addrs[1 - victim];
+    let lasting = login(addrs[victim], "operator").await?;
 
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
@@ -241,6 +273,11 @@ async fn two_replicas_lose_no_sample_when_one_dies_and_then_a_broker_node() -> a
     })
     .await
     .map_err(|e| e.context(replica_logs()))?;
+    assert_eq!(
+        me(survivor, &lasting).await?,
+        200,
+        "a token outlives the replica that handed it out"
+    );
     until_gauges(
         "two thirds of every stream after the takeover",
         async || progress(u64::from(2 * SAMPLES / 3)).await,

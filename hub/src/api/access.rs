@@ -89,11 +89,11 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match bearer_token(parts) {
-            Some(token) => state
-                .auth
-                .session_with_lifetime(&token, now_ms())
-                .map(|(principal, lifetime)| Caller(principal, Some(lifetime)))
-                .ok_or(ApiError::InvalidToken),
+            Some(token) => match state.auth.resolve(&token, now_ms()).await {
+                Ok(Some((principal, lifetime))) => Ok(Caller(principal, Some(lifetime))),
+                Ok(None) => Err(ApiError::InvalidToken),
+                Err(_) => Err(ApiError::SessionsUnavailable),
+            },
             None if parts.headers.contains_key(header::AUTHORIZATION) => {
                 Err(ApiError::InvalidToken)
             }

@@ -39,6 +39,8 @@ pub enum ApiError {
     },
     /// Every password check is busy; try again shortly.
     LoginBusy,
+    /// The region's shared session store cannot be reached (hub replicas).
+    SessionsUnavailable,
     /// A WebSocket upgrade from a page of another origin.
     ForeignOrigin(String),
     /// The caller's role or game does not allow this.
@@ -123,6 +125,7 @@ impl ApiError {
             E::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
             E::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             E::LoginBusy => (StatusCode::SERVICE_UNAVAILABLE, "login_busy"),
+            E::SessionsUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "sessions_unavailable"),
             E::ForeignOrigin(_) => (StatusCode::FORBIDDEN, "forbidden_origin"),
             E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::TwinNotFound(_) => (StatusCode::NOT_FOUND, "twin_not_found"),
@@ -181,6 +184,9 @@ impl ApiError {
                 format!("too many login attempts; try again in {retry_after_s} s")
             }
             E::LoginBusy => "too many logins at once; try again in a moment".into(),
+            E::SessionsUnavailable => {
+                "the region's session store cannot be reached; try again in a moment".into()
+            }
             E::ForeignOrigin(origin) => format!(
                 "a page from {origin} may not open this stream (see [auth] allowed_origins)"
             ),
@@ -272,7 +278,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let retry_after = match &self {
             ApiError::RateLimited { retry_after_s } => Some(*retry_after_s),
-            ApiError::LoginBusy => Some(1),
+            ApiError::LoginBusy | ApiError::SessionsUnavailable => Some(1),
             _ => None,
         };
         let mut response = error_response(status, code, self.message());

@@ -32,7 +32,7 @@ pub struct Credentials {
         (status = 413, description = "`body_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 429, description = "`rate_limited` (see `Retry-After`)", body = ErrorBody),
-        (status = 503, description = "`login_busy` (see `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`login_busy`, `sessions_unavailable` (see `Retry-After`)", body = ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -51,6 +51,7 @@ pub async fn login(
                 retry_after_s: limited.retry_after_s,
             },
             AuthError::Busy => ApiError::LoginBusy,
+            AuthError::Shared(_) => ApiError::SessionsUnavailable,
             _ => ApiError::BadCredentials,
         })
 }
@@ -65,7 +66,7 @@ pub async fn logout(
     parts: Parts,
 ) -> axum::http::StatusCode {
     if let Some(token) = bearer_token(&parts) {
-        state.auth.logout(&token);
+        state.auth.logout(&token).await;
     }
     axum::http::StatusCode::NO_CONTENT
 }

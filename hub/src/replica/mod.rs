@@ -10,6 +10,7 @@
 //! connection dies. Twins, host sessions and history are committed there ([`shared`]), so any
 //! replica serves any lab: its own slots live, the others as their owners last committed them.
 
+pub mod sessions;
 pub mod shared;
 
 use std::collections::{BTreeSet, HashMap};
@@ -285,20 +286,70 @@ async fn members(lease: &Client, region: &str) -> Result<BTreeSet<String>, Share
         .collect())
 }
 
-/// The API's reader of the region's history, on a connection of its own opened at first use
-/// and again after a failure.
+/// A connection to the shared store opened when first needed and again after it closed, for
+/// what the API reads and writes there.
+#[derive(Debug)]
+pub struct LazyClient {
+    config: ReplicaConfig,
+    /// Its `application_name`, which must not look like a member's.
+    name: String,
+    client: tokio::sync::RwLock<Option<Arc<Client>>>,
+}
+
+impl LazyClient {
+    /// A connection of this replica named `{role}/{region}/{id}`.
+    pub fn new(config: ReplicaConfig, role: &str) -> Self {
+        let name = format!("{role}/{}/{}", config.region, config.id);
+        Self {
+            config,
+            name,
+            client: tokio::sync::RwLock::new(None),
+        }
+    }
+
+    /// The region this connection works for.
+    pub fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    /// Runs `query` on the connection, dropping it when the query failed because it closed.
+    pub async fn with<T, F>(&self, query: impl FnOnce(Arc<Client>) -> F) -> Result<T, SharedError>
+    where
+        F: std::future::Future<Output = Result<T, SharedError>>,
+    {
+        let client = self.get().await?;
+        let result = query(client.clone()).await;
+        if result.is_err() && client.is_closed() {
+            self.client.write().await.take();
+        }
+        result
+    }
+
+    async fn get(&self) -> Result<Arc<Client>, SharedError> {
+        if let Some(client) = self.client.read().await.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let mut slot = self.client.write().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(shared::connect(&self.config.postgres, &self.name).await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+/// The history API's reader of the shared store.
 #[derive(Debug)]
 pub struct SharedHistory {
-    config: ReplicaConfig,
-    client: tokio::sync::RwLock<Option<Arc<Client>>>,
+    client: LazyClient,
 }
 
 impl SharedHistory {
     /// A reader for this replica; it connects when first asked.
     pub fn new(config: ReplicaConfig) -> Self {
         Self {
-            config,
-            client: tokio::sync::RwLock::new(None),
+            client: LazyClient::new(config, "demolab-api"),
         }
     }
 
@@ -310,27 +361,12 @@ impl SharedHistory {
         range: crate::history::TimeRange,
         step: u64,
     ) -> Result<Vec<crate::history::Bucket>, SharedError> {
-        let client = self.client().await?;
-        let result =
-            shared::history_buckets(&client, &self.config.region, key, metric, range, step).await;
-        if result.is_err() && client.is_closed() {
-            self.client.write().await.take();
-        }
-        result
-    }
-
-    async fn client(&self) -> Result<Arc<Client>, SharedError> {
-        if let Some(client) = self.client.read().await.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
-        }
-        let mut slot = self.client.write().await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
-        }
-        let name = format!("demolab-api/{}/{}", self.config.region, self.config.id);
-        let client = Arc::new(shared::connect(&self.config.postgres, &name).await?);
-        *slot = Some(client.clone());
-        Ok(client)
+        let region = self.client.region();
+        self.client
+            .with(|client| async move {
+                shared::history_buckets(&client, region, key, metric, range, step).await
+            })
+            .await
     }
 }
 

@@ -78,7 +78,12 @@ pub async fn migrate(client: &mut Client, region: &str, slots: u32) -> Result<()
          CREATE TABLE IF NOT EXISTS demolab_samples (
             applied bigserial, region text NOT NULL, lab text NOT NULL, machine text NOT NULL,
             metric text NOT NULL, ts_ms int8 NOT NULL, seq int8 NOT NULL, value float8 NOT NULL,
-            PRIMARY KEY (region, lab, machine, metric, ts_ms, seq));",
+            PRIMARY KEY (region, lab, machine, metric, ts_ms, seq));
+         CREATE TABLE IF NOT EXISTS demolab_sessions (
+            region text NOT NULL, token_sha256 bytea NOT NULL, session bytea NOT NULL,
+            expires_ms int8 NOT NULL, game text, ended_ms int8,
+            PRIMARY KEY (region, token_sha256));
+         CREATE INDEX IF NOT EXISTS demolab_sessions_by_end ON demolab_sessions (region, ended_ms);",
     )
     .await?;
     txn.execute(
