@@ -472,6 +472,7 @@ impl Hub {
                         twins: twins.clone(),
                         stats: stats.clone(),
                         outputs,
+                        commands: commands.clone(),
                     },
                     ready_tx,
                     cancel.clone(),
@@ -483,6 +484,10 @@ impl Hub {
             .replica
             .as_ref()
             .map(|replica| Arc::new(replica::SharedHistory::new(replica.clone())));
+        let forwarder = config
+            .replica
+            .as_ref()
+            .map(|replica| Arc::new(replica::requests::Forwarder::new(replica.clone())));
         if let Some(replica) = &config.replica {
             // Logins are the region's, so a load balancer need not keep a browser on one replica.
             auth.share_sessions(Arc::new(replica::sessions::SharedSessions::new(
@@ -523,6 +528,7 @@ impl Hub {
             store,
             long_term,
             shared_history,
+            forwarder,
             commands: api::Commands::new(client),
             scenarios: config.scenarios.clone(),
             games,

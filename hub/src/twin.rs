@@ -940,6 +940,11 @@ impl TwinRegistry {
         take_keys(&self.retired, Some(labs))
     }
 
+    /// Whether the twin is another replica's, mirrored here: changes to it go to its owner.
+    pub fn is_mirrored(&self, key: &TwinKey) -> bool {
+        self.twins.get(key).is_some_and(|entry| entry.mirrored)
+    }
+
     /// Drops a twin another replica retired: gone here too, with nothing left to commit.
     pub fn forget_mirrored(&self, key: &TwinKey, now_ms: u64) {
         if self.retire(key, now_ms).is_some() {

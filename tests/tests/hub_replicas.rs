@@ -4,7 +4,8 @@
 //! broker node the survivor is connected to: every sample of every machine is applied exactly
 //! once and in order, and the surviving replica's API serves all of it. A login on one replica
 //! is honoured by the other, a logout on either ends it on both, and a token survives the
-//! replica that handed it out.
+//! replica that handed it out. An operator's change asked of the replica that does not own the
+//! twin is carried out by the one that does, and outlives it.
 //!
 //! Needs `DEMOLAB_RABBITMQ` and `DEMOLAB_POSTGRES`; skipped without them, failed under `CI`.
 
@@ -265,6 +266,35 @@ async fn two_replicas_lose_no_sample_when_one_dies_and_then_a_broker_node() -> a
     )
     .await
     .map_err(|e| e.context(replica_logs()))?;
+    // An operator's change to a twin the victim owns, asked of the survivor: the owner carries
+    // it out, and commits it, so it outlives the owner's death below.
+    let desired_path = format!("/api/v1/twins/{}/{}/desired", labs[0].name, labs[0].machine);
+    let (status, body) = http(
+        survivor,
+        "PATCH",
+        &desired_path,
+        Some(&lasting),
+        Some(br#"{"node.period_ms": 500}"#),
+    )
+    .await?;
+    assert_eq!(status, 202, "{body}");
+    let asked_by = async |addr| {
+        let twin = get_json(
+            addr,
+            &format!("/api/v1/twins/{}/{}", labs[0].name, labs[0].machine),
+        )
+        .await
+        .ok()?;
+        let desired = &twin["desired"]["node.period_ms"];
+        (desired["value"].as_f64() == Some(500.0))
+            .then(|| desired["requested_by"].as_str().map(str::to_owned))
+            .flatten()
+    };
+    assert_eq!(
+        asked_by(addrs[victim]).await.as_deref(),
+        Some("operator"),
+        "carried out by the owner before the answer"
+    );
     let (_, (victim_process, _)) = &mut processes[victim];
     victim_process.kill()?;
     victim_process.wait()?;
@@ -277,6 +307,11 @@ async fn two_replicas_lose_no_sample_when_one_dies_and_then_a_broker_node() -> a
         me(survivor, &lasting).await?,
         200,
         "a token outlives the replica that handed it out"
+    );
+    assert_eq!(
+        asked_by(survivor).await.as_deref(),
+        Some("operator"),
+        "the forwarded change outlives its owner"
     );
     until_gauges(
         "two thirds of every stream after the takeover",

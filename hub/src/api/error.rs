@@ -41,6 +41,8 @@ pub enum ApiError {
     LoginBusy,
     /// The region's shared session store cannot be reached (hub replicas).
     SessionsUnavailable,
+    /// The replica owning the twin did not answer a forwarded change (hub replicas).
+    OwnerUnavailable(String),
     /// A WebSocket upgrade from a page of another origin.
     ForeignOrigin(String),
     /// The caller's role or game does not allow this.
@@ -126,6 +128,7 @@ impl ApiError {
             E::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             E::LoginBusy => (StatusCode::SERVICE_UNAVAILABLE, "login_busy"),
             E::SessionsUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "sessions_unavailable"),
+            E::OwnerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "owner_unavailable"),
             E::ForeignOrigin(_) => (StatusCode::FORBIDDEN, "forbidden_origin"),
             E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::TwinNotFound(_) => (StatusCode::NOT_FOUND, "twin_not_found"),
@@ -170,7 +173,8 @@ impl ApiError {
             | E::BadIdentifier(m)
             | E::PlaybookNotFound(m)
             | E::Storage(m)
-            | E::LongTermUnavailable(m) => m.clone(),
+            | E::LongTermUnavailable(m)
+            | E::OwnerUnavailable(m) => m.clone(),
             E::MissingParameter(name) => format!("query parameter `{name}` is required"),
             E::BodyTooLarge => format!("the body is larger than {} bytes", super::BODY_LIMIT),
             E::UnsupportedMediaType => "send the body as application/json".into(),

@@ -89,6 +89,8 @@ pub struct AppState {
     pub long_term: Option<Arc<crate::history::long_term::LongTermReader>>,
     /// A replica's history: the region's, in the shared store, instead of the embedded one.
     pub shared_history: Option<Arc<crate::replica::SharedHistory>>,
+    /// A replica's way to the owners of the twins it mirrors, for operators' changes.
+    pub forwarder: Option<Arc<crate::replica::requests::Forwarder>>,
     /// Device commands.
     pub commands: Commands,
     /// Scenario control of simulated machines (the demo), if any.
@@ -398,6 +400,7 @@ mod tests {
             store,
             long_term: None,
             shared_history: None,
+            forwarder: None,
             commands: Commands::new(client),
             scenarios: None,
         }

@@ -16,7 +16,8 @@ use crate::catalogue::MachineKind;
 use crate::history::long_term::Split;
 use crate::history::{self, Bucket, HistoryError, TimeRange};
 use crate::ingest::now_ms;
-use crate::twin::{Desired, DesiredError, SparkplugPath, Twin, TwinKey};
+use crate::replica::requests::{ForwardError, Forwarder, RequestOutcome, TwinRequest};
+use crate::twin::{Desired, DesiredError, DesiredStatus, SparkplugPath, Twin, TwinKey};
 
 /// A lab with a summary of its machines.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -192,6 +193,7 @@ pub async fn get_twin(
         (status = 401, description = "`unauthenticated`, `invalid_token`", body = ErrorBody),
         (status = 403, description = "`forbidden` (needs operator)", body = ErrorBody),
         (status = 404, description = "`twin_not_found`", body = ErrorBody),
+        (status = 503, description = "`owner_unavailable`: the hub replica owning the twin did not answer", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn retire_twin(
@@ -201,6 +203,14 @@ pub async fn retire_twin(
 ) -> Result<StatusCode, ApiError> {
     let user = caller.require(Role::Operator)?.user.clone();
     let key = twin_key(&caller, &lab, &machine)?;
+    if let Some(forwarder) = owned_elsewhere(&state, &key) {
+        let request = TwinRequest::Retire { user: user.clone() };
+        forwarder
+            .forward(&key, &request)
+            .await
+            .map_err(|err| forward_error(&key, err))?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     state
         .twins
         .retire(&key, now_ms())
@@ -372,6 +382,33 @@ pub async fn history(
     }))
 }
 
+/// The way to the replica that owns `key`, when this one only mirrors it.
+fn owned_elsewhere<'a>(state: &'a AppState, key: &TwinKey) -> Option<&'a Arc<Forwarder>> {
+    state
+        .forwarder
+        .as_ref()
+        .filter(|_| state.twins.is_mirrored(key))
+}
+
+fn forward_error(key: &TwinKey, err: ForwardError) -> ApiError {
+    match err {
+        ForwardError::Refused(RequestOutcome::NotFound) => ApiError::TwinNotFound(key.to_string()),
+        ForwardError::Refused(RequestOutcome::Offline) => ApiError::MachineOffline(key.to_string()),
+        ForwardError::Refused(RequestOutcome::Refused { message }) => {
+            ApiError::NotWritable(message)
+        }
+        ForwardError::Refused(RequestOutcome::NotSent { message }) => {
+            ApiError::CommandNotSent(message)
+        }
+        ForwardError::Refused(RequestOutcome::Done) | ForwardError::Unanswered(..) => {
+            ApiError::OwnerUnavailable(err.to_string())
+        }
+        ForwardError::Shared(err) => {
+            ApiError::OwnerUnavailable(format!("cannot reach the region's store: {err}"))
+        }
+    }
+}
+
 fn desired_error(err: DesiredError) -> ApiError {
     match err {
         DesiredError::UnknownTwin(id) => ApiError::TwinNotFound(id),
@@ -415,6 +452,7 @@ pub struct DesiredAccepted {
         (status = 413, description = "`body_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`not_writable`, `out_of_range`", body = ErrorBody),
+        (status = 503, description = "`command_not_sent`, `owner_unavailable`: the hub replica owning the twin did not answer", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn write_desired(
@@ -451,6 +489,39 @@ pub async fn write_desired(
         .filter(|_| twin.connectivity.online)
         .ok_or_else(|| ApiError::MachineOffline(key.to_string()))?;
     let now = now_ms();
+    if let Some(forwarder) = owned_elsewhere(&state, &key) {
+        let request = TwinRequest::Desired {
+            values: values.clone(),
+            user: principal.user.clone(),
+        };
+        forwarder
+            .forward(&key, &request)
+            .await
+            .map_err(|err| forward_error(&key, err))?;
+        // This replica sees the owner's pending values with its next commit; the answer says
+        // what was asked now.
+        let desired = values
+            .iter()
+            .map(|(metric, value)| {
+                let pending = Desired {
+                    value: *value,
+                    status: DesiredStatus::Pending,
+                    requested_by: principal.user.clone(),
+                    requested_at: now,
+                    completed_at: None,
+                    resent_at: None,
+                };
+                (metric.clone(), pending)
+            })
+            .collect();
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(DesiredAccepted {
+                twin: key.to_string(),
+                desired,
+            }),
+        ));
+    }
     for (metric, value) in &values {
         state
             .twins

@@ -10,6 +10,7 @@
 //! connection dies. Twins, host sessions and history are committed there ([`shared`]), so any
 //! replica serves any lab: its own slots live, the others as their owners last committed them.
 
+pub mod requests;
 pub mod sessions;
 pub mod shared;
 
@@ -111,6 +112,8 @@ pub struct SlotParts {
     pub stats: Arc<HubStats>,
     /// Outputs fed after each commit.
     pub outputs: Outputs,
+    /// The replica's command client, for the DCMDs of requests other replicas forward.
+    pub commands: rumqttc::AsyncClient,
 }
 
 /// Runs this replica's part of the region until `cancel` fires: `ready` is true while it is a
@@ -259,6 +262,15 @@ async fn balance_until_cancelled(
                 Mirrored::Retired(key) => parts.twins.forget_mirrored(&key, ingest::now_ms()),
             }
         }
+        let running: Vec<u32> = owned.keys().copied().collect();
+        requests::serve(
+            lease,
+            &config.region,
+            &running,
+            &parts.twins,
+            &parts.commands,
+        )
+        .await?;
         parts.stats.replica_slots(owned.len(), members.len());
         // Ready once every slot it owns is subscribed: before that, a lab's messages published
         // to a slot's fresh session would have nowhere to go.

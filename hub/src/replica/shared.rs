@@ -83,7 +83,11 @@ pub async fn migrate(client: &mut Client, region: &str, slots: u32) -> Result<()
             region text NOT NULL, token_sha256 bytea NOT NULL, session bytea NOT NULL,
             expires_ms int8 NOT NULL, game text, ended_ms int8,
             PRIMARY KEY (region, token_sha256));
-         CREATE INDEX IF NOT EXISTS demolab_sessions_by_end ON demolab_sessions (region, ended_ms);",
+         CREATE INDEX IF NOT EXISTS demolab_sessions_by_end ON demolab_sessions (region, ended_ms);
+         CREATE TABLE IF NOT EXISTS demolab_requests (
+            id bigserial PRIMARY KEY, region text NOT NULL, slot int4 NOT NULL,
+            twin text NOT NULL, request bytea NOT NULL, outcome bytea);
+         CREATE INDEX IF NOT EXISTS demolab_requests_by_slot ON demolab_requests (region, slot, id);",
     )
     .await?;
     txn.execute(

@@ -145,6 +145,7 @@ fn fixture() -> &'static Fixture {
             store,
             long_term: None,
             shared_history: None,
+            forwarder: None,
             commands: Commands::new(client),
             scenarios: Some(scenarios),
             games,
