@@ -9,6 +9,11 @@
 //! history row is committed in PostgreSQL (acknowledged-means-stored). Figures are
 //! min/median/max over `--reps` runs.
 //!
+//! On one machine the broker cluster and PostgreSQL take most of the CPU, so more replicas
+//! cannot go faster there. `--replica-cpu 5 --out bench/results/region-capped.md` caps each
+//! replica at 5 % of a core with a cgroup quota, as if each ran on a small host of its own:
+//! then the replicas are the limit, and the figures show how the work spreads over them.
+//!
 //! ```text
 //! cargo build --release -p demolab-hub -p demolab-bench
 //! DEMOLAB_RABBITMQ=/usr/lib/rabbitmq/bin/rabbitmq-server DEMOLAB_POSTGRES=/usr/lib/postgresql/15/bin \
@@ -53,6 +58,11 @@ struct Args {
     /// The `demolab-hub` binary (default: beside this one).
     #[arg(long)]
     hub_bin: Option<PathBuf>,
+    /// Cap each replica at this share of one core (a cgroup CPU quota of its own), standing
+    /// in for replicas on hosts of their own: the replicas are then what limits throughput,
+    /// not the broker cluster and PostgreSQL that share this machine with them.
+    #[arg(long, value_name = "PERCENT")]
+    replica_cpu: Option<u32>,
     /// Where the results go (`.md`, and `.json` beside it).
     #[arg(long, default_value = "bench/results/region.md")]
     out: PathBuf,
@@ -98,6 +108,54 @@ async fn publish_fleet(
 struct Replica {
     child: Child,
     http: SocketAddr,
+    /// Removed once the process is gone (fields drop after `drop`).
+    _quota: Option<CpuQuota>,
+}
+
+/// A CPU quota for processes: a cgroup of their own under the cpu controller (cgroup v2's
+/// `cpu.max`, or v1's `cpu.cfs_quota_us`), removed on drop.
+struct CpuQuota {
+    dir: PathBuf,
+}
+
+impl CpuQuota {
+    /// At most `percent` of one core, per 100 ms period.
+    fn new(name: &str, percent: u32) -> anyhow::Result<Self> {
+        let unified = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|controllers| controllers.split_whitespace().any(|c| c == "cpu"));
+        let root = if unified {
+            "/sys/fs/cgroup"
+        } else {
+            "/sys/fs/cgroup/cpu"
+        };
+        let dir = Path::new(root).join(name);
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "--replica-cpu needs a writable cgroup cpu controller: cannot create {}",
+                dir.display()
+            )
+        })?;
+        let quota_us = percent * 1000;
+        let written = if unified {
+            std::fs::write(dir.join("cpu.max"), format!("{quota_us} 100000"))
+        } else {
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000")
+                .and_then(|()| std::fs::write(dir.join("cpu.cfs_quota_us"), quota_us.to_string()))
+        };
+        written.with_context(|| format!("cannot set the CPU quota of {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    fn add(&self, pid: u32) -> anyhow::Result<()> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("cannot move process {pid} into {}", self.dir.display()))
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 impl Drop for Replica {
@@ -169,7 +227,19 @@ async fn start_replicas(
             .stderr(std::fs::File::create(config.with_extension("log"))?)
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
-        replicas.push(Replica { child, http });
+        let quota = match args.replica_cpu {
+            Some(percent) => {
+                let quota = CpuQuota::new(&format!("demolab-bench-{region}-{id}"), percent)?;
+                quota.add(child.id())?;
+                Some(quota)
+            }
+            None => None,
+        };
+        replicas.push(Replica {
+            child,
+            http,
+            _quota: quota,
+        });
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -335,6 +405,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.reps == 0 || args.replicas.is_empty() || args.slots == 0 {
         bail!("--reps, --replicas and --slots must not be empty or zero");
     }
+    if args
+        .replica_cpu
+        .is_some_and(|percent| !(1..=400).contains(&percent))
+    {
+        bail!("--replica-cpu must be between 1 and 400 (percent of one core)");
+    }
     let bin = match &args.hub_bin {
         Some(bin) => bin.clone(),
         None => std::env::current_exe()?
@@ -468,7 +544,7 @@ fn write(args: &Args, steps: &[Step], samples: u64) -> anyhow::Result<()> {
         "# Region throughput with hub replicas\n\n\
          `region-bench` at commit `{commit}`, {cores} cores, one run of the binary: a 3-node RabbitMQ \
          3.10 cluster and one PostgreSQL shared by every step; {} labs × {} machines, {} samples \
-         each ({samples} samples, {} history rows per run), {} slots; each figure min / median / max \
+         each ({samples} samples, {} history rows per run), {} slots; {}each figure min / median / max \
          of {} runs, timed from the first publish until every history row is committed.\n\n\
          | replicas | committed samples/s | scaling (median vs 1 replica) | cluster accepted samples/s |\n\
          |---|---|---|---|\n",
@@ -477,6 +553,10 @@ fn write(args: &Args, steps: &[Step], samples: u64) -> anyhow::Result<()> {
         args.samples,
         samples * METRICS.len() as u64,
         args.slots,
+        args.replica_cpu.map_or(String::new(), |percent| format!(
+            "each replica capped at {percent} % of one core (a cgroup CPU quota), standing in for \
+             a replica host of its own; "
+        )),
         args.reps
     );
     let mut json_steps = Vec::new();
@@ -532,7 +612,7 @@ fn write(args: &Args, steps: &[Step], samples: u64) -> anyhow::Result<()> {
     md.push_str(&format!(
         "\nReproduce: `cargo build --release -p demolab-hub -p demolab-bench && \
          DEMOLAB_RABBITMQ=/usr/lib/rabbitmq/bin/rabbitmq-server DEMOLAB_POSTGRES=/usr/lib/postgresql/15/bin \
-         target/release/region-bench --labs {} --machines {} --samples {} --replicas {} --reps {}`\n",
+         target/release/region-bench --labs {} --machines {} --samples {} --replicas {} --reps {}{}`\n",
         args.labs,
         args.machines,
         args.samples,
@@ -541,7 +621,11 @@ fn write(args: &Args, steps: &[Step], samples: u64) -> anyhow::Result<()> {
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        args.reps
+        args.reps,
+        args.replica_cpu.map_or(String::new(), |percent| format!(
+            " --replica-cpu {percent} --out {}",
+            args.out.display()
+        ))
     ));
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
@@ -554,6 +638,7 @@ fn write(args: &Args, steps: &[Step], samples: u64) -> anyhow::Result<()> {
         "machines": args.machines,
         "samples_per_machine": args.samples,
         "slots": args.slots,
+        "replica_cpu_percent_of_a_core": args.replica_cpu,
         "steps": json_steps,
     });
     std::fs::write(

@@ -786,13 +786,10 @@ impl TwinRegistry {
                 twin.connectivity.last_seen.unwrap_or_default(),
                 values,
             );
-            self.insert(
-                key.clone(),
-                twin,
-                MachineAlarms::from_snapshot(snapshot),
-                true,
-            );
-            self.publish(key, update);
+            self.insert(key, twin, MachineAlarms::from_snapshot(snapshot), true);
+            // Streamed, but not marked dirty: its owner commits it, never this replica. Marked,
+            // it stayed in the dirty set for good, and every commit of every slot walked it.
+            let _ = self.changes.send(Arc::new(update));
         }
     }
 
@@ -1486,8 +1483,8 @@ fn state_name(code: f64) -> &'static str {
 fn take_keys<V>(set: &DashMap<TwinKey, V>, labs: Option<&HashSet<LabId>>) -> Vec<TwinKey> {
     let keys: Vec<TwinKey> = set
         .iter()
+        .filter(|e| labs.is_none_or(|labs| labs.contains(&e.key().lab)))
         .map(|e| e.key().clone())
-        .filter(|key| labs.is_none_or(|labs| labs.contains(&key.lab)))
         .collect();
     for key in &keys {
         set.remove(key);
@@ -2126,6 +2123,21 @@ mod tests {
         let twin = registry.get(&key()).expect("exists");
         assert!(!twin.connectivity.stale);
         assert!(!twin.features["spindle"].properties["power_w"].stale);
+    }
+
+    #[test]
+    fn a_mirrored_twin_streams_but_never_waits_to_be_committed_here() {
+        let owner = registry();
+        let copy = owner.persisted(&key()).expect("a twin");
+        let replica = TwinRegistry::new(Arc::new(HubStats::default()), Arc::default());
+        let mut changes = replica.subscribe();
+        replica.mirror([copy]);
+        assert_eq!(changes.try_recv().expect("a change").kind, "mirror");
+        assert!(replica.is_mirrored(&key()));
+        assert!(
+            replica.take_dirty().is_empty(),
+            "its owner commits it, not this replica"
+        );
     }
 
     #[test]

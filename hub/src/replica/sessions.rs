@@ -1,5 +1,6 @@
 //! The region's login sessions in the shared PostgreSQL: any replica honours a token another
-//! one handed out, and a logout or a game's end reaches them all (see [`crate::auth::shared`]).
+//! one handed out, and a logout or a game's end reaches them all (see
+//! [`crate::auth::SessionShare`]).
 
 use crate::auth::{SessionShare, ShareError, ShareFuture, SharedSession, TokenHash};
 
