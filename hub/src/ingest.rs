@@ -90,8 +90,9 @@ pub struct Commit {
     pub acks: Vec<Publish>,
     /// Twins retired since the last commit, to delete from the store.
     pub retired: Vec<TwinKey>,
-    /// Told when this commit (and every one before it) is done.
-    pub done: Option<oneshot::Sender<()>>,
+    /// Told when this commit (and every one before it) is done: whether it was committed, or
+    /// abandoned (fenced, or at shutdown) for the broker to redeliver.
+    pub done: Vec<oneshot::Sender<bool>>,
 }
 
 /// The hub's MQTT session: a persistent session (so the broker keeps what arrives while the hub
@@ -207,6 +208,7 @@ pub async fn run(
     stats: Arc<HubStats>,
     commits: mpsc::UnboundedSender<Commit>,
     persister_idle: Arc<crate::persist::Idle>,
+    mut flushes: Option<mpsc::UnboundedReceiver<FlushRequest>>,
     ready: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
@@ -267,6 +269,21 @@ pub async fn run(
                 commit_due = None;
                 due = true;
                 storage.offer(&mut pending, &mut host_changed, &host, &mut due);
+                continue;
+            }
+            asked = next_flush(&mut flushes) => {
+                match asked {
+                    Some(waiter) => {
+                        // Goes with the next commit, which is due now; with nothing to write it
+                        // still follows the commit in flight, so it answers after that one.
+                        pending.done.push(waiter);
+                        due = true;
+                        if storage.offer(&mut pending, &mut host_changed, &host, &mut due) {
+                            commit_due = None;
+                        }
+                    }
+                    None => flushes = None,
+                }
                 continue;
             }
             () = persister_idle.became_idle(), if batch_ready => {
@@ -370,7 +387,7 @@ pub async fn run(
     // clean restart is not redelivered what is already on disk.
     let (done_tx, done) = oneshot::channel();
     let _ = commits.send(Commit {
-        done: Some(done_tx),
+        done: vec![done_tx],
         ..Commit::default()
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -403,6 +420,28 @@ pub async fn run(
         }
     })
     .await;
+}
+
+/// A request to commit what ingest changed so far, answered with whether it was committed.
+pub type FlushRequest = oneshot::Sender<bool>;
+
+/// Asks ingest to commit now everything changed before the call (a change made outside ingest,
+/// as an operator's request, included), and waits up to `wait` for it: true once committed.
+pub async fn flush(flushes: &mpsc::UnboundedSender<FlushRequest>, wait: Duration) -> bool {
+    let (asked, answer) = oneshot::channel();
+    if flushes.send(asked).is_err() {
+        return false;
+    }
+    matches!(tokio::time::timeout(wait, answer).await, Ok(Ok(true)))
+}
+
+async fn next_flush(
+    flushes: &mut Option<mpsc::UnboundedReceiver<FlushRequest>>,
+) -> Option<FlushRequest> {
+    match flushes {
+        Some(flushes) => flushes.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Applies twin updates and sends rebirth requests; a sample the registry refuses as a
@@ -563,6 +602,7 @@ impl ToStorage<'_> {
         };
         if pending.acks.is_empty()
             && pending.applied.is_empty()
+            && pending.done.is_empty()
             && dirty.is_empty()
             && retired.is_empty()
         {

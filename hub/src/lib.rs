@@ -439,6 +439,7 @@ impl Hub {
                     stats.clone(),
                     commit_tx,
                     persister_idle.clone(),
+                    None,
                     ready_tx,
                     cancel.clone(),
                 ));

@@ -214,7 +214,7 @@ pub async fn run(
         // Committed, or abandoned at shutdown for the broker to redeliver: no longer owed.
         idle.settled(merged.acks.len());
         for done in done {
-            let _ = done.send(());
+            let _ = done.send(committed);
         }
         if commits.is_empty() {
             idle.set();
@@ -224,7 +224,7 @@ pub async fn run(
 
 /// Merges commits in the order ingest sent them into one, and the senders to tell when it is
 /// done.
-fn merge(batch: Vec<Commit>) -> (Commit, Vec<tokio::sync::oneshot::Sender<()>>) {
+fn merge(batch: Vec<Commit>) -> (Commit, Vec<tokio::sync::oneshot::Sender<bool>>) {
     let mut merged = Commit::default();
     let mut done = Vec::new();
     for commit in batch {

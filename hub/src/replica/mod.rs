@@ -262,15 +262,7 @@ async fn balance_until_cancelled(
                 Mirrored::Retired(key) => parts.twins.forget_mirrored(&key, ingest::now_ms()),
             }
         }
-        let running: Vec<u32> = owned.keys().copied().collect();
-        requests::serve(
-            lease,
-            &config.region,
-            &running,
-            &parts.twins,
-            &parts.commands,
-        )
-        .await?;
+        requests::serve(lease, &config.region, owned, &parts.twins, &parts.commands).await?;
         parts.stats.replica_slots(owned.len(), members.len());
         // Ready once every slot it owns is subscribed: before that, a lab's messages published
         // to a slot's fresh session would have nowhere to go.
@@ -391,11 +383,22 @@ struct RunningSlot {
     started: usize,
     /// Whether the slot's session is subscribed to its labs.
     subscribed: watch::Receiver<bool>,
+    /// Asks the slot's ingest to commit now; none for a slot without labs.
+    flushes: Option<tokio::sync::mpsc::UnboundedSender<ingest::FlushRequest>>,
 }
 
 impl RunningSlot {
     fn subscribed(&self) -> bool {
         self.started == 0 || *self.subscribed.borrow()
+    }
+
+    /// Commits what the slot's twins changed so far (waiting up to `wait`); true once committed.
+    async fn commit_now(&self, wait: std::time::Duration) -> bool {
+        match &self.flushes {
+            Some(flushes) => ingest::flush(flushes, wait).await,
+            // No labs, so no twins that could have changed.
+            None => true,
+        }
     }
 
     /// Whether ingest or storage ended without being asked to.
@@ -429,6 +432,7 @@ async fn start_slot(
             tasks,
             started: 0,
             subscribed: watch::channel(true).1,
+            flushes: None,
         });
     }
     let taken = shared::take_slot(lease, &config.region, slot, &config.id).await?;
@@ -466,6 +470,7 @@ async fn start_slot(
     let (commit_tx, commit_rx) = tokio::sync::mpsc::unbounded_channel();
     let idle = Arc::new(persist::Idle::default());
     let (slot_ready, subscribed) = watch::channel(false);
+    let (flushes, flush_requests) = tokio::sync::mpsc::unbounded_channel();
     tasks.spawn(ingest::run(
         ingest_config,
         client.clone(),
@@ -475,6 +480,7 @@ async fn start_slot(
         parts.stats.clone(),
         commit_tx,
         idle.clone(),
+        Some(flush_requests),
         slot_ready,
         cancel.clone(),
     ));
@@ -495,6 +501,7 @@ async fn start_slot(
         tasks,
         started: 2,
         subscribed,
+        flushes: Some(flushes),
     })
 }
 

@@ -3,7 +3,7 @@
 //! twin's pending state and its answer are tracked, a retirement from where it is committed) and
 //! writes the outcome back, which the API call waits for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
@@ -12,13 +12,15 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::shared::SharedError;
-use super::{LazyClient, ReplicaConfig, slot_of};
+use super::{LazyClient, ReplicaConfig, RunningSlot, slot_of};
 use crate::twin::{DesiredError, TwinKey, TwinRegistry};
 
 /// How long an API call waits for the owner: it serves requests every
 /// [`super::BALANCE_EVERY`], and a slot changing hands takes a few of those.
 pub const FORWARD_WAIT: Duration = Duration::from_secs(5);
 const POLL_EVERY: Duration = Duration::from_millis(50);
+/// How long the owner waits for a slot to commit what a request changed before answering.
+const COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// A change to a twin, carried out by its owner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,31 +169,39 @@ impl Forwarder {
     }
 }
 
-/// Carries out the requests waiting for the slots this replica owns, in the order they came.
-pub async fn serve(
+/// Carries out the requests waiting for the slots this replica owns, in the order they came, and
+/// answers each once what it changed is committed: a change answered `done` outlives its owner.
+/// A slot that cannot commit within [`COMMIT_WAIT`] leaves its requests unanswered, so whoever
+/// owns the slot next carries them out again (setting a desired value twice is harmless).
+pub(super) async fn serve(
     lease: &Client,
     region: &str,
-    owned: &[u32],
+    owned: &HashMap<u32, RunningSlot>,
     twins: &TwinRegistry,
     commands: &AsyncClient,
 ) -> Result<(), SharedError> {
     if owned.is_empty() {
         return Ok(());
     }
-    let slots: Vec<i32> = owned.iter().map(|slot| *slot as i32).collect();
+    let slots: Vec<i32> = owned.keys().map(|slot| *slot as i32).collect();
     let rows = lease
         .query(
-            "SELECT id, twin, request FROM demolab_requests
+            "SELECT id, slot, twin, request FROM demolab_requests
              WHERE region = $1 AND slot = ANY($2) AND outcome IS NULL ORDER BY id",
             &[&region, &slots],
         )
         .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut answers = Vec::with_capacity(rows.len());
     for row in rows {
         let id: i64 = row.get(0);
-        let twin: &str = row.get(1);
+        let slot: i32 = row.get(1);
+        let twin: &str = row.get(2);
         let outcome = match (
             TwinKey::parse(twin),
-            serde_json::from_slice::<TwinRequest>(row.get(2)),
+            serde_json::from_slice::<TwinRequest>(row.get(3)),
         ) {
             (Some(key), Ok(request)) => carry_out(&key, request, twins, commands),
             (_, Err(err)) => RequestOutcome::Refused {
@@ -199,6 +209,28 @@ pub async fn serve(
             },
             (None, _) => RequestOutcome::NotFound,
         };
+        answers.push((id, slot as u32, outcome));
+    }
+    let mut committed: HashMap<u32, bool> = HashMap::new();
+    for (_, slot, _) in &answers {
+        if !committed.contains_key(slot) {
+            let stored = match owned.get(slot) {
+                Some(running) => running.commit_now(COMMIT_WAIT).await,
+                None => false,
+            };
+            if !stored {
+                warn!(
+                    slot,
+                    "a forwarded change is not committed yet; its request stays open"
+                );
+            }
+            committed.insert(*slot, stored);
+        }
+    }
+    for (id, slot, outcome) in answers {
+        if !committed.get(&slot).copied().unwrap_or(false) {
+            continue;
+        }
         let encoded = serde_json::to_vec(&outcome).map_err(|source| SharedError::Codec {
             what: "request outcome",
             id: id.to_string(),
