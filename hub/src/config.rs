@@ -260,6 +260,9 @@ pub struct HubSection {
     /// MiB of the embedded store's page cache (the hub's memory grows to about this much more
     /// than its twins need, and no further).
     pub store_cache_mb: usize,
+    /// How often memory the hub freed goes back to the kernel, in ms; 0 leaves it to the C
+    /// library, which keeps most of it (RSS then stays at its highest point).
+    pub release_memory_every_ms: u64,
     /// Publish retained JSON values on `demolab/{lab}/{machine}/{metric}`.
     pub json_topics: bool,
     /// How often the JSON topics get the newest committed value of each metric.
@@ -287,6 +290,7 @@ impl Default for HubSection {
             commit_interval_ms: crate::DEFAULT_COMMIT_INTERVAL.as_millis() as u64,
             commit_batch: None,
             store_cache_mb: crate::store::DEFAULT_CACHE_BYTES >> 20,
+            release_memory_every_ms: crate::malloc::DEFAULT_RELEASE_EVERY.as_millis() as u64,
             json_topics: true,
             json_interval_ms: crate::outputs::DEFAULT_JSON_INTERVAL.as_millis() as u64,
             accept_unknown: false,
@@ -461,6 +465,17 @@ impl HubFile {
                 format!(
                     "must be between 1 and 65536 (MiB), got {}",
                     self.hub.store_cache_mb
+                ),
+            ));
+        }
+        if self.hub.release_memory_every_ms != 0
+            && !(100..=3_600_000).contains(&self.hub.release_memory_every_ms)
+        {
+            return Err(invalid(
+                "hub.release_memory_every_ms",
+                format!(
+                    "must be 0 (off) or between 100 and 3600000, got {}",
+                    self.hub.release_memory_every_ms
                 ),
             ));
         }
@@ -694,6 +709,8 @@ impl HubFile {
             flush_interval: Duration::from_millis(self.hub.commit_interval_ms),
             commit_batch,
             store_cache_bytes: self.hub.store_cache_mb << 20,
+            release_memory_every: (self.hub.release_memory_every_ms > 0)
+                .then(|| Duration::from_millis(self.hub.release_memory_every_ms)),
             extra_metrics: None,
             directory: Arc::new(directory),
             auth: self.auth,
@@ -809,6 +826,13 @@ mod tests {
         assert!(err.to_string().contains("max_topics"), "{err}");
         let err = load("[hub]\nstale_after_ms = 5\n").expect_err("too short");
         assert!(err.to_string().contains("hub.stale_after_ms"), "{err}");
+        let err = load("[hub]\nrelease_memory_every_ms = 5\n").expect_err("too often");
+        assert!(
+            err.to_string().contains("hub.release_memory_every_ms"),
+            "{err}"
+        );
+        let off = load("[hub]\nrelease_memory_every_ms = 0\n").expect("0 turns it off");
+        assert_eq!(off.release_memory_every, None);
     }
 
     #[test]

@@ -128,6 +128,9 @@ pub struct HubConfig {
     pub commit_batch: usize,
     /// Bytes of the embedded store's page cache.
     pub store_cache_bytes: usize,
+    /// How often memory free inside the allocator goes back to the kernel; `None` leaves it to
+    /// the allocator (see [`malloc::release_free_memory`]).
+    pub release_memory_every: Option<Duration>,
     /// More counters for `/metrics`.
     pub extra_metrics: Option<MetricsSource>,
     /// Labs, machines, links and the machine-kind catalogue.
@@ -173,6 +176,7 @@ impl Default for HubConfig {
             flush_interval: DEFAULT_COMMIT_INTERVAL,
             commit_batch: DEFAULT_COMMIT_BATCH_EMBEDDED,
             store_cache_bytes: store::DEFAULT_CACHE_BYTES,
+            release_memory_every: Some(malloc::DEFAULT_RELEASE_EVERY),
             extra_metrics: None,
             directory: Arc::default(),
             auth: AuthConfig::default(),
@@ -502,6 +506,9 @@ impl Hub {
             config.retention.clone(),
             cancel.clone(),
         ));
+        if let Some(every) = config.release_memory_every {
+            tasks.spawn(release_memory(every, stats.clone(), cancel.clone()));
+        }
         let denials = broker.as_ref().map(EmbeddedBroker::denials);
         let security = security_counters(denials.clone(), stats.clone(), auth.clone());
         let refusals = security.clone();
@@ -683,6 +690,23 @@ async fn housekeeping(
             if let Ok(Err(err)) = result {
                 error!(%err, "history compaction failed");
             }
+        }
+    }
+}
+
+/// Gives memory freed since the last round back to the kernel every `every`, so RSS follows what
+/// the hub holds now rather than its highest point (`demolab_hub_memory_releases_total`).
+async fn release_memory(every: Duration, stats: Arc<HubStats>, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let started = std::time::Instant::now();
+        if let Ok(released) = tokio::task::spawn_blocking(malloc::release_free_memory).await {
+            stats.memory_released(released, started.elapsed());
         }
     }
 }

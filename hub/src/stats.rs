@@ -156,6 +156,8 @@ pub struct HubStats {
     commits: AtomicU64,
     commit_failures: AtomicU64,
     uncommitted_peak: AtomicU64,
+    memory_releases: AtomicU64,
+    memory_release_us: AtomicU64,
     replica_slots: AtomicU64,
     replica_members: AtomicU64,
     history_rows: AtomicU64,
@@ -309,6 +311,14 @@ impl HubStats {
     pub fn uncommitted_peak(&self) -> u64 {
         self.uncommitted_peak.load(Ordering::Relaxed)
     }
+    /// A round of handing free memory back to the kernel: whether any went back, and its time.
+    pub(crate) fn memory_released(&self, released: bool, took: std::time::Duration) {
+        if released {
+            self.memory_releases.fetch_add(1, Ordering::Relaxed);
+        }
+        self.memory_release_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
     pub(crate) fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -435,6 +445,16 @@ impl HubStats {
             "demolab_hub_commits_total",
             "Storage commits (each acknowledges its messages to the broker).",
             load(&self.commits),
+        );
+        counter(
+            "demolab_hub_memory_releases_total",
+            "Rounds that gave memory freed inside the allocator back to the kernel (hub.release_memory_every_ms).",
+            load(&self.memory_releases),
+        );
+        counter(
+            "demolab_hub_memory_release_microseconds_total",
+            "Time spent handing free memory back (it holds the allocator's locks while it runs).",
+            load(&self.memory_release_us),
         );
         counter(
             "demolab_hub_commit_failures_total",

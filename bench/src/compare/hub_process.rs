@@ -111,7 +111,7 @@ impl HubProcess {
         dir: &Path,
         mqtt_port: u16,
         mqtt_password: &str,
-        commit_batch: u32,
+        hub_settings: &str,
         recorder: Arc<Recorder>,
     ) -> anyhow::Result<Self> {
         let web_password = mqtt_password.to_owned() + "-web";
@@ -119,7 +119,7 @@ impl HubProcess {
         // The hub's own defaults otherwise (JSON topics on, history, alarms): it does its normal
         // work. It accepts the bench lab's births without a directory entry.
         let config = format!(
-            "[hub]\nhost_id = \"{HOST_ID}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\naccept_unknown = true\ncommit_batch = {commit_batch}\n\n\
+            "[hub]\nhost_id = \"{HOST_ID}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\naccept_unknown = true\n{hub_settings}\n\
              [broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nusername = \"hub\"\npassword_env = \"{PASSWORD_ENV}\"\n\n\
              [limits]\nmax_twins_per_lab = 100000\n\n\
              [[auth.users]]\nname = \"{WEB_USER}\"\nrole = \"admin\"\npassword_hash = \"{hash}\"\n",

@@ -114,6 +114,10 @@ pub struct Args {
     /// Seconds between two readings of the hub's memory.
     #[arg(long, default_value_t = 30)]
     pub twins_every_s: u64,
+    /// The hub's `release_memory_every_ms` settings to run each twin count with, in turn (0:
+    /// free memory stays with the C library); several measure the setting in one run.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub twins_release_ms: Vec<u64>,
 }
 
 /// A consumer of the load.

@@ -195,6 +195,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             duration: std::time::Duration::from_secs(args.twins_s),
             interval: std::time::Duration::from_secs(args.twins_every_s),
             commit_batch: args.hub_commit_batch,
+            release_ms: &args.twins_release_ms,
         };
         let bin = ctx.hub_bin.as_deref().context("no hub binary")?;
         let twins = crate::twins::run(&plan, &broker, bin, tmp.path()).await?;
@@ -275,7 +276,7 @@ async fn run_peer(ctx: &Ctx<'_>, run: &mut PeerRun) -> anyhow::Result<()> {
                 &dir,
                 broker.port,
                 &broker.password,
-                args.hub_commit_batch,
+                &format!("commit_batch = {}\n", args.hub_commit_batch),
                 recorder.clone(),
             )
             .await?;

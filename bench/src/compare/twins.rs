@@ -21,6 +21,8 @@ const MACHINES_PER_EDGE: u32 = 250;
 /// What one twin count did.
 pub struct TwinsRun {
     pub twins: u32,
+    /// The hub's `release_memory_every_ms`.
+    pub release_ms: u64,
     /// (seconds since the data started, RSS KiB)
     pub rss: Vec<(f64, u64)>,
     pub peak_kib: u64,
@@ -35,6 +37,7 @@ impl TwinsRun {
     fn to_json(&self) -> Value {
         json!({
             "twins": self.twins,
+            "release_memory_every_ms": self.release_ms,
             "rss_kib": self.rss.iter().map(|(t, kib)| json!({"s": t, "kib": kib})).collect::<Vec<_>>(),
             "peak_kib": self.peak_kib,
             "sent": self.sent,
@@ -52,6 +55,7 @@ pub struct Plan<'a> {
     pub duration: Duration,
     pub interval: Duration,
     pub commit_batch: u32,
+    pub release_ms: &'a [u64],
 }
 
 /// Runs every twin count in turn on `broker`.
@@ -62,15 +66,23 @@ pub async fn run(
     tmp: &Path,
 ) -> anyhow::Result<Vec<TwinsRun>> {
     let mut out = Vec::new();
-    for &twins in plan.counts {
-        let dir = tmp.join(format!("twins-{twins}"));
+    let runs = plan.counts.iter().flat_map(|twins| {
+        plan.release_ms
+            .iter()
+            .map(move |release| (*twins, *release))
+    });
+    for (twins, release_ms) in runs {
+        let dir = tmp.join(format!("twins-{twins}-release-{release_ms}"));
         std::fs::create_dir_all(&dir)?;
         let hub = HubProcess::start(
             hub_bin,
             &dir,
             broker.port,
             &broker.password,
-            plan.commit_batch,
+            &format!(
+                "commit_batch = {}\nrelease_memory_every_ms = {release_ms}\n",
+                plan.commit_batch
+            ),
             Arc::new(Recorder::default()),
         )
         .await?;
@@ -87,7 +99,7 @@ pub async fn run(
         load.extra_properties = plan.properties.saturating_sub(METRICS.len() as u32 + 1);
         load.births().await?;
         println!(
-            "   twins {twins}: {edges} edges × {machines} machines born with {} properties; {} msg/s for {} s",
+            "   twins {twins}, release_memory_every_ms {release_ms}: {edges} edges × {machines} machines born with {} properties; {} msg/s for {} s",
             plan.properties,
             plan.rate,
             plan.duration.as_secs()
@@ -117,6 +129,7 @@ pub async fn run(
         hub.stop(broker.port, &broker.password).await?;
         out.push(TwinsRun {
             twins,
+            release_ms,
             rss,
             peak_kib,
             sent,
@@ -152,9 +165,10 @@ pub fn write(
          alarms as deployed). RSS is read from `/proc/<pid>/status` every {} s. \
          \"Most waiting\" is the most messages the hub held at once, accepted and not yet \
          committed (`demolab_hub_uncommitted_peak`): Mosquitto's `max_inflight_messages` should \
-         keep it at 1000 or below.\n\n\
-         | twins | RSS after the first interval, MiB | RSS at the end, MiB | growth, end / first | peak, MiB | samples sent | applied | rate achieved, msg/s | most waiting for storage |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         keep it at 1000 or below. \"Release\" is the hub's `release_memory_every_ms` (0: \
+         memory the hub freed stays with the C library).\n\n\
+         | twins | release, ms | RSS after the first interval, MiB | RSS at the end, MiB | growth, end / first | peak, MiB | samples sent | applied | rate achieved, msg/s | most waiting for storage |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         plan.properties,
         METRICS.len() + 1,
         plan.rate,
@@ -165,8 +179,9 @@ pub fn write(
         let first = run.rss.first().map_or(0, |(_, kib)| *kib);
         let last = run.rss.last().map_or(0, |(_, kib)| *kib);
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} | {:.0} | {} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} | {:.0} | {} |\n",
             run.twins,
+            run.release_ms,
             first as f64 / 1024.0,
             last as f64 / 1024.0,
             last as f64 / first.max(1) as f64,
@@ -177,7 +192,7 @@ pub fn write(
             run.uncommitted_peak,
         ));
     }
-    md.push_str("\nRSS over time, MiB:\n\n| twins | ");
+    md.push_str("\nRSS over time, MiB:\n\n| twins | release, ms | ");
     md.push_str(
         &runs
             .first()
@@ -190,11 +205,11 @@ pub fn write(
             })
             .unwrap_or_default(),
     );
-    md.push_str(" |\n|---|");
+    md.push_str(" |\n|---|---|");
     md.push_str(&"---|".repeat(runs.first().map_or(0, |r| r.rss.len())));
     md.push('\n');
     for run in runs {
-        md.push_str(&format!("| {} | ", run.twins));
+        md.push_str(&format!("| {} | {} | ", run.twins, run.release_ms));
         md.push_str(
             &run.rss
                 .iter()
