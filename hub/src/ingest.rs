@@ -17,10 +17,9 @@ use tracing::{error, info, warn};
 use crate::limits::{LOG_ECHO_BYTES, truncated};
 
 use crate::MqttLogin;
-use crate::alarm::MachineSnapshot;
 use crate::host::{Delivery, HostAction, HostSnapshot, PrimaryHost};
 use crate::stats::{HubStats, IngestDrop};
-use crate::twin::{Applied, Outcome, Twin, TwinKey, TwinRegistry};
+use crate::twin::{Applied, Outcome, StoredTwin, TwinKey, TwinRegistry};
 
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 /// How long ingest waits before resuming its session on another node of a broker cluster
@@ -82,8 +81,9 @@ const SILENCE_CHECK_EVERY_MS: u64 = 1_000;
 pub struct Commit {
     /// Accepted samples and property reports.
     pub applied: Vec<Applied>,
-    /// Twins changed since the last commit, as they are now, with their alarm state.
-    pub twins: Vec<(Twin, MachineSnapshot)>,
+    /// Twins changed since the last commit, as they are now (their live part, whole when more
+    /// changed), with their alarm state.
+    pub twins: Vec<StoredTwin>,
     /// The primary host's sessions.
     pub host: Option<HostSnapshot>,
     /// QoS 1 messages to acknowledge after the commit.
@@ -610,9 +610,11 @@ impl ToStorage<'_> {
         }
         let mut commit = std::mem::take(pending);
         commit.retired = retired;
+        // A replica's slot (it has labs) stores whole twins: the other replicas mirror them.
+        let always_whole = self.labs.is_some();
         commit.twins = dirty
             .iter()
-            .filter_map(|key| self.twins.persisted(key))
+            .filter_map(|key| self.twins.stored(key, always_whole))
             .collect();
         if std::mem::take(host_changed) {
             commit.host = Some(host.snapshot());

@@ -12,7 +12,6 @@ use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use crate::alarm::MachineSnapshot;
 use crate::history::{self, HistoryRow};
 use crate::ingest::Commit;
 use crate::outputs::Outputs;
@@ -235,7 +234,7 @@ fn merge(batch: Vec<Commit>) -> (Commit, Vec<tokio::sync::oneshot::Sender<bool>>
         if !commit.retired.is_empty() {
             merged
                 .twins
-                .retain(|(twin, _)| !commit.retired.iter().any(|k| k.to_string() == twin.id));
+                .retain(|twin| !commit.retired.iter().any(|k| k.to_string() == twin.id));
             merged.retired.extend(commit.retired);
         }
         // Later copies of a twin supersede earlier ones.
@@ -248,12 +247,18 @@ fn merge(batch: Vec<Commit>) -> (Commit, Vec<tokio::sync::oneshot::Sender<bool>>
     (merged, done)
 }
 
-type Persisted = (crate::twin::Twin, MachineSnapshot);
+type Persisted = crate::twin::StoredTwin;
 
 fn dedup_latest(twins: Vec<Persisted>) -> Vec<Persisted> {
-    let mut latest = std::collections::BTreeMap::new();
-    for (twin, alarms) in twins {
-        latest.insert(twin.id.clone(), (twin, alarms));
+    let mut latest: std::collections::BTreeMap<String, Persisted> =
+        std::collections::BTreeMap::new();
+    for twin in twins {
+        match latest.get_mut(&twin.id) {
+            Some(earlier) => earlier.supersede(twin),
+            None => {
+                latest.insert(twin.id.clone(), twin);
+            }
+        }
     }
     latest.into_values().collect()
 }
@@ -270,12 +275,18 @@ fn write(
     // Before the twins: one born again after its retirement is written back.
     store.remove_in(&txn, retired)?;
 
-    store.save_in(&txn, twins.iter().map(|(twin, _)| twin))?;
-    store.save_alarms_in(
+    // Whole twins first: storing one drops its older live part, which the live parts of this
+    // commit then replace.
+    store.save_in(&txn, twins.iter().filter_map(|twin| twin.whole.as_ref()))?;
+    store.save_live_in(
         &txn,
         twins
             .iter()
-            .map(|(twin, alarms)| (twin.id.as_str(), alarms)),
+            .filter_map(|twin| Some((twin.id.as_str(), twin.live.as_deref()?))),
+    )?;
+    store.save_alarms_in(
+        &txn,
+        twins.iter().map(|twin| (twin.id.as_str(), &twin.alarms)),
     )?;
     if let Some(host) = host {
         store.put_document(&txn, HOST_DOCUMENT, host)?;
@@ -289,7 +300,94 @@ mod tests {
     use crate::twin::{TwinKey, TwinRegistry, TwinUpdate};
 
     fn copy_of(registry: &TwinRegistry, key: &TwinKey) -> Persisted {
-        registry.persisted(key).expect("a twin")
+        registry.stored(key, false).expect("a twin")
+    }
+
+    /// What ingest hands over: every changed twin as `stored` gives it.
+    fn changed(registry: &TwinRegistry) -> Vec<Persisted> {
+        registry
+            .take_dirty()
+            .iter()
+            .filter_map(|key| registry.stored(key, false))
+            .collect()
+    }
+
+    #[test]
+    fn twins_stored_by_their_live_part_load_as_they_are_in_memory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = TwinStore::open(dir.path()).expect("store");
+        let registry = TwinRegistry::new(Arc::default(), Arc::default());
+        let key = TwinKey::parse("lab-a/m-1").expect("key");
+        let power: protocol::MetricName = "spindle.power_w".parse().expect("metric");
+        let sample = |seq: u32| TwinUpdate::Sample {
+            key: key.clone(),
+            seq,
+            timestamp: 100 + u64::from(seq),
+            values: vec![(power.clone(), 10.0 * f64::from(seq))],
+            historical: seq == 2,
+        };
+        registry.apply(TwinUpdate::Birth {
+            key: key.clone(),
+            gateway: "gw".parse().expect("valid"),
+            boot: Some(7),
+            node_seq: Some(0),
+            metrics: vec![(power.clone(), protocol::Unit::Watt)],
+            timestamp: 100,
+        });
+        let born = changed(&registry);
+        assert!(born[0].whole.is_some(), "a birth stores the whole twin");
+        write(&store, &[], &born, None, &[]).expect("commit");
+        for seq in 1..=3 {
+            registry.apply(sample(seq));
+        }
+        // Seq 5 skips 4: the twin waits for it (missing_seqs), which only the live part carries.
+        registry.apply(sample(5));
+        let sampled = changed(&registry);
+        assert!(
+            sampled[0].whole.is_none() && sampled[0].live.is_some(),
+            "samples store only the live part"
+        );
+        write(&store, &[], &sampled, None, &[]).expect("commit");
+        let now = registry.get(&key).expect("twin");
+        assert_eq!(now.samples, 4);
+        assert_eq!(store.load().expect("load"), vec![now]);
+
+        // A death (more than the live part) and a sample after it, merged into one commit.
+        registry.apply(TwinUpdate::Offline {
+            key: key.clone(),
+            timestamp: 110,
+        });
+        let died = Commit {
+            twins: changed(&registry),
+            ..Commit::default()
+        };
+        assert!(
+            died.twins[0].whole.is_some(),
+            "a death stores the whole twin"
+        );
+        registry.apply(sample(6));
+        let sampled = Commit {
+            twins: changed(&registry),
+            ..Commit::default()
+        };
+        let (merged, _) = merge(vec![died, sampled]);
+        write(&store, &[], &dedup_latest(merged.twins), None, &[]).expect("commit");
+        let now = registry.get(&key).expect("twin");
+        assert_eq!(now.last_seq, 6);
+        assert_eq!(store.load().expect("load"), vec![now]);
+
+        // Whole again: the older live part must not be laid over it.
+        registry.apply(TwinUpdate::Offline {
+            key: key.clone(),
+            timestamp: 120,
+        });
+        let mut died = changed(&registry);
+        died[0].live = None;
+        write(&store, &[], &died, None, &[]).expect("commit");
+        assert_eq!(
+            store.load().expect("load"),
+            vec![registry.get(&key).expect("twin")]
+        );
     }
 
     #[test]

@@ -11,6 +11,9 @@ use crate::alarm::MachineSnapshot;
 use crate::twin::Twin;
 
 const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
+/// The live part of twins (values, counters: see `twin::live`) stored since their whole twin
+/// was, by twin id; laid over the whole twin when loading.
+const TWIN_LIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("twin_live");
 /// Alarm state per twin (records, pending conditions, the anomaly baseline), by twin id.
 const ALARMS: TableDefinition<&str, &[u8]> = TableDefinition::new("alarms");
 /// Small documents that are written whole: the primary host's sessions.
@@ -46,6 +49,14 @@ pub enum StoreError {
     /// A backup could not be taken as a whole.
     #[error("backup: {0}")]
     Backup(String),
+    /// A stored live part of a twin could not be read.
+    #[error("twin {id} in storage: {source}")]
+    Live {
+        /// The twin id.
+        id: String,
+        /// The cause.
+        source: crate::twin::LiveError,
+    },
     /// A stored twin could not be (de)serialised.
 
     #[error("twin {id} in storage: {source}")]
@@ -129,6 +140,7 @@ impl TwinStore {
         let txn = target.begin_write().map_err(|e| backup_error(e.into()))?;
         let mut tables: Vec<(String, u64)> = [
             copy_table(&snapshot, &txn, TWINS),
+            copy_table(&snapshot, &txn, TWIN_LIVE),
             copy_table(&snapshot, &txn, ALARMS),
             copy_table(&snapshot, &txn, DOCUMENTS),
         ]
@@ -176,6 +188,9 @@ impl TwinStore {
         twins: impl IntoIterator<Item = &'a Twin>,
     ) -> Result<(), StoreError> {
         let mut table = txn.open_table(TWINS).map_err(|e| db_error(&self.path, e))?;
+        let mut live = txn
+            .open_table(TWIN_LIVE)
+            .map_err(|e| db_error(&self.path, e))?;
         // One buffer for the whole batch instead of one allocation per twin.
         let mut bytes = Vec::new();
         for twin in twins {
@@ -186,6 +201,26 @@ impl TwinStore {
             })?;
             table
                 .insert(twin.id.as_str(), bytes.as_slice())
+                .map_err(|e| db_error(&self.path, e))?;
+            // The whole twin is newer than any live part stored before it.
+            live.remove(twin.id.as_str())
+                .map_err(|e| db_error(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the live parts of twins (`twin::live`) inside a caller's transaction.
+    pub fn save_live_in<'a>(
+        &self,
+        txn: &redb::WriteTransaction,
+        parts: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<(), StoreError> {
+        let mut table = txn
+            .open_table(TWIN_LIVE)
+            .map_err(|e| db_error(&self.path, e))?;
+        for (id, bytes) in parts {
+            table
+                .insert(id, bytes)
                 .map_err(|e| db_error(&self.path, e))?;
         }
         Ok(())
@@ -201,7 +236,7 @@ impl TwinStore {
         if ids.is_empty() {
             return Ok(());
         }
-        for definition in [TWINS, ALARMS] {
+        for definition in [TWINS, TWIN_LIVE, ALARMS] {
             let mut table = txn
                 .open_table(definition)
                 .map_err(|e| db_error(&self.path, e))?;
@@ -310,13 +345,31 @@ impl TwinStore {
             })
     }
 
-    /// Every stored twin.
+    /// Every stored twin, its live part laid over it.
     pub fn load(&self) -> Result<Vec<Twin>, StoreError> {
-        Ok(self
+        let mut twins: Vec<Twin> = self
             .load_table(TWINS)?
             .into_iter()
             .map(|(_, twin)| twin)
-            .collect())
+            .collect();
+        let txn = self.db.begin_read().map_err(|e| db_error(&self.path, e))?;
+        let live = match txn.open_table(TWIN_LIVE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(twins),
+            Err(err) => return Err(db_error(&self.path, err)),
+        };
+        for twin in &mut twins {
+            if let Some(bytes) = live
+                .get(twin.id.as_str())
+                .map_err(|e| db_error(&self.path, e))?
+            {
+                crate::twin::live_over(twin, bytes.value()).map_err(|source| StoreError::Live {
+                    id: twin.id.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(twins)
     }
 
     /// Writes twins in one transaction.

@@ -32,6 +32,10 @@ pub enum SharedError {
         /// This replica's epoch of it.
         epoch: i64,
     },
+    /// A slot's commit carried only the live part of a twin, which the shared store does not
+    /// keep (a bug: a replica's slots hand over whole twins).
+    #[error("twin {0} reached the shared store without its whole state")]
+    NotWhole(String),
     /// A stored document does not decode.
     #[error("stored {what} {id} does not decode: {source}")]
     Codec {
@@ -345,7 +349,7 @@ impl SlotWriter {
     pub async fn commit(
         &mut self,
         rows: &[HistoryRow],
-        twins: &[(Twin, MachineSnapshot)],
+        twins: &[crate::twin::StoredTwin],
         host: Option<&HostSnapshot>,
         retired: &[String],
     ) -> Result<(), SharedError> {
@@ -362,10 +366,14 @@ impl SlotWriter {
         let mut ids = Vec::with_capacity(twins.len());
         let mut twin_docs = Vec::with_capacity(twins.len());
         let mut alarm_docs = Vec::with_capacity(twins.len());
-        for (twin, alarms) in twins {
+        for stored in twins {
+            // A slot's ingest always hands over whole twins (the other replicas mirror them).
+            let Some(twin) = &stored.whole else {
+                return Err(SharedError::NotWhole(stored.id.clone()));
+            };
             ids.push(twin.id.as_str());
             twin_docs.push(encode("twin", &twin.id, twin)?);
-            alarm_docs.push(encode("alarms", &twin.id, alarms)?);
+            alarm_docs.push(encode("alarms", &twin.id, &stored.alarms)?);
         }
         let mut labs = Vec::with_capacity(rows.len());
         let mut machines = Vec::with_capacity(rows.len());

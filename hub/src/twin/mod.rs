@@ -23,6 +23,9 @@ use crate::kpi::{KpiSample, Kpis};
 use crate::limits::Limits;
 use crate::stats::{HubStats, IngestDrop};
 
+mod live;
+pub use live::{LiveError, apply as live_over};
+
 /// Metric in which the gateway reports a command's outcome (0 ok, 1 invalid argument,
 /// 2 unsupported, 3 failed, 4 no node answered).
 pub const COMMAND_RESULT_METRIC: &str = protocol::metric_names::COMMAND_RESULT;
@@ -273,6 +276,33 @@ pub struct Twin {
     /// values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_seqs: Vec<u32>,
+}
+
+/// What a commit stores of one twin (see [`TwinRegistry::stored`]).
+#[derive(Debug, Clone)]
+pub struct StoredTwin {
+    /// The twin's id (`lab/machine`).
+    pub id: String,
+    /// The part samples change, encoded; none when `whole` carries it.
+    pub live: Option<Vec<u8>>,
+    /// The whole twin, when more than the live part changed.
+    pub whole: Option<Twin>,
+    /// Its alarm state.
+    pub alarms: MachineSnapshot,
+}
+
+impl StoredTwin {
+    /// Folds a later copy of the same twin into this one: the later live part and alarm state,
+    /// and the later whole twin if it has one (else this one's, still the newest whole).
+    pub fn supersede(&mut self, later: StoredTwin) {
+        if later.whole.is_some() {
+            self.whole = later.whole;
+            self.live = later.live;
+        } else if later.live.is_some() {
+            self.live = later.live;
+        }
+        self.alarms = later.alarms;
+    }
 }
 
 /// How many skipped node sequence numbers a twin waits for.
@@ -585,6 +615,9 @@ pub struct LabCounts {
 pub struct TwinRegistry {
     twins: DashMap<TwinKey, Entry>,
     dirty: DashMap<TwinKey, ()>,
+    /// Of the dirty twins, those where more than the live part changed (see [`live`]): their
+    /// next commit stores the whole twin.
+    whole: DashMap<TwinKey, ()>,
     /// Twins retired since the last commit, to delete from the store.
     retired: DashMap<TwinKey, ()>,
     /// Twins per lab, for `limits.max_twins_per_lab` without a scan.
@@ -669,6 +702,7 @@ impl TwinRegistry {
         Self {
             twins: DashMap::new(),
             dirty: DashMap::new(),
+            whole: DashMap::new(),
             retired: DashMap::new(),
             per_lab: DashMap::new(),
             limits,
@@ -794,6 +828,29 @@ impl TwinRegistry {
     }
 
     /// A twin and its alarm state, as persisted together.
+    /// What a commit stores of a changed twin: its live part, and the whole twin when more than
+    /// that changed since it was last taken here, or always with `always_whole` (a replica's
+    /// shared store keeps whole twins, which the other replicas mirror).
+    pub fn stored(&self, key: &TwinKey, always_whole: bool) -> Option<StoredTwin> {
+        let changed_more = self.whole.remove(key).is_some();
+        let entry = self.twins.get(key)?;
+        let live = (!always_whole)
+            .then(|| {
+                let mut bytes = Vec::with_capacity(512);
+                live::encode(&entry.twin, &mut bytes).ok().map(|()| bytes)
+            })
+            .flatten();
+        // Without a live part (it failed to encode) the whole twin carries everything.
+        let whole = changed_more || live.is_none();
+        Some(StoredTwin {
+            id: entry.twin.id.clone(),
+            live,
+            whole: whole.then(|| entry.twin.clone()),
+            alarms: entry.alarms.snapshot(),
+        })
+    }
+
+    /// A copy of a twin and its alarm state, as a commit stores it whole.
     pub fn persisted(&self, key: &TwinKey) -> Option<(Twin, MachineSnapshot)> {
         self.twins
             .get(key)
@@ -960,6 +1017,7 @@ impl TwinRegistry {
         }
         self.paths.remove(key);
         self.dirty.remove(key);
+        self.whole.remove(key);
         self.retired.insert(key.clone(), ());
         self.stats.twin_retired();
         let mut twin = entry.twin;
@@ -1027,6 +1085,10 @@ impl TwinRegistry {
 
     /// Marks a twin changed and tells the streams.
     fn publish(&self, key: TwinKey, change: TwinChange) {
+        // Only a sample is known to change no more than the live part.
+        if !matches!(change.kind.as_str(), "sample" | "historical") {
+            self.whole.insert(key.clone(), ());
+        }
         self.dirty.insert(key, ());
         // No receiver is fine: nobody is watching.
         let _ = self.changes.send(Arc::new(change));
@@ -1324,6 +1386,8 @@ impl TwinRegistry {
                 let alarm_changes = alarm_changes(twin, &alarm_events, timestamp);
                 if !alarm_events.is_empty() {
                     entry.refresh_alarm_summary();
+                    // The alarm summary is not in the live part.
+                    self.whole.insert(key.clone(), ());
                 }
                 drop(entry);
                 self.publish(key.clone(), change);
