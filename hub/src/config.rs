@@ -263,6 +263,11 @@ pub struct HubSection {
     /// How often memory the hub freed goes back to the kernel, in ms; 0 leaves it to the C
     /// library, which keeps most of it (RSS then stays at its highest point).
     pub release_memory_every_ms: u64,
+    /// Threads that run the hub's asynchronous work (ingest, the API, streams); storage commits
+    /// and other blocking work run on threads of their own besides. 0: one per core. One is
+    /// the default: on a small host, waking a second thread for each message cost more than it
+    /// gave (`bench/results/compare.md`).
+    pub worker_threads: usize,
     /// Publish retained JSON values on `demolab/{lab}/{machine}/{metric}`.
     pub json_topics: bool,
     /// How often the JSON topics get the newest committed value of each metric.
@@ -280,6 +285,11 @@ pub struct HubSection {
     pub tls_client_ca: Option<PathBuf>,
 }
 
+/// `hub.worker_threads` when the file does not say.
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+/// The most `hub.worker_threads` accepts.
+pub const MAX_WORKER_THREADS: usize = 256;
+
 impl Default for HubSection {
     fn default() -> Self {
         Self {
@@ -291,6 +301,7 @@ impl Default for HubSection {
             commit_batch: None,
             store_cache_mb: crate::store::DEFAULT_CACHE_BYTES >> 20,
             release_memory_every_ms: crate::malloc::DEFAULT_RELEASE_EVERY.as_millis() as u64,
+            worker_threads: DEFAULT_WORKER_THREADS,
             json_topics: true,
             json_interval_ms: crate::outputs::DEFAULT_JSON_INTERVAL.as_millis() as u64,
             accept_unknown: false,
@@ -476,6 +487,15 @@ impl HubFile {
                 format!(
                     "must be 0 (off) or between 100 and 3600000, got {}",
                     self.hub.release_memory_every_ms
+                ),
+            ));
+        }
+        if self.hub.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "hub.worker_threads",
+                format!(
+                    "must be 0 (one per core) or at most {MAX_WORKER_THREADS}, got {}",
+                    self.hub.worker_threads
                 ),
             ));
         }
@@ -831,6 +851,8 @@ mod tests {
             err.to_string().contains("hub.release_memory_every_ms"),
             "{err}"
         );
+        let err = load("[hub]\nworker_threads = 1000\n").expect_err("too many");
+        assert!(err.to_string().contains("hub.worker_threads"), "{err}");
         let off = load("[hub]\nrelease_memory_every_ms = 0\n").expect("0 turns it off");
         assert_eq!(off.release_memory_every, None);
     }

@@ -504,6 +504,7 @@ impl Hub {
             twins.clone(),
             store.clone(),
             config.retention.clone(),
+            stats.clone(),
             cancel.clone(),
         ));
         if let Some(every) = config.release_memory_every {
@@ -672,6 +673,7 @@ async fn housekeeping(
     twins: Arc<TwinRegistry>,
     store: Arc<TwinStore>,
     retention: Retention,
+    stats: Arc<HubStats>,
     cancel: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -686,9 +688,12 @@ async fn housekeeping(
         if last_compaction.elapsed() >= COMPACT_EVERY {
             last_compaction = tokio::time::Instant::now();
             let (store, retention) = (store.clone(), retention.clone());
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || compact(&store, &retention)).await;
-            if let Ok(Err(err)) = result {
-                error!(%err, "history compaction failed");
+            match result {
+                Ok(Ok(done)) => stats.compacted(done.skipped, started.elapsed()),
+                Ok(Err(err)) => error!(%err, "history compaction failed"),
+                Err(_) => {}
             }
         }
     }
@@ -770,9 +775,15 @@ fn security_counters(
     }))
 }
 
-fn compact(store: &TwinStore, retention: &Retention) -> Result<(), StoreError> {
+fn compact(store: &TwinStore, retention: &Retention) -> Result<history::CompactStats, StoreError> {
     let txn = store.database().begin_write().map_err(|e| store.error(e))?;
-    history::compact(&txn, ingest::now_ms(), retention)
+    let done = history::compact(&txn, ingest::now_ms(), retention)
         .map_err(|e| StoreError::History(e.to_string()))?;
-    txn.commit().map_err(|e| store.error(e))
+    if done.skipped {
+        // Nothing written: leave the commit's fsync out.
+        txn.abort().map_err(|e| store.error(e))?;
+    } else {
+        txn.commit().map_err(|e| store.error(e))?;
+    }
+    Ok(done)
 }

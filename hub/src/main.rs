@@ -36,14 +36,20 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     // Before the runtime starts its threads: see the module's note.
     demolab_hub::malloc::limit_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    let args = Args::parse();
+    // Read before the runtime is built, since it says how many threads the runtime gets.
+    let file = match &args.config {
+        Some(path) => HubFile::load(path)?,
+        None => HubFile::default(),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if file.hub.worker_threads > 0 {
+        runtime.worker_threads(file.hub.worker_threads);
+    }
+    runtime.enable_all().build()?.block_on(run(args, file))
 }
 
-async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn run(args: Args, file: HubFile) -> anyhow::Result<()> {
     if let Some(Command::HashPassword) = args.command {
         let mut line = String::new();
         std::io::stdin()
@@ -70,10 +76,10 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("warn,demolab_hub=info")),
         )
         .init();
-    let (file, path) = match &args.config {
-        Some(path) => (HubFile::load(path)?, path.clone()),
-        None => (HubFile::default(), PathBuf::from("(defaults)")),
-    };
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("(defaults)"));
     let mut config = file.into_config(&path)?;
     let broker = match &config.broker {
         BrokerSetting::Embedded(broker) if broker.access.is_none() => format!(

@@ -158,6 +158,8 @@ pub struct HubStats {
     uncommitted_peak: AtomicU64,
     memory_releases: AtomicU64,
     memory_release_us: AtomicU64,
+    compactions: [AtomicU64; 2],
+    compaction_us: AtomicU64,
     replica_slots: AtomicU64,
     replica_members: AtomicU64,
     history_rows: AtomicU64,
@@ -319,6 +321,13 @@ impl HubStats {
         self.memory_release_us
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
+    /// A history compaction round: whether it found nothing old enough to visit, and its time
+    /// (it holds the store's write lock, so commits wait for it).
+    pub(crate) fn compacted(&self, skipped: bool, took: std::time::Duration) {
+        self.compactions[usize::from(skipped)].fetch_add(1, Ordering::Relaxed);
+        self.compaction_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
     pub(crate) fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -477,6 +486,22 @@ impl HubStats {
             load(&self.twins_silenced),
         );
 
+        counter(
+            "demolab_hub_history_compaction_microseconds_total",
+            "Time history compaction rounds took; a round that visits the series holds the store's write lock, so commits wait behind it.",
+            load(&self.compaction_us),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP demolab_hub_history_compactions_total History compaction rounds: ran = visited the series, skipped = nothing was old enough.\n# TYPE demolab_hub_history_compactions_total counter"
+        );
+        for (pass, slot) in [("ran", 0), ("skipped", 1)] {
+            let _ = writeln!(
+                out,
+                "demolab_hub_history_compactions_total{{pass=\"{pass}\"}} {}",
+                load(&self.compactions[slot])
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP demolab_hub_dropped_total Messages or samples dropped, by reason."

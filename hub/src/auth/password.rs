@@ -104,10 +104,12 @@ fn random_bytes(len: usize) -> Vec<u8> {
 #[error("too many logins at once")]
 pub struct Busy;
 
-/// Runs password checks, at most `concurrency` at once, each in a reused buffer.
+/// Runs password checks, at most `concurrency` at once, each in a buffer reused while checks
+/// follow each other and freed once none runs.
 #[derive(Debug)]
 pub struct Hasher {
     permits: Semaphore,
+    concurrency: usize,
     wait: Duration,
     blocks: usize,
     buffers: Mutex<Vec<Vec<Block>>>,
@@ -118,6 +120,7 @@ impl Hasher {
     pub fn new(concurrency: usize, wait: Duration, max_memory_kib: u32) -> Self {
         Self {
             permits: Semaphore::new(concurrency.max(1)),
+            concurrency: concurrency.max(1),
             wait,
             blocks: max_memory_kib as usize,
             buffers: Mutex::new(Vec::new()),
@@ -140,6 +143,13 @@ impl Hasher {
             .await
             .unwrap_or(false);
         drop(permit);
+        if self.permits.available_permits() == self.concurrency {
+            // A burst of logins reuses the buffers; afterwards they would hold a check's memory
+            // cost (19 MiB by default) each for good.
+            if let Ok(mut buffers) = self.buffers.lock() {
+                buffers.clear();
+            }
+        }
         Ok(matched)
     }
 
@@ -212,10 +222,22 @@ mod tests {
         assert_eq!(hasher.check(check.clone(), "x".into()).await, Err(Busy));
         drop(held);
         assert_eq!(hasher.check(check, "x".into()).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn buffers_are_reused_while_checks_overlap_and_freed_once_none_runs() {
+        let check = Arc::new(PasswordCheck::parse(&phc("x", 8)).unwrap());
+        let hasher = Arc::new(Hasher::new(2, Duration::from_millis(10), 8));
+        // Another login is being checked meanwhile.
+        let other = hasher.permits.acquire().await.unwrap();
+        assert_eq!(hasher.check(check.clone(), "x".into()).await, Ok(true));
         assert_eq!(
             hasher.buffers.lock().unwrap().len(),
             1,
-            "the buffer is kept"
+            "kept for the burst"
         );
+        drop(other);
+        assert_eq!(hasher.check(check, "y".into()).await, Ok(false));
+        assert!(hasher.buffers.lock().unwrap().is_empty(), "freed when idle");
     }
 }

@@ -18,6 +18,14 @@ pub(super) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("hi
 pub(super) const ROLLUP: TableDefinition<(u32, u64), RollupValue> =
     TableDefinition::new("history_rollup");
 
+/// Bookkeeping of the other tables, by name:
+/// - `"raw_floor"` / `"rollup_floor"`: a timestamp (ms) that no row of that table (raw: the
+///   journal included; rollup: by bucket start) is older than. Compaction looks at a table only
+///   once its cut-off has passed the floor; without a floor it looks. See `compact`.
+/// - `"journal_rows"`: rows waiting in the journal, so a commit need not read the journal to
+///   know whether to fold it. Without it the journal is counted once.
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("history_meta");
+
 /// The stored form of an [`Agg`]: a fixed-width tuple, 48 bytes.
 pub(super) type RollupValue = (u64, f64, f64, f64, f64, u64);
 
@@ -78,6 +86,7 @@ pub(crate) fn copy_all(
         crate::store::copy_table(from, to, RAW)?,
         crate::store::copy_table(from, to, JOURNAL)?,
         crate::store::copy_table(from, to, ROLLUP)?,
+        crate::store::copy_table(from, to, META)?,
     ]
     .into_iter()
     .flatten()

@@ -609,3 +609,75 @@ fn a_non_finite_value_never_reaches_the_journal() {
     assert_eq!((stats.skipped_non_finite, stats.journaled), (1, 1));
     assert_eq!(f.query(0, 10, None).len(), 1);
 }
+
+#[test]
+fn compaction_visits_the_series_only_once_something_is_old_enough() {
+    let f = fixture();
+    f.append(&ten_minutes());
+    let retention = half_raw_retention();
+    let now = START + 600_000;
+    let first = f.compact(now, &retention);
+    assert!(!first.skipped);
+    assert_eq!(first.raw_folded, 1200);
+
+    // The oldest raw row left is at the cut-off, the oldest rollup is younger than its own.
+    let again = f.compact(now + 59_999, &retention);
+    assert!(again.skipped && again.done, "{again:?}");
+    let next_minute = f.compact(now + 60_000, &retention);
+    assert!(!next_minute.skipped);
+    assert_eq!(next_minute.raw_folded, 240);
+
+    // A replayed sample older than everything lowers the floor, so it is folded at once.
+    let (from, to) = (START - 600_000, START + 700_000);
+    f.append(&[row("m-1", "spindle.power_w", START - 120_000, 1.0)]);
+    let replay = f.compact(now + 60_000, &retention);
+    assert_eq!((replay.skipped, replay.raw_folded), (false, 1));
+    assert_eq!(f.query(from, to, Some(60_000))[0].start_ms, START - 120_000);
+    assert!(f.compact(now + 60_000, &retention).skipped);
+
+    // Journaled rows count as raw until folded into the raw table.
+    let txn = f.db.begin_write().expect("begin write");
+    append_journaled(&txn, &[row("m-1", "spindle.power_w", START - 60_000, 3.0)]).expect("journal");
+    txn.commit().expect("commit");
+    let journaled = f.compact(now + 60_000, &retention);
+    assert_eq!((journaled.skipped, journaled.raw_folded), (false, 0));
+    let txn = f.db.begin_write().expect("begin write");
+    fold_journal(&txn).expect("fold");
+    txn.commit().expect("commit");
+    assert_eq!(f.compact(now + 60_000, &retention).raw_folded, 1);
+    assert!(f.compact(now + 60_000, &retention).skipped);
+    let minutes: Vec<u64> = f
+        .query(from, to, Some(60_000))
+        .iter()
+        .map(|b| b.count)
+        .collect();
+    assert_eq!(minutes[..3], [1, 1, 240]);
+    assert_eq!(minutes.iter().sum::<u64>(), 2402);
+}
+
+#[test]
+fn with_many_series_the_journal_waits_for_several_rows_of_each() {
+    let f = fixture();
+    // More series than FOLD_AFTER_ROWS / FOLD_ROWS_PER_SERIES, one row of each per commit.
+    let machines = (FOLD_AFTER_ROWS / FOLD_ROWS_PER_SERIES) as usize * 2;
+    let commit = |n: u64| -> Vec<HistoryRow> {
+        (0..machines)
+            .map(|m| row(&format!("m-{m}"), "spindle.power_w", 1_000 * n, n as f64))
+            .collect()
+    };
+    let folds_at = FOLD_ROWS_PER_SERIES;
+    for n in 1..folds_at {
+        let stats = f.journal(&commit(n));
+        assert_eq!(stats.appended, 0, "commit {n} of {folds_at} folded");
+        assert_eq!(stats.journaled, machines as u64);
+    }
+    let stats = f.journal(&commit(folds_at));
+    assert_eq!(
+        stats.appended,
+        folds_at * machines as u64,
+        "every row folded once"
+    );
+    assert_eq!(f.fold().appended, 0, "the journal is empty");
+    let points = f.query(0, u64::MAX, None);
+    assert_eq!(points.len() as u64, folds_at, "m-1 has a point per commit");
+}

@@ -12,13 +12,19 @@ use std::collections::HashMap;
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
-use super::tables::{JOURNAL, RAW, SERIES, series_name};
+use super::compact::RAW_FLOOR;
+use super::tables::{JOURNAL, META, RAW, SERIES, series_name};
 use super::{AppendStats, HistoryError, HistoryRow, db};
 
 /// Fold the journal once it holds this many commits …
-pub const FOLD_AFTER_ENTRIES: u64 = 64;
-/// … or this many rows, which bounds what a query scans besides the raw table.
-pub const FOLD_AFTER_ROWS: usize = 50_000;
+pub const FOLD_AFTER_ENTRIES: u64 = 1024;
+/// … or this many rows per series (each fold copies about one raw-table leaf per series) …
+pub const FOLD_ROWS_PER_SERIES: u64 = 8;
+/// … but never fewer than this many rows.
+pub const FOLD_AFTER_ROWS: u64 = 50_000;
+
+/// The `history_meta` key that counts the journal's rows.
+const JOURNAL_ROWS: &str = "journal_rows";
 
 /// Bytes of one journaled row: series id (u32), timestamp ms (u64), sequence (u32), value (f64),
 /// little-endian.
@@ -35,14 +41,15 @@ pub fn append(txn: &WriteTransaction, rows: &[HistoryRow]) -> Result<AppendStats
         return Ok(stats);
     }
     let resolved = resolve(txn, rows, &mut stats)?;
+    lower_raw_floor(txn, &resolved)?;
     let mut raw = txn.open_table(RAW).map_err(db)?;
     insert_raw(&mut raw, &resolved, &mut stats)?;
     Ok(stats)
 }
 
 /// Stores `rows` as one journal entry inside the caller's write transaction, and folds the
-/// journal into the raw table when it has grown past [`FOLD_AFTER_ENTRIES`] or
-/// [`FOLD_AFTER_ROWS`]. `appended` and `replaced` count the rows folded by this call (as
+/// journal into the raw table when it holds [`FOLD_AFTER_ENTRIES`] commits or
+/// [`FOLD_ROWS_PER_SERIES`] rows per series of the history (at least [`FOLD_AFTER_ROWS`]). `appended` and `replaced` count the rows folded by this call (as
 /// [`append`] would count them); `journaled` the rows this call added to the journal.
 pub fn append_journaled(
     txn: &WriteTransaction,
@@ -54,6 +61,7 @@ pub fn append_journaled(
     } else {
         resolve(txn, rows, &mut stats)?
     };
+    lower_raw_floor(txn, &resolved)?;
     let mut journal = txn.open_table(JOURNAL).map_err(db)?;
     if !resolved.is_empty() {
         let next = match journal.last().map_err(db)? {
@@ -71,15 +79,24 @@ pub fn append_journaled(
     if entries == 0 {
         return Ok(stats);
     }
-    let mut rows_waiting = 0;
-    if entries < FOLD_AFTER_ENTRIES {
-        for entry in journal.iter().map_err(db)? {
-            rows_waiting += entry.map_err(db)?.1.value().len() / JOURNAL_ROW_BYTES;
+    let mut meta = txn.open_table(META).map_err(db)?;
+    let waiting = match meta.get(JOURNAL_ROWS).map_err(db)? {
+        Some(counted) => counted.value() + stats.journaled,
+        None => {
+            let mut rows = 0;
+            for entry in journal.iter().map_err(db)? {
+                rows += (entry.map_err(db)?.1.value().len() / JOURNAL_ROW_BYTES) as u64;
+            }
+            rows
         }
-        if rows_waiting < FOLD_AFTER_ROWS {
-            return Ok(stats);
-        }
+    };
+    let series = txn.open_table(SERIES).map_err(db)?.len().map_err(db)?;
+    let fold_after = FOLD_AFTER_ROWS.max(FOLD_ROWS_PER_SERIES.saturating_mul(series));
+    if entries < FOLD_AFTER_ENTRIES && waiting < fold_after {
+        meta.insert(JOURNAL_ROWS, waiting).map_err(db)?;
+        return Ok(stats);
     }
+    drop(meta);
     fold_into(&mut journal, txn, &mut stats)?;
     Ok(stats)
 }
@@ -102,10 +119,23 @@ fn fold_into(
         let (_, bytes) = entry.map_err(db)?;
         rows.extend(decode_rows(bytes.value()));
     }
+    txn.open_table(META)
+        .map_err(db)?
+        .insert(JOURNAL_ROWS, 0)
+        .map_err(db)?;
     // Stable: of two rows with one key, the later write stays last and wins.
     rows.sort_by_key(|row| (row.series, row.timestamp_ms, row.seq));
     let mut raw = txn.open_table(RAW).map_err(db)?;
     insert_raw(&mut raw, &rows, stats)
+}
+
+/// Keeps compaction's raw floor at or below every stored row (see `compact`).
+fn lower_raw_floor(txn: &WriteTransaction, rows: &[SeriesRow]) -> Result<(), HistoryError> {
+    let Some(oldest) = rows.iter().map(|row| row.timestamp_ms).min() else {
+        return Ok(());
+    };
+    let mut meta = txn.open_table(META).map_err(db)?;
+    super::compact::lower(&mut meta, RAW_FLOOR, oldest)
 }
 
 /// A row with its series id resolved.

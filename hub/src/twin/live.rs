@@ -6,11 +6,9 @@
 //! whole twin only when something else changed since the last commit. Loading lays the live
 //! part over the whole twin.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use super::{Connectivity, Feature, StateInfo, Twin};
+use super::{Connectivity, Feature, NameMap, StateInfo, Twin};
 use crate::kpi::Kpis;
 
 /// The first byte of a stored live part: the layout below. postcard is not self-describing, so
@@ -19,7 +17,7 @@ const FORMAT: u8 = 1;
 
 #[derive(Serialize)]
 struct LiveRef<'a> {
-    features: &'a BTreeMap<String, Feature>,
+    features: &'a NameMap<Feature>,
     kpis: &'a Kpis,
     state: &'a StateInfo,
     connectivity: &'a Connectivity,
@@ -32,7 +30,7 @@ struct LiveRef<'a> {
 
 #[derive(Deserialize)]
 struct Live {
-    features: BTreeMap<String, Feature>,
+    features: NameMap<Feature>,
     kpis: Kpis,
     state: StateInfo,
     connectivity: Connectivity,
@@ -105,8 +103,7 @@ mod tests {
         let mut now = Twin::new(&key);
         now.name = Some("press".into());
         now.features
-            .entry("spindle".into())
-            .or_default()
+            .get_or_insert_with("spindle", Default::default)
             .properties
             .insert(
                 "power_w".into(),

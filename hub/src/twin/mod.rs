@@ -24,7 +24,10 @@ use crate::limits::Limits;
 use crate::stats::{HubStats, IngestDrop};
 
 mod live;
+mod name_map;
+
 pub use live::{LiveError, apply as live_over};
+pub use name_map::NameMap;
 
 /// Metric in which the gateway reports a command's outcome (0 ok, 1 invalid argument,
 /// 2 unsupported, 3 failed, 4 no node answered).
@@ -78,7 +81,8 @@ pub struct Property {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Feature {
     /// Properties by name.
-    pub properties: BTreeMap<String, Property>,
+    #[schema(value_type = BTreeMap<String, Property>)]
+    pub properties: NameMap<Property>,
 }
 
 /// Whether and how the twin is connected.
@@ -259,7 +263,8 @@ pub struct Twin {
     /// Operating state.
     pub state: StateInfo,
     /// Features and their properties.
-    pub features: BTreeMap<String, Feature>,
+    #[schema(value_type = BTreeMap<String, Feature>)]
+    pub features: NameMap<Feature>,
     /// The boot of the node feeding the twin; `last_seq` counts within it.
     #[serde(default)]
     pub boot: Option<u32>,
@@ -327,7 +332,7 @@ impl Twin {
                 value: "unknown".into(),
                 since: None,
             },
-            features: BTreeMap::new(),
+            features: NameMap::default(),
             boot: None,
             last_seq: 0,
             samples: 0,
@@ -359,11 +364,9 @@ impl Twin {
 
     fn property_mut(&mut self, name: &MetricName) -> &mut Property {
         self.features
-            .entry(name.feature().to_owned())
-            .or_default()
+            .get_or_insert_with(name.feature(), Feature::default)
             .properties
-            .entry(name.property().to_owned())
-            .or_insert_with(|| Property {
+            .get_or_insert_with(name.property(), || Property {
                 reported: None,
                 unit: String::new(),
                 timestamp: None,
@@ -613,7 +616,7 @@ pub struct LabCounts {
 /// The live twins, shared by ingest, API and persistence.
 #[derive(Debug)]
 pub struct TwinRegistry {
-    twins: DashMap<TwinKey, Entry>,
+    twins: DashMap<TwinKey, Box<Entry>>,
     dirty: DashMap<TwinKey, ()>,
     /// Of the dirty twins, those where more than the live part changed (see [`live`]): their
     /// next commit stores the whole twin.
@@ -792,7 +795,7 @@ impl TwinRegistry {
             mirrored,
         };
         entry.refresh_alarm_summary();
-        if self.twins.insert(key.clone(), entry).is_none() {
+        if self.twins.insert(key.clone(), Box::new(entry)).is_none() {
             *self.per_lab.entry(key.lab).or_default() += 1;
         }
     }
@@ -1181,7 +1184,7 @@ impl TwinRegistry {
                         *in_lab += 1;
                         drop(in_lab);
                         let kind = directory.kind_of(&key, metrics.iter().map(|(m, _)| m.as_str()));
-                        vacant.insert(Entry::new(&key, kind))
+                        vacant.insert(Box::new(Entry::new(&key, kind)))
                     }
                 };
                 if entry.kind.id == crate::catalogue::GENERIC_KIND {
@@ -1272,7 +1275,7 @@ impl TwinRegistry {
                     anchor,
                     last_accepted_ms,
                     mirrored,
-                } = &mut *entry;
+                } = &mut **entry;
                 // Applied here: this replica owns the twin now.
                 *mirrored = false;
                 let mut alarm_events = Vec::new();
