@@ -19,7 +19,7 @@ use crate::limits::{LOG_ECHO_BYTES, truncated};
 use crate::MqttLogin;
 use crate::host::{Delivery, HostAction, HostSnapshot, PrimaryHost};
 use crate::stats::{HubStats, IngestDrop};
-use crate::twin::{Applied, Outcome, StoredTwin, TwinKey, TwinRegistry};
+use crate::twin::{AlarmStates, Applied, Outcome, StoredTwin, TwinKey, TwinRegistry};
 
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 /// How long ingest waits before resuming its session on another node of a broker cluster
@@ -382,7 +382,8 @@ pub async fn run(
         }
     }
     drop(poll);
-    storage.hand_over(&mut pending, &mut host_changed, &host);
+    // A clean stop stores every alarm state, however recent.
+    storage.hand_over_with(&mut pending, &mut host_changed, &host, AlarmStates::All);
     // Let storage commit the last batch and send its acknowledgements before leaving, so a
     // clean restart is not redelivered what is already on disk.
     let (done_tx, done) = oneshot::channel();
@@ -593,13 +594,32 @@ impl ToStorage<'_> {
     /// twins it changed: they are copied here, on the only task that applies samples, so a twin
     /// on disk is never ahead of the history and acknowledgements committed with it.
     fn hand_over(&self, pending: &mut Commit, host_changed: &mut bool, host: &PrimaryHost) -> bool {
-        let (dirty, retired) = match self.labs {
+        self.hand_over_with(pending, host_changed, host, AlarmStates::DueAt(now_ms()))
+    }
+
+    /// [`Self::hand_over`], taking the alarm states `alarms` says besides the changed twins'.
+    fn hand_over_with(
+        &self,
+        pending: &mut Commit,
+        host_changed: &mut bool,
+        host: &PrimaryHost,
+        alarms: AlarmStates,
+    ) -> bool {
+        let (mut dirty, retired) = match self.labs {
             Some(labs) => (
                 self.twins.take_dirty_in(labs),
                 self.twins.take_retired_in(labs),
             ),
             None => (self.twins.take_dirty(), self.twins.take_retired()),
         };
+        // Twins whose alarm state samples left behind long enough go along, changed or not.
+        let changed: std::collections::HashSet<TwinKey> = dirty.iter().cloned().collect();
+        dirty.extend(
+            self.twins
+                .alarms_due(alarms)
+                .into_iter()
+                .filter(|key| !changed.contains(key)),
+        );
         if pending.acks.is_empty()
             && pending.applied.is_empty()
             && pending.done.is_empty()
@@ -614,7 +634,7 @@ impl ToStorage<'_> {
         let always_whole = self.labs.is_some();
         commit.twins = dirty
             .iter()
-            .filter_map(|key| self.twins.stored(key, always_whole))
+            .filter_map(|key| self.twins.stored(key, always_whole, alarms))
             .collect();
         if std::mem::take(host_changed) {
             commit.host = Some(host.snapshot());

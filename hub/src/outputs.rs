@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::MqttLogin;
-use crate::history::HistoryRow;
+
 use crate::history::influx::InfluxSink;
 use crate::stats::{HubStats, IngestDrop};
 use crate::twin::{Applied, TwinKey, TwinRegistry};
@@ -48,15 +48,12 @@ impl Outputs {
     /// topics. Neither may slow the store down: when InfluxDB is backed up its rows are dropped
     /// and counted; a JSON value replaced by a newer one before it was published is counted as
     /// superseded (a JSON topic holds the last value; the history keeps them all).
-    pub fn committed(&self, applied: &[Applied], rows: &[HistoryRow]) {
+    pub fn committed(&self, applied: &[Applied]) {
         if let Some(influx) = &self.influx {
-            let mut at = 0;
             for applied in applied {
-                let n = applied.values.len();
-                for row in &rows[at..at + n] {
+                for row in applied.rows() {
                     influx.offer(row, applied.gateway.as_deref(), applied.historical);
                 }
-                at += n;
             }
         }
         let Some(json) = &self.json else {
@@ -261,22 +258,16 @@ mod tests {
             influx: None,
             stats: stats.clone(),
         };
-        outputs.committed(
-            &[
-                applied("mill-1", 1, 10.0, false),
-                applied("mill-1", 2, 20.0, false),
-                applied("mill-2", 1, 5.0, false),
-            ],
-            &[],
-        );
+        outputs.committed(&[
+            applied("mill-1", 1, 10.0, false),
+            applied("mill-1", 2, 20.0, false),
+            applied("mill-2", 1, 5.0, false),
+        ]);
         // A replayed sample is history, not the machine's present value.
-        outputs.committed(
-            &[
-                applied("mill-1", 3, 30.0, false),
-                applied("mill-2", 0, 99.0, true),
-            ],
-            &[],
-        );
+        outputs.committed(&[
+            applied("mill-1", 3, 30.0, false),
+            applied("mill-2", 0, 99.0, true),
+        ]);
         let due = std::mem::take(&mut *latest.lock().expect("lock"));
         let value = |machine: &str| {
             let key = TwinKey::parse(&format!("lab-a/{machine}")).expect("key");

@@ -12,11 +12,12 @@ use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use crate::history::{self, HistoryRow};
+use crate::history;
 use crate::ingest::Commit;
 use crate::outputs::Outputs;
 use crate::stats::HubStats;
 use crate::store::{StoreError, TwinStore};
+use crate::twin::Applied;
 
 /// Name of the host-session document in the store.
 pub const HOST_DOCUMENT: &str = "host";
@@ -103,22 +104,22 @@ impl Storage {
     /// written, and nothing may be acknowledged).
     async fn commit(
         &mut self,
-        rows: &Arc<Vec<HistoryRow>>,
+        applied: &Arc<Vec<Applied>>,
         twins: &Arc<Vec<Persisted>>,
         host: &Arc<Option<crate::host::HostSnapshot>>,
         retired: &Arc<Vec<String>>,
     ) -> Result<bool, String> {
         match self {
             Storage::Local(store) => {
-                let (store, rows, twins, host, retired) = (
+                let (store, applied, twins, host, retired) = (
                     store.clone(),
-                    rows.clone(),
+                    applied.clone(),
                     twins.clone(),
                     host.clone(),
                     retired.clone(),
                 );
                 tokio::task::spawn_blocking(move || {
-                    write(&store, &rows, &twins, host.as_ref().as_ref(), &retired)
+                    write(&store, &applied, &twins, host.as_ref().as_ref(), &retired)
                 })
                 .await
                 .map_err(|err| format!("storage task failed: {err}"))?
@@ -127,7 +128,7 @@ impl Storage {
             }
             Storage::Shared { writer, on_fenced } => {
                 match writer
-                    .commit(rows, twins, host.as_ref().as_ref(), retired)
+                    .commit(applied, twins, host.as_ref().as_ref(), retired)
                     .await
                 {
                     Ok(()) => Ok(true),
@@ -159,29 +160,17 @@ pub async fn run(
         while let Ok(more) = commits.try_recv() {
             batch.push(more);
         }
-        let (merged, done) = merge(batch);
-        let rows: Arc<Vec<HistoryRow>> = Arc::new(
-            merged
-                .applied
-                .iter()
-                .flat_map(|applied| {
-                    applied.values.iter().map(|(metric, value)| HistoryRow {
-                        key: applied.key.clone(),
-                        metric: metric.clone(),
-                        timestamp_ms: applied.timestamp,
-                        seq: applied.seq,
-                        value: *value,
-                    })
-                })
-                .collect(),
-        );
+        let (mut merged, done) = merge(batch);
+        // Storage reads the history rows from the applied samples themselves.
+        let applied = Arc::new(std::mem::take(&mut merged.applied));
+        let rows: usize = applied.iter().map(|a| a.values.len()).sum();
         let twins = Arc::new(dedup_latest(merged.twins));
         let host = Arc::new(merged.host);
         let retired: Arc<Vec<String>> =
             Arc::new(merged.retired.iter().map(ToString::to_string).collect());
         let mut committed = false;
         loop {
-            match storage.commit(&rows, &twins, &host, &retired).await {
+            match storage.commit(&applied, &twins, &host, &retired).await {
                 Ok(true) => {
                     committed = true;
                     break;
@@ -200,14 +189,14 @@ pub async fn run(
             tokio::time::sleep(RETRY_AFTER_FAILURE).await;
         }
         if committed {
-            stats.committed(rows.len());
+            stats.committed(rows);
             for publish in &merged.acks {
                 if client.ack(publish).await.is_err() {
                     // The connection is gone: the broker redelivers; twins drop the duplicates.
                     break;
                 }
             }
-            outputs.committed(&merged.applied, &rows);
+            outputs.committed(&applied);
         }
 
         // Committed, or abandoned at shutdown for the broker to redeliver: no longer owed.
@@ -265,13 +254,14 @@ fn dedup_latest(twins: Vec<Persisted>) -> Vec<Persisted> {
 
 fn write(
     store: &TwinStore,
-    rows: &[HistoryRow],
+    applied: &[Applied],
     twins: &[Persisted],
     host: Option<&crate::host::HostSnapshot>,
     retired: &[String],
 ) -> Result<(), StoreError> {
     let txn = store.database().begin_write().map_err(|e| store.error(e))?;
-    history::append_journaled(&txn, rows).map_err(|e| StoreError::History(e.to_string()))?;
+    history::append_journaled(&txn, applied.iter().flat_map(Applied::rows))
+        .map_err(|e| StoreError::History(e.to_string()))?;
     // Before the twins: one born again after its retirement is written back.
     store.remove_in(&txn, retired)?;
 
@@ -286,7 +276,9 @@ fn write(
     )?;
     store.save_alarms_in(
         &txn,
-        twins.iter().map(|twin| (twin.id.as_str(), &twin.alarms)),
+        twins
+            .iter()
+            .filter_map(|twin| Some((twin.id.as_str(), twin.alarms.as_ref()?))),
     )?;
     if let Some(host) = host {
         store.put_document(&txn, HOST_DOCUMENT, host)?;
@@ -297,10 +289,12 @@ fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::twin::{TwinKey, TwinRegistry, TwinUpdate};
+    use crate::twin::{AlarmStates, TwinKey, TwinRegistry, TwinUpdate};
 
     fn copy_of(registry: &TwinRegistry, key: &TwinKey) -> Persisted {
-        registry.stored(key, false).expect("a twin")
+        registry
+            .stored(key, false, AlarmStates::All)
+            .expect("a twin")
     }
 
     /// What ingest hands over: every changed twin as `stored` gives it.
@@ -308,7 +302,7 @@ mod tests {
         registry
             .take_dirty()
             .iter()
-            .filter_map(|key| registry.stored(key, false))
+            .filter_map(|key| registry.stored(key, false, AlarmStates::All))
             .collect()
     }
 

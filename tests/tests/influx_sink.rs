@@ -165,7 +165,7 @@ async fn export(addr: SocketAddr) -> anyhow::Result<Expected> {
 async fn write_through(sink: &InfluxSink, rows: &[HistoryRow]) -> anyhow::Result<u64> {
     let total = rows.len() as u64;
     for row in rows {
-        sink.offer(row, Some("gw-1"), false);
+        sink.offer(row.as_ref(), Some("gw-1"), false);
     }
     wait_until(Duration::from_secs(30), "every point acknowledged", || {
         sink.written() == total
@@ -328,7 +328,11 @@ async fn long_term_buckets_equal_the_samples_they_stand_for() -> anyhow::Result<
             value,
         };
         // Interleaved, so most buckets hold samples of both series.
-        sink.offer(&row, Some(if i % 2 == 0 { "gw-1" } else { "gw-2" }), true);
+        sink.offer(
+            row.as_ref(),
+            Some(if i % 2 == 0 { "gw-1" } else { "gw-2" }),
+            true,
+        );
     }
     wait_until(Duration::from_secs(30), "every point acknowledged", || {
         sink.written() == SAMPLES

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use super::HistoryRow;
+use super::RowRef;
 
 /// Where and how to write. Durations in milliseconds.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,7 +352,7 @@ impl InfluxSink {
 
     /// Queues one sample; drops and counts it when the queue is full or the sink stopped.
     /// `historical` marks a replay from a gateway's buffer (counted, not tagged).
-    pub fn offer(&self, row: &HistoryRow, gateway: Option<&str>, historical: bool) {
+    pub fn offer(&self, row: RowRef<'_>, gateway: Option<&str>, historical: bool) {
         let offered = if historical {
             &self.counters.offered_historical
         } else {
@@ -646,6 +646,7 @@ impl Writer {
 mod tests {
     use std::sync::Mutex;
 
+    use super::super::HistoryRow;
     use axum::extract::{Query, State};
     use axum::http::StatusCode;
     use axum::routing::post;
@@ -742,7 +743,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let (sink, task) = InfluxSink::start(config(&url), cancel.clone()).expect("start");
         for i in 0..10 {
-            sink.offer(&row(i), Some("gw-1"), i % 2 == 0);
+            sink.offer(row(i).as_ref(), Some("gw-1"), i % 2 == 0);
         }
         wait_for("10 written points", || sink.written() == 10).await;
         assert_eq!(sink.retries(), 2);
@@ -782,7 +783,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let (sink, task) = InfluxSink::start(config(&url), cancel.clone()).expect("start");
         for i in 0..7 {
-            sink.offer(&row(i), None, false);
+            sink.offer(row(i).as_ref(), None, false);
         }
         wait_for("7 rejected points", || {
             sink.dropped(DropReason::Rejected) == 7
@@ -791,7 +792,7 @@ mod tests {
         assert_eq!(sink.written(), 0);
         assert_eq!(sink.retries(), 0);
         // The next batch is written normally.
-        sink.offer(&row(7), None, false);
+        sink.offer(row(7).as_ref(), None, false);
         wait_for("1 written point", || sink.written() == 1).await;
         assert_eq!(server.requests.lock().expect("lock").len(), 2);
         assert!(
@@ -814,13 +815,13 @@ mod tests {
         };
         let (sink, task) = InfluxSink::start(config, cancel.clone()).expect("start");
         for i in 0..5 {
-            sink.offer(&row(i), None, false);
+            sink.offer(row(i).as_ref(), None, false);
         }
         cancel.cancel();
         task.await.expect("sink task");
         assert_eq!(sink.written(), 5);
         assert_eq!(server.requests.lock().expect("lock").len(), 1);
-        sink.offer(&row(9), None, false);
+        sink.offer(row(9).as_ref(), None, false);
         assert_eq!(sink.dropped(DropReason::Closed), 1);
         stop.cancel();
     }
@@ -840,7 +841,7 @@ mod tests {
         };
         let (sink, task) = InfluxSink::start(config, cancel.clone()).expect("start");
         for i in 0..4 {
-            sink.offer(&row(i), None, false);
+            sink.offer(row(i).as_ref(), None, false);
         }
         wait_for("a retry", || sink.retries() >= 1).await;
         cancel.cancel();
@@ -858,16 +859,13 @@ mod tests {
         };
         let (sink, _rx) = InfluxSink::channel(&config);
         for i in 0..5 {
-            sink.offer(&row(i), None, false);
+            sink.offer(row(i).as_ref(), None, false);
         }
-        sink.offer(
-            &HistoryRow {
-                value: f64::NAN,
-                ..row(9)
-            },
-            None,
-            false,
-        );
+        let not_a_number = HistoryRow {
+            value: f64::NAN,
+            ..row(9)
+        };
+        sink.offer(not_a_number.as_ref(), None, false);
         assert_eq!(sink.queue_depth(), 2);
         assert_eq!(sink.dropped(DropReason::QueueFull), 3);
         assert_eq!(sink.dropped(DropReason::NonFinite), 1);

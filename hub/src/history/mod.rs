@@ -109,6 +109,35 @@ pub struct HistoryRow {
     pub value: f64,
 }
 
+impl HistoryRow {
+    /// The row by reference, as [`append_journaled`] takes it.
+    pub fn as_ref(&self) -> RowRef<'_> {
+        RowRef {
+            key: &self.key,
+            metric: &self.metric,
+            timestamp_ms: self.timestamp_ms,
+            seq: self.seq,
+            value: self.value,
+        }
+    }
+}
+
+/// One sample to keep, by reference to what already holds its twin and metric (a commit's
+/// applied samples), so a batch is not copied into rows first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowRef<'a> {
+    /// The twin.
+    pub key: &'a TwinKey,
+    /// The metric.
+    pub metric: &'a MetricName,
+    /// Source timestamp, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// The node's sample sequence number (see [`HistoryRow::seq`]).
+    pub seq: u32,
+    /// The value.
+    pub value: f64,
+}
+
 /// A half-open time range `[from_ms, to_ms)`, ms since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeRange {

@@ -524,7 +524,7 @@ fn throughput() {
 impl Fixture {
     fn journal(&self, rows: &[HistoryRow]) -> AppendStats {
         let txn = self.db.begin_write().expect("begin write");
-        let stats = append_journaled(&txn, rows).expect("journal");
+        let stats = append_journaled(&txn, rows.iter().map(HistoryRow::as_ref)).expect("journal");
         txn.commit().expect("commit");
         stats
     }
@@ -637,7 +637,8 @@ fn compaction_visits_the_series_only_once_something_is_old_enough() {
 
     // Journaled rows count as raw until folded into the raw table.
     let txn = f.db.begin_write().expect("begin write");
-    append_journaled(&txn, &[row("m-1", "spindle.power_w", START - 60_000, 3.0)]).expect("journal");
+    let replayed = row("m-1", "spindle.power_w", START - 60_000, 3.0);
+    append_journaled(&txn, [replayed.as_ref()]).expect("journal");
     txn.commit().expect("commit");
     let journaled = f.compact(now + 60_000, &retention);
     assert_eq!((journaled.skipped, journaled.raw_folded), (false, 0));

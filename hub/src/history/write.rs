@@ -14,7 +14,9 @@ use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::compact::RAW_FLOOR;
 use super::tables::{JOURNAL, META, RAW, SERIES, series_name};
-use super::{AppendStats, HistoryError, HistoryRow, db};
+use super::{AppendStats, HistoryError, HistoryRow, RowRef, db};
+use crate::twin::TwinKey;
+use protocol::MetricName;
 
 /// Fold the journal once it holds this many commits …
 pub const FOLD_AFTER_ENTRIES: u64 = 1024;
@@ -40,7 +42,7 @@ pub fn append(txn: &WriteTransaction, rows: &[HistoryRow]) -> Result<AppendStats
     if rows.is_empty() {
         return Ok(stats);
     }
-    let resolved = resolve(txn, rows, &mut stats)?;
+    let resolved = resolve(txn, rows.iter().map(HistoryRow::as_ref), &mut stats)?;
     lower_raw_floor(txn, &resolved)?;
     let mut raw = txn.open_table(RAW).map_err(db)?;
     insert_raw(&mut raw, &resolved, &mut stats)?;
@@ -51,16 +53,12 @@ pub fn append(txn: &WriteTransaction, rows: &[HistoryRow]) -> Result<AppendStats
 /// journal into the raw table when it holds [`FOLD_AFTER_ENTRIES`] commits or
 /// [`FOLD_ROWS_PER_SERIES`] rows per series of the history (at least [`FOLD_AFTER_ROWS`]). `appended` and `replaced` count the rows folded by this call (as
 /// [`append`] would count them); `journaled` the rows this call added to the journal.
-pub fn append_journaled(
+pub fn append_journaled<'a>(
     txn: &WriteTransaction,
-    rows: &[HistoryRow],
+    rows: impl IntoIterator<Item = RowRef<'a>>,
 ) -> Result<AppendStats, HistoryError> {
     let mut stats = AppendStats::default();
-    let resolved = if rows.is_empty() {
-        Vec::new()
-    } else {
-        resolve(txn, rows, &mut stats)?
-    };
+    let resolved = resolve(txn, rows, &mut stats)?;
     lower_raw_floor(txn, &resolved)?;
     let mut journal = txn.open_table(JOURNAL).map_err(db)?;
     if !resolved.is_empty() {
@@ -181,25 +179,26 @@ pub(super) fn decode_rows(bytes: &[u8]) -> impl Iterator<Item = SeriesRow> + '_ 
 }
 
 /// Series ids for `rows`, registering new series; non-finite values are counted and left out.
-fn resolve(
+fn resolve<'a>(
     txn: &WriteTransaction,
-    rows: &[HistoryRow],
+    rows: impl IntoIterator<Item = RowRef<'a>>,
     stats: &mut AppendStats,
 ) -> Result<Vec<SeriesRow>, HistoryError> {
     let mut series = txn.open_table(SERIES).map_err(db)?;
-    // A batch usually holds a few metrics of a few machines many times over: look each name
-    // up in the table once per call.
-    let mut ids: HashMap<String, u32> = HashMap::new();
-    let mut out = Vec::with_capacity(rows.len());
+    // A batch usually holds a few metrics of a few machines many times over: look each one up
+    // in the table once per call, and spell its name only then.
+    let mut ids: HashMap<(&TwinKey, &MetricName), u32> = HashMap::new();
+    let rows = rows.into_iter();
+    let mut out = Vec::with_capacity(rows.size_hint().0);
     for row in rows {
         if !row.value.is_finite() {
             stats.skipped_non_finite += 1;
             continue;
         }
-        let name = series_name(&row.key, &row.metric);
-        let id = match ids.get(&name) {
+        let id = match ids.get(&(row.key, row.metric)) {
             Some(id) => *id,
             None => {
+                let name = series_name(row.key, row.metric);
                 let stored = series.get(name.as_str()).map_err(db)?.map(|g| g.value());
                 let id = match stored {
                     Some(id) => id,
@@ -214,7 +213,7 @@ fn resolve(
                         next
                     }
                 };
-                ids.insert(name, id);
+                ids.insert((row.key, row.metric), id);
                 id
             }
         };

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tracing::error;
 
 use crate::alarm::MachineSnapshot;
-use crate::history::{Bucket, HistoryRow, TimeRange};
+use crate::history::{Bucket, TimeRange};
 use crate::host::HostSnapshot;
 use crate::twin::{Twin, TwinKey};
 
@@ -34,7 +34,7 @@ pub enum SharedError {
     },
     /// A slot's commit carried only the live part of a twin, which the shared store does not
     /// keep (a bug: a replica's slots hand over whole twins).
-    #[error("twin {0} reached the shared store without its whole state")]
+    #[error("twin {0} reached the shared store without its whole state and alarm state")]
     NotWhole(String),
     /// A stored document does not decode.
     #[error("stored {what} {id} does not decode: {source}")]
@@ -348,7 +348,7 @@ impl SlotWriter {
     /// Commits one batch in one transaction, or nothing if the slot was taken over.
     pub async fn commit(
         &mut self,
-        rows: &[HistoryRow],
+        applied: &[crate::twin::Applied],
         twins: &[crate::twin::StoredTwin],
         host: Option<&HostSnapshot>,
         retired: &[String],
@@ -368,20 +368,21 @@ impl SlotWriter {
         let mut alarm_docs = Vec::with_capacity(twins.len());
         for stored in twins {
             // A slot's ingest always hands over whole twins (the other replicas mirror them).
-            let Some(twin) = &stored.whole else {
+            let (Some(twin), Some(alarms)) = (&stored.whole, &stored.alarms) else {
                 return Err(SharedError::NotWhole(stored.id.clone()));
             };
             ids.push(twin.id.as_str());
             twin_docs.push(encode("twin", &twin.id, twin)?);
-            alarm_docs.push(encode("alarms", &twin.id, &stored.alarms)?);
+            alarm_docs.push(encode("alarms", &twin.id, alarms)?);
         }
-        let mut labs = Vec::with_capacity(rows.len());
-        let mut machines = Vec::with_capacity(rows.len());
-        let mut metrics = Vec::with_capacity(rows.len());
-        let mut times = Vec::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut values = Vec::with_capacity(rows.len());
-        for row in rows {
+        let rows: usize = applied.iter().map(|a| a.values.len()).sum();
+        let mut labs = Vec::with_capacity(rows);
+        let mut machines = Vec::with_capacity(rows);
+        let mut metrics = Vec::with_capacity(rows);
+        let mut times = Vec::with_capacity(rows);
+        let mut seqs = Vec::with_capacity(rows);
+        let mut values = Vec::with_capacity(rows);
+        for row in applied.iter().flat_map(crate::twin::Applied::rows) {
             labs.push(row.key.lab.as_str());
             machines.push(row.key.machine.as_str());
             metrics.push(row.metric.as_str());
@@ -402,7 +403,7 @@ impl SlotWriter {
             });
         };
         let change: i64 = fenced.get(0);
-        if !rows.is_empty() {
+        if rows > 0 {
             txn.execute(
                 &self.samples,
                 &[
