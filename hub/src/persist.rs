@@ -259,8 +259,28 @@ fn write(
     host: Option<&crate::host::HostSnapshot>,
     retired: &[String],
 ) -> Result<(), StoreError> {
+    let mut series_ids = store
+        .series_ids()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let written = write_in(store, &mut series_ids, applied, twins, host, retired);
+    match written {
+        Ok(()) => series_ids.committed(),
+        Err(_) => series_ids.abandoned(),
+    }
+    written
+}
+
+fn write_in(
+    store: &TwinStore,
+    series_ids: &mut history::SeriesIds,
+    applied: &[Applied],
+    twins: &[Persisted],
+    host: Option<&crate::host::HostSnapshot>,
+    retired: &[String],
+) -> Result<(), StoreError> {
     let txn = store.database().begin_write().map_err(|e| store.error(e))?;
-    history::append_journaled(&txn, applied.iter().flat_map(Applied::rows))
+    history::append_journaled(&txn, applied.iter().flat_map(Applied::rows), series_ids)
         .map_err(|e| StoreError::History(e.to_string()))?;
     // Before the twins: one born again after its retirement is written back.
     store.remove_in(&txn, retired)?;

@@ -82,6 +82,8 @@ pub struct BackupStats {
 pub struct TwinStore {
     db: Database,
     path: PathBuf,
+    /// History series ids committed to `db`, for the next commit that writes them.
+    series_ids: std::sync::Mutex<crate::history::SeriesIds>,
 }
 
 impl TwinStore {
@@ -101,7 +103,11 @@ impl TwinStore {
             .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(|e| db_error(&path, e))?;
-        let store = Self { db, path };
+        let store = Self {
+            db,
+            path,
+            series_ids: Default::default(),
+        };
         // Creating the table up front lets `load` treat "no table" as a real error.
         store.write(|_| Ok(()))?;
         Ok(store)
@@ -169,6 +175,11 @@ impl TwinStore {
     /// The database, for other tables written in the same transactions (history, alarms).
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// The history series ids this store's commits learnt (one commit at a time takes them).
+    pub fn series_ids(&self) -> &std::sync::Mutex<crate::history::SeriesIds> {
+        &self.series_ids
     }
 
     /// The database file.

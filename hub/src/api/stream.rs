@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, Stream};
 use protocol::{LabId, MachineId, MetricName};
 use serde::Deserialize;
@@ -23,7 +24,7 @@ use crate::auth::{
 };
 use crate::ingest::now_ms;
 use crate::stats::IngestDrop;
-use crate::twin::TwinChange;
+use crate::twin::{SharedChange, TwinChange, View, redacted};
 
 /// Which changes a stream carries.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -75,8 +76,8 @@ impl Filter {
         }
     }
 
-    /// The change as this client should see it, if at all.
-    fn apply(&self, change: &TwinChange) -> Option<TwinChange> {
+    /// The change as this client should see it, as JSON, if at all.
+    fn text(&self, change: &SharedChange) -> Option<Bytes> {
         if self.lab.as_ref().is_some_and(|l| l.as_str() != change.lab)
             || self
                 .machine
@@ -89,36 +90,36 @@ impl Filter {
         {
             return None;
         }
-        let mut change = match &self.metric {
-            None => change.clone(),
+        let view = if self.principal.has(Role::Operator) {
+            View::Whole
+        } else {
+            View::Reader
+        };
+        match &self.metric {
+            // The common case: the same text as every other client with this view.
+            None => Some(change.json(view)),
             Some(metric) => {
                 let value = *change.values.get(metric.as_str())?;
-                let mut change = change.clone();
-                change.values = [(metric.to_string(), value)].into();
-                change
+                let mut own = redacted(TwinChange::clone(change), view);
+                own.values = [(metric.to_string(), value)].into();
+                Some(Bytes::from(serde_json::to_vec(&own).unwrap_or_default()))
             }
-        };
-        // The bdSeq would let a reader forge the gateway's NDEATH: operators only.
-        if !self.principal.has(Role::Operator)
-            && let Some(hop) = &mut change.sparkplug
-        {
-            hop.bd_seq = None;
         }
-        Some(change)
     }
 }
 
-/// Receives the next change this client should see; `Err(missed)` when it fell behind.
+/// Receives the next change this client should see, as JSON; `Err(missed)` when it fell
+/// behind.
 async fn next(
-    changes: &mut broadcast::Receiver<Arc<TwinChange>>,
+    changes: &mut broadcast::Receiver<Arc<SharedChange>>,
     filter: &Filter,
     state: &AppState,
-) -> Option<Result<TwinChange, u64>> {
+) -> Option<Result<Bytes, u64>> {
     loop {
         match changes.recv().await {
             Ok(change) => {
-                if let Some(change) = filter.apply(&change) {
-                    return Some(Ok(change));
+                if let Some(text) = filter.text(&change) {
+                    return Some(Ok(text));
                 }
             }
             Err(RecvError::Lagged(missed)) => {
@@ -130,6 +131,11 @@ async fn next(
             Err(RecvError::Closed) => return None,
         }
     }
+}
+
+/// A stream message's text: serde_json writes UTF-8, so this never falls back.
+fn utf8(text: Bytes) -> Utf8Bytes {
+    Utf8Bytes::try_from(text).unwrap_or_default()
 }
 
 /// Changes written to a WebSocket before it is flushed.
@@ -200,8 +206,8 @@ async fn forward(mut socket: WebSocket, state: AppState, filter: Filter) {
     let close = loop {
         let text = tokio::select! {
             change = next(&mut changes, &filter, &state) => match change {
-                Some(Ok(change)) => serde_json::to_string(&change).unwrap_or_default(),
-                Some(Err(missed)) => lagged(missed),
+                Some(Ok(text)) => utf8(text),
+                Some(Err(missed)) => lagged(missed).into(),
                 None => break None,
             },
             end = filter.ended() => {
@@ -220,7 +226,7 @@ async fn forward(mut socket: WebSocket, state: AppState, filter: Filter) {
         };
         // Whatever else is already waiting goes out in the same write: one syscall and one
         // wake-up of the client per burst rather than per change.
-        if socket.feed(Message::Text(text.into())).await.is_err() {
+        if socket.feed(Message::Text(text)).await.is_err() {
             break None;
         }
         let mut fed = 1;
@@ -229,11 +235,11 @@ async fn forward(mut socket: WebSocket, state: AppState, filter: Filter) {
                 break;
             };
             let text = match more {
-                Some(Ok(change)) => serde_json::to_string(&change).unwrap_or_default(),
-                Some(Err(missed)) => lagged(missed),
+                Some(Ok(text)) => utf8(text),
+                Some(Err(missed)) => lagged(missed).into(),
                 None => break,
             };
-            if socket.feed(Message::Text(text.into())).await.is_err() {
+            if socket.feed(Message::Text(text)).await.is_err() {
                 break;
             }
             fed += 1;
@@ -303,9 +309,9 @@ fn events(state: AppState, filter: Filter) -> impl Stream<Item = Result<Event, I
         let (mut changes, filter, state, guard) = open?;
         let event = tokio::select! {
             next = next(&mut changes, &filter, &state) => match next? {
-                Ok(change) => Event::default()
+                Ok(text) => Event::default()
                     .event("change")
-                    .data(serde_json::to_string(&change).unwrap_or_default()),
+                    .data(std::str::from_utf8(&text).unwrap_or_default()),
                 Err(missed) => Event::default().event("lagged").data(lagged(missed)),
             },
             end = filter.ended() => {

@@ -82,8 +82,8 @@ pub use compact::compact;
 pub use query::{check_step, default_step, query, series};
 pub(crate) use tables::copy_all as copy_tables;
 pub use write::{
-    FOLD_AFTER_ENTRIES, FOLD_AFTER_ROWS, FOLD_ROWS_PER_SERIES, append, append_journaled,
-    fold_journal,
+    FOLD_AFTER_ENTRIES, FOLD_AFTER_ROWS, FOLD_ROWS_PER_SERIES, SERIES_IDS_KEPT, SeriesIds, append,
+    append_journaled, fold_journal,
 };
 
 /// Most raw points one [`query`] without a step returns (the oldest first).

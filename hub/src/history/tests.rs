@@ -7,12 +7,18 @@ use super::*;
 struct Fixture {
     _dir: tempfile::TempDir,
     db: Database,
+    /// Kept across the fixture's journaled commits, as the persister keeps them.
+    series_ids: std::cell::RefCell<SeriesIds>,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Database::create(dir.path().join("hub.redb")).expect("create db");
-    Fixture { _dir: dir, db }
+    Fixture {
+        _dir: dir,
+        db,
+        series_ids: Default::default(),
+    }
 }
 
 fn key(machine: &str) -> TwinKey {
@@ -524,8 +530,11 @@ fn throughput() {
 impl Fixture {
     fn journal(&self, rows: &[HistoryRow]) -> AppendStats {
         let txn = self.db.begin_write().expect("begin write");
-        let stats = append_journaled(&txn, rows.iter().map(HistoryRow::as_ref)).expect("journal");
+        let mut ids = self.series_ids.borrow_mut();
+        let stats =
+            append_journaled(&txn, rows.iter().map(HistoryRow::as_ref), &mut ids).expect("journal");
         txn.commit().expect("commit");
+        ids.committed();
         stats
     }
 
@@ -638,7 +647,8 @@ fn compaction_visits_the_series_only_once_something_is_old_enough() {
     // Journaled rows count as raw until folded into the raw table.
     let txn = f.db.begin_write().expect("begin write");
     let replayed = row("m-1", "spindle.power_w", START - 60_000, 3.0);
-    append_journaled(&txn, [replayed.as_ref()]).expect("journal");
+    let mut ids = SeriesIds::default();
+    append_journaled(&txn, [replayed.as_ref()], &mut ids).expect("journal");
     txn.commit().expect("commit");
     let journaled = f.compact(now + 60_000, &retention);
     assert_eq!((journaled.skipped, journaled.raw_folded), (false, 0));
@@ -681,4 +691,64 @@ fn with_many_series_the_journal_waits_for_several_rows_of_each() {
     assert_eq!(f.fold().appended, 0, "the journal is empty");
     let points = f.query(0, u64::MAX, None);
     assert_eq!(points.len() as u64, folds_at, "m-1 has a point per commit");
+}
+
+#[test]
+fn series_ids_outlive_a_commit_only_once_it_committed_and_stay_bounded() {
+    let f = fixture();
+    let journal_with = |rows: &[HistoryRow], ids: &mut SeriesIds, commit: bool| {
+        let txn = f.db.begin_write().expect("begin write");
+        append_journaled(&txn, rows.iter().map(HistoryRow::as_ref), ids).expect("journal");
+        if commit {
+            txn.commit().expect("commit");
+            ids.committed();
+        } else {
+            txn.abort().expect("abort");
+            ids.abandoned();
+        }
+    };
+    let mut ids = SeriesIds::default();
+    // A rolled-back commit created series 0 and 1: they must not be remembered, or the next
+    // commit would write rows under ids no series has.
+    journal_with(
+        &[
+            row("m-1", "spindle.power_w", START, 1.0),
+            row("m-2", "spindle.power_w", START, 2.0),
+        ],
+        &mut ids,
+        false,
+    );
+    assert!(ids.is_empty());
+    journal_with(&[row("m-2", "spindle.power_w", START, 2.0)], &mut ids, true);
+    assert_eq!(ids.len(), 1);
+    // m-2 took id 0 for real now. Had the rolled-back m-1 → 0 been kept, this row would land
+    // in m-2's series.
+    journal_with(
+        &[row("m-1", "spindle.power_w", START + 1_000, 3.0)],
+        &mut ids,
+        true,
+    );
+    journal_with(
+        &[row("m-1", "spindle.power_w", START + 2_000, 4.0)],
+        &mut ids,
+        true,
+    );
+    assert_eq!(ids.len(), 2);
+    let txn = f.db.begin_write().expect("begin write");
+    fold_journal(&txn).expect("fold");
+    txn.commit().expect("commit");
+    let values: Vec<f64> = f
+        .query(START, START + 3_000, None)
+        .iter()
+        .map(|b| b.last)
+        .collect();
+    assert_eq!(values, [3.0, 4.0], "m-1's rows, in order");
+
+    // Past the bound it starts over instead of growing.
+    let many: Vec<HistoryRow> = (0..SERIES_IDS_KEPT + 10)
+        .map(|i| row(&format!("m-{i}"), "spindle.speed_rpm", START, 1.0))
+        .collect();
+    journal_with(&many, &mut ids, true);
+    assert!(ids.len() <= SERIES_IDS_KEPT, "{}", ids.len());
+    assert!(!ids.is_empty());
 }

@@ -25,9 +25,11 @@ use crate::stats::{HubStats, IngestDrop};
 
 mod live;
 mod name_map;
+mod shared_change;
 
 pub use live::{LiveError, apply as live_over};
 pub use name_map::NameMap;
+pub use shared_change::{SharedChange, View, redacted};
 
 /// Metric in which the gateway reports a command's outcome (0 ok, 1 invalid argument,
 /// 2 unsupported, 3 failed, 4 no node answered).
@@ -628,7 +630,7 @@ pub struct TwinRegistry {
     /// Twins per lab, for `limits.max_twins_per_lab` without a scan.
     per_lab: DashMap<LabId, usize>,
     limits: Limits,
-    changes: broadcast::Sender<Arc<TwinChange>>,
+    changes: broadcast::Sender<Arc<SharedChange>>,
     stats: Arc<HubStats>,
     directory: Arc<Directory>,
     /// Sparkplug facts per machine, for the protocol view; beside the twins so that the twin
@@ -862,7 +864,7 @@ impl TwinRegistry {
             self.insert(key, twin, MachineAlarms::from_snapshot(snapshot), true);
             // Streamed, but not marked dirty: its owner commits it, never this replica. Marked,
             // it stayed in the dirty set for good, and every commit of every slot walked it.
-            let _ = self.changes.send(Arc::new(update));
+            let _ = self.changes.send(Arc::new(SharedChange::new(update)));
         }
     }
 
@@ -986,7 +988,7 @@ impl TwinRegistry {
     }
 
     /// Subscribes to every future change.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<TwinChange>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SharedChange>> {
         self.changes.subscribe()
     }
 
@@ -1100,7 +1102,7 @@ impl TwinRegistry {
         twin.connectivity.online = false;
         let change = change("retired", &twin, None, now_ms, BTreeMap::new());
         // Not `publish`: nothing of it is left to persist.
-        let _ = self.changes.send(Arc::new(change));
+        let _ = self.changes.send(Arc::new(SharedChange::new(change)));
         Some(twin)
     }
 
@@ -1171,7 +1173,7 @@ impl TwinRegistry {
         }
         self.dirty.insert(key, ());
         // No receiver is fine: nobody is watching.
-        let _ = self.changes.send(Arc::new(change));
+        let _ = self.changes.send(Arc::new(SharedChange::new(change)));
     }
 
     /// Records a desired value (checked against the kind) before the DCMD goes out.

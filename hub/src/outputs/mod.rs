@@ -6,15 +6,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use protocol::MetricName;
-use rumqttc::{AsyncClient, Event, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::MqttLogin;
 
 use crate::history::influx::InfluxSink;
 use crate::stats::{HubStats, IngestDrop};
 use crate::twin::{Applied, TwinKey, TwinRegistry};
+
+mod json_topics;
 
 /// Root of the read-only JSON topics: `demolab/{lab}/{machine}/{metric}`.
 pub const JSON_ROOT: &str = "demolab";
@@ -117,7 +117,7 @@ pub fn start(
 ) -> Outputs {
     let json = broker.map(|broker| {
         let latest = Arc::new(Mutex::new(Latest::new()));
-        tasks.spawn(publish_json(
+        tasks.spawn(json_topics::publish(
             broker,
             latest.clone(),
             json_interval,
@@ -133,110 +133,9 @@ pub fn start(
     }
 }
 
-/// Publishes JSON values retained at QoS 0 on its own connection, so a slow broker never holds
-/// up ingest's acknowledgements. While the broker is slow or away, values wait in `latest`,
-/// where each metric holds only its newest: memory stays bounded by the twins' metrics.
-async fn publish_json(
-    broker: JsonTopicsBroker,
-    latest: Arc<Mutex<Latest>>,
-    interval: Duration,
-    twins: Arc<TwinRegistry>,
-    cancel: CancellationToken,
-) {
-    let (client, mut events) = AsyncClient::new(json_options(&broker, 0), 1024);
-    let publisher = async {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let due = std::mem::take(&mut *latest.lock().unwrap_or_else(PoisonError::into_inner));
-            for (key, metrics) in due {
-                let kind = twins.kind(&key);
-                for (metric, (value, timestamp)) in metrics {
-                    let unit = kind
-                        .as_ref()
-                        .and_then(|k| k.metric(metric.as_str()))
-                        .map_or("", |m| m.unit.as_str());
-                    let payload = serde_json::json!({
-                        "value": value,
-                        "unit": unit,
-                        "timestamp": timestamp,
-                    });
-                    let topic = format!("{JSON_ROOT}/{}/{}/{metric}", key.lab, key.machine);
-                    if client
-                        .publish(topic, QoS::AtMostOnce, true, payload.to_string())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    let poller = async {
-        let mut node = 0;
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(_) | Event::Outgoing(_)) => {}
-                Err(err) => {
-                    warn!(%err, "JSON topic connection lost; reconnecting");
-                    if !broker.failover.is_empty() {
-                        // As ingest does: a lost connection may be a dead cluster node.
-                        node += 1;
-                        events.mqtt_options = json_options(&broker, node);
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    };
-    tokio::select! {
-        () = publisher => {}
-        () = poller => {}
-        () = cancel.cancelled() => {}
-    }
-    let _ = client.try_disconnect();
-}
-
-/// The JSON publisher's options for node `index` of its broker list.
-fn json_options(broker: &JsonTopicsBroker, index: usize) -> MqttOptions {
-    let (host, port) =
-        crate::ingest::nth_broker((&broker.host, broker.port), &broker.failover, index);
-    let mut options = MqttOptions::new(broker.client_id.clone(), host, port);
-    options.set_keep_alive(Duration::from_secs(15));
-    if let Some(login) = &broker.login {
-        options.set_credentials(login.username.clone(), login.password.clone());
-    }
-    if let Some(tls) = &broker.tls {
-        crate::ingest::use_tls(&mut options, tls);
-    }
-    options
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_json_publisher_walks_the_cluster_nodes_like_ingest() {
-        let broker = JsonTopicsBroker {
-            host: "a".into(),
-            port: 1,
-            failover: vec![("b".into(), 2)],
-            login: Some(MqttLogin {
-                username: "hub".into(),
-                password: "pw".into(),
-            }),
-            client_id: "demolab-hub-json".into(),
-            tls: None,
-        };
-        let nodes: Vec<_> = (0..3)
-            .map(|i| json_options(&broker, i).broker_address())
-            .collect();
-        assert_eq!(nodes, [("a".into(), 1), ("b".into(), 2), ("a".into(), 1)]);
-        assert_eq!(json_options(&broker, 1).client_id(), "demolab-hub-json");
-    }
 
     fn applied(machine: &str, seq: u32, power: f64, historical: bool) -> Applied {
         Applied {
