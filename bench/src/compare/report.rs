@@ -348,7 +348,7 @@ fn markdown(results: &Results) -> String {
          format.\n\
          - **Consumers**, loaded one at a time: *plain* = in-process rumqttc subscriber that counts \
          (the ceiling); *hub* = the `demolab-hub` process with an external broker, its defaults \
-         (JSON topics on, 100 ms group commit, history in redb, acknowledging after commit), applied = \
+         (JSON topics on, 50 ms group commit, history in redb, acknowledging after commit), applied = \
          `demolab_hub_samples_applied_total`; *node-red* = Node-RED {nr} on Node {node} running \
          `bench/node-red/flow.json` (mqtt in → json → last value per machine in flow context → \
          append a line to history.jsonl; and a websocket echo), applied = lines in history.jsonl.\n\
