@@ -202,14 +202,16 @@ impl AnomalyState {
         t_ms: u64,
         values: &[(MetricName, f64)],
     ) -> Option<Score> {
+        // Spelt as an owned string only when it changes: this runs for every sample.
         let state = match &config.state_metric {
-            None => Some(ANY_STATE.to_owned()),
+            None => Some(ANY_STATE),
             // A sample without the state (report by exception) is in the state seen last.
             Some(metric) => last_value(values, metric)
                 .map(state_name)
-                .or(self.state.clone()),
+                .or(self.state.as_deref()),
         };
-        if state != self.state {
+        if state != self.state.as_deref() {
+            let state = state.map(str::to_owned);
             // A start: first seen, back online, or on again after off or a fault. Other changes
             // (idle to running) need no settling: each scored state has its own baseline.
             let stopped = |s: &str| s == "off" || s == "fault";
@@ -314,11 +316,11 @@ fn last_value(values: &[(MetricName, f64)], metric: &MetricName) -> Option<f64> 
 }
 
 /// The name of a `state.code` value; `unknown` for anything that is not a known code.
-fn state_name(code: f64) -> String {
+fn state_name(code: f64) -> &'static str {
     let state = (code.fract() == 0.0 && (0.0..=255.0).contains(&code))
         .then(|| MachineState::from_code(code as u8))
         .flatten();
-    state.map_or("unknown", MachineState::as_str).to_owned()
+    state.map_or("unknown", MachineState::as_str)
 }
 
 #[cfg(test)]

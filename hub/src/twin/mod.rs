@@ -1145,12 +1145,17 @@ impl TwinRegistry {
         twin: &Twin,
         values: Vec<(MetricName, f64)>,
     ) -> Vec<(MetricName, f64)> {
+        let max = self.limits.max_metrics_per_device;
+        let mut count = twin.property_count();
+        // Even if every value were a new property the cap would hold: nothing to look up (the
+        // lookups were 4.5 % of the hub at 10,000 msg/s).
+        if count + values.len() <= max {
+            return values;
+        }
         // The usual sample only updates properties the twin has: keep its vector as it is.
         if values.iter().all(|(name, _)| twin.has_property(name)) {
             return values;
         }
-        let max = self.limits.max_metrics_per_device;
-        let mut count = twin.property_count();
         let mut kept = Vec::with_capacity(values.len());
         for (name, value) in values {
             if twin.has_property(&name) || kept.iter().any(|(n, _)| n == &name) {
