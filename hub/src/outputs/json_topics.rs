@@ -3,9 +3,9 @@
 //! rumqttc writes its socket after every request, so the newest values of 500 metrics every
 //! 250 ms cost 2,000 writes a second in the hub and as many wake-ups of the broker: a tenth of
 //! the hub's CPU at 1,000 msg/s. QoS 0 keeps no state beyond the connection, so this client
-//! encodes a round into one buffer and writes it at once. It speaks MQTT 3.1.1 with rumqttc's
-//! packet types for CONNECT and what the broker sends back; a PUBLISH is written here because
-//! rumqttc's wants an owned topic and payload per packet.
+//! encodes a round into one buffer and writes it at once (in 64 KiB pieces when it is larger).
+//! It speaks MQTT 3.1.1 with rumqttc's packet types for CONNECT and what the broker sends back;
+//! a PUBLISH is written here because rumqttc's wants an owned topic and payload per packet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{JSON_ROOT, JsonTopicsBroker, Latest};
-use crate::twin::TwinRegistry;
+use crate::twin::{TwinKey, TwinRegistry};
+use protocol::MetricName;
 
 /// Seconds the broker waits without hearing from us before it drops the connection.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -29,6 +30,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before connecting again after a lost connection.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+/// A round is written in pieces of about this many bytes: with 10,000 twins a round is
+/// megabytes, and the buffer would stay that large between rounds.
+const WRITE_CHUNK: usize = 64 * 1024;
 /// Largest packet accepted from the broker (it only ever sends CONNACK and PINGRESP).
 const MAX_INCOMING: usize = 64 * 1024;
 
@@ -189,13 +193,15 @@ async fn serve(
                 if ping_unanswered.swap(true, Ordering::Relaxed) {
                     return LinkError::PingUnanswered;
                 }
-                round.out.clear();
-                round.out.put_slice(&[0xC0, 0x00]);
-            } else {
-                round.encode(&due, twins);
             }
             let sent = tokio::time::timeout(NETWORK_TIMEOUT, async {
-                write_all(&mut writer, &round.out, "cannot publish").await
+                if due.is_empty() {
+                    round.out.clear();
+                    round.out.put_slice(&[0xC0, 0x00]);
+                    write_all(&mut writer, &round.out, "cannot ping").await
+                } else {
+                    round.send(&due, twins, &mut writer).await
+                }
             })
             .await
             .map_err(|_| LinkError::Timeout("publishing"))
@@ -242,9 +248,13 @@ struct Document<'a> {
 }
 
 impl Round {
-    /// Encodes a retained QoS 0 PUBLISH of each value.
-    fn encode(&mut self, due: &Latest, twins: &TwinRegistry) {
-        use std::io::Write as _;
+    /// Writes a retained QoS 0 PUBLISH of each value, [`WRITE_CHUNK`] bytes at a time.
+    async fn send(
+        &mut self,
+        due: &Latest,
+        twins: &TwinRegistry,
+        stream: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<(), LinkError> {
         self.out.clear();
         for (key, metrics) in due {
             let kind = twins.kind(key);
@@ -253,25 +263,45 @@ impl Round {
                     .as_ref()
                     .and_then(|k| k.metric(metric.as_str()))
                     .map_or("", |m| m.unit.as_str());
-                self.topic.clear();
-                self.payload.clear();
-                // Writing to a vector cannot fail; a non-finite value becomes `null`.
-                let _ = write!(
-                    self.topic,
-                    "{JSON_ROOT}/{}/{}/{metric}",
-                    key.lab, key.machine
-                );
-                let _ = serde_json::to_writer(
-                    &mut self.payload,
-                    &Document {
-                        value,
-                        unit,
-                        timestamp,
-                    },
-                );
-                put_publish(&mut self.out, &self.topic, &self.payload);
+                self.encode(key, metric, value, unit, timestamp);
+                if self.out.len() >= WRITE_CHUNK {
+                    write_all(stream, &self.out, "cannot publish").await?;
+                    self.out.clear();
+                }
             }
         }
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        write_all(stream, &self.out, "cannot publish").await
+    }
+
+    fn encode(
+        &mut self,
+        key: &TwinKey,
+        metric: &MetricName,
+        value: f64,
+        unit: &str,
+        timestamp: u64,
+    ) {
+        use std::io::Write as _;
+        self.topic.clear();
+        self.payload.clear();
+        // Writing to a vector cannot fail; a non-finite value becomes `null`.
+        let _ = write!(
+            self.topic,
+            "{JSON_ROOT}/{}/{}/{metric}",
+            key.lab, key.machine
+        );
+        let _ = serde_json::to_writer(
+            &mut self.payload,
+            &Document {
+                value,
+                unit,
+                timestamp,
+            },
+        );
+        put_publish(&mut self.out, &self.topic, &self.payload);
     }
 }
 
@@ -338,8 +368,46 @@ async fn next_packet(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::twin::TwinKey;
-    use protocol::MetricName;
+
+    /// The topics and documents of the retained QoS 0 publishes in `bytes`, in order.
+    fn decoded(bytes: &[u8]) -> Vec<(String, serde_json::Value)> {
+        let mut bytes = BytesMut::from(bytes);
+        let mut got = Vec::new();
+        while !bytes.is_empty() {
+            match Packet::read(&mut bytes, MAX_INCOMING).expect("a whole packet") {
+                Packet::Publish(p) => {
+                    assert!(p.retain, "{p:?}");
+                    assert_eq!(p.qos, rumqttc::QoS::AtMostOnce);
+                    let doc: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
+                    got.push((p.topic, doc));
+                }
+                other => panic!("not a publish: {other:?}"),
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_large_round_goes_out_whole_in_pieces_and_its_buffer_stays_small() {
+        let twins = TwinRegistry::new(Arc::default(), Arc::default());
+        let values: Vec<(String, f64, u64)> = (0..3_000)
+            .map(|i| (format!("lab-a/mill-{i}"), f64::from(i), 1))
+            .collect();
+        let due = due(&values
+            .iter()
+            .map(|(twin, value, at)| (twin.as_str(), "spindle.power_w", *value, *at))
+            .collect::<Vec<_>>());
+        let mut round = Round::default();
+        let mut sent = Vec::new();
+        round.send(&due, &twins, &mut sent).await.expect("written");
+        assert!(sent.len() > 3 * WRITE_CHUNK, "{} bytes", sent.len());
+        assert_eq!(decoded(&sent).len(), 3_000);
+        assert!(
+            round.out.capacity() <= 4 * WRITE_CHUNK,
+            "{} bytes kept",
+            round.out.capacity()
+        );
+    }
 
     fn due(values: &[(&str, &str, f64, u64)]) -> Latest {
         let mut latest = Latest::new();
@@ -355,32 +423,25 @@ mod tests {
         latest
     }
 
-    #[test]
-    fn a_round_is_retained_publishes_that_an_mqtt_decoder_reads_back() {
+    #[tokio::test]
+    async fn a_round_is_retained_publishes_that_an_mqtt_decoder_reads_back() {
         let twins = TwinRegistry::new(Arc::default(), Arc::default());
         let mut round = Round::default();
         // A packet over 127 bytes takes a two-byte remaining length.
         let long = format!("{}/{}", "l".repeat(32), "m".repeat(48));
-        round.encode(
-            &due(&[
-                ("lab-a/mill-1", "spindle.power_w", 1250.5, 7),
-                (&long, "spindle.speed_rpm", f64::NAN, 8),
-            ]),
-            &twins,
-        );
-        let mut bytes = round.out.clone();
-        let mut got = Vec::new();
-        while !bytes.is_empty() {
-            match Packet::read(&mut bytes, MAX_INCOMING).expect("a whole packet") {
-                Packet::Publish(p) => {
-                    assert!(p.retain, "{p:?}");
-                    assert_eq!(p.qos, rumqttc::QoS::AtMostOnce);
-                    let doc: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
-                    got.push((p.topic, doc));
-                }
-                other => panic!("not a publish: {other:?}"),
-            }
-        }
+        let mut sent = Vec::new();
+        round
+            .send(
+                &due(&[
+                    ("lab-a/mill-1", "spindle.power_w", 1250.5, 7),
+                    (&long, "spindle.speed_rpm", f64::NAN, 8),
+                ]),
+                &twins,
+                &mut sent,
+            )
+            .await
+            .expect("written");
+        let mut got = decoded(&sent);
         got.sort_by(|a, b| a.0.cmp(&b.0));
         let expected = vec![
             (
