@@ -257,6 +257,11 @@ pub struct HubSection {
     /// out `commit_interval_ms` with the window full. Default: 16 with an external broker, 256
     /// with the embedded one (its window is 1000).
     pub commit_batch: Option<usize>,
+    /// Messages read from the broker and not yet stored at which the hub stops reading until
+    /// storage catches up (`demolab_hub_ingest_paused_total` counts it). A broker that holds
+    /// its window of unacknowledged messages never lets this many through; this bounds the
+    /// hub's memory behind one that does not (Mosquitto before 2.0.13). At least `commit_batch`.
+    pub max_uncommitted: usize,
     /// MiB of the embedded store's page cache (the hub's memory grows to about this much more
     /// than its twins need, and no further).
     pub store_cache_mb: usize,
@@ -299,6 +304,7 @@ impl Default for HubSection {
             catalogue_dir: None,
             commit_interval_ms: crate::DEFAULT_COMMIT_INTERVAL.as_millis() as u64,
             commit_batch: None,
+            max_uncommitted: crate::DEFAULT_MAX_UNCOMMITTED,
             store_cache_mb: crate::store::DEFAULT_CACHE_BYTES >> 20,
             release_memory_every_ms: crate::malloc::DEFAULT_RELEASE_EVERY.as_millis() as u64,
             worker_threads: DEFAULT_WORKER_THREADS,
@@ -468,6 +474,15 @@ impl HubFile {
             return Err(invalid(
                 "hub.commit_batch",
                 format!("must be between 1 and 10000, got {commit_batch}"),
+            ));
+        }
+        let max_uncommitted = self.hub.max_uncommitted;
+        if !(commit_batch..=1_000_000).contains(&max_uncommitted) {
+            return Err(invalid(
+                "hub.max_uncommitted",
+                format!(
+                    "must be between hub.commit_batch ({commit_batch}) and 1000000, got {max_uncommitted}"
+                ),
             ));
         }
         if !(1..=65_536).contains(&self.hub.store_cache_mb) {
@@ -728,6 +743,7 @@ impl HubFile {
             data_dir: self.hub.data_dir,
             flush_interval: Duration::from_millis(self.hub.commit_interval_ms),
             commit_batch,
+            max_uncommitted,
             store_cache_bytes: self.hub.store_cache_mb << 20,
             release_memory_every: (self.hub.release_memory_every_ms > 0)
                 .then(|| Duration::from_millis(self.hub.release_memory_every_ms)),
@@ -827,6 +843,15 @@ mod tests {
         assert!(err.to_string().contains("broker.failover[0].host"), "{err}");
         let err = load("[[broker.failover]]\nhost = \"b\"\n").expect_err("embedded failover");
         assert!(err.to_string().contains("broker.failover"), "{err}");
+        let err = load("[hub]\ncommit_batch = 64\nmax_uncommitted = 32\n")
+            .expect_err("a bound below one batch");
+        assert!(err.to_string().contains("hub.max_uncommitted"), "{err}");
+        assert_eq!(
+            load("[hub]\nmax_uncommitted = 300\n")
+                .expect("a bound above the batch")
+                .max_uncommitted,
+            300
+        );
         let err =
             load("[[labs]]\nid = \"lab-a\"\n[[labs.machines]]\nid = \"m\"\nkind = \"toaster\"\n")
                 .expect_err("unknown kind");

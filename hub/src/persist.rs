@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
 use crate::history;
-use crate::ingest::Commit;
+use crate::ingest::{Ack, Commit};
 use crate::outputs::Outputs;
 use crate::stats::HubStats;
 use crate::store::{StoreError, TwinStore};
@@ -145,11 +144,12 @@ impl Storage {
 }
 
 /// Runs until ingest hangs up, committing whatever ingest handed over while the last commit ran
-/// in one transaction.
+/// in one transaction, and handing each commit's acknowledgements back to ingest (`stored`),
+/// which owns the broker connection.
 pub async fn run(
     mut commits: mpsc::UnboundedReceiver<Commit>,
     mut storage: Storage,
-    client: AsyncClient,
+    stored: mpsc::UnboundedSender<Vec<Ack>>,
     stats: Arc<HubStats>,
     outputs: Outputs,
     idle: Arc<Idle>,
@@ -188,19 +188,18 @@ pub async fn run(
             }
             tokio::time::sleep(RETRY_AFTER_FAILURE).await;
         }
+        // Committed, or abandoned at shutdown for the broker to redeliver: no longer owed.
+        // Settled before ingest gets the acknowledgements, so that ingest, woken by them, finds
+        // storage caught up (it stops reading the broker at `max_uncommitted`).
+        idle.settled(merged.acks.len());
         if committed {
             stats.committed(rows);
-            for publish in &merged.acks {
-                if client.ack(publish).await.is_err() {
-                    // The connection is gone: the broker redelivers; twins drop the duplicates.
-                    break;
-                }
+            if !merged.acks.is_empty() {
+                // Ingest ends after storage answers its last `done`, so it takes these.
+                let _ = stored.send(merged.acks);
             }
             outputs.committed(&applied);
         }
-
-        // Committed, or abandoned at shutdown for the broker to redeliver: no longer owed.
-        idle.settled(merged.acks.len());
         for done in done {
             let _ = done.send(committed);
         }

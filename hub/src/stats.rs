@@ -156,6 +156,7 @@ pub struct HubStats {
     commits: AtomicU64,
     commit_failures: AtomicU64,
     uncommitted_peak: AtomicU64,
+    ingest_pauses: AtomicU64,
     memory_releases: AtomicU64,
     memory_release_us: AtomicU64,
     compactions: [AtomicU64; 2],
@@ -313,6 +314,14 @@ impl HubStats {
     pub fn uncommitted_peak(&self) -> u64 {
         self.uncommitted_peak.load(Ordering::Relaxed)
     }
+    /// Ingest stopped reading the broker: `hub.max_uncommitted` messages waited for storage.
+    pub(crate) fn ingest_paused(&self) {
+        self.ingest_pauses.fetch_add(1, Ordering::Relaxed);
+    }
+    /// How often ingest stopped reading because storage was behind.
+    pub fn ingest_pauses(&self) -> u64 {
+        self.ingest_pauses.load(Ordering::Relaxed)
+    }
     /// A round of handing free memory back to the kernel: whether any went back, and its time.
     pub(crate) fn memory_released(&self, released: bool, took: std::time::Duration) {
         if released {
@@ -466,6 +475,11 @@ impl HubStats {
             load(&self.memory_release_us),
         );
         counter(
+            "demolab_hub_ingest_paused_total",
+            "Times ingest stopped reading the broker because hub.max_uncommitted messages waited for storage (a broker that holds its window never lets it happen).",
+            load(&self.ingest_pauses),
+        );
+        counter(
             "demolab_hub_commit_failures_total",
             "Storage commits that failed (their messages stay unacknowledged).",
             load(&self.commit_failures),
@@ -520,7 +534,7 @@ impl HubStats {
             ("demolab_hub_twins", "Twins known.", twins as u64),
             (
                 "demolab_hub_uncommitted_peak",
-                "The most accepted messages that waited for storage at once: bounded by the broker's window of unacknowledged messages (max_inflight_messages).",
+                "The most accepted messages that waited for storage at once: bounded by the broker's window of unacknowledged messages (max_inflight_messages) and by hub.max_uncommitted.",
                 load(&self.uncommitted_peak),
             ),
             ("demolab_hub_twins_online", "Twins online.", online as u64),

@@ -323,9 +323,20 @@ async fn batching_hub(
     flush_interval: Duration,
     window: Option<u16>,
 ) -> anyhow::Result<(Hub, Edge, TwinKey)> {
+    batching_hub_reading_at_most(data, flush_interval, window, 1024).await
+}
+
+/// [`batching_hub`] that stops reading at `max_uncommitted` messages waiting for storage.
+async fn batching_hub_reading_at_most(
+    data: &std::path::Path,
+    flush_interval: Duration,
+    window: Option<u16>,
+    max_uncommitted: usize,
+) -> anyhow::Result<(Hub, Edge, TwinKey)> {
     let mut config = HubConfig {
         flush_interval,
         commit_batch: 4,
+        max_uncommitted,
         json_topics: false,
         ..hub_config(data)
     };
@@ -398,6 +409,32 @@ async fn a_thin_stream_waits_for_company_and_a_full_batch_commits_at_once() -> a
     Ok(())
 }
 
+/// Births the edge's machine, sends `samples` samples as fast as the edge's client takes them,
+/// and checks every one was committed and applied once, in order.
+async fn all_samples_arrive_once_in_order(
+    hub: &Hub,
+    edge: &Edge,
+    key: &TwinKey,
+    samples: u32,
+) -> anyhow::Result<()> {
+    let stats = hub.stats();
+    edge.born(1).await?;
+    for node_seq in 1..=samples {
+        let payload_seq = (u64::from(node_seq) + 1) % 256;
+        edge.sample(payload_seq, node_seq, f64::from(node_seq))
+            .await?;
+    }
+    wait_until(Duration::from_secs(30), "every sample committed", || {
+        stats.history_rows() == u64::from(samples)
+    })
+    .await?;
+    let twin = hub.twins().get(key).context("twin")?;
+    assert_eq!(twin.last_seq, samples, "the last sample is the newest");
+    assert_eq!(twin.samples, u64::from(samples), "each sample applied once");
+    assert_eq!(stats.seq_gaps(), 0, "in order, nothing skipped");
+    Ok(())
+}
+
 /// The hub acknowledges only what is on disk and hands storage one batch at a time, so what it
 /// holds in memory is bounded by the broker's window however far storage falls behind: a window of
 /// 8 with batches of 4 still carries every sample, in order.
@@ -406,28 +443,55 @@ async fn what_waits_for_storage_is_bounded_by_the_brokers_window() -> anyhow::Re
     const SAMPLES: u32 = 201;
     let data = tempfile::tempdir()?;
     let (hub, edge, key) = batching_hub(data.path(), Duration::from_secs(1), Some(8)).await?;
-    let twins = hub.twins().clone();
     let stats = hub.stats().clone();
 
     // Far more than the window: the edge's client queues what the broker does not take yet.
-    edge.born(1).await?;
-    for node_seq in 1..=SAMPLES {
-        let payload_seq = (u64::from(node_seq) + 1) % 256;
-        edge.sample(payload_seq, node_seq, f64::from(node_seq))
-            .await?;
-    }
-    wait_until(Duration::from_secs(20), "every sample committed", || {
-        stats.history_rows() == u64::from(SAMPLES)
-    })
-    .await?;
-    let twin = twins.get(&key).context("twin")?;
-    assert_eq!(twin.last_seq, SAMPLES, "the last sample is the newest");
-    assert_eq!(twin.samples, u64::from(SAMPLES), "each sample applied once");
-    assert_eq!(stats.seq_gaps(), 0, "in order, nothing skipped");
+    all_samples_arrive_once_in_order(&hub, &edge, &key, SAMPLES).await?;
     let peak = stats.uncommitted_peak();
     assert!(
         (4..=8).contains(&peak),
         "a full batch waited, never more than the window: {peak}"
+    );
+    hub.shutdown().await?;
+    Ok(())
+}
+
+/// Behind a broker that lets far more through than storage keeps up with (a window of 1000
+/// here; Mosquitto 2.0.11 ignores its own), ingest stops reading at `max_uncommitted` messages
+/// waiting for storage and reads on once storage caught up: what the hub holds stays bounded,
+/// and every sample still arrives once, in order. This needs acknowledgements that go out
+/// while the broker is not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_stops_reading_while_storage_is_behind_and_loses_nothing() -> anyhow::Result<()> {
+    const SAMPLES: u32 = 400;
+    const MAX_UNCOMMITTED: usize = 8;
+    let data = tempfile::tempdir()?;
+    let (hub, edge, key) = batching_hub_reading_at_most(
+        data.path(),
+        Duration::from_secs(1),
+        Some(1000),
+        MAX_UNCOMMITTED,
+    )
+    .await?;
+    let stats = hub.stats().clone();
+
+    all_samples_arrive_once_in_order(&hub, &edge, &key, SAMPLES).await?;
+    let peak = stats.uncommitted_peak();
+    assert!(
+        peak <= MAX_UNCOMMITTED as u64,
+        "never more than max_uncommitted waited, with the broker's window at 1000: {peak}"
+    );
+    assert!(
+        stats.ingest_pauses() > 0,
+        "400 samples as fast as the edge sends them outran storage at least once"
+    );
+    let metrics = stats.render(1, 1);
+    assert!(
+        metrics.contains(&format!(
+            "demolab_hub_ingest_paused_total {}",
+            stats.ingest_pauses()
+        )),
+        "counted in /metrics"
     );
     hub.shutdown().await?;
     Ok(())

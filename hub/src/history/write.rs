@@ -8,7 +8,7 @@
 //! once for many rows. Journaled rows are as durable as raw ones (same transaction as the
 //! acknowledgement) and queries read both.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 

@@ -9,8 +9,8 @@
 //! node is capped ([`Limits`]), and each refusal is counted by reason with a rate-limited log
 //! line that echoes at most [`LOG_ECHO_BYTES`] of the input.
 
+use foldhash::{HashMap, HashMapExt};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::Arc;
 

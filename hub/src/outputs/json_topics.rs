@@ -410,7 +410,7 @@ mod tests {
     }
 
     fn due(values: &[(&str, &str, f64, u64)]) -> Latest {
-        let mut latest = Latest::new();
+        let mut latest = Latest::default();
         for (twin, metric, value, timestamp) in values {
             latest
                 .entry(TwinKey::parse(twin).expect("key"))

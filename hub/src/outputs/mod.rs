@@ -1,7 +1,7 @@
 //! Where committed data goes besides the embedded store: retained JSON topics on the broker for
 //! students and tools (Node-RED, Grafana), and the InfluxDB sink for long-term history.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 

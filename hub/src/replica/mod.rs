@@ -468,6 +468,7 @@ async fn start_slot(
     ingest_config.labs = Some(Arc::new(labs.iter().cloned().collect()));
     let (client, events) = ingest::connect(&ingest_config);
     let (commit_tx, commit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stored_tx, stored_rx) = tokio::sync::mpsc::unbounded_channel();
     let idle = Arc::new(persist::Idle::default());
     let (slot_ready, subscribed) = watch::channel(false);
     let (flushes, flush_requests) = tokio::sync::mpsc::unbounded_channel();
@@ -479,6 +480,7 @@ async fn start_slot(
         parts.twins.clone(),
         parts.stats.clone(),
         commit_tx,
+        stored_rx,
         idle.clone(),
         Some(flush_requests),
         slot_ready,
@@ -490,7 +492,7 @@ async fn start_slot(
             writer: Box::new(writer),
             on_fenced: cancel.clone(),
         },
-        client,
+        stored_tx,
         parts.stats.clone(),
         parts.outputs.clone(),
         idle,

@@ -16,6 +16,10 @@ use tracing::{error, info, warn};
 
 use crate::limits::{LOG_ECHO_BYTES, truncated};
 
+mod acks;
+use acks::Connection;
+pub use acks::{Ack, AckError};
+
 use crate::MqttLogin;
 use crate::host::{Delivery, HostAction, HostSnapshot, PrimaryHost};
 use crate::stats::{HubStats, IngestDrop};
@@ -66,6 +70,9 @@ pub struct IngestConfig {
     pub commit_interval: Duration,
     /// Messages waiting for acknowledgement that make a batch go to storage as soon as it is free.
     pub commit_batch: usize,
+    /// Messages waiting for storage at which ingest stops reading the broker until storage
+    /// catches up.
+    pub max_uncommitted: usize,
     /// An online twin that accepts no sample for this long is marked stale.
     pub stale_after: Duration,
     /// Connect over TLS with this client configuration.
@@ -86,8 +93,8 @@ pub struct Commit {
     pub twins: Vec<StoredTwin>,
     /// The primary host's sessions.
     pub host: Option<HostSnapshot>,
-    /// QoS 1 messages to acknowledge after the commit.
-    pub acks: Vec<Publish>,
+    /// Messages to acknowledge after the commit.
+    pub acks: Vec<Ack>,
     /// Twins retired since the last commit, to delete from the store.
     pub retired: Vec<TwinKey>,
     /// Told when this commit (and every one before it) is done: whether it was committed, or
@@ -98,8 +105,9 @@ pub struct Commit {
 /// The hub's MQTT session: a persistent session (so the broker keeps what arrives while the hub
 /// restarts) with manual acknowledgements (so nothing is acknowledged before it is on disk).
 pub fn connect(config: &IngestConfig) -> (AsyncClient, EventLoop) {
-    // Acknowledgements and publishes of the API share this queue; it is drained by the event
-    // loop, which never waits on storage, so a full queue only delays them.
+    // The API's and the host's publishes wait in this queue; it is drained by the event loop,
+    // which never waits on storage, so a full queue only delays them. Acknowledgements do not
+    // go through it (see `acks`).
     AsyncClient::new(options_for(config, 0), 4096)
 }
 
@@ -207,6 +215,7 @@ pub async fn run(
     twins: Arc<TwinRegistry>,
     stats: Arc<HubStats>,
     commits: mpsc::UnboundedSender<Commit>,
+    mut stored: mpsc::UnboundedReceiver<Vec<Ack>>,
     persister_idle: Arc<crate::persist::Idle>,
     mut flushes: Option<mpsc::UnboundedReceiver<FlushRequest>>,
     ready: watch::Sender<bool>,
@@ -240,10 +249,21 @@ pub async fn run(
     // the commit interval (a TLS handshake, a distant broker) and start it again, forever.
     let mut poll = Box::pin(events.poll());
     let mut broker = 0;
+    let mut connection = Connection::default();
     // The commit interval has passed since the oldest change that waits for storage.
     let mut due = false;
+    // Storage is `max_uncommitted` messages behind: the broker is not read until it catches up.
+    let mut paused = false;
     loop {
-        stats.observe_uncommitted(persister_idle.uncommitted() + pending.acks.len());
+        let uncommitted = persister_idle.uncommitted() + pending.acks.len();
+        stats.observe_uncommitted(uncommitted);
+        // The broker's window should stop it long before this; one that ignores it would
+        // otherwise fill the hub's memory with messages waiting for storage. Acknowledgements
+        // do not need the event loop polled (see `acks`), so storage still catches up.
+        let was_paused = std::mem::replace(&mut paused, uncommitted >= config.max_uncommitted);
+        if paused && !was_paused {
+            stats.ingest_paused();
+        }
         let batch_ready = due || pending.acks.len() >= config.commit_batch;
         let batch_due = async {
             match commit_due {
@@ -252,11 +272,11 @@ pub async fn run(
             }
         };
         let event = tokio::select! {
-            event = &mut poll => event,
+            event = &mut poll, if !paused => event,
             _ = ticker.tick() => {
                 let now = now_ms();
                 let actions = host.tick(now, &stats);
-                perform(actions, now, &mut host, &client, &twins, &stats, &mut pending);
+                perform(actions, now, &mut host, &client, &twins, &stats, &mut pending, &connection);
                 if now.saturating_sub(last_silence_check) >= SILENCE_CHECK_EVERY_MS {
                     last_silence_check = now;
                     twins.mark_silent(now, stale_after_ms);
@@ -292,12 +312,24 @@ pub async fn run(
                 }
                 continue;
             }
+            Some(batch) = stored.recv() => {
+                if connection.is_open() {
+                    // Between two events of an open connection rumqttc waits in a read, a
+                    // request or its keep-alive timer, each of which it can resume; a packet it
+                    // left in its write buffer goes out with the acknowledgements.
+                    drop(poll);
+                    acknowledge(&mut events, &connection, &batch).await;
+                    poll = Box::pin(events.poll());
+                }
+                continue;
+            }
             () = cancel.cancelled() => break,
         };
         drop(poll);
         poll = Box::pin(events.poll());
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                connection.opened();
                 // Subscribing again on a resumed session is harmless and covers a broker that
                 // lost the session.
                 if let Err(err) = client.try_subscribe_many(subscriptions.clone()) {
@@ -335,6 +367,7 @@ pub async fn run(
                     &twins,
                     &stats,
                     &mut pending,
+                    &connection,
                 );
                 commit_due
                     .get_or_insert_with(|| tokio::time::Instant::now() + config.commit_interval);
@@ -348,6 +381,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(err) => {
+                connection.lost();
                 ready.send_replace(false);
                 if cancel.is_cancelled() {
                     break;
@@ -396,10 +430,18 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = &mut done => break,
-                event = events.poll() => if event.is_err() { break },
+                Some(batch) = stored.recv() => acknowledge(&mut events, &connection, &batch).await,
+                event = events.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => connection.opened(),
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
             }
         }
-        // The acknowledgements were queued before `done`: poll until nothing more goes out.
+        // Storage hands the last acknowledgements over before it answers `done`.
+        while let Ok(batch) = stored.try_recv() {
+            acknowledge(&mut events, &connection, &batch).await;
+        }
         while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(20), events.poll()).await {
         }
     })
@@ -421,6 +463,14 @@ pub async fn run(
         }
     })
     .await;
+}
+
+/// Writes stored messages' acknowledgements (see [`acks::write`]); a failure leaves them to the
+/// broker's redelivery, and the event loop reports the broken connection on its next poll.
+async fn acknowledge(events: &mut EventLoop, connection: &Connection, batch: &[Ack]) {
+    if let Err(err) = acks::write(events, connection, batch).await {
+        warn!(%err, messages = batch.len(), "stored messages not acknowledged; the broker delivers them again");
+    }
 }
 
 /// A request to commit what ingest changed so far, answered with whether it was committed.
@@ -448,6 +498,7 @@ async fn next_flush(
 /// Applies twin updates and sends rebirth requests; a sample the registry refuses as a
 /// `node.seq` jump asks its edge node for a rebirth, and a birth with a new node boot sends the
 /// twin's desired values again.
+#[allow(clippy::too_many_arguments)]
 fn perform(
     actions: Vec<HostAction>,
     now: u64,
@@ -456,6 +507,7 @@ fn perform(
     twins: &TwinRegistry,
     stats: &HubStats,
     pending: &mut Commit,
+    connection: &Connection,
 ) {
     let mut queue = std::collections::VecDeque::from(actions);
     while let Some(action) = queue.pop_front() {
@@ -517,7 +569,7 @@ fn perform(
                 }
             }
             HostAction::Path(path) => twins.record_path(path, now),
-            HostAction::Acknowledge(delivery) => pending.acks.push(acknowledgement(delivery)),
+            HostAction::Acknowledge(delivery) => pending.acks.push(connection.ack(delivery)),
             HostAction::RequestRebirth { lab, gateway } => {
                 let topic = Topic::node(&lab, MessageType::NCmd, &gateway).to_string();
                 let payload = Payload {
@@ -544,20 +596,6 @@ fn delivery_of(publish: &Publish) -> Option<Delivery> {
         pkid: publish.pkid,
         exactly_once: publish.qos == QoS::ExactlyOnce,
     })
-}
-
-/// The acknowledgement storage sends after the commit: a packet id and QoS, without the topic
-/// and payload. A payload shares the connection's read buffer, so keeping it until the commit
-/// would pin that buffer for every message waiting for storage.
-fn acknowledgement(delivery: Delivery) -> Publish {
-    let qos = if delivery.exactly_once {
-        QoS::ExactlyOnce
-    } else {
-        QoS::AtLeastOnce
-    };
-    let mut ack = Publish::new(String::new(), qos, Vec::new());
-    ack.pkid = delivery.pkid;
-    ack
 }
 
 /// The way from ingest to the storage task.
@@ -665,6 +703,7 @@ mod failover_tests {
             labs: None,
             commit_interval: Duration::from_millis(10),
             commit_batch: 16,
+            max_uncommitted: 64,
             stale_after: Duration::from_secs(10),
             tls: None,
         }
