@@ -110,7 +110,20 @@ impl TwinStore {
         };
         // Creating the table up front lets `load` treat "no table" as a real error.
         store.write(|_| Ok(()))?;
+        store.migrate_history()?;
         Ok(store)
+    }
+
+    /// Moves history written one row per sample (hubs before blocks) into blocks, once.
+    fn migrate_history(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| db_error(&self.path, e))?;
+        let moved = crate::history::migrate_rows_per_sample(&txn)
+            .map_err(|e| StoreError::History(e.to_string()))?;
+        txn.commit().map_err(|e| db_error(&self.path, e))?;
+        if moved > 0 {
+            tracing::info!(samples = moved, path = %self.path.display(), "history moved into blocks");
+        }
+        Ok(())
     }
 
     fn write(

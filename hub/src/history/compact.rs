@@ -2,7 +2,8 @@
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::tables::{JOURNAL, META, RAW, ROLLUP, SERIES};
+use super::blocks;
+use super::tables::{BLOCKS, JOURNAL, META, ROLLUP, SERIES};
 use super::{Agg, CompactStats, HistoryError, Retention, align_down, db};
 
 /// Folds raw samples older than `retention.raw_ms` into rollups of `rollup_step_ms` and
@@ -43,7 +44,7 @@ pub fn compact(
     // Ids are dense from 0 and never deleted (see `write`).
     let series = txn.open_table(SERIES).map_err(db)?.len().map_err(db)?;
     let ids = 0..u32::try_from(series).unwrap_or(u32::MAX);
-    let mut raw = txn.open_table(RAW).map_err(db)?;
+    let mut raw = txn.open_table(BLOCKS).map_err(db)?;
     let mut rollup = txn.open_table(ROLLUP).map_err(db)?;
     // The oldest row left in each table by a pass that visited every series.
     let mut raw_oldest = u64::MAX;
@@ -54,25 +55,17 @@ pub fn compact(
         if budget == 0 {
             break;
         }
-        // Rows not taken from the iterator stay in the table: the budget bounds the deletion.
         let take = usize::try_from(budget).unwrap_or(usize::MAX);
-        let mut old = Vec::new();
-        for entry in raw
-            .extract_from_if((id, 0, 0)..(id, raw_cutoff, 0), |_, _| true)
-            .map_err(db)?
-            .take(take)
-        {
-            let (k, v) = entry.map_err(db)?;
-            old.push((k.value().1, v.value()));
-        }
+        let old = blocks::take_older(&mut raw, id, raw_cutoff, take)?;
         budget -= old.len() as u64;
         if budget > 0 {
-            raw_oldest = raw_oldest.min(first_raw(&raw, id)?);
+            raw_oldest = raw_oldest.min(blocks::oldest(&raw, id)?);
         }
 
         // `old` is in timestamp order: fold runs of one bucket, then merge each run once.
         let mut run: Option<(u64, Agg)> = None;
-        for (ts, value) in old {
+        for point in old {
+            let (ts, value) = (point.timestamp_ms, point.value);
             let start = align_down(ts, step);
             if start < rollup_cutoff {
                 // Already past retention: a rollup would be deleted right away.
@@ -122,7 +115,7 @@ pub fn compact(
     }
 
     if raw_visited_all {
-        // Journaled rows reach the raw table later; they count as raw for the floor.
+        // Journaled rows reach the blocks later; they count as raw for the floor.
         let journaled = oldest_journaled(txn)?;
         floors
             .insert(RAW_FLOOR, raw_oldest.min(journaled))
@@ -153,17 +146,6 @@ pub(super) fn lower(
         floors.insert(name, oldest).map_err(db)?;
     }
     Ok(())
-}
-
-fn first_raw(raw: &redb::Table<'_, (u32, u64, u32), f64>, id: u32) -> Result<u64, HistoryError> {
-    let first = raw
-        .range((id, 0, 0)..=(id, u64::MAX, u32::MAX))
-        .map_err(db)?
-        .next();
-    Ok(match first {
-        Some(entry) => entry.map_err(db)?.0.value().1,
-        None => u64::MAX,
-    })
 }
 
 fn first_rollup(

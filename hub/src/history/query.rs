@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use protocol::MetricName;
 use redb::{ReadTransaction, ReadableTable};
 
-use super::tables::{JOURNAL, RAW, ROLLUP, SERIES, open_read, series_name, twin_prefix};
+use super::blocks;
+use super::tables::{BLOCKS, JOURNAL, ROLLUP, SERIES, open_read, series_name, twin_prefix};
 use super::write::{SeriesRow, decode_rows};
 use super::{
     Agg, Bucket, HistoryError, MAX_BUCKETS, MAX_POINTS, TARGET_BUCKETS, TimeRange, align_down, db,
@@ -107,66 +108,67 @@ pub fn query(
             rollups.push((k.value().1, Agg::from_stored(v.value())));
         }
     }
-    let raw_table = open_read(txn, RAW)?;
-    let raw_rows = match &raw_table {
-        Some(table) => Some(
-            table
-                .range((id, range.from_ms, 0)..(id, range.to_ms, 0))
-                .map_err(db)?,
-        ),
-        None => None,
-    };
-    // Journaled rows are the newest; one with the key of a raw row replaces it (last wins).
+    let blocks = open_read(txn, BLOCKS)?;
+    // Journaled rows are the newest; one with the key of a stored row replaces it (last wins).
     let journaled = journal_rows(txn, id, range)?;
     let superseded: HashSet<(u64, u32)> = journaled
         .iter()
         .map(|row| (row.timestamp_ms, row.seq))
         .collect();
-    let raw = raw_rows
-        .into_iter()
-        .flatten()
-        .take(cap)
-        .filter_map(|entry| match entry {
-            Ok((k, v)) => {
-                let (_, ts, seq) = k.value();
-                (!superseded.contains(&(ts, seq))).then(|| Ok((ts, Agg::point(ts, v.value()))))
+    let mut gathered = match step_ms {
+        None => Gather::Points(Vec::new()),
+        Some(step) => Gather::Buckets(step, BTreeMap::new()),
+    };
+    for (t, agg) in &rollups {
+        gathered.add(*t, agg);
+    }
+    if let Some(blocks) = &blocks {
+        let mut read = 0;
+        blocks::for_each_in(blocks, id, range.from_ms, range.to_ms, |point| {
+            read += 1;
+            if !superseded.contains(&(point.timestamp_ms, point.seq)) {
+                let t = point.timestamp_ms;
+                gathered.add(t, &Agg::point(t, point.value));
             }
-            Err(err) => Some(Err(db(err))),
-        })
-        .chain(
-            journaled
-                .iter()
-                .map(|row| Ok((row.timestamp_ms, Agg::point(row.timestamp_ms, row.value)))),
-        );
+            Ok(read < cap)
+        })?;
+    }
+    for row in &journaled {
+        let t = row.timestamp_ms;
+        gathered.add(t, &Agg::point(t, row.value));
+    }
+    Ok(gathered.finish())
+}
 
-    match step_ms {
-        None => {
-            let mut out: Vec<Bucket> = rollups.iter().map(|(t, agg)| agg.bucket(*t)).collect();
-            for point in raw {
-                let (t, agg) = point?;
-                out.push(agg.bucket(t));
-            }
-            // Usually already ordered (rollups are older); a partial compaction can interleave.
-            out.sort_by_key(|b| b.start_ms);
-            out.truncate(MAX_POINTS);
-            Ok(out)
-        }
-        Some(step) => {
-            let mut buckets: BTreeMap<u64, Agg> = BTreeMap::new();
-            let mut fold = |t: u64, agg: &Agg| {
+/// What a query collects: points, or buckets of a step.
+enum Gather {
+    Points(Vec<Bucket>),
+    Buckets(u64, BTreeMap<u64, Agg>),
+}
+
+impl Gather {
+    fn add(&mut self, t: u64, agg: &Agg) {
+        match self {
+            Gather::Points(points) => points.push(agg.bucket(t)),
+            Gather::Buckets(step, buckets) => {
                 buckets
-                    .entry(align_down(t, step))
+                    .entry(align_down(t, *step))
                     .and_modify(|b| b.merge(agg))
                     .or_insert(*agg);
-            };
-            for (t, agg) in &rollups {
-                fold(*t, agg);
             }
-            for point in raw {
-                let (t, agg) = point?;
-                fold(t, &agg);
+        }
+    }
+
+    fn finish(self) -> Vec<Bucket> {
+        match self {
+            Gather::Points(mut points) => {
+                // Usually already ordered (rollups are older); a partial compaction can
+                // interleave.
+                points.sort_by_key(|b| b.start_ms);
+                points.truncate(MAX_POINTS);
+                points
             }
-            Ok(buckets.iter().map(|(t, agg)| agg.bucket(*t)).collect())
+            Gather::Buckets(_, buckets) => buckets.iter().map(|(t, agg)| agg.bucket(*t)).collect(),
         }
     }
 }
@@ -210,7 +212,7 @@ pub fn series(txn: &ReadTransaction, key: &TwinKey) -> Result<Vec<String>, Histo
     let Some(series) = open_read(txn, SERIES)? else {
         return Ok(Vec::new());
     };
-    let raw = open_read(txn, RAW)?;
+    let blocks = open_read(txn, BLOCKS)?;
     let rollup = open_read(txn, ROLLUP)?;
     let journaled = journaled_series(txn)?;
     let prefix = twin_prefix(key);
@@ -225,12 +227,8 @@ pub fn series(txn: &ReadTransaction, key: &TwinKey) -> Result<Vec<String>, Histo
         let id = id.value();
         let all = (id, 0)..=(id, u64::MAX);
         // A series whose data all expired keeps its id but is no longer listed.
-        let has_raw = match &raw {
-            Some(t) => t
-                .range((id, 0, 0)..=(id, u64::MAX, u32::MAX))
-                .map_err(db)?
-                .next()
-                .is_some(),
+        let has_raw = match &blocks {
+            Some(t) => blocks::oldest(t, id)? != u64::MAX,
             None => false,
         };
         let has_rollup = match &rollup {

@@ -8,11 +8,16 @@ use crate::twin::TwinKey;
 
 /// `"lab/machine/metric"` → series id.
 pub(super) const SERIES: TableDefinition<&str, u32> = TableDefinition::new("history_series");
-/// `(series id, timestamp ms, sample sequence)` → value. The sequence tells apart samples that
-/// share a millisecond (a fast node); a replay of the same sample lands on the same key.
+/// `(series id, newest timestamp ms, newest sample sequence)` → up to `BLOCK_ROWS` samples of
+/// that series, 20 bytes each (see `blocks`). The sequence tells apart samples that share a
+/// millisecond (a fast node); a replay of the same sample lands on the same key.
+pub(super) const BLOCKS: TableDefinition<(u32, u64, u32), &[u8]> =
+    TableDefinition::new("history_blocks");
+/// What hubs before blocks kept instead: one row per sample, `(series id, timestamp ms,
+/// sequence)` → value. Only read once, to move its rows into `BLOCKS` (`blocks`).
 pub(super) const RAW: TableDefinition<(u32, u64, u32), f64> = TableDefinition::new("history_raw");
 /// Commit number → that commit's rows, 24 bytes each (see `write`), until they are folded into
-/// `RAW`.
+/// `BLOCKS`.
 pub(super) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("history_journal");
 /// `(series id, bucket start ms)` → `(count, min, max, sum, last, last timestamp ms)`.
 pub(super) const ROLLUP: TableDefinition<(u32, u64), RollupValue> =
@@ -83,7 +88,7 @@ pub(crate) fn copy_all(
 ) -> Result<Vec<(String, u64)>, redb::Error> {
     Ok([
         crate::store::copy_table(from, to, SERIES)?,
-        crate::store::copy_table(from, to, RAW)?,
+        crate::store::copy_table(from, to, BLOCKS)?,
         crate::store::copy_table(from, to, JOURNAL)?,
         crate::store::copy_table(from, to, ROLLUP)?,
         crate::store::copy_table(from, to, META)?,

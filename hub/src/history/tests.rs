@@ -525,6 +525,41 @@ fn throughput() {
         day.len(),
         started.elapsed()
     );
+
+    // The persister's path: many small commits into the journal, then folds of 49,500 rows
+    // (500 series, 99 rows each), as at 10,000 msg/s.
+    let g = fixture();
+    let machines: Vec<String> = (0..100).map(|i| format!("m-{i}")).collect();
+    let mut fold_time = std::time::Duration::ZERO;
+    let mut folded = 0;
+    for round in 0..20u64 {
+        for step in 0..99u64 {
+            let t = 1_000_000 + (round * 100 + step) * 100;
+            let rows: Vec<HistoryRow> = machines
+                .iter()
+                .flat_map(|m| {
+                    metrics
+                        .iter()
+                        .chain(["spindle.load"].iter())
+                        .map(move |name| (m, *name))
+                })
+                .take(500)
+                .map(|(m, name)| row(m, name, t, t as f64))
+                .collect();
+            let txn = g.db.begin_write().expect("begin write");
+            let mut ids = g.series_ids.borrow_mut();
+            append_journaled(&txn, rows.iter().map(HistoryRow::as_ref), &mut ids).expect("journal");
+            txn.commit().expect("commit");
+            ids.committed();
+        }
+        let started = std::time::Instant::now();
+        folded += g.fold().appended;
+        fold_time += started.elapsed();
+    }
+    println!(
+        "fold: {folded} rows in 20 folds: {:.0} rows/s",
+        folded as f64 / fold_time.as_secs_f64()
+    );
 }
 
 impl Fixture {
@@ -644,7 +679,7 @@ fn compaction_visits_the_series_only_once_something_is_old_enough() {
     assert_eq!(f.query(from, to, Some(60_000))[0].start_ms, START - 120_000);
     assert!(f.compact(now + 60_000, &retention).skipped);
 
-    // Journaled rows count as raw until folded into the raw table.
+    // Journaled rows count as raw until folded into blocks.
     let txn = f.db.begin_write().expect("begin write");
     let replayed = row("m-1", "spindle.power_w", START - 60_000, 3.0);
     let mut ids = SeriesIds::default();

@@ -1,19 +1,20 @@
-//! Appending samples: straight into the raw table, or through the journal.
+//! Appending samples: straight into the blocks table, or through the journal.
 //!
-//! Raw rows are keyed by series first, so one commit of samples from many machines lands on as
+//! Blocks are keyed by series first, so one commit of samples from many machines lands on as
 //! many B-tree leaves, and redb copies every leaf a transaction touches. A commit every few
 //! milliseconds then rewrites the same leaves again and again; measured, that made the history
 //! insert most of the hub's CPU. The journal takes one commit's rows as a single entry, and
-//! every so many commits they are folded into the raw table sorted by series, each leaf copied
-//! once for many rows. Journaled rows are as durable as raw ones (same transaction as the
-//! acknowledgement) and queries read both.
+//! every so many commits they are folded into blocks, one block per series for many rows.
+//! Journaled rows are as durable as stored ones (same transaction as the acknowledgement) and
+//! queries read both.
 
 use foldhash::{HashMap, HashMapExt};
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
+use super::blocks;
 use super::compact::RAW_FLOOR;
-use super::tables::{JOURNAL, META, RAW, SERIES, series_name};
+use super::tables::{BLOCKS, JOURNAL, META, SERIES, series_name};
 use super::{AppendStats, HistoryError, HistoryRow, RowRef, db};
 use crate::twin::TwinKey;
 use protocol::MetricName;
@@ -47,15 +48,6 @@ pub struct SeriesIds {
 }
 
 impl SeriesIds {
-    fn get(&self, key: &TwinKey, metric: &MetricName) -> Option<u32> {
-        self.known.get(key)?.get(metric).copied()
-    }
-
-    /// Whether another id learnt now could still be kept.
-    fn has_room(&self) -> bool {
-        self.count + self.learnt.len() < SERIES_IDS_KEPT
-    }
-
     /// The transaction that used these ids committed: what it learnt is known from now on.
     pub fn committed(&mut self) {
         for (key, metric, id) in std::mem::take(&mut self.learnt) {
@@ -94,11 +86,11 @@ impl SeriesIds {
 /// little-endian.
 pub(super) const JOURNAL_ROW_BYTES: usize = 24;
 
-/// Stores `rows` in the raw table inside the caller's write transaction (nothing is committed
-/// here).
+/// Stores `rows` in the blocks table inside the caller's write transaction (nothing is
+/// committed here).
 ///
-/// A row with the same series and timestamp as a stored one replaces it (last write wins, see
-/// the module header). Non-finite values are skipped and counted, not stored.
+/// A row with the same series, timestamp and sequence as a stored one replaces it (last write
+/// wins, see the module header). Non-finite values are skipped and counted, not stored.
 pub fn append(txn: &WriteTransaction, rows: &[HistoryRow]) -> Result<AppendStats, HistoryError> {
     let mut stats = AppendStats::default();
     if rows.is_empty() {
@@ -112,13 +104,13 @@ pub fn append(txn: &WriteTransaction, rows: &[HistoryRow]) -> Result<AppendStats
         &mut stats,
     )?;
     lower_raw_floor(txn, &resolved)?;
-    let mut raw = txn.open_table(RAW).map_err(db)?;
-    insert_raw(&mut raw, &resolved, &mut stats)?;
+    let mut blocks = txn.open_table(BLOCKS).map_err(db)?;
+    blocks::store(&mut blocks, resolved, &mut stats)?;
     Ok(stats)
 }
 
 /// Stores `rows` as one journal entry inside the caller's write transaction, and folds the
-/// journal into the raw table when it holds [`FOLD_AFTER_ENTRIES`] commits or
+/// journal into the blocks table when it holds [`FOLD_AFTER_ENTRIES`] commits or
 /// [`FOLD_ROWS_PER_SERIES`] rows per series of the history (at least [`FOLD_AFTER_ROWS`]). `appended` and `replaced` count the rows folded by this call (as
 /// [`append`] would count them); `journaled` the rows this call added to the journal. `ids`
 /// are the series ids committed before; call [`SeriesIds::committed`] or
@@ -170,7 +162,7 @@ pub fn append_journaled<'a>(
     Ok(stats)
 }
 
-/// Moves every journaled row into the raw table (inside the caller's transaction).
+/// Moves every journaled row into the blocks table (inside the caller's transaction).
 pub fn fold_journal(txn: &WriteTransaction) -> Result<AppendStats, HistoryError> {
     let mut stats = AppendStats::default();
     let mut journal = txn.open_table(JOURNAL).map_err(db)?;
@@ -192,10 +184,8 @@ fn fold_into(
         .map_err(db)?
         .insert(JOURNAL_ROWS, 0)
         .map_err(db)?;
-    // Stable: of two rows with one key, the later write stays last and wins.
-    rows.sort_by_key(|row| (row.series, row.timestamp_ms, row.seq));
-    let mut raw = txn.open_table(RAW).map_err(db)?;
-    insert_raw(&mut raw, &rows, stats)
+    let mut blocks = txn.open_table(BLOCKS).map_err(db)?;
+    blocks::store(&mut blocks, rows, stats)
 }
 
 /// Keeps compaction's raw floor at or below every stored row (see `compact`).
@@ -260,6 +250,15 @@ fn resolve<'a>(
     // A batch usually holds a few metrics of a few machines many times over: what is not known
     // from earlier commits is looked up in the table once per call, and its name spelt only then.
     let mut ids: HashMap<(&TwinKey, &MetricName), u32> = HashMap::new();
+    let SeriesIds {
+        known: committed,
+        count,
+        learnt,
+    } = known;
+    // Rows come a sample at a time, several metrics of one machine behind each other: the
+    // machine's committed ids are looked up once for all of them (hashing the key per row was
+    // 1.8 % of the hub at 10,000 msg/s).
+    let mut machine: Option<(&TwinKey, Option<&HashMap<MetricName, u32>>)> = None;
     let rows = rows.into_iter();
     let mut out = Vec::with_capacity(rows.size_hint().0);
     for row in rows {
@@ -267,8 +266,16 @@ fn resolve<'a>(
             stats.skipped_non_finite += 1;
             continue;
         }
-        let id = match known
-            .get(row.key, row.metric)
+        let of_machine = match machine {
+            Some((key, of_machine)) if std::ptr::eq(key, row.key) => of_machine,
+            _ => {
+                let of_machine = committed.get(row.key);
+                machine = Some((row.key, of_machine));
+                of_machine
+            }
+        };
+        let id = match of_machine
+            .and_then(|of_machine| of_machine.get(row.metric).copied())
             .or_else(|| ids.get(&(row.key, row.metric)).copied())
         {
             Some(id) => id,
@@ -289,8 +296,8 @@ fn resolve<'a>(
                     }
                 };
                 ids.insert((row.key, row.metric), id);
-                if known.has_room() {
-                    known.learnt.push((row.key.clone(), row.metric.clone(), id));
+                if *count + learnt.len() < SERIES_IDS_KEPT {
+                    learnt.push((row.key.clone(), row.metric.clone(), id));
                 }
                 id
             }
@@ -303,23 +310,4 @@ fn resolve<'a>(
         });
     }
     Ok(out)
-}
-
-fn insert_raw(
-    raw: &mut Table<'_, (u32, u64, u32), f64>,
-    rows: &[SeriesRow],
-    stats: &mut AppendStats,
-) -> Result<(), HistoryError> {
-    for row in rows {
-        if raw
-            .insert((row.series, row.timestamp_ms, row.seq), row.value)
-            .map_err(db)?
-            .is_some()
-        {
-            stats.replaced += 1;
-        } else {
-            stats.appended += 1;
-        }
-    }
-    Ok(())
 }
